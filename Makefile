@@ -1,0 +1,35 @@
+# `make demo` and `make test` are the README's contract: each does all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned here only for set-up speed: 2.13.0 has a local CPU wheel on our machines;
+# the package itself works with torch 2.2-2.14 (pyproject.toml).
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test train-essay train-equilibrium bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/deqnca demo --device cpu --out out/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+train-essay: setup
+	$(VENV)/bin/deqnca train --preset essay --seed 0 --out runs/essay-seed0
+
+train-equilibrium: setup
+	$(VENV)/bin/deqnca train --preset equilibrium --seed 0 --out runs/equilibrium-seed0
+
+bench: setup
+	$(PY) benchmarks/mnist_speed.py --device cpu
+
+clean:
+	rm -rf $(VENV) out runs

@@ -1,0 +1,149 @@
+"""Training and inference speed of deqnca's MNIST presets against plain TorchDeq, in the same run.
+
+The baseline is what the essay describes, written the way a TorchDeq user would: eq. (2) as a
+module, `torchdeq.get_deq(f_solver="broyden")` with TorchDeq's defaults (40 iterations, tol 1e-3,
+1-step phantom gradient), NCHW tensors, SGD 0.005/0.9, batch 64, Gaussian-noise initial state.
+
+    python benchmarks/mnist_speed.py --device cpu --batches 30
+    python benchmarks/mnist_speed.py --device cuda --batches 0      # 0 = full epoch
+
+Prints a table and writes JSON (--json-out). Times are wall-clock per training batch (mean over
+the timed batches after warm-up), scaled to the 938 batches of an epoch when --batches > 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from datetime import date
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deqnca.data.idx import load_mnist
+from deqnca.experiments.mnist import preset
+from deqnca.model import EquilibriumModel
+
+
+class PlainTorchDEQ(nn.Module):
+    """Eqs. (1)-(2) with TorchDeq's defaults — the baseline."""
+
+    def __init__(self, f_max_iter=40):
+        super().__init__()
+        from torchdeq import get_deq
+
+        self.K1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.K2 = nn.Conv2d(48, 32, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(32, 32), nn.Linear(32, 10)
+        self.deq = get_deq(f_solver="broyden", f_max_iter=f_max_iter)
+        self.nstep = 0
+
+    def forward(self, x):
+        u = torch.relu(self.K1(x))
+        f = lambda z: z + torch.tanh(self.K2(torch.cat([u, z], 1)))
+        z0 = torch.randn(x.shape[0], 32, *x.shape[2:], device=x.device)
+        zs, info = self.deq(f, z0)
+        self.nstep = float(info["nstep"].float().mean())
+        return self.fc2(torch.relu(self.fc1(zs[-1].mean((2, 3)))))
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_training(model, x, y, device, batches, batch_size=64, channels_last=False):
+    opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    n_total = math.ceil(len(x) / batch_size)
+    n = n_total if batches == 0 else batches
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    times, fsteps, bsteps = [], [], []
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    warm = 3
+    for b in range(n + warm):
+        idx = perm[(b % n_total) * batch_size:((b % n_total) + 1) * batch_size]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        _sync(device)
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        if torch.isfinite(loss):
+            loss.backward()
+            opt.step()
+        _sync(device)
+        if b >= warm:
+            times.append(time.perf_counter() - t)
+            stats = getattr(model, "last_stats", None)
+            fsteps.append(stats.nstep if stats is not None else model.nstep)
+            back = getattr(getattr(model, "gradient", None), "last_backward", None)
+            bsteps.append(back.nstep if back is not None else float("nan"))
+    per_batch = sum(times) / len(times)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
+    return {"epoch_s": per_batch * n_total, "train_samples_per_s": batch_size / per_batch,
+            "fwd_steps": sum(fsteps) / len(fsteps), "bwd_steps": sum(bsteps) / len(bsteps),
+            "peak_mib": peak, "timed_batches": n}
+
+
+@torch.no_grad()
+def time_inference(model, x, device, batch_size=500, channels_last=False, limit=0):
+    model.eval()
+    x = x[:limit] if limit else x
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        model(xb)
+    _sync(device)
+    model.train()
+    return {"infer_samples_per_s": len(x) / (time.perf_counter() - t)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batches", type=int, default=30, help="timed training batches (0 = one full epoch)")
+    ap.add_argument("--infer-limit", type=int, default=2000, help="test images timed for inference (0 = all)")
+    ap.add_argument("--presets", default="essay,essay-broyden,equilibrium")
+    ap.add_argument("--json-out")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    x, y = load_mnist(split="train")
+    xt, _ = load_mnist(split="test")
+    rows = {}
+    base = PlainTorchDEQ().to(args.device)
+    rows["plain TorchDeq (essay defaults)"] = {**time_training(base, x, y, args.device, args.batches),
+                                               **time_inference(base, xt, args.device, limit=args.infer_limit)}
+    cl = args.device == "cpu"
+    for name in args.presets.split(","):
+        model = EquilibriumModel(preset(name)["model"]).to(args.device)
+        rows[f"deqnca {name}"] = {**time_training(model, x, y, args.device, args.batches, channels_last=cl),
+                                  **time_inference(model, xt, args.device, channels_last=cl,
+                                                   limit=args.infer_limit)}
+    ref = rows["plain TorchDeq (essay defaults)"]
+    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"# {machine}, torch {torch.__version__}, {date.today()}, "
+          f"`python benchmarks/mnist_speed.py {' '.join(sys.argv[1:])}`")
+    print("| configuration | epoch (s) | speed-up | train img/s | infer img/s | fwd steps | bwd steps | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        r["speedup_vs_plain"] = ref["epoch_s"] / r["epoch_s"]
+        print(f"| {name} | {r['epoch_s']:.1f} | {r['speedup_vs_plain']:.2f}x | {r['train_samples_per_s']:.0f} | "
+              f"{r['infer_samples_per_s']:.0f} | {r['fwd_steps']:.1f} | {r['bwd_steps']:.1f} | {r['peak_mib']:.0f} |")
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump({"machine": machine, "torch": torch.__version__, "date": str(date.today()),
+                       "args": vars(args), "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

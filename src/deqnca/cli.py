@@ -1,0 +1,282 @@
+"""The `deqnca` command: train, eval, info, demo.
+
+Exit codes: 0 success, 1 bad input (missing/corrupt data or checkpoint, non-finite run),
+2 usage error, 130 interrupted (a usable checkpoint is left behind).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 130
+
+
+def repo_root() -> Path | None:
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "models").is_dir() and (parent / "datasets").is_dir():
+            return parent
+    return None
+
+
+def shipped_model(name: str) -> Path:
+    root = repo_root()
+    if root is None:
+        raise FileNotFoundError("shipped models not found (run from a clone of the repository)")
+    return root / "models" / f"mnist-{name}"
+
+
+def shipped_models() -> list[Path]:
+    root = repo_root()
+    if root is None:
+        raise FileNotFoundError("shipped models not found (run from a clone of the repository)")
+    return sorted(p.with_suffix("") for p in (root / "models").glob("*.safetensors"))
+
+
+def _device(arg: str) -> str:
+    import torch
+
+    if arg == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if arg.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {arg}: CUDA is not available on this machine; use --device cpu")
+    return arg
+
+
+def _threads(device: str):
+    import torch
+
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+
+
+def _load_data(args, splits=("train", "test")):
+    from .data.idx import load_mnist
+
+    verify = False if getattr(args, "no_verify", False) else None
+    return [load_mnist(args.data_dir, split=s, verify_md5=verify) for s in splits]
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs):
+    out: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set solver_kw.max_iter=30")
+        key, value = pair.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(value)
+    return out
+
+
+def cmd_train(args) -> int:
+    from .experiments.mnist import preset
+    from .train.loop import TrainConfig, train
+
+    device = _device(args.device)
+    _threads(device)
+    train_over = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                    "seed": args.seed, "train_subset": args.train_subset,
+                                    "test_subset": args.test_subset}.items() if v is not None}
+    p = preset(args.preset, _overrides(args.set), train_over)
+    cfg = TrainConfig.from_dict(p["train"])
+    (x, y), (xt, yt) = _load_data(args)
+    out = Path(args.out or f"runs/{args.preset}-seed{cfg.seed}")
+    result = train(p["model"], cfg, out, (x, y, xt, yt), device=device, resume=args.resume,
+                   log=lambda s: print(s, file=sys.stderr))
+    last = result["history"][-1] if result["history"] else {}
+    summary = {"out": str(out), "parameters": result["parameters"], **last}
+    print(json.dumps(summary) if args.json else
+          f"done: {out}  parameters {result['parameters']}  test accuracy {last.get('test_acc', float('nan')):.4f}")
+    return 0
+
+
+def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,
+                        progress=True):
+    import torch
+
+    from .data.idx import load_mnist
+    from .model import count_parameters
+    from .train.checkpoint import load_model
+    from .train.loop import evaluate, residual_summary
+
+    model, meta = load_model(path, device)
+    x, y = load_mnist(data_dir, split="test", verify_md5=False if no_verify else None)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    t = time.time()
+    # small batches are ~2x faster on CPU (cache-resident states); large ones fill a GPU
+    batch = 50 if str(device).startswith("cpu") else 500
+    ev = evaluate(model, x, y, batch_size=batch, seed=seed, progress=progress, **(solver_kw or {}))
+    res = residual_summary(ev["rel_residual"])
+    return {
+        "checkpoint": str(path), "parameters": count_parameters(model), "accuracy": ev["accuracy"],
+        "n": ev["n"], "solver": model.solver_name, **{k: v for k, v in model.solver_kw.items()},
+        **(solver_kw or {}), "nstep_mean": ev["nstep_mean"], "fallback": ev["fallback"], **res,
+        "seconds": time.time() - t, "documented_accuracy": meta.get("metrics", {}).get("test_acc"),
+        "status": meta.get("status", ""),
+    }
+
+
+def _print_eval(r, as_json):
+    if r.get("status"):
+        r = {**r, "checkpoint": f"{r['checkpoint']}  [{r['status']}]"}
+    if as_json:
+        print(json.dumps(r))
+        return
+    print(f"{r['checkpoint']}\n  test accuracy {100 * r['accuracy']:.2f}% on {r['n']} images"
+          f"   parameters {r['parameters']}\n"
+          f"  solver {r['solver']} (max_iter {r.get('max_iter')}, tol {r.get('tol')}): "
+          f"mean steps {r['nstep_mean']:.1f}, fallbacks {r['fallback']}\n"
+          f"  relative residual ‖f(z)−z‖/‖f(z)‖: median {r['rel_median']:.2e}  p90 {r['rel_p90']:.2e}  "
+          f"p99 {r['rel_p99']:.2e}  max {r['rel_max']:.2e}  ≤1e-3 on {100 * r['frac_below_1e-3']:.1f}%"
+          f"   ({r['seconds']:.0f} s)")
+
+
+def cmd_eval(args) -> int:
+    device = _device(args.device)
+    _threads(device)
+    solver_kw = {k: v for k, v in {"max_iter": args.max_iter, "tol": args.tol}.items() if v is not None}
+    if args.solver:
+        solver_kw["solver"] = args.solver
+    paths = args.checkpoint or shipped_models()
+    for path in paths:
+        r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
+                                progress=not args.json)
+        _print_eval(r, args.json)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .train.checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(args.checkpoint)
+    meta.pop("optimizer", None)
+    print(json.dumps(meta, indent=1))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Strip a run's checkpoint to a shippable model: weights only, plus config, metrics, provenance."""
+    from .train.checkpoint import load_model, read_checkpoint, save_checkpoint
+
+    model, meta = load_model(args.checkpoint)
+    _, meta = read_checkpoint(args.checkpoint)
+    history = meta.get("history", [])
+    info = {
+        "metrics": history[-1] if history else {},
+        "history": history,
+        "train_config": meta.get("train_config"),
+        "parameters": meta.get("parameters"),
+        "provenance": {"source": str(args.checkpoint), "machine": args.machine, "date": args.date,
+                       "command": args.command},
+    }
+    save_checkpoint(args.dest, model, None, info)
+    print(f"exported {args.checkpoint} -> {args.dest}.safetensors / .json")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The README's main job: the essay's result from the shipped models, then the NCA view."""
+    args.checkpoint = None
+    args.solver = args.max_iter = args.tol = None
+    args.limit = 0
+    rc = cmd_eval(args)
+    try:
+        from .experiments import report
+    except ImportError:
+        return rc
+    return report.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deqnca", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version="deqnca 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+        p.add_argument("--seed", type=int, default=None if p.prog.endswith("train") else 0,
+                       help="random seed (state noise, batch order, initialisation)")
+        p.add_argument("--data-dir", default=None,
+                       help="folder with the four MNIST-layout IDX files (default: the vendored datasets/mnist)")
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip the MNIST MD5 check (for Fashion-MNIST, KMNIST, ...)")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser("train", help="train a model from a preset", description="Train a model from a preset.")
+    common(p)
+    p.add_argument("--preset", choices=["essay", "equilibrium"], default="essay")
+    p.add_argument("--out", help="run folder (default runs/<preset>-seed<seed>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--train-subset", type=int, help="use only the first N training images")
+    p.add_argument("--test-subset", type=int, help="evaluate on the first N test images each epoch")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model config entry, e.g. --set solver_kw.max_iter=30 (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate checkpoints on the test set",
+                       description="Evaluate checkpoints (default: both shipped models) on the MNIST test set.")
+    common(p)
+    p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix (default: shipped models)")
+    p.add_argument("--solver", choices=["rollout", "fixed_point", "anderson", "broyden"])
+    p.add_argument("--max-iter", type=int)
+    p.add_argument("--tol", type=float)
+    p.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="print a checkpoint's config and metrics")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="turn a run checkpoint into a shippable model (weights + JSON, no optimizer)")
+    p.add_argument("checkpoint")
+    p.add_argument("dest")
+    p.add_argument("--machine", default="unknown", help="where it was trained, for the provenance record")
+    p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
+    p.add_argument("--command", default="", help="the command that trained it")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the README main job: evaluate shipped models, draw the NCA view, write the report")
+    common(p)
+    p.add_argument("--out", default="out/demo", help="folder for figures and the HTML report")
+    p.add_argument("--quick", action="store_true", help="smaller samples (for tests)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .data.idx import DataError
+    from .train.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DataError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
+        print(f"deqnca: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiments: named compositions of rule, conditioning, solver, gradient and read-out."""

@@ -1,0 +1,109 @@
+"""EquilibriumModel = encoder + conditioning + rule + solver + gradient + read-out.
+
+Data flows one way: x --K1, ReLU--> u --(rule bound to u by the conditioning)--> f --solver,
+gradient--> z --read-out--> logits. The config is a plain dict so that it round-trips through the
+JSON file next to every checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .conditioning import make_conditioning
+from .gradients import make_gradient
+from .readout import MLPReadout
+from .rules import make_rule
+from .solvers import SolveStats, get_solver
+
+
+@dataclass
+class ModelConfig:
+    rule: str = "residual_tanh"
+    rule_kw: dict = field(default_factory=dict)
+    conditioning: str = "injection"
+    in_channels: int = 1
+    input_channels: int = 16          # channels of u = ReLU(K1 * x)
+    state_channels: int = 32
+    hidden: int = 32
+    classes: int = 10
+    solver: str = "broyden"
+    solver_kw: dict = field(default_factory=lambda: {"max_iter": 16, "tol": 1e-3})
+    gradient: str = "phantom"
+    gradient_kw: dict = field(default_factory=dict)
+    noise_std: float = 1.0            # the state starts from N(0, noise_std²), in training and inference
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**copy.deepcopy(known))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EquilibriumModel(nn.Module):
+    def __init__(self, config: ModelConfig | dict):
+        super().__init__()
+        if isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        self.config = config
+        self.K1 = nn.Conv2d(config.in_channels, config.input_channels, 3, padding=1)
+        self.rule = make_rule(config.rule, input_channels=config.input_channels,
+                              state_channels=config.state_channels, **config.rule_kw)
+        self.readout = MLPReadout(config.state_channels, config.hidden, config.classes)
+        self.conditioning = make_conditioning(config.conditioning)
+        self.gradient = make_gradient(config.gradient, **config.gradient_kw)
+        self.solver_name, self.solver_kw = config.solver, dict(config.solver_kw)
+        self.last_stats: SolveStats | None = None
+
+    def encode(self, x):
+        return torch.relu(self.K1(x))
+
+    def initial_state(self, u, generator: torch.Generator | None = None):
+        shape = (u.shape[0], self.config.state_channels, *u.shape[2:])
+        z0 = torch.randn(shape, generator=generator, device=u.device, dtype=u.dtype)
+        return (z0 * self.config.noise_std).contiguous(memory_format=_memory_format(u))
+
+    def step_map(self, x):
+        """(f, u): the rule bound to input x — the cellular automaton's update for this image."""
+        u = self.encode(x)
+        return self.rule.bind(u, self.conditioning), u
+
+    def solve(self, x, solver: str | None = None, generator=None, z0=None, **solver_kw):
+        f, u = self.step_map(x)
+        if z0 is None:
+            z0 = self.initial_state(u, generator)
+        kw = {**self.solver_kw, **solver_kw}
+        z, stats = self.gradient(f, get_solver(solver or self.solver_name), z0, **kw)
+        self.last_stats = stats
+        return z, stats
+
+    def forward(self, x, generator=None, **solve_kw):
+        z, _ = self.solve(x, generator=generator, **solve_kw)
+        return self.readout(z)
+
+    @torch.no_grad()
+    def trajectory(self, x, steps: int, generator=None, z0=None):
+        """The NCA view: states z_0 .. z_steps of the plain rollout, and per-step rel residuals."""
+        f, u = self.step_map(x)
+        z = self.initial_state(u, generator) if z0 is None else z0
+        states = [z]
+        for _ in range(steps):
+            z = f(z)
+            states.append(z)
+        return torch.stack(states, dim=1)
+
+
+def _memory_format(t):
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous() else torch.contiguous_format
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""Training: one plain loop for every task, and atomic, pickle-free checkpoints."""

@@ -1,0 +1,64 @@
+"""The command line: help, eval of the shipped model, clear one-line errors and exit codes."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deqnca.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ESSAY = ROOT / "models" / "mnist-essay"
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["eval"], ["info"], ["export"], ["demo"]])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(cmd + ["--help"])
+    assert e.value.code == 0
+    assert "usage: deqnca" in capsys.readouterr().out
+
+
+def test_eval_shipped_essay_model_json(capsys):
+    rc = main(["eval", str(ESSAY), "--device", "cpu", "--limit", "500", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["parameters"] == 15402 <= 16000
+    assert r["accuracy"] >= 0.95                    # 98.15% on all 10,000; first 500 are easier
+    assert 0.05 < r["rel_median"] < 0.1             # far from equilibrium, and reported as such
+
+
+def test_bad_checkpoint_is_one_line_error(tmp_path, capsys):
+    rc = main(["eval", str(tmp_path / "nope"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "missing" in err
+
+
+def test_bad_data_dir_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 12)
+    rc = main(["eval", str(ESSAY), "--device", "cpu", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+
+
+def test_unknown_override_and_usage_errors(capsys):
+    assert main(["train", "--set", "nonsense", "--epochs", "1"]) == 1
+    assert "expected key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--preset", "nope"])
+    assert e.value.code == 2
+
+
+def test_cuda_request_without_cuda(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    assert main(["eval", str(ESSAY), "--device", "cuda"]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "deqnca.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "deqnca" in out.stdout
