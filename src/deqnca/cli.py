@@ -33,7 +33,9 @@ def shipped_models() -> list[Path]:
     root = repo_root()
     if root is None:
         raise FileNotFoundError("shipped models not found (run from a clone of the repository)")
-    return sorted(p.with_suffix("") for p in (root / "models").glob("*.safetensors"))
+    # the essay's model first, then the others by name
+    return sorted((p.with_suffix("") for p in (root / "models").glob("*.safetensors")),
+                  key=lambda p: (p.name != "mnist-essay", p.name))
 
 
 def _device(arg: str) -> str:
@@ -154,10 +156,12 @@ def cmd_eval(args) -> int:
     if args.solver:
         solver_kw["solver"] = args.solver
     paths = args.checkpoint or shipped_models()
+    args.eval_rows = []
     for path in paths:
         r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
                                 progress=not args.json)
         _print_eval(r, args.json)
+        args.eval_rows.append(r)
     return 0
 
 
@@ -190,17 +194,54 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_rollout(args) -> int:
+    """Figure 1 for one test image: frames, GIF, residual/probability curves, and a JSON trace."""
+    import torch
+
+    from .data.idx import load_mnist
+    from .experiments.nca_view import figure1_data
+    from .train.checkpoint import load_model
+    from .viz import figures
+    from .viz.project import Projection
+
+    device = _device(args.device)
+    path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay")
+    model, _ = load_model(path, device)
+    x, y = load_mnist(args.data_dir, split="test", verify_md5=False if args.no_verify else None)
+    if not 0 <= args.index < len(x):
+        raise ValueError(f"--index {args.index}: the test set has images 0..{len(x) - 1}")
+    r = figure1_data(model, x[args.index:args.index + 1].to(device), steps=args.steps, seed=args.seed)
+    out = Path(args.out)
+    proj = Projection.fit(r.states[0, -8:])
+    img, label, stem = x[args.index, 0].numpy(), int(y[args.index]), f"{path.name}-{args.index}"
+    files = [figures.frame_strip(r.states[0], proj, out / f"{stem}-frames.png", image=img,
+                                 title=f"{path.name}: test image {args.index} (label {label})"),
+             figures.save_gif(r.states[0], proj, out / f"{stem}.gif", image=img),
+             figures.rollout_curves(r.rel_residual[0], r.probs[0], out / f"{stem}-curves.png", label=label)]
+    trace = {"checkpoint": str(path), "index": args.index, "label": label, "steps": args.steps,
+             "rel_residual": r.rel_residual[0].tolist(),
+             "prediction": r.probs[0].argmax(-1).tolist(),
+             "p_label": r.probs[0, :, label].tolist(), "files": [str(f) for f in files]}
+    (out / f"{stem}.json").write_text(json.dumps(trace))
+    if args.json:
+        print(json.dumps(trace))
+    else:
+        print(f"label {label}; prediction after {args.steps} steps: {trace['prediction'][-1]} "
+              f"(p={r.probs[0, -1].max():.3f}); final relative residual {trace['rel_residual'][-1]:.2e}")
+        for f in files:
+            print(f"  {f}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The README's main job: the essay's result from the shipped models, then the NCA view."""
+    from .experiments import report
+
     args.checkpoint = None
     args.solver = args.max_iter = args.tol = None
-    args.limit = 0
+    args.limit = 500 if args.quick else 0
     rc = cmd_eval(args)
-    try:
-        from .experiments import report
-    except ImportError:
-        return rc
-    return report.main(args)
+    return rc or report.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     p.add_argument("--command", default="", help="the command that trained it")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("rollout", help="replay a model's rule on one test image: frames, GIF, curves",
+                       description="Figure 1: the rule iterated from noise as a cellular automaton.")
+    common(p)
+    p.add_argument("checkpoint", nargs="?", help="checkpoint (default: models/mnist-essay)")
+    p.add_argument("--index", type=int, default=7, help="test image index")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--out", default="out/rollout")
+    p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("demo", help="the README main job: evaluate shipped models, draw the NCA view, write the report")
     common(p)

@@ -1,0 +1,63 @@
+"""The measurements behind docs/nca.md, for each shipped model: accuracy from crops (per anchor and
+visible fraction), accuracy and residual against rollout steps, and accuracy per solver at equal
+numbers of function evaluations.
+
+    python experiments/nca_measure.py --out docs/results/nca --limit 0          # 0 = full test set
+    python experiments/nca_measure.py --models models/mnist-essay --limit 2000 --max-steps 160
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from deqnca.cli import shipped_models
+from deqnca.data.idx import load_mnist
+from deqnca.experiments import nca_view
+from deqnca.train.checkpoint import load_model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", help="checkpoints (default: all shipped)")
+    ap.add_argument("--limit", type=int, default=0, help="first N test images (0 = all 10,000)")
+    ap.add_argument("--max-steps", type=int, default=160)
+    ap.add_argument("--budgets", default="4,8,16,32,64")
+    ap.add_argument("--what", default="crops,steps,solvers")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="docs/results/nca")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    x, y = load_mnist(split="test")
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
+    what = args.what.split(",")
+    for path in [Path(p) for p in args.models] if args.models else shipped_models():
+        model, _ = load_model(path, args.device)
+        rec = {"model": str(path), "n": len(x), "date": str(date.today()),
+               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+               if args.device == "cpu" else torch.cuda.get_device_name(), "args": vars(args)}
+        t = time.time()
+        if "crops" in what:
+            rec["crops"] = nca_view.crop_accuracy(model, x, y)
+            print(path.name, "crops", json.dumps(rec["crops"]["accuracy"]), f"{time.time() - t:.0f}s", flush=True)
+        if "steps" in what:
+            rec["steps"] = nca_view.test_time_compute(model, x, y, max_steps=args.max_steps)
+            acc = rec["steps"]["accuracy"]
+            print(path.name, "steps", {t: round(acc[t], 4) for t in (0, 8, 16, 32, 64, 100, 160) if t < len(acc)},
+                  flush=True)
+        if "solvers" in what:
+            rec["solvers"] = nca_view.solver_budgets(model, x, y, budgets=[int(b) for b in args.budgets.split(",")])
+            print(path.name, "solvers", json.dumps(rec["solvers"]), flush=True)
+        rec["seconds"] = time.time() - t
+        (out / f"{path.name}.json").write_text(json.dumps(rec, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The NCA view of the shipped models: Figure 1 (a rollout from noise), Figure 2 (crops), and
+test-time compute (accuracy against rollout steps and solver budget). Each function returns plain
+data; `report.py` draws and assembles them.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..nca import ANCHORS, crop, rollout, rollout_curve
+from ..train.loop import evaluate
+
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def figure1_data(model, x, steps: int = 64, seed: int = 0):
+    """One rollout from noise with every state kept (x: a single image batch (1, 1, H, W))."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    return rollout(model, x, steps, generator=gen, keep_states=True)
+
+
+def crop_accuracy(model, x, y, fractions=FRACTIONS, anchors=ANCHORS, batch_size=50, seed=0) -> dict:
+    """{anchor: [accuracy at each visible fraction]} — the model sees only the crop, at its own size."""
+    out = {}
+    for anchor in anchors:
+        out[anchor] = [evaluate(model, crop(x, a, anchor), y, batch_size=batch_size, seed=seed)["accuracy"]
+                       for a in fractions]
+    return {"fractions": list(fractions), "accuracy": out, "n": len(x)}
+
+
+def solver_budgets(model, x, y, budgets=(4, 8, 16, 32, 64), solvers=("anderson", "broyden"),
+                   batch_size=50, seed=0) -> dict:
+    """Accuracy and median residual per solver at equal numbers of f-evaluations (tol 0: use them all)."""
+    out = {}
+    for solver in solvers:
+        rows = []
+        for b in budgets:
+            ev = evaluate(model, x, y, batch_size=batch_size, seed=seed, solver=solver, max_iter=b, tol=0.0)
+            rel = ev["rel_residual"]
+            rows.append({"budget": b, "accuracy": ev["accuracy"], "rel_median": rel.median().item(),
+                         "fallback": ev["fallback"]})
+        out[solver] = rows
+    return out
+
+
+def test_time_compute(model, x, y, max_steps: int = 160, batch_size=50, seed=0) -> dict:
+    return rollout_curve(model, x, y, max_steps, batch_size=batch_size, seed=seed)

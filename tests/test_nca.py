@@ -1,0 +1,77 @@
+"""The NCA view: rollouts record what they claim, the contractive rule converges from noise, crops
+have the requested size, and the demo writes a report whose every referenced file exists."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqnca.cli import main
+from deqnca.model import EquilibriumModel
+from deqnca.nca import ANCHORS, crop, rollout, rollout_curve
+from deqnca.viz.report import referenced_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rollout_records_states_residuals_and_probs():
+    torch.manual_seed(0)
+    m = EquilibriumModel(dict(solver="rollout", gradient="bptt", solver_kw={"max_iter": 5}))
+    x = torch.rand(3, 1, 10, 12)
+    r = rollout(m, x, steps=5, generator=torch.Generator().manual_seed(0))
+    assert r.states.shape == (3, 6, 32, 10, 12) and r.rel_residual.shape == (3, 5) and r.probs.shape == (3, 6, 10)
+    d = (r.states[:, 3] - r.states[:, 2]).flatten(1).norm(dim=1)
+    assert torch.allclose(r.abs_residual[:, 2], d, rtol=1e-5)
+    assert torch.allclose(r.probs.sum(-1), torch.ones(3, 6))
+    # the rollout's last state is what the model's own rollout solver returns from the same noise
+    z, _ = m.solve(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(z, r.states[:, -1], atol=1e-5)
+
+
+def test_contractive_rule_converges_from_noise_at_any_size():
+    torch.manual_seed(0)
+    m = EquilibriumModel(dict(rule="contractive_tanh", rule_kw={"gamma": 0.8}, solver="anderson",
+                              gradient="implicit"))
+    for size in (8, 28, 61):
+        r = rollout(m, torch.rand(2, 1, size, size), steps=60, keep_states=False)
+        assert r.rel_residual[:, -1].max() < 1e-3, size
+        # the contraction factor bounds the residual's decay step over step
+        # (checked while the residual is well above float32 round-off)
+        a = r.abs_residual
+        ratio = a[:, 1:] / a[:, :-1]
+        above_roundoff = a[:, :-1] > 1e-4 * a[:, :1]
+        assert ratio[above_roundoff].max() <= 0.8 * 1.02
+
+
+def test_rollout_curve_shapes():
+    m = EquilibriumModel(dict(solver="rollout", gradient="bptt", solver_kw={"max_iter": 3}))
+    c = rollout_curve(m, torch.rand(7, 1, 8, 8), torch.randint(0, 10, (7,)), steps=4, batch_size=3)
+    assert len(c["accuracy"]) == 5 and len(c["rel_median"]) == 4 and c["n"] == 7
+
+
+@pytest.mark.parametrize("anchor", ANCHORS)
+def test_crop_sizes(anchor):
+    x = torch.arange(28 * 28.0).view(1, 1, 28, 28)
+    assert crop(x, 1.0, anchor).shape[-2:] == (28, 28)
+    assert crop(x, 0.25, anchor).shape[-2:] == (14, 14)
+    if anchor == "top-left":
+        assert crop(x, 0.25, anchor)[0, 0, 0, 0] == 0
+    if anchor == "bottom-right":
+        assert crop(x, 0.25, anchor)[0, 0, -1, -1] == 28 * 28 - 1
+
+
+def test_demo_quick_writes_report_with_existing_files(tmp_path, capsys):
+    assert main(["demo", "--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    html = tmp_path / "index.html"
+    files = referenced_files(html)
+    assert len(files) >= 8 and all(f.exists() and f.stat().st_size > 0 for f in files)
+    names = {f.name for f in files}
+    assert {"fig1-essay.gif", "fig1-essay-frames.png", "fig1-essay-curves.png", "fig2-crops.png"} <= names
+    out = capsys.readouterr().out
+    assert "parameters 15402" in out and "test accuracy" in out
+
+
+def test_rollout_command(tmp_path, capsys):
+    assert main(["rollout", "--device", "cpu", "--index", "3", "--steps", "8", "--out", str(tmp_path),
+                 "--json"]) == 0
+    assert (tmp_path / "mnist-essay-3.gif").exists()
+    assert main(["rollout", "--device", "cpu", "--index", "99999", "--out", str(tmp_path)]) == 1
