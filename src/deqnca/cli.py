@@ -100,6 +100,8 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     result = train(p["model"], cfg, out, (x, y, xt, yt), device=device, resume=args.resume,
                    log=lambda s: print(s, file=sys.stderr))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     last = result["history"][-1] if result["history"] else {}
     summary = {"out": str(out), "parameters": result["parameters"], **last}
     print(json.dumps(summary) if args.json else

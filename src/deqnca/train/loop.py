@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..model import EquilibriumModel, count_parameters
+from . import distributed
 from .checkpoint import load_optimizer_state, read_checkpoint, save_checkpoint
 
 
@@ -106,8 +107,16 @@ def _all_finite(tensors) -> bool:
 
 def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", resume=False,
           log=print) -> dict:
-    """Train, checkpointing to `out`. `data` = (x_train, y_train, x_test, y_test) tensors."""
+    """Train, checkpointing to `out`. `data` = (x_train, y_train, x_test, y_test) tensors.
+
+    Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel."""
     out = Path(out)
+    rank, world, device = distributed.init_from_env(device)
+    main_rank = rank == 0
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
+    if not main_rank:
+        log = lambda *_: None
     out.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr, x_te, y_te = data
     if cfg.train_subset:
@@ -130,14 +139,22 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
         global_step, history, counters = meta["global_step"], meta["history"], meta["counters"]
         cfg = TrainConfig.from_dict({**meta["train_config"], "epochs": cfg.epochs})
         log(f"resuming {out} at epoch {epoch}, batch {step_in_epoch}")
-    (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "train": asdict(cfg)},
-                                                indent=1) + "\n")
+    if main_rank:
+        (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "train": asdict(cfg),
+                                                     "world_size": world}, indent=1) + "\n")
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
     nparams = count_parameters(model)
     steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
     good_state = copy.deepcopy(model.state_dict())
     bad_run = 0
 
     def checkpoint(name="last"):
+        if not main_rank:
+            return
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
                 "history": history, "counters": counters, "train_config": asdict(cfg),
                 "parameters": nparams}
@@ -152,20 +169,21 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
             sums = {"loss": 0.0, "correct": 0, "n": 0, "rel": 0.0, "nstep": 0.0, "batches": 0}
             t_epoch = time.time()
             bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       initial=step_in_epoch, total=steps_per_epoch, dynamic_ncols=True, mininterval=1.0)
+                       initial=step_in_epoch, total=steps_per_epoch, dynamic_ncols=True, mininterval=1.0,
+                       disable=not main_rank)
             for b in bar:
                 # state noise seeded per batch, so a resumed run sees exactly the noise it would have seen
-                gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + b)
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size].to(device)
+                gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + b + 7_919 * rank)
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size][rank::world].to(device)
                 xb, yb = _format(x_tr[idx], cfg, device), y_tr[idx]
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(cfg, (epoch + b / steps_per_epoch) / cfg.epochs)
-                logits = model(xb, generator=gen)
+                logits = net(xb, generator=gen)
                 loss = F.cross_entropy(logits, yb)
                 stats = model.last_stats
                 counters["fallback"] += stats.fallback
                 optimizer.zero_grad(set_to_none=True)
-                ok = bool(torch.isfinite(loss))
+                ok = distributed.all_ok(bool(torch.isfinite(loss)), device)
                 if ok:
                     loss.backward()
                     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -210,6 +228,10 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                                     steps=f"{sums['nstep'] / sums['batches']:.1f}")
             bar.close()
             train_time = time.time() - t_epoch
+            if not main_rank:            # rank 0 evaluates and writes; the others wait for it
+                epoch, step_in_epoch = epoch + 1, 0
+                distributed.barrier()
+                continue
             ev = evaluate(model, x_te, y_te, cfg.eval_batch_size, seed=12345, channels_last=cfg.channels_last)
             rec = {"epoch": epoch + 1, "train_loss": sums["loss"] / max(sums["n"], 1),
                    "train_acc": sums["correct"] / max(sums["n"], 1),
@@ -227,6 +249,7 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
             epoch, step_in_epoch = epoch + 1, 0
             good_state = copy.deepcopy(model.state_dict())
             checkpoint()
+            distributed.barrier()
     except KeyboardInterrupt:
         checkpoint()
         log(f"interrupted: checkpoint saved to {out / 'last'}; continue with --resume")
