@@ -19,6 +19,7 @@ import torch
 from deqnca.cli import shipped_models
 from deqnca.data.idx import load_mnist
 from deqnca.experiments import nca_view
+from deqnca.experiments.panorama import panorama_accuracy
 from deqnca.train.checkpoint import load_model
 
 
@@ -28,7 +29,8 @@ def main():
     ap.add_argument("--limit", type=int, default=0, help="first N test images (0 = all 10,000)")
     ap.add_argument("--max-steps", type=int, default=160)
     ap.add_argument("--budgets", default="4,8,16,32,64")
-    ap.add_argument("--what", default="crops,steps,solvers")
+    ap.add_argument("--what", default="crops,steps,solvers,panorama")
+    ap.add_argument("--canvases", type=int, default=200, help="panoramas per size")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="docs/results/nca")
     args = ap.parse_args()
@@ -55,6 +57,13 @@ def main():
         if "solvers" in what:
             rec["solvers"] = nca_view.solver_budgets(model, x, y, budgets=[int(b) for b in args.budgets.split(",")])
             print(path.name, "solvers", json.dumps(rec["solvers"]), flush=True)
+        if "panorama" in what:
+            full_x, full_y = load_mnist(split="test")
+            rec["panorama"] = [panorama_accuracy(model, full_x, full_y, n=args.canvases, size=size, per_canvas=k,
+                                                 window=w, seed=0)
+                               for size, k in ((84, 3), (140, 6)) for w in (14, 28)]
+            print(path.name, "panorama", [(r["size"], r["window"], round(r["accuracy"], 4))
+                                          for r in rec["panorama"]], flush=True)
         rec["seconds"] = time.time() - t
         (out / f"{path.name}.json").write_text(json.dumps(rec, indent=1))
 

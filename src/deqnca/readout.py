@@ -25,7 +25,8 @@ class MLPReadout(nn.Module):
     def local(self, z, window: int = 1):
         """Class logits of every cell from the mean of its window×window neighbourhood."""
         if window > 1:
-            z = F.avg_pool2d(z, window, stride=1, padding=window // 2, count_include_pad=False)
-            z = z[..., : z.shape[-2], : z.shape[-1]]
+            H, W = z.shape[-2:]
+            # an even window centred on a cell overhangs by one: keep the first H x W outputs
+            z = F.avg_pool2d(z, window, stride=1, padding=window // 2, count_include_pad=False)[..., :H, :W]
         h = F.relu(F.conv2d(z, self.fc1.weight[..., None, None], self.fc1.bias))
         return F.conv2d(h, self.fc2.weight[..., None, None], self.fc2.bias)

@@ -15,6 +15,8 @@ from ..data.idx import load_mnist
 from ..train.checkpoint import load_model
 from ..viz.project import Projection
 from . import nca_view
+from .panorama import label_maps
+from ..data.panoramas import make_panoramas
 
 
 def _model_name(path: Path) -> str:
@@ -40,6 +42,8 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
                                  "how far from equilibrium each model classifies.",
                          "tables": [{"caption": "deqnca eval", "header": header, "rows": rows}]})
     crop_series, curve_series, resid_series = {}, {}, {}
+    pan = make_panoramas(x, y, 1, size=84, per_canvas=3, seed=seed)[0]
+    pan_maps, pan_titles = [pan.canvas[0].numpy()], ["canvas: " + " ".join(str(d[0]) for d in pan.digits)]
     fig1_imgs, crop_examples = [], []
     for path in models:
         name = _model_name(path)
@@ -58,6 +62,10 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
         fig1_imgs += [(strip.name, f"{name}: frames (channels → RGB by PCA of the last states)"),
                       (gif.name, f"{name}: the rollout, animated"),
                       (curves.name, f"{name}: residual and predicted-class probability per step")]
+        labels, _ = label_maps(model, pan.canvas[None].to(device), window=28,
+                               generator=torch.Generator(device=device).manual_seed(seed))
+        pan_maps.append(labels[0].cpu().numpy())
+        pan_titles.append(f"{name}: label per cell")
         log(f"  {name}: figure 1 ({time.time() - t0:.0f} s)")
         t0 = time.time()
         crops = nca_view.crop_accuracy(model, x[:n_crops].to(device), y[:n_crops].to(device), seed=seed)
@@ -80,6 +88,10 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
                 for a in ("top-left", "centre") for f in fr]
     titles = [f"{a} {int(100 * f)}%" for a in ("top-left", "centre") for f in fr]
     grid = figures.image_grid(examples, out / "fig2-crop-examples.png", titles=titles, ncols=len(fr))
+    pan_png = figures.image_grid(pan_maps[:1], out / "panorama-canvas.png", titles=pan_titles[:1], ncols=1,
+                                 scale=3)
+    map_png = figures.image_grid(pan_maps[1:], out / "panorama-labels.png", titles=pan_titles[1:],
+                                 ncols=len(pan_maps) - 1, scale=3, cmap="tab10", vmin=0, vmax=9)
     steps = list(range(max_steps + 1))
     acc_png = figures.line_plot(steps, curve_series, out / "test-time-accuracy.png", xlabel="rollout steps",
                                 ylabel="accuracy", title=f"Accuracy after t steps from noise ({n_curve} images)")
@@ -101,6 +113,11 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
                     (grid.name, "examples of crops")],
          "tables": [{"caption": f"accuracy from crops, first {n_crops} test images",
                      "header": ["model", "anchor"] + [f"{int(100 * f)}%" for f in fr], "rows": crop_rows}]},
+        {"title": "Local read-out on a panorama",
+         "text": "An 84×84 canvas with three test digits; each cell is labelled by the read-out MLP applied to "
+                 "the mean state in its 28×28 window (colours: tab10, 0–9). Per-digit accuracy over many "
+                 "canvases is in docs/nca.md.",
+         "images": [(pan_png.name, pan_titles[0]), (map_png.name, "label maps")]},
         {"title": "Test-time compute",
          "text": f"Accuracy and distance from equilibrium after t = 0..{max_steps} rollout steps "
                  "(10× the essay model's training length).",
