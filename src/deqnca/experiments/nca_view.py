@@ -18,13 +18,22 @@ def figure1_data(model, x, steps: int = 64, seed: int = 0):
     return rollout(model, x, steps, generator=gen, keep_states=True)
 
 
-def crop_accuracy(model, x, y, fractions=FRACTIONS, anchors=ANCHORS, batch_size=50, seed=0) -> dict:
-    """{anchor: [accuracy at each visible fraction]} — the model sees only the crop, at its own size."""
+def crop_accuracy(model, x, y, fractions=FRACTIONS, anchors=ANCHORS, batch_size=50, seed=0,
+                  mode: str = "own-size") -> dict:
+    """{anchor: [accuracy at each visible fraction]}.
+
+    mode "own-size": the model sees only the crop, as a smaller image (any size works);
+    mode "padded": the crop at its original position on a black 28×28 canvas (what a fixed-size CNN needs).
+    """
+    from .baseline import pad_in_place
+
+    view = (lambda a, anchor: crop(x, a, anchor)) if mode == "own-size" else \
+        (lambda a, anchor: pad_in_place(x, a, anchor))
     out = {}
     for anchor in anchors:
-        out[anchor] = [evaluate(model, crop(x, a, anchor), y, batch_size=batch_size, seed=seed)["accuracy"]
+        out[anchor] = [evaluate(model, view(a, anchor), y, batch_size=batch_size, seed=seed)["accuracy"]
                        for a in fractions]
-    return {"fractions": list(fractions), "accuracy": out, "n": len(x)}
+    return {"fractions": list(fractions), "accuracy": out, "n": len(x), "mode": mode}
 
 
 def solver_budgets(model, x, y, budgets=(4, 8, 16, 32, 64), solvers=("anderson", "broyden"),

@@ -135,7 +135,7 @@ def main(args) -> int:
     quick = getattr(args, "quick", False)
     t0 = time.time()
     path = build(shipped_models(), out, device=_device(args.device), data_dir=args.data_dir,
-                 n_crops=50 if quick else 300, n_curve=50 if quick else 300, max_steps=32 if quick else 160,
+                 n_crops=50 if quick else 200, n_curve=50 if quick else 200, max_steps=32 if quick else 160,
                  fig_steps=16 if quick else 64, eval_rows=getattr(args, "eval_rows", None),
                  log=lambda s: print(s, flush=True))
     print(f"report: {path}  ({time.time() - t0:.0f} s)")
