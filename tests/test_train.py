@@ -18,8 +18,9 @@ TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rol
 def test_tiny_training_learns_past_threshold(tmp_path):
     # Digits 0-3, 3000 images, 3 epochs of a 4-step rollout: ~55-60% (chance 25%). Global-average-
     # pooled models of this family sit on a long loss plateau at first (a plain 2-4 layer CNN with
-    # global pooling reaches only ~30-40% on 3000 images of all ten digits too), so the 85% on ten
-    # digits suggested for this test needs far more steps than CI affords; see docs/mnist.md.
+    # global pooling reaches only 29-38% on 3000 images of all ten digits too:
+    # experiments/global_pool_plateau.py), so the 85% on ten digits suggested for this test needs far
+    # more steps than CI affords.
     from deqnca.data.idx import load_mnist
 
     x, y = load_mnist(split="train")
