@@ -111,8 +111,6 @@ def cmd_train(args) -> int:
 
 def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,
                         progress=True):
-    import torch
-
     from .data.idx import load_mnist
     from .model import count_parameters
     from .train.checkpoint import load_model
@@ -178,10 +176,9 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     """Strip a run's checkpoint to a shippable model: weights only, plus config, metrics, provenance."""
-    from .train.checkpoint import load_model, read_checkpoint, save_checkpoint
+    from .train.checkpoint import load_model, save_checkpoint
 
     model, meta = load_model(args.checkpoint)
-    _, meta = read_checkpoint(args.checkpoint)
     history = meta.get("history", [])
     info = {
         "metrics": history[-1] if history else {},

@@ -47,8 +47,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-def _format(x, cfg: TrainConfig, device):
-    use_cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and torch.device(device).type == "cpu")
+def _format(x, channels_last: str, device):
+    use_cl = channels_last == "on" or (channels_last == "auto" and torch.device(device).type == "cpu")
     return x.contiguous(memory_format=torch.channels_last) if use_cl else x
 
 
@@ -73,11 +73,10 @@ def evaluate(model, x, y, batch_size=500, seed=0, channels_last="auto", progress
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    cfg = TrainConfig(channels_last=channels_last)
     correct, rels, nsteps, fallback = 0, [], [], 0
     it = range(0, len(x), batch_size)
     for i in tqdm(it, desc="eval", leave=False, disable=not progress):
-        xb = _format(x[i:i + batch_size].to(device), cfg, device)
+        xb = _format(x[i:i + batch_size].to(device), channels_last, device)
         logits = model(xb, generator=gen, **solve_kw)
         correct += (logits.argmax(1).cpu() == y[i:i + batch_size].cpu()).sum().item()
         st = model.last_stats
@@ -175,7 +174,7 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                 # state noise seeded per batch, so a resumed run sees exactly the noise it would have seen
                 gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + b + 7_919 * rank)
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size][rank::world].to(device)
-                xb, yb = _format(x_tr[idx], cfg, device), y_tr[idx]
+                xb, yb = _format(x_tr[idx], cfg.channels_last, device), y_tr[idx]
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(cfg, (epoch + b / steps_per_epoch) / cfg.epochs)
                 logits = net(xb, generator=gen)
