@@ -42,3 +42,15 @@ def test_panorama_accuracy_counts_every_digit():
     m = EquilibriumModel(dict(solver="rollout", gradient="bptt", solver_kw={"max_iter": 2})).eval()
     r = panorama_accuracy(m, x, y, n=4, size=84, per_canvas=3, window=28)
     assert r["digits"] == 12 and 0 <= r["accuracy"] <= 1
+
+
+def test_hostile_inputs_get_one_line_errors():
+    import pytest
+
+    m = EquilibriumModel(dict(solver="rollout", gradient="bptt", solver_kw={"max_iter": 2})).eval()
+    bad = [torch.rand(28, 28), torch.rand(2, 3, 28, 28), torch.rand(1, 1, 2, 2),
+           torch.full((1, 1, 8, 8), float("nan"))]
+    for x in bad:
+        with pytest.raises(ValueError) as e:
+            m(x)
+        assert "\n" not in str(e.value)

@@ -75,7 +75,22 @@ class EquilibriumModel(nn.Module):
         u = self.encode(x)
         return self.rule.bind(u, self.conditioning), u
 
-    def solve(self, x, solver: str | None = None, generator=None, z0=None, **solver_kw):
+    def check_input(self, x):
+        """One-line errors for inputs the model cannot take (a wrong shape, NaN/inf pixels)."""
+        c = self.config.in_channels
+        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != c:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"input must be a (batch, {c}, height, width) tensor, got {shape}; "
+                             f"add the missing axes, e.g. x.view(-1, {c}, H, W)")
+        if min(x.shape[2:]) < 3:
+            raise ValueError(f"input is {x.shape[2]}x{x.shape[3]}; the 3x3 rule needs at least 3x3 cells")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or inf; clean or mask those pixels before calling the model")
+
+    def solve(self, x, solver: str | None = None, generator=None, z0=None, check_input: bool = True,
+              **solver_kw):
+        if check_input:
+            self.check_input(x)
         f, u = self.step_map(x)
         if z0 is None:
             z0 = self.initial_state(u, generator)

@@ -177,7 +177,9 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                 xb, yb = _format(x_tr[idx], cfg.channels_last, device), y_tr[idx]
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(cfg, (epoch + b / steps_per_epoch) / cfg.epochs)
-                logits = net(xb, generator=gen)
+                # no input check here: a non-finite batch is skipped and counted like any other
+                # non-finite step (below) instead of stopping the run
+                logits = net(xb, generator=gen, check_input=False)
                 loss = F.cross_entropy(logits, yb)
                 stats = model.last_stats
                 counters["fallback"] += stats.fallback
