@@ -37,12 +37,16 @@ def main():
     ap.add_argument("--checkpoint", default="models/mnist-equilibrium-3ep")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--input-scales", default="1", help="comma-separated rule_kw.input_init_scale values at init")
     args = ap.parse_args()
     x, _ = load_mnist(split="test")
     x = x[:args.images]
-    torch.manual_seed(args.seed)
-    rows = [("initialisation (preset equilibrium)", EquilibriumModel(preset("equilibrium")["model"])),
-            (args.checkpoint, load_model(args.checkpoint)[0])]
+    rows = []
+    for scale in (float(v) for v in args.input_scales.split(",")):
+        torch.manual_seed(args.seed)
+        cfg = preset("equilibrium", {"rule_kw": {"input_init_scale": scale}})["model"]
+        rows.append((f"initialisation, input_init_scale {scale:g}", EquilibriumModel(cfg)))
+    rows.append((args.checkpoint, load_model(args.checkpoint)[0]))
     print("| model | raw σ(K2_z) | mean abs tanh pre-activation | share abs > 0.5 | pooled z* std across images |")
     print("|---|---|---|---|---|")
     for name, m in rows:

@@ -38,13 +38,17 @@ def conv_operator_norm(weight, v, n_iter: int = 1):
 
 class ContractiveTanhRule(nn.Module):
     def __init__(self, input_channels: int = 16, state_channels: int = 32, kernel_size: int = 3,
-                 gamma: float = 0.9, norm_grid: int = 32):
+                 gamma: float = 0.9, norm_grid: int = 32, input_init_scale: float = 1.0):
         super().__init__()
         if not 0 < gamma < 1:
             raise ValueError(f"gamma must be in (0, 1) for a contraction, got {gamma}")
         self.input_channels, self.state_channels, self.gamma = input_channels, state_channels, gamma
         self.K2 = nn.Conv2d(input_channels + state_channels, state_channels, kernel_size,
                             padding=kernel_size // 2)
+        if input_init_scale != 1.0:
+            # >1 starts the fixed point in tanh's nonlinear range (experiments/equilibrium_regime.py)
+            with torch.no_grad():
+                self.K2.weight[:, :input_channels] *= input_init_scale
         v = torch.randn(1, state_channels, norm_grid, norm_grid)
         self.register_buffer("power_vector", v / v.norm())
         self.register_buffer("sigma", torch.ones(()))
