@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from deqnca.conditioning import Injection, ReadOnlyChannels
-from deqnca.gradients import BPTT, Implicit, Phantom
+from deqnca.gradients import BPTT, Phantom
 from deqnca.model import EquilibriumModel
 from deqnca.rules import ContractiveTanhRule, ResidualTanhRule, conv_operator_norm
 from deqnca.solvers import get_solver

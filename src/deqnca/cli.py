@@ -195,13 +195,9 @@ def cmd_export(args) -> int:
 
 def cmd_rollout(args) -> int:
     """Figure 1 for one test image: frames, GIF, residual/probability curves, and a JSON trace."""
-    import torch
-
     from .data.idx import load_mnist
-    from .experiments.nca_view import figure1_data
+    from .experiments.nca_view import draw_figure1
     from .train.checkpoint import load_model
-    from .viz import figures
-    from .viz.project import Projection
 
     device = _device(args.device)
     path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay")
@@ -209,14 +205,11 @@ def cmd_rollout(args) -> int:
     x, y = load_mnist(args.data_dir, split="test", verify_md5=False if args.no_verify else None)
     if not 0 <= args.index < len(x):
         raise ValueError(f"--index {args.index}: the test set has images 0..{len(x) - 1}")
-    r = figure1_data(model, x[args.index:args.index + 1].to(device), steps=args.steps, seed=args.seed)
-    out = Path(args.out)
-    proj = Projection.fit(r.states[0, -8:])
-    img, label, stem = x[args.index, 0].numpy(), int(y[args.index]), f"{path.name}-{args.index}"
-    files = [figures.frame_strip(r.states[0], proj, out / f"{stem}-frames.png", image=img,
-                                 title=f"{path.name}: test image {args.index} (label {label})"),
-             figures.save_gif(r.states[0], proj, out / f"{stem}.gif", image=img),
-             figures.rollout_curves(r.rel_residual[0], r.probs[0], out / f"{stem}-curves.png", label=label)]
+    label, out = int(y[args.index]), Path(args.out)
+    stem = f"{path.name}-{args.index}"
+    r, files = draw_figure1(model, x[args.index:args.index + 1].to(device), label, out, stem,
+                            f"{path.name}: test image {args.index} (label {label})", steps=args.steps,
+                            seed=args.seed)
     trace = {"checkpoint": str(path), "index": args.index, "label": label, "steps": args.steps,
              "rel_residual": r.rel_residual[0].tolist(),
              "prediction": r.probs[0].argmax(-1).tolist(),

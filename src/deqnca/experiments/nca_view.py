@@ -18,6 +18,21 @@ def figure1_data(model, x, steps: int = 64, seed: int = 0):
     return rollout(model, x, steps, generator=gen, keep_states=True)
 
 
+def draw_figure1(model, x, label: int, out, stem: str, title: str, steps: int = 64, seed: int = 0):
+    """Figure 1 for one image x (1, 1, H, W): (rollout, [frames.png, .gif, curves.png])."""
+    from ..viz import figures
+    from ..viz.project import Projection
+
+    r = figure1_data(model, x, steps=steps, seed=seed)
+    proj = Projection.fit(r.states[0, -8:])     # fitted once on the last states: colours fixed across frames
+    img = x[0, 0].cpu().numpy()
+    files = [figures.frame_strip(r.states[0], proj, out / f"{stem}-frames.png", image=img, title=title),
+             figures.save_gif(r.states[0], proj, out / f"{stem}.gif", image=img),
+             figures.rollout_curves(r.rel_residual[0], r.probs[0], out / f"{stem}-curves.png", label=label,
+                                    title=title)]
+    return r, files
+
+
 def crop_accuracy(model, x, y, fractions=FRACTIONS, anchors=ANCHORS, batch_size=50, seed=0,
                   mode: str = "own-size") -> dict:
     """{anchor: [accuracy at each visible fraction]}.

@@ -13,7 +13,6 @@ import torch
 
 from ..data.idx import load_mnist
 from ..train.checkpoint import load_model
-from ..viz.project import Projection
 from . import nca_view
 from .panorama import label_maps
 from ..data.panoramas import make_panoramas
@@ -44,21 +43,15 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
     crop_series, curve_series, resid_series = {}, {}, {}
     pan = make_panoramas(x, y, 1, size=84, per_canvas=3, seed=seed)[0]
     pan_maps, pan_titles = [pan.canvas[0].numpy()], ["canvas: " + " ".join(str(d[0]) for d in pan.digits)]
-    fig1_imgs, crop_examples = [], []
+    fig1_imgs = []
     for path in models:
         name = _model_name(path)
         t0 = time.time()
         model, meta = load_model(path, device)
         model.eval()
-        xi = x[index:index + 1].to(device)
-        r = nca_view.figure1_data(model, xi, steps=fig_steps, seed=seed)
-        proj = Projection.fit(r.states[0, -8:])
-        img = x[index, 0].numpy()
-        strip = figures.frame_strip(r.states[0], proj, out / f"fig1-{name}-frames.png", image=img,
-                                    title=f"{name}: rollout from noise, test image {index} (label {int(y[index])})")
-        gif = figures.save_gif(r.states[0], proj, out / f"fig1-{name}.gif", image=img)
-        curves = figures.rollout_curves(r.rel_residual[0], r.probs[0], out / f"fig1-{name}-curves.png",
-                                        label=int(y[index]), title=f"{name}: residual and class probabilities")
+        _, (strip, gif, curves) = nca_view.draw_figure1(
+            model, x[index:index + 1].to(device), int(y[index]), out, f"fig1-{name}",
+            f"{name}: rollout from noise, test image {index} (label {int(y[index])})", steps=fig_steps, seed=seed)
         fig1_imgs += [(strip.name, f"{name}: frames (channels → RGB by PCA of the last states)"),
                       (gif.name, f"{name}: the rollout, animated"),
                       (curves.name, f"{name}: residual and predicted-class probability per step")]
