@@ -1,8 +1,9 @@
 """Implicit gradients match unrolled autograd at a converged fixed point; BPTT is exact."""
 import pytest
 import torch
+import torch.nn.functional as F
 
-from deqnca.conditioning import Injection, ReadOnlyChannels
+from deqnca.conditioning import Additive, Injection, ReadOnlyChannels
 from deqnca.gradients import BPTT, Phantom
 from deqnca.model import EquilibriumModel
 from deqnca.rules import ContractiveTanhRule, ResidualTanhRule, conv_operator_norm
@@ -75,6 +76,22 @@ def test_conditioning_variants_agree():
     a = rule.bind(u, Injection())(z)
     b = rule.bind(u, ReadOnlyChannels())(z)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_additive_conditioning_adds_the_input_after_the_nonlinearity():
+    torch.manual_seed(0)
+    rule = ContractiveTanhRule(4, 6, gamma=0.8)
+    rule.eval()
+    u, z = torch.rand(2, 4, 7, 7), torch.randn(2, 6, 7, 7)
+    w = rule.state_weight()
+    expected = torch.tanh(F.conv2d(z, w, rule.K2.bias, padding=1)) + F.conv2d(u, rule.K2.weight[:, :4], padding=1)
+    assert torch.allclose(rule.bind(u, Additive())(z), expected, atol=1e-6)
+    assert not torch.allclose(rule.bind(u, Injection())(z), expected, atol=1e-3)   # a different model
+    f = rule.bind(u, Additive())                                                     # still a γ-contraction
+    z2 = torch.randn_like(z)
+    assert (f(z) - f(z2)).norm() <= 0.8 * 1.01 * (z - z2).norm()
+    with pytest.raises(ValueError, match="activation"):
+        Additive().bind(rule.K2.weight, rule.K2.bias, u)
 
 
 def test_contractive_rule_is_a_contraction_at_any_size():

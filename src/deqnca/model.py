@@ -14,7 +14,7 @@ from torch import nn
 
 from .conditioning import make_conditioning
 from .gradients import make_gradient
-from .readout import MLPReadout
+from .readout import MLPReadout, ink_mask, ink_vote
 from .rules import make_rule
 from .solvers import SolveStats, get_solver
 
@@ -34,6 +34,7 @@ class ModelConfig:
     gradient: str = "phantom"
     gradient_kw: dict = field(default_factory=dict)
     noise_std: float = 1.0            # the state starts from N(0, noise_std²), in training and inference
+    readout: str = "global"           # "global": pool then MLP; "cell": MLP per cell, trained per cell
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -56,6 +57,8 @@ class EquilibriumModel(nn.Module):
         self.K1 = nn.Conv2d(config.in_channels, config.input_channels, 3, padding=1)
         self.rule = make_rule(config.rule, input_channels=config.input_channels,
                               state_channels=config.state_channels, **config.rule_kw)
+        if config.readout not in ("global", "cell"):
+            raise ValueError(f"unknown readout {config.readout!r}; choose 'global' or 'cell'")
         self.readout = MLPReadout(config.state_channels, config.hidden, config.classes)
         self.conditioning = make_conditioning(config.conditioning)
         self.gradient = make_gradient(config.gradient, **config.gradient_kw)
@@ -99,9 +102,20 @@ class EquilibriumModel(nn.Module):
         self.last_stats = stats
         return z, stats
 
-    def forward(self, x, generator=None, **solve_kw):
+    def forward(self, x, generator=None, per_cell: bool = False, **solve_kw):
+        """(B, classes) logits; with per_cell=True (read-out "cell" only) the (B, classes, H, W) cell logits."""
         z, _ = self.solve(x, generator=generator, **solve_kw)
-        return self.readout(z)
+        if per_cell:
+            if self.config.readout != "cell":
+                raise ValueError("per_cell=True needs a model trained with readout='cell'")
+            return self.readout.local(z, 1)
+        return self.read(z, x)
+
+    def read(self, z, x):
+        """(B, classes) logits of state z for input x: pooled, or the ink vote of the cells."""
+        if self.config.readout == "global":
+            return self.readout(z)
+        return ink_vote(self.readout.local(z, 1), ink_mask(x))
 
     @torch.no_grad()
     def trajectory(self, x, steps: int, generator=None, z0=None):

@@ -27,7 +27,7 @@ def rollout(model, x, steps: int, z0=None, generator=None, keep_states: bool = T
     f, u = model.step_map(x)
     z = model.initial_state(u, generator) if z0 is None else z0
     states = [z.float().cpu()] if keep_states else None
-    probs = [torch.softmax(model.readout(z), -1).cpu()]
+    probs = [torch.softmax(model.read(z, x), -1).cpu()]
     abs_r, rel_r = [], []
     for _ in range(steps):
         z_next = f(z)
@@ -35,7 +35,7 @@ def rollout(model, x, steps: int, z0=None, generator=None, keep_states: bool = T
         abs_r.append(a.cpu())
         rel_r.append(r.cpu())
         z = z_next
-        probs.append(torch.softmax(model.readout(z), -1).cpu())
+        probs.append(torch.softmax(model.read(z, x), -1).cpu())
         if keep_states:
             states.append(z.float().cpu())
     stack = lambda xs: torch.stack(xs, dim=1) if xs else torch.empty(x.shape[0], 0)

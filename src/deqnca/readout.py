@@ -5,11 +5,38 @@ One MLP decoder (C -> hidden -> classes), applied to
 - local windows: the average over each k×k neighbourhood, giving a class map (B, classes, H, W) —
   every cell answers from what it can see, the NCA reading of a DEQ (k = 1: per cell).
 The MLP is evaluated as 1×1 convolutions so the same weights serve all three.
+
+A model trained with per-cell targets (self-classifying MNIST: every cell on the digit's ink is
+told the digit's label) answers for a whole image by `ink_vote`: the mean of the cell logits over
+the ink cells.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
+
+INK_THRESHOLD = 0.1
+
+
+def ink_mask(x, threshold: float = INK_THRESHOLD):
+    """(B, 1, H, W) float mask of the cells whose input is ink (any channel above threshold)."""
+    return (x.amax(dim=1, keepdim=True) > threshold).to(x.dtype)
+
+
+def ink_vote(cell_logits, mask):
+    """(B, K): mean of the cell logits over the mask (over all cells where a sample has no ink)."""
+    empty = mask.sum(dim=(2, 3), keepdim=True) == 0
+    mask = torch.where(empty, torch.ones_like(mask), mask)
+    return (cell_logits * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3))
+
+
+def per_cell_loss(cell_logits, labels, mask):
+    """Cross-entropy of every ink cell against its image's label, averaged over ink cells."""
+    target = labels[:, None, None].expand(-1, *cell_logits.shape[2:])
+    ce = F.cross_entropy(cell_logits, target, reduction="none")
+    m = mask[:, 0]
+    return (ce * m).sum() / m.sum().clamp(min=1)
 
 
 class MLPReadout(nn.Module):
@@ -30,3 +57,18 @@ class MLPReadout(nn.Module):
             z = F.avg_pool2d(z, window, stride=1, padding=window // 2, count_include_pad=False)[..., :H, :W]
         h = F.relu(F.conv2d(z, self.fc1.weight[..., None, None], self.fc1.bias))
         return F.conv2d(h, self.fc2.weight[..., None, None], self.fc2.bias)
+
+
+class ConvHead(nn.Module):
+    """Per-cell read-out of a spatial answer (DT-recall's head): three bias-free 3x3 convolutions
+    C -> 32 -> 8 -> classes with ReLUs, giving class logits (B, classes, H, W) for every pixel."""
+
+    def __init__(self, state_channels: int = 32, classes: int = 2):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(state_channels, 32, 3, padding=1, bias=False), nn.ReLU(),
+            nn.Conv2d(32, 8, 3, padding=1, bias=False), nn.ReLU(),
+            nn.Conv2d(8, classes, 3, padding=1, bias=False))
+
+    def forward(self, z):
+        return self.layers(z)

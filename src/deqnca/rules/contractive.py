@@ -69,5 +69,4 @@ class ContractiveTanhRule(nn.Module):
 
     def bind(self, u, conditioning):
         weight = torch.cat([self.K2.weight[:, :self.input_channels], self.state_weight()], dim=1)
-        drive = conditioning.bind(weight, self.K2.bias, u, padding=self.K2.padding[0])
-        return lambda z: torch.tanh(drive(z))
+        return conditioning.bind(weight, self.K2.bias, u, padding=self.K2.padding[0], activation=torch.tanh)

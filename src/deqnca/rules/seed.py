@@ -24,5 +24,6 @@ class ResidualTanhRule(nn.Module):
                 self.K2.weight[:, input_channels:] *= state_init_scale
 
     def bind(self, u, conditioning):
-        drive = conditioning.bind(self.K2.weight, self.K2.bias, u, padding=self.K2.padding[0])
-        return lambda z: z + torch.tanh(drive(z))
+        update = conditioning.bind(self.K2.weight, self.K2.bias, u, padding=self.K2.padding[0],
+                                   activation=torch.tanh)
+        return lambda z: z + update(z)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..model import EquilibriumModel, count_parameters
+from ..readout import ink_mask, ink_vote, per_cell_loss
 from . import distributed
 from .checkpoint import load_optimizer_state, read_checkpoint, save_checkpoint
 
@@ -179,8 +180,13 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                     g["lr"] = lr_at(cfg, (epoch + b / steps_per_epoch) / cfg.epochs)
                 # no input check here: a non-finite batch is skipped and counted like any other
                 # non-finite step (below) instead of stopping the run
-                logits = net(xb, generator=gen, check_input=False)
-                loss = F.cross_entropy(logits, yb)
+                if model.config.readout == "cell":   # self-classifying: every ink cell is supervised
+                    cells = net(xb, generator=gen, check_input=False, per_cell=True)
+                    mask = ink_mask(xb)
+                    loss, logits = per_cell_loss(cells, yb, mask), ink_vote(cells.detach(), mask)
+                else:
+                    logits = net(xb, generator=gen, check_input=False)
+                    loss = F.cross_entropy(logits, yb)
                 stats = model.last_stats
                 counters["fallback"] += stats.fallback
                 optimizer.zero_grad(set_to_none=True)
