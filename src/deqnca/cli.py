@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="folder for figures and the HTML report")
     p.add_argument("--quick", action="store_true", help="smaller samples (for tests)")
     p.set_defaults(func=cmd_demo)
+    from .experiments import grow, maze     # their own sub-commands: deqnca grow ..., deqnca maze ...
+
+    grow.add_cli(sub)
+    maze.add_cli(sub)
     return parser
 
 

@@ -1,0 +1,144 @@
+"""The two ways to get a differentiable grown pattern from the same rule, and one training step.
+
+BPTT (the paper's recipe): roll the stochastic rule out for T steps with autograd on; memory ∝ T.
+
+Equilibrium: the grown pattern is a fixed point z* = f(z*) of the EXPECTED update f(z) = z + p·Δ(z)
+(alive-masked), which is exactly the set of fixed points of the stochastic rule (rules/growing.py).
+Forward: T growth steps of the stochastic rule without autograd (standard growing NCAs do not settle
+by themselves, the growth phase brings the state near the pattern), then a solver on f. Backward:
+implicit (IFT) or phantom gradient at z*, memory independent of T. Convergence is trained for, not
+assumed: the loss adds w_res·‖f(z*) − z*‖² (so z* becomes a fixed point) and optionally
+w_jac·‖∂f/∂z‖²_F (Hutchinson, TorchDeq's jac_reg) to keep the fixed point attracting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..gradients import make_gradient
+from ..rules.growing import GrowingNCARule, target_loss
+from ..solvers import get_solver
+
+
+@dataclass
+class StepOutput:
+    final: torch.Tensor                  # (B, C, H, W) detached state after the forward pass
+    loss: torch.Tensor                   # scalar target loss (the number to compare across trainers)
+    per_sample: torch.Tensor             # (B,) target loss per sample
+    extra: dict = field(default_factory=dict)   # trainer-specific tensors (residual, penalties)
+
+
+class BPTTForward:
+    """T steps of the stochastic rule, differentiated step by step."""
+
+    name = "bptt"
+
+    def __init__(self):
+        self.strategy, self.solve = make_gradient("bptt"), get_solver("rollout")
+
+    def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator):
+        z, _ = self.strategy(rule.stochastic_map(generator), self.solve, z0, max_iter=steps, measure=False)
+        per_sample = target_loss(z, target)
+        return per_sample.mean(), StepOutput(z.detach(), per_sample.mean().detach(), per_sample.detach())
+
+
+class EquilibriumForward:
+    """Growth rollout (no autograd) → solver on the expected map → implicit/phantom gradient at z*."""
+
+    name = "implicit"
+
+    def __init__(self, solver="fixed_point", solver_iter=32, solver_tol=1e-3, gradient="implicit",
+                 b_solver="fixed_point", b_max_iter=32, b_tol=1e-4, phantom_k=8, residual_weight=1.0, jac_weight=0.0):
+        kw = {"b_solver": b_solver, "b_max_iter": b_max_iter, "b_tol": b_tol} if gradient == "implicit" \
+            else {"k": phantom_k}
+        self.strategy, self.solve = make_gradient(gradient, **kw), get_solver(solver)
+        self.rollout = get_solver("rollout")
+        self.solver_kw = {"max_iter": solver_iter, "tol": solver_tol}
+        self.residual_weight, self.jac_weight = residual_weight, jac_weight
+
+    def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator):
+        with torch.no_grad():
+            z_grown, _ = self.rollout(rule.stochastic_map(generator), z0, max_iter=steps, measure=False)
+        f = rule.expected_map()
+        z_star, stats = self.strategy(f, self.solve, z_grown, **self.solver_kw)
+        per_sample = target_loss(z_star, target)
+        loss = per_sample.mean()
+        total = loss
+        # residual and Jacobian penalties at the (detached) solution: their gradient reaches the
+        # weights through one evaluation of f, so memory stays independent of T
+        z_leaf = z_star.detach().requires_grad_(self.jac_weight > 0)
+        f_leaf = f(z_leaf)
+        residual = (f_leaf - z_leaf).pow(2).mean()
+        if self.residual_weight:
+            total = total + self.residual_weight * residual
+        extra = {"residual_mse": residual.detach(), "rel_residual": stats.rel_residual.detach(),
+                 "solver_steps": stats.nstep}
+        if self.jac_weight:
+            from torchdeq.loss import jac_reg
+
+            jac = jac_reg(f_leaf, z_leaf)
+            total = total + self.jac_weight * jac
+            extra["jac_frobenius"] = jac.detach()
+        return total, StepOutput(z_star.detach(), loss.detach(), per_sample.detach(), extra)
+
+
+def make_forward(trainer: str, **equilibrium_kw):
+    if trainer == "bptt":
+        return BPTTForward()
+    if trainer == "implicit":
+        return EquilibriumForward(**equilibrium_kw)
+    raise ValueError(f"unknown trainer {trainer!r}; choose bptt or implicit")
+
+
+def normalise_gradients(params) -> None:
+    """The paper's per-parameter-tensor gradient normalisation: every update has unit direction."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(p.grad.norm() + 1e-8)
+
+
+def training_step(rule, forward, optimizer, z0, target, steps: int, generator) -> tuple[StepOutput, bool]:
+    """Forward, backward, per-parameter normalisation, optimizer step. A non-finite loss or gradient
+    skips the update (returns ok=False, weights untouched); this is the step's one host sync."""
+    total, out = forward(rule, z0, target, steps, generator)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grads = [p.grad for p in rule.parameters() if p.grad is not None]
+    ok = bool(torch.isfinite(total) & torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    if ok:
+        normalise_gradients(rule.parameters())
+        optimizer.step()
+    return out, ok
+
+
+@torch.no_grad()
+def spectral_radius(f, z, iters: int = 24, generator=None) -> torch.Tensor:
+    """(B,) estimate of the spectral radius of ∂f/∂z at z by power iteration on VJPs (Jᵀ has J's
+    spectrum). The growth factor is averaged geometrically over the second half of the iterations,
+    which is robust to the period-2 wobble a dominant complex pair causes."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        fz = f(z)
+    v = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    dims = tuple(range(1, z.dim()))
+    v = v / torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+    logs = []
+    for _ in range(iters):
+        with torch.enable_grad():
+            w = torch.autograd.grad(fz, z, v, retain_graph=True)[0]
+        n = torch.linalg.vector_norm(w, dim=dims, keepdim=True)
+        logs.append(n.flatten().clamp_min(1e-30).log())
+        v = w / n.clamp_min(1e-30)
+    return torch.stack(logs[iters // 2:]).mean(0).exp()
+
+
+def disc_masks(n: int, height: int, width: int, generator=None, device=None) -> torch.Tensor:
+    """(n, 1, H, W) masks that are 0 inside a random disc, as the paper's make_circle_masks: centre
+    uniform in the middle half of the grid, radius 0.1–0.4 of the half-width."""
+    u = torch.rand(n, 3, generator=generator, device=device)
+    centre, radius = u[:, :2] - 0.5, 0.1 + 0.3 * u[:, 2]
+    ys = torch.linspace(-1, 1, height, device=device)[None, :, None]
+    xs = torch.linspace(-1, 1, width, device=device)[None, None, :]
+    inside = (ys - centre[:, 0, None, None]) ** 2 + (xs - centre[:, 1, None, None]) ** 2 < radius[:, None, None] ** 2
+    return (~inside).float()[:, None]

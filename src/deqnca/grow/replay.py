@@ -1,0 +1,114 @@
+"""Replaying a trained growing NCA with its stochastic rule: animations and the side-by-side measurements.
+
+Both trainers are scored the same way, by the stochastic rule the paper runs (the NCA view), from one
+seed cell: loss after the training horizon, persistence at 10× the horizon, regeneration after a
+random disc is erased. For an equilibrium-trained rule the measurement also solves the expected map
+from the grown state and replays the stochastic rule from that z*: a true fixed point must stay put.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..rules.growing import target_loss
+from ..solvers import get_solver
+from .objective import disc_masks
+
+
+def rgb_on_white(z: torch.Tensor) -> np.ndarray:
+    """(..., C, H, W) states → (..., H, W, 3) uint8: premultiplied RGBA composited over white."""
+    rgb, alpha = z[..., :3, :, :], z[..., 3:4, :, :].clamp(0, 1)
+    img = (1.0 - alpha + rgb).clamp(0, 1)
+    return (img.movedim(-3, -1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def replay(rule, z0, steps: int, seed: int, keep_frames: bool = False):
+    """Run the stochastic rule; returns the final state (and every frame, on the CPU, when asked)."""
+    gen = torch.Generator(device=z0.device).manual_seed(seed)
+    f = rule.stochastic_map(gen)
+    z, frames = z0, [z0.cpu()] if keep_frames else None
+    for _ in range(steps):
+        z = f(z)
+        if keep_frames:
+            frames.append(z.cpu())
+    return z, (torch.stack(frames) if keep_frames else None)
+
+
+def _scale(img: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(img, k, axis=-3), k, axis=-2)
+
+
+def write_gif(frames: np.ndarray, path: Path, fps: int = 20, scale: int = 4) -> Path:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, _scale(frames, scale), extension=".gif", plugin="pillow",
+                duration=int(round(1000 / fps)), loop=0)
+    return path
+
+
+@torch.no_grad()
+def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[Path]:
+    """Growth GIF from one seed, regeneration GIF (grow, erase a disc, regrow), a PNG frame strip."""
+    from ..viz.figures import default_steps, image_grid
+
+    rule, target = model.rule, model.target
+    H, W = target.shape[1:]
+    device = target.device
+    z0 = rule.seed(1, H, W, device=device)
+    z_grown, growth = replay(rule, z0, steps, seed, keep_frames=True)
+    damage = disc_masks(1, H, W, torch.Generator(device=device).manual_seed(seed + 1), device)
+    _, regrowth = replay(rule, z_grown * damage, steps, seed + 2, keep_frames=True)
+    growth_rgb, regrowth_rgb = rgb_on_white(growth[:, 0]), rgb_on_white(regrowth[:, 0])
+    out.mkdir(parents=True, exist_ok=True)
+    files = [write_gif(growth_rgb, out / "growth.gif"),
+             write_gif(np.concatenate([growth_rgb[-1:].repeat(10, 0), regrowth_rgb]), out / "regeneration.gif")]
+    picks = default_steps(steps, 7)
+    losses = [target_loss(growth[t].to(device), target[None]).item() for t in picks]
+    panels = [growth_rgb[t] for t in picks] + [rgb_on_white(target[None])[0]]
+    titles = [f"t={t}\nL2 {loss:.4f}" for t, loss in zip(picks, losses)] + ["target"]
+    files.append(image_grid(panels, out / "frames.png", titles=titles, ncols=len(panels)))
+    return files
+
+
+@torch.no_grad()
+def measure(model, meta: dict, metrics_path: Path | None, samples: int = 8, seed: int = 0,
+            threshold: float = 0.01) -> dict:
+    """The side-by-side numbers for one checkpoint (fixed seeds, averaged over `samples` replays)."""
+    rule, target = model.rule, model.target
+    cfg = meta.get("train_config", {})
+    horizon = int(cfg.get("max_steps", 96))
+    H, W = target.shape[1:]
+    device = target.device
+    z0 = rule.seed(samples, H, W, device=device)
+    grown, _ = replay(rule, z0, horizon, seed)
+    persisted, _ = replay(rule, grown, 9 * horizon, seed + 1)
+    damage = disc_masks(samples, H, W, torch.Generator(device=device).manual_seed(seed + 2), device)
+    regrown, _ = replay(rule, grown * damage, horizon, seed + 3)
+    row = {"trainer": cfg.get("trainer"), "variant": cfg.get("variant"), "train_steps": meta.get("step"),
+           "train_seconds": meta.get("elapsed_s"), "horizon": horizon,
+           "loss_grown": target_loss(grown, target[None]).mean().item(),
+           "loss_persist_10x": target_loss(persisted, target[None]).mean().item(),
+           "loss_regenerated": target_loss(regrown, target[None]).mean().item(),
+           "loss_damaged": target_loss(grown * damage, target[None]).mean().item()}
+    # the equilibrium view: solve the expected map from the grown state, then check that the
+    # stochastic rule leaves the solution where it is
+    solve = get_solver(cfg.get("solver", "fixed_point"))
+    z_star, stats = solve(rule.expected_map(), grown, max_iter=int(cfg.get("solver_iter", 32)),
+                          tol=float(cfg.get("solver_tol", 1e-3)))
+    drifted, _ = replay(rule, z_star, horizon, seed + 4)
+    row.update(loss_fixed_point=target_loss(z_star, target[None]).mean().item(),
+               fixed_point_rel_residual=stats.rel_residual.mean().item(),
+               loss_fixed_point_after_stochastic_replay=target_loss(drifted, target[None]).mean().item())
+    if metrics_path is not None and metrics_path.exists():
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        hit = next((r for r in records if r["loss"] < threshold), None)
+        row.update(threshold=threshold, seconds_to_threshold=hit["wall_s"] if hit else None,
+                   steps_to_threshold=hit["step"] if hit else None,
+                   divergences=records[-1].get("divergences", 0) if records else None,
+                   skipped_steps=records[-1].get("skipped_steps", 0) if records else None)
+    return row

@@ -1,0 +1,234 @@
+"""The growing-NCA training loop, shared by both trainers (they differ only in the forward pass).
+
+The paper's recipe: a pool of 1024 states, batches of 8, Adam 2e-3 → 2e-4 at step 2000,
+per-parameter gradient normalisation; variants
+  growing       every batch starts from the seed (no pool)
+  persistent    batch drawn from the pool, its highest-loss sample replaced by the seed, results
+                written back
+  regenerating  persistent + the 3 lowest-loss samples damaged (a random disc erased)
+
+Conventions of train/loop.py: tqdm progress, metrics.jsonl, atomic checkpoint `last` every ~steps/10
+and at the end and on Ctrl-C, exact --resume (per-step random generators, the pool saved beside the
+checkpoint), non-finite loss/gradient skipped and counted, non-finite weights restored from the last
+good state, never saved.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..rules.growing import GrowingConfig, GrowingNCARule, target_loss
+from ..train.checkpoint import _atomic_write, load_optimizer_state, read_checkpoint, save_checkpoint
+from .objective import disc_masks, make_forward, spectral_radius, training_step
+
+CHECKPOINT_KIND = "grow"
+VARIANTS = ("growing", "persistent", "regenerating")
+
+
+@dataclass
+class GrowTrainConfig:
+    trainer: str = "bptt"             # "bptt" or "implicit"
+    variant: str = "persistent"
+    target: str = "lizard"            # lizard, small or an image path
+    pad: int = 0                      # transparent cells added around a target image
+    steps: int = 8000                 # optimizer steps
+    time_budget: float = 0.0          # seconds of training; 0 = no limit
+    batch_size: int = 8
+    pool_size: int = 1024
+    min_steps: int = 64               # rollout length drawn per batch in [min_steps, max_steps]:
+    max_steps: int = 96               # BPTT's horizon / the growth steps before the solver
+    lr: float = 2e-3
+    lr_decay_at: int = 2000
+    lr_decay: float = 0.1
+    damaged: int = 3                  # regenerating: lowest-loss samples damaged per batch
+    seed: int = 0
+    # equilibrium trainer
+    solver: str = "fixed_point"       # Anderson extrapolates the non-contractive early rule to blow-up
+    solver_iter: int = 32
+    solver_tol: float = 1e-3
+    gradient: str = "implicit"        # or "phantom"
+    b_solver: str = "fixed_point"
+    b_max_iter: int = 32
+    b_tol: float = 1e-4
+    phantom_k: int = 8                # unrolled steps of the phantom gradient
+    residual_weight: float = 1.0
+    jac_weight: float = 0.0
+    divergence_rel: float = 0.1       # a solve ending above this relative residual is a divergence event
+    spectral_every: int = 100         # steps between spectral-radius measurements; 0 = never
+    log_every: int = 10
+    checkpoint_every: int = 0         # 0 = about steps/10
+    max_bad_steps: int = 50           # consecutive non-finite steps before giving up
+    rule: dict | None = None          # GrowingConfig overrides (channels, hidden, fire_rate)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def equilibrium_kw(self) -> dict:
+        keys = ("solver", "solver_iter", "solver_tol", "gradient", "b_solver", "b_max_iter", "b_tol", "phantom_k",
+                "residual_weight", "jac_weight")
+        return {k: getattr(self, k) for k in keys}
+
+
+class GrowModel(torch.nn.Module):
+    """The rule plus the target it was trained on, so a checkpoint alone can be replayed and scored."""
+
+    def __init__(self, rule_config, target: torch.Tensor):
+        super().__init__()
+        self.rule = GrowingNCARule(rule_config)
+        self.config = self.rule.config
+        self.register_buffer("target", target.clone())
+
+
+def load_grow_checkpoint(path, device="cpu") -> tuple[GrowModel, dict]:
+    tensors, meta = read_checkpoint(path)
+    if meta.get("kind") != CHECKPOINT_KIND:
+        from ..train.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{path}: not a growing-NCA checkpoint (kind {meta.get('kind')!r}); "
+                              "use a checkpoint written by `deqnca grow train`")
+    model = GrowModel(GrowingConfig.from_dict(meta["model_config"]), tensors["model.target"])
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model.to(device), meta
+
+
+def lr_at(cfg: GrowTrainConfig, step: int) -> float:
+    return cfg.lr * (cfg.lr_decay if step >= cfg.lr_decay_at else 1.0)
+
+
+def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=False, log=print,
+          progress=True) -> dict:
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
+    if not 1 <= cfg.min_steps <= cfg.max_steps:
+        raise ValueError(f"rollout steps {cfg.min_steps}..{cfg.max_steps}: need 1 <= min <= max")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = GrowModel(GrowingConfig.from_dict(cfg.rule or {}), target).to(device)
+    rule, target = model.rule, model.target[None]
+    optimizer = torch.optim.Adam(rule.parameters(), lr=cfg.lr)
+    forward = make_forward(cfg.trainer, **cfg.equilibrium_kw())
+    _, H, W = target.shape[1:]
+    seed_state = rule.seed(1, H, W, device=device)
+    pool = seed_state.expand(cfg.pool_size, -1, -1, -1).clone() if cfg.variant != "growing" else None
+    step, elapsed = 0, 0.0
+    counters = {"skipped_steps": 0, "restored": 0, "divergences": 0}
+    if resume:
+        tensors, meta = read_checkpoint(out / "last")
+        if meta.get("kind") != CHECKPOINT_KIND or meta["train_config"]["trainer"] != cfg.trainer:
+            raise ValueError(f"--resume: {out / 'last'} is not a {cfg.trainer} growing-NCA run")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer_state(optimizer, tensors, meta)
+        step, elapsed, counters = meta["step"], meta["elapsed_s"], meta["counters"]
+        cfg = GrowTrainConfig.from_dict({**meta["train_config"], "steps": cfg.steps,
+                                         "time_budget": cfg.time_budget})
+        if pool is not None:
+            pool = load_file(str(out / "pool.safetensors"))["pool"].to(device)
+        log(f"resuming {out} at step {step}")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+    every = cfg.checkpoint_every or max(1, cfg.steps // 10)
+    good_state, bad_run = copy.deepcopy(rule.state_dict()), 0
+    divergences = torch.zeros((), device=device, dtype=torch.long)   # summed on device, read when logging
+    window: list[torch.Tensor] = []
+    spectral = None
+
+    def checkpoint():
+        if pool is not None:   # pool first: a crash between the writes leaves a newer pool, never a torn one
+            _atomic_write(out / "pool.safetensors", lambda tmp: save_file({"pool": pool.cpu().contiguous()}, tmp))
+        counters["divergences"] += int(divergences)
+        divergences.zero_()
+        save_checkpoint(out / "last", model, optimizer, {
+            "kind": CHECKPOINT_KIND, "step": step, "elapsed_s": elapsed, "counters": counters,
+            "train_config": asdict(cfg), "parameters": sum(p.numel() for p in rule.parameters())})
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"grow {cfg.trainer}", dynamic_ncols=True,
+               mininterval=1.0, disable=not progress)
+    t0 = time.time() - elapsed
+    try:
+        while step < cfg.steps and not (cfg.time_budget and elapsed >= cfg.time_budget):
+            # generators seeded per step: a resumed run draws exactly what it would have drawn
+            host_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            dev_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+            rollout_steps = int(torch.randint(cfg.min_steps, cfg.max_steps + 1, (1,), generator=host_gen))
+            if pool is None:
+                idx, z0 = None, seed_state.expand(cfg.batch_size, -1, -1, -1).clone()
+            else:
+                idx = torch.randperm(cfg.pool_size, generator=host_gen)[:cfg.batch_size].to(device)
+                z0 = pool[idx]
+                order = target_loss(z0, target).argsort(descending=True)
+                idx, z0 = idx[order], z0[order]
+                z0[:1] = seed_state
+                if cfg.variant == "regenerating" and cfg.damaged:
+                    z0[-cfg.damaged:] *= disc_masks(cfg.damaged, H, W, dev_gen, device)
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            out_step, ok = training_step(rule, forward, optimizer, z0, target, rollout_steps, dev_gen)
+            if ok and not all(torch.isfinite(p).all() for p in rule.parameters()):
+                rule.load_state_dict(good_state)     # the step itself blew the weights up
+                optimizer.state.clear()
+                counters["restored"] += 1
+                warnings.warn(f"non-finite weights after step {step}; restored last good weights")
+                ok = False
+            if not ok:
+                counters["skipped_steps"] += 1
+                bad_run += 1
+                warnings.warn(f"non-finite loss/gradient at step {step}; step skipped "
+                              f"({counters['skipped_steps']} so far)")
+                if bad_run >= cfg.max_bad_steps:
+                    raise FloatingPointError(f"{bad_run} consecutive non-finite steps; stopping. "
+                                             f"The last good checkpoint is in {out}")
+            else:
+                bad_run = 0
+                if step % 50 == 0:
+                    good_state = copy.deepcopy(rule.state_dict())
+                window.append(out_step.loss)
+            if "rel_residual" in out_step.extra:
+                rel = out_step.extra["rel_residual"]
+                divergences += ((rel > cfg.divergence_rel) | ~torch.isfinite(rel)).sum()
+            if pool is not None:
+                final = out_step.final
+                finite = torch.isfinite(final).flatten(1).all(1)[:, None, None, None]
+                pool[idx] = torch.where(finite, final, seed_state)   # a diverged sample restarts from the seed
+            if cfg.trainer == "implicit" and cfg.spectral_every and step % cfg.spectral_every == 0:
+                spectral = spectral_radius(rule.expected_map(), out_step.final[:1], generator=dev_gen)
+            step += 1
+            elapsed = time.time() - t0
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "wall_s": round(elapsed, 3),
+                       "loss": torch.stack(window).mean().item() if window else float("nan"),
+                       "lr": lr_at(cfg, step - 1), **counters,
+                       "divergences": counters["divergences"] + int(divergences)}
+                if "rel_residual" in out_step.extra:
+                    rec.update(rel_residual=out_step.extra["rel_residual"].mean().item(),
+                               residual_mse=out_step.extra["residual_mse"].item(),
+                               solver_steps=out_step.extra["solver_steps"])
+                    if "jac_frobenius" in out_step.extra:
+                        rec["jac_frobenius"] = out_step.extra["jac_frobenius"].item()
+                    if spectral is not None:
+                        rec["spectral_radius"] = spectral.max().item()
+                        spectral = None
+                window = []
+                with open(out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", **({"res": f"{rec['rel_residual']:.1e}"}
+                                                              if "rel_residual" in rec else {}))
+            if step % every == 0:
+                checkpoint()
+        bar.close()
+        checkpoint()
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint()
+        log(f"interrupted: checkpoint saved to {out / 'last'}; continue with --resume")
+        raise
+    return {"out": str(out), "step": step, "elapsed_s": elapsed, "counters": counters, "model": model}

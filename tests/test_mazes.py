@@ -1,0 +1,182 @@
+"""Mazes: generator determinism and validity, encoding sizes, cache, CLI, and a tiny training run."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from deqnca.data import mazes
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "mazes"
+
+
+def test_generator_is_deterministic_and_prefix_stable():
+    a = mazes.generate_set(9, 30, "test", seed=0)
+    assert np.array_equal(a, mazes.generate_set(9, 30, "test", seed=0))
+    assert np.array_equal(a[:7], mazes.generate_set(9, 7, "test", seed=0))
+    assert np.array_equal(a[10:], mazes.generate_set(9, 20, "test", seed=0, first=10))
+    assert not np.array_equal(a, mazes.generate_set(9, 30, "test", seed=1))
+    assert not np.array_equal(a, mazes.generate_set(9, 30, "train", seed=0))
+    assert len({m.tobytes() for m in a}) > 25            # distinct mazes, not one repeated
+
+
+def test_parallel_generation_matches_serial():
+    serial = mazes.generate_set(59, 600, "test", workers=1)
+    assert np.array_equal(serial, mazes.generate_set(59, 600, "test", workers=2))
+
+
+@pytest.mark.parametrize("size", [3, 5, 9, 13, 33])
+def test_mazes_are_perfect_and_the_path_is_the_bfs_solution(size):
+    for layout in mazes.generate_set(size, 25, "test", seed=3):
+        assert mazes.is_perfect(layout)
+        kind = layout & mazes.KIND_MASK
+        assert (kind == mazes.START).sum() == 1 and (kind == mazes.GOAL).sum() == 1
+        path = (layout & mazes.ON_PATH) > 0
+        bfs = mazes.bfs_path(layout)
+        assert bfs[kind == mazes.START].all() and bfs[kind == mazes.GOAL].all()
+        assert np.array_equal(path, bfs)
+
+
+def test_is_perfect_detects_a_loop_and_a_closed_cell():
+    layout = mazes.generate_set(9, 1, "test")[0]
+    walls = np.argwhere((layout == mazes.WALL)[1:-1, 1:-1]) + 1
+    inner = [tuple(p) for p in walls if (p[0] % 2) != (p[1] % 2)]     # a wall between two cells
+    looped = layout.copy()
+    looped[inner[0]] = mazes.OPEN
+    assert not mazes.is_perfect(looped)
+    closed = layout.copy()
+    closed[1, 1] = mazes.WALL
+    assert not mazes.is_perfect(closed)
+
+
+@pytest.mark.parametrize("size,cells,px", [(3, 2, 12), (5, 3, 16), (9, 5, 24), (59, 30, 124), (201, 101, 408)])
+def test_size_convention(size, cells, px):
+    assert mazes.check_size(size) == cells
+    assert mazes.image_side(size) == px
+
+
+def test_encoding_colours_blocks_and_border():
+    layouts = mazes.generate_set(9, 4, "test")
+    x, y = mazes.to_images(layouts)
+    assert x.shape == (4, 3, 24, 24) and y.shape == (4, 24, 24) and x.dtype == torch.float32
+    assert x[:, :, 0].abs().sum() == 0 and x[:, :, :, -1].abs().sum() == 0     # black border
+    for img, lay, target in zip(x, layouts, y):
+        r, c = np.argwhere((lay & mazes.KIND_MASK) == mazes.START)[0]
+        block = img[:, 2 * r + 1:2 * r + 3, 2 * c + 1:2 * c + 3]               # 2x2 green block
+        assert torch.equal(block, torch.tensor([0.0, 1.0, 0.0])[:, None, None].expand(3, 2, 2))
+        green = (img[0] == 0) & (img[1] == 1) & (img[2] == 0)
+        red = (img[0] == 1) & (img[1] == 0) & (img[2] == 0)
+        assert green.sum() == 4 and red.sum() == 4
+        assert target[green].all() and target[red].all()
+        assert (target.bool() <= (img.amax(0) > 0)).all()                   # the path is never a wall
+        assert int(target.sum()) == 4 * int(((lay & mazes.ON_PATH) > 0).sum())
+
+
+def test_bad_sizes_are_one_line_errors():
+    for bad in (8, 1, 0, -3, 9.0, "9"):
+        with pytest.raises(ValueError, match="odd integer >= 3"):
+            mazes.check_size(bad)
+
+
+def test_cache_roundtrip_extension_and_corruption(cache):
+    a = mazes.load_set(9, 10, "test", cache=cache)
+    path = mazes.cache_path(cache, "test", 9, 0)
+    assert path.exists()
+    b = mazes.load_set(9, 25, "test", cache=cache)                  # extends the cached prefix
+    assert np.array_equal(a, b[:10]) and np.array_equal(b, mazes.generate_set(9, 25, "test"))
+    path.write_bytes(b"not a zip file")
+    with pytest.warns(UserWarning, match="unreadable maze cache"):
+        c = mazes.load_set(9, 5, "test", cache=cache)
+    assert np.array_equal(c, b[:5])
+    other = mazes.cache_path(cache, "test", 9, 1)
+    path.rename(other)                                              # a file holding another seed's set
+    with pytest.warns(UserWarning, match="expected"):
+        mazes.load_set(9, 5, "test", seed=1, cache=cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(mazes.load_set(9, 5, "test", seed=1, cache=cache),
+                              mazes.generate_set(9, 5, "test", seed=1))
+
+
+def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
+    from deqnca.experiments.maze import PRESETS, MazeSolverNet
+
+    torch.manual_seed(0)
+    model = MazeSolverNet({**PRESETS["deq"], "width": 8})
+    x, _ = mazes.to_images(mazes.generate_set(19, 1, "test"))
+    with torch.no_grad():
+        for p in model.rule.parameters():
+            p.mul_(5.0)                     # weights far from a contraction: tanh still bounds the state
+        f = model.step_map(x)
+        z = model.initial_state(x, "mixed", torch.Generator().manual_seed(0))
+        for _ in range(100):
+            z = f(z)
+    assert torch.isfinite(z).all() and z.min() >= 0 and z.max() <= 1
+
+
+def test_progressive_loss_uses_both_terms():
+    import random
+
+    from deqnca.experiments.maze import PRESETS, MazeSolverNet, MazeTrainConfig, dt_loss
+
+    model = MazeSolverNet({**PRESETS["dt"], "width": 8, "train_iters": 4})
+    x, y = mazes.to_images(mazes.generate_set(5, 4, "train"))
+    only_max, _ = dt_loss(model, x, y, MazeTrainConfig(alpha=0.0), random.Random(0))
+    only_prog, _ = dt_loss(model, x, y, MazeTrainConfig(alpha=1.0), random.Random(0))
+    mixed, _ = dt_loss(model, x, y, MazeTrainConfig(alpha=0.25), random.Random(0))
+    assert torch.allclose(mixed, 0.75 * only_max + 0.25 * only_prog, atol=1e-6)
+
+
+def test_cli_generate_train_eval_show(tmp_path, cache):
+    from deqnca.cli import main
+
+    args = ["--cache", str(cache)]
+    assert main(["maze", "generate", "--sizes", "5", "7", "--count", "20", *args]) == 0
+    assert main(["maze", "generate", "--sizes", "8", "--count", "2", *args]) == 1      # even size
+    run = tmp_path / "run"
+    for model in ("dt", "deq"):
+        assert main(["maze", "train", "--model", model, "--width", "8", "--train-size", "5", "--train-count", "64",
+                     "--epochs", "1", "--batch-size", "32", "--set", "train_iters=3", "--out", str(run / model),
+                     "--device", "cpu", "--seed", "0", *args]) == 0
+        assert (run / model / "last.safetensors").exists()
+        assert len((run / model / "metrics.jsonl").read_text().splitlines()) == 1
+    # resuming a finished run trains nothing more and keeps the checkpoint loadable
+    assert main(["maze", "train", "--model", "dt", "--width", "8", "--train-size", "5", "--train-count", "64",
+                 "--epochs", "1", "--batch-size", "32", "--set", "train_iters=3", "--out", str(run / "dt"),
+                 "--resume", "--device", "cpu", *args]) == 0
+    out = tmp_path / "eval"
+    assert main(["maze", "eval", str(run / "dt" / "last"), str(run / "deq" / "last"), "--sizes", "5", "7",
+                 "--limit-per-size", "6", "--max-iters", "12", "--aa-count", "4", "--out", str(out),
+                 "--device", "cpu", *args]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    for r in res.values():
+        row = r["sizes"]["7"]
+        assert row["n"] == 6 and row["image_px"] == 20 and row["aa_n"] == 4 and -1 <= row["aa_score"] <= 1
+        assert row["curve_iters"][-1] == 12 and 0 <= row["accuracy"] <= 1
+    assert (out / "accuracy_vs_size.png").exists() and (out / "accuracy_vs_iters.png").exists()
+    show = tmp_path / "show"
+    assert main(["maze", "show", str(run / "deq" / "last"), "--size", "7", "--max-iters", "10",
+                 "--out", str(show), "--device", "cpu", *args]) == 0
+    assert len(list(show.glob("*.png"))) == 1 and len(list(show.glob("*.gif"))) == 1
+    assert main(["maze", "eval", str(tmp_path / "missing"), "--sizes", "5", "--out", str(out), *args]) == 1
+
+
+def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
+    """DT-recall, width 16, one residual block, 10 iterations, 630 steps: ~50 s of one CPU core.
+
+    A step count rather than a time budget, so that the outcome does not depend on machine load."""
+    from deqnca.experiments.maze import PRESETS, MazeTrainConfig, quick_accuracy, train_maze
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # deterministic, and faster than 2 threads for these small convolutions
+    cfg = MazeTrainConfig(train_size=5, train_count=2000, epochs=10, batch_size=32, lr=5e-3,
+                          warmup_steps=100, val_count=50)
+    result = train_maze({**PRESETS["dt"], "width": 16, "blocks": 1, "train_iters": 10}, cfg, tmp_path / "run",
+                        cache=cache, log=lambda s: None)
+    torch.set_num_threads(threads)
+    test = mazes.load_set(5, 400, "test", seed=1, cache=cache)     # mazes never seen in training or validation
+    assert quick_accuracy(result["model"], test, max_iter=10) > 0.5
