@@ -22,8 +22,8 @@ if [ -n "${QUICK:-}" ]; then
   MEM="--horizons 8 16"; MNIST="--train-subset 128 --test-limit 100 --rollout-steps 5 --canvases 4"
   GROW_EXTRA="--pool-size 32"; MEASURE="--samples 2"
 else
-  TRAIN_MAZES=50000; MAZE_EVAL="--aa-count 20"; SHOW_SIZE=201
-  MEM=""; MNIST="--train-subset 30000 --test-limit 2000 --rollout-steps 100 --canvases 100"
+  TRAIN_MAZES=50000; MAZE_EVAL="--aa-count 20 --limit-per-size 9=1000,13=1000,19=1000,33=300,59=100,101=30,201=10"; SHOW_SIZE=201
+  MEM=""; MNIST="--train-subset 20000 --test-limit 2000 --rollout-steps 100 --canvases 100"
   GROW_EXTRA=""; MEASURE=""
 fi
 stamp() { echo "$(date -u +%T) $*" >> "$R/logs/timeline.txt"; }
@@ -37,9 +37,11 @@ for t in bptt implicit; do
   $D grow train --trainer $t --target lizard --variant regenerating --steps 8000 --time-budget "$BUDGET" \
     --device "$DEVICE" --out "$R/runs/grow-$t" $GROW_EXTRA > "$R/logs/grow-train-$t.log" 2>&1 &
 done
-for m in dt deq; do
-  $D maze train --model $m --width 32 --batch-size 128 --lr 2e-3 --time-budget "$BUDGET" --train-count $TRAIN_MAZES \
-    --device "$DEVICE" --out "$R/runs/maze-$m" > "$R/logs/maze-train-$m.log" 2>&1 &
+# the DEQ twice: as tuned for accuracy, and with the fixed-point penalty that makes it converge
+for m in dt deq deq-res; do
+  extra=""; [ $m = deq-res ] && extra="--residual-weight 1"
+  $D maze train --model ${m%-res} --width 32 --batch-size 128 --lr 2e-3 --time-budget "$BUDGET" \
+    --train-count $TRAIN_MAZES $extra --device "$DEVICE" --out "$R/runs/maze-$m" > "$R/logs/maze-train-$m.log" 2>&1 &
 done
 timeout $((BUDGET + 240)) python3 experiments/conditioning_readout.py --device "$DEVICE" --variants cell,additive,injection $MNIST \
   --out "$R/conditioning" > "$R/logs/conditioning.log" 2>&1 &
@@ -60,10 +62,10 @@ stamp trained
   stamp grow-memory
 ) &
 (
-  timeout 200 $D maze eval "$R/runs/maze-dt/last" "$R/runs/maze-deq/last" $MAZE_EVAL --device "$DEVICE" \
+  timeout 200 $D maze eval "$R/runs/maze-dt/last" "$R/runs/maze-deq/last" "$R/runs/maze-deq-res/last" $MAZE_EVAL --device "$DEVICE" \
     --out "$R/maze-eval" --json > "$R/logs/maze-eval.json" 2> "$R/logs/maze-eval.err"
   stamp maze-evaluated
-  for m in deq dt; do
+  for m in deq deq-res dt; do
     timeout 60 $D maze show "$R/runs/maze-$m/last" --size $SHOW_SIZE --device "$DEVICE" --out "$R/maze-show/$m" \
       > "$R/logs/maze-show-$m.log" 2>&1
   done
