@@ -51,10 +51,18 @@ class GrowTrainConfig:
     damaged: int = 3                  # regenerating: lowest-loss samples damaged per batch
     seed: int = 0
     # equilibrium trainer
-    solver: str = "fixed_point"       # Anderson extrapolates the non-contractive early rule to blow-up
+    # Picard steps without early stopping: the trained rule's relative residual stays at ~1e-2, above
+    # any useful tolerance, so fixed_point's per-iteration convergence check (a host sync each step)
+    # bought nothing and made the GPU step 7x slower than BPTT's; Anderson extrapolates the
+    # non-contractive early rule to blow-up
+    solver: str = "rollout"
     solver_iter: int = 32
     solver_tol: float = 1e-3
-    gradient: str = "implicit"        # or "phantom"
+    # phantom, not implicit: at the grown pattern the Jacobian's spectral radius sits at ~1 (measured
+    # 0.999-1.007), so the IFT adjoint system (I - J^T) is near-singular and its backward iteration
+    # amplifies; with "implicit" the lizard run blew up after ~90 steps on the H200 and the small target
+    # on CPU at lr 2e-3 and 5e-4 alike, while phantom(k=8) trained stably (docs/grow.md)
+    gradient: str = "phantom"         # or "implicit"
     b_solver: str = "fixed_point"
     b_max_iter: int = 32
     b_tol: float = 1e-4
@@ -62,6 +70,7 @@ class GrowTrainConfig:
     residual_weight: float = 1.0
     jac_weight: float = 0.0
     divergence_rel: float = 0.1       # a solve ending above this relative residual is a divergence event
+    restore_fraction: float = 0.5     # more of the batch diverging than this: restore the last good weights
     spectral_every: int = 100         # steps between spectral-radius measurements; 0 = never
     log_every: int = 10
     checkpoint_every: int = 0         # 0 = about steps/10
@@ -178,26 +187,39 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                 counters["restored"] += 1
                 warnings.warn(f"non-finite weights after step {step}; restored last good weights")
                 ok = False
+            if "rel_residual" in out_step.extra:
+                rel = out_step.extra["rel_residual"]
+                diverged = (rel > cfg.divergence_rel) | ~torch.isfinite(rel)
+                divergences += diverged.sum()
+                # the weights that produced this batch already make most solves blow up: going on
+                # from them feeds the pool exploding states, so go back to the last good weights
+                if ok and diverged.float().mean() > cfg.restore_fraction:
+                    rule.load_state_dict(good_state)
+                    optimizer.state.clear()
+                    counters["restored"] += 1
+                    warnings.warn(f"step {step}: {int(diverged.sum())}/{len(rel)} solves diverged; restored "
+                                  "the last good weights and reset Adam's moments")
+                    ok = False
             if not ok:
                 counters["skipped_steps"] += 1
                 bad_run += 1
-                warnings.warn(f"non-finite loss/gradient at step {step}; step skipped "
+                warnings.warn(f"step {step} skipped: non-finite loss/gradient or diverged solves "
                               f"({counters['skipped_steps']} so far)")
                 if bad_run >= cfg.max_bad_steps:
-                    raise FloatingPointError(f"{bad_run} consecutive non-finite steps; stopping. "
+                    raise FloatingPointError(f"{bad_run} consecutive bad steps; stopping. "
                                              f"The last good checkpoint is in {out}")
             else:
                 bad_run = 0
                 if step % 50 == 0:
                     good_state = copy.deepcopy(rule.state_dict())
                 window.append(out_step.loss)
-            if "rel_residual" in out_step.extra:
-                rel = out_step.extra["rel_residual"]
-                divergences += ((rel > cfg.divergence_rel) | ~torch.isfinite(rel)).sum()
             if pool is not None:
                 final = out_step.final
-                finite = torch.isfinite(final).flatten(1).all(1)[:, None, None, None]
-                pool[idx] = torch.where(finite, final, seed_state)   # a diverged sample restarts from the seed
+                keep = torch.isfinite(final).flatten(1).all(1)
+                if "rel_residual" in out_step.extra:
+                    keep &= ~diverged
+                # a diverged sample restarts from the seed
+                pool[idx] = torch.where(keep[:, None, None, None], final, seed_state)
             if cfg.trainer == "implicit" and cfg.spectral_every and step % cfg.spectral_every == 0:
                 spectral = spectral_radius(rule.expected_map(), out_step.final[:1], generator=dev_gen)
             step += 1

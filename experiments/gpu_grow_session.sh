@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The growing-NCA comparison in one GPU call: BPTT, the equilibrium trainer, and the equilibrium
+# trainer with Jacobian regularisation, trained side by side (same budget, same GPU, at the same time),
+# then grow show + measure for each. Everything lands in $OUT/grow.tar.gz.
+#   OUT=/tmp/out DEVICE=cuda BUDGET=240 experiments/gpu_grow_session.sh
+#   OUT=/tmp/out DEVICE=cpu BUDGET=5 QUICK=1 experiments/gpu_grow_session.sh    # plumbing check
+set -uo pipefail
+OUT=${OUT:?set OUT}
+DEVICE=${DEVICE:-cuda}
+BUDGET=${BUDGET:-240}
+R=${WORK:-/tmp/grow_session}
+rm -rf "$R"; mkdir -p "$R/logs" "$OUT"
+export PYTHONUNBUFFERED=1
+D="python3 -m deqnca.cli"
+EXTRA=""; MEASURE=""
+[ -n "${QUICK:-}" ] && EXTRA="--pool-size 16 --rollout-steps 8 12" && MEASURE="--samples 2"
+{ date -u; nvidia-smi -L 2>/dev/null; python3 -c "import sys, torch; print(sys.version, torch.__version__)"; } \
+  > "$R/logs/env.txt" 2>&1
+declare -A RUN=([bptt]="--trainer bptt" [implicit]="--trainer implicit" [implicit-jac]="--trainer implicit --jac-weight 0.1")
+for name in bptt implicit implicit-jac; do
+  $D grow train ${RUN[$name]} --target lizard --variant regenerating --steps 8000 --time-budget "$BUDGET" \
+    --device "$DEVICE" --out "$R/runs/grow-$name" $EXTRA > "$R/logs/train-$name.log" 2>&1 &
+done
+wait
+for name in bptt implicit implicit-jac; do
+  timeout 60 $D grow show "$R/runs/grow-$name/last" --device "$DEVICE" --out "$R/show/$name" \
+    > "$R/logs/show-$name.log" 2>&1 &
+done
+timeout 120 $D grow measure "$R"/runs/grow-{bptt,implicit,implicit-jac}/last --device "$DEVICE" $MEASURE \
+  --out "$R/measure" --json > "$R/logs/measure.json" 2> "$R/logs/measure.err"
+wait
+find "$R" -name "*.tmp" -delete
+tar -C "$R" --exclude=pool.safetensors -czf "$OUT/grow.tar.gz" .
