@@ -35,11 +35,12 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def one_step(trainer: str, steps: int, device: str, batch: int) -> dict:
+def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = "phantom") -> dict:
     import torch
 
     from deqnca.data.targets import load_target
     from deqnca.grow.objective import make_forward, training_step
+    from deqnca.grow.train import GrowTrainConfig
     from deqnca.rules.growing import GrowingNCARule
 
     torch.manual_seed(0)
@@ -47,7 +48,7 @@ def one_step(trainer: str, steps: int, device: str, batch: int) -> dict:
     with torch.no_grad():   # a rule that does something, so the alive masks and solver are exercised
         rule.w2.weight.normal_(std=0.02)
     optimizer = torch.optim.Adam(rule.parameters(), lr=2e-3)
-    forward = make_forward(trainer)
+    forward = make_forward(trainer, **GrowTrainConfig(trainer=trainer, gradient=gradient).equilibrium_kw())
     target = load_target("lizard").to(device)[None]
     gen = torch.Generator(device=device).manual_seed(0)
     small = target[..., :8, :8]
@@ -66,7 +67,8 @@ def one_step(trainer: str, steps: int, device: str, batch: int) -> dict:
         peak = torch.cuda.max_memory_allocated() - before
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"trainer": trainer, "steps": steps, "device": device, "batch": batch,
+    return {"trainer": trainer, "gradient": gradient if trainer == "implicit" else "bptt", "steps": steps,
+            "device": device, "batch": batch,
             "peak_gib": peak / GIB, "seconds": time.perf_counter() - t}
 
 
@@ -77,13 +79,16 @@ def main() -> int:
     ap.add_argument("--horizons", type=int, nargs="+", default=list(HORIZONS))
     ap.add_argument("--max-gib", type=float, default=12.0, help="CPU: skip BPTT configs predicted above this")
     ap.add_argument("--out", default="out/grow_memory.json")
+    ap.add_argument("--trainers", nargs="+", default=["implicit", "bptt"], choices=["implicit", "bptt"])
+    ap.add_argument("--gradient", default="phantom", choices=["phantom", "implicit"],
+                    help="the equilibrium trainer's backward pass (default: the trainer's default, phantom)")
     ap.add_argument("--one", nargs=2, metavar=("TRAINER", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_step(args.one[0], int(args.one[1]), args.device, args.batch)))
+        print(json.dumps(one_step(args.one[0], int(args.one[1]), args.device, args.batch, args.gradient)))
         return 0
     rows = []
-    for trainer in ("implicit", "bptt"):
+    for trainer in args.trainers:
         for steps in sorted(args.horizons):
             measured = [r for r in rows if r["trainer"] == trainer and r.get("peak_gib") is not None]
             if args.device == "cpu" and trainer == "bptt" and measured:
@@ -97,7 +102,8 @@ def main() -> int:
                     continue
             if args.device == "cpu":   # fresh process per config: ru_maxrss is a process-lifetime peak
                 res = subprocess.run([sys.executable, __file__, "--device", "cpu", "--batch", str(args.batch),
-                                      "--one", trainer, str(steps)], capture_output=True, text=True)
+                                      "--one", trainer, str(steps), "--gradient", args.gradient],
+                                     capture_output=True, text=True)
                 if res.returncode:
                     rows.append({"trainer": trainer, "steps": steps, "device": "cpu", "batch": args.batch,
                                  "peak_gib": None, "note": f"failed: {res.stderr.strip().splitlines()[-1]}"})
@@ -107,7 +113,7 @@ def main() -> int:
                 import torch
 
                 try:
-                    rows.append(one_step(trainer, steps, args.device, args.batch))
+                    rows.append(one_step(trainer, steps, args.device, args.batch, args.gradient))
                 except torch.cuda.OutOfMemoryError:
                     rows.append({"trainer": trainer, "steps": steps, "device": args.device, "batch": args.batch,
                                  "peak_gib": None, "note": "CUDA out of memory"})

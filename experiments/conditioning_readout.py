@@ -44,7 +44,7 @@ def step_time(model, x, conditioning: str, repeats: int = 20) -> float:
 
     with torch.no_grad():
         f = model.rule.bind(model.encode(x), make_conditioning(conditioning))
-        z = torch.randn(x.shape[0], model.config.state_channels, *x.shape[2:])
+        z = torch.randn(x.shape[0], model.config.state_channels, *x.shape[2:], device=x.device)
         f(z)
         t = time.perf_counter()
         for _ in range(repeats):

@@ -176,18 +176,25 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     """Strip a run's checkpoint to a shippable model: weights only, plus config, metrics, provenance."""
-    from .train.checkpoint import load_model, save_checkpoint
+    from .experiments.maze import load_maze_model
+    from .grow.train import CHECKPOINT_KIND as GROW_KIND, load_grow_checkpoint
+    from .train.checkpoint import load_model, read_checkpoint, save_checkpoint
 
-    model, meta = load_model(args.checkpoint)
-    history = meta.get("history", [])
-    info = {
-        "metrics": history[-1] if history else {},
-        "history": history,
-        "train_config": meta.get("train_config"),
-        "parameters": meta.get("parameters"),
-        "provenance": {"source": str(args.checkpoint), "machine": args.machine, "date": args.date,
-                       "command": args.command},
-    }
+    provenance = {"source": str(args.checkpoint), "machine": args.machine, "date": args.date,
+                  "command": args.command}
+    _, meta = read_checkpoint(args.checkpoint)
+    if meta.get("kind") == GROW_KIND or "maze" in meta:
+        # growing NCA and maze checkpoints: keep their own records (their loaders read them), drop the optimizer
+        model, _ = (load_grow_checkpoint if meta.get("kind") == GROW_KIND else load_maze_model)(args.checkpoint)
+        info = {k: v for k, v in meta.items()
+                if k not in ("optimizer", "weights_sha256", "weights_file", "model_config")}
+        info["provenance"] = provenance
+    else:
+        model, meta = load_model(args.checkpoint)
+        history = meta.get("history", [])
+        info = {"metrics": history[-1] if history else {}, "history": history,
+                "train_config": meta.get("train_config"), "parameters": meta.get("parameters"),
+                "provenance": provenance}
     save_checkpoint(args.dest, model, None, info)
     print(f"exported {args.checkpoint} -> {args.dest}.safetensors / .json")
     return 0
@@ -279,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("export", help="turn a run checkpoint into a shippable model (weights + JSON, no optimizer)")
+    p = sub.add_parser("export", help="turn a run checkpoint (MNIST, grow or maze) into a shippable model "
+                       "(weights + JSON, no optimizer)")
     p.add_argument("checkpoint")
     p.add_argument("dest")
     p.add_argument("--machine", default="unknown", help="where it was trained, for the provenance record")

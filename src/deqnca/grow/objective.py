@@ -6,7 +6,8 @@ Equilibrium: the grown pattern is a fixed point z* = f(z*) of the EXPECTED updat
 (alive-masked), which is exactly the set of fixed points of the stochastic rule (rules/growing.py).
 Forward: T growth steps of the stochastic rule without autograd (standard growing NCAs do not settle
 by themselves, the growth phase brings the state near the pattern), then a solver on f. Backward:
-implicit (IFT) or phantom gradient at z*, memory independent of T. Convergence is trained for, not
+phantom (default) or implicit (IFT) gradient at z*, memory independent of T (docs/grow.md says
+why phantom: at the grown pattern I − J is near-singular). Convergence is trained for, not
 assumed: the loss adds w_res·‖f(z*) − z*‖² (so z* becomes a fixed point) and optionally
 w_jac·‖∂f/∂z‖²_F (Hutchinson, TorchDeq's jac_reg) to keep the fixed point attracting.
 """
@@ -48,7 +49,7 @@ class EquilibriumForward:
 
     name = "implicit"
 
-    def __init__(self, solver="fixed_point", solver_iter=32, solver_tol=1e-3, gradient="implicit",
+    def __init__(self, solver="rollout", solver_iter=32, solver_tol=1e-3, gradient="phantom",
                  b_solver="fixed_point", b_max_iter=32, b_tol=1e-4, phantom_k=8, residual_weight=1.0, jac_weight=0.0):
         kw = {"b_solver": b_solver, "b_max_iter": b_max_iter, "b_tol": b_tol} if gradient == "implicit" \
             else {"k": phantom_k}
