@@ -19,6 +19,7 @@ the same whatever the set's length.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import time
@@ -134,7 +135,9 @@ def generate_set(size: int, count: int, split: str = "test", seed: int = 0, firs
         return _generate_range((split, seed, size, first, first + count))
     chunk = -(-count // (4 * workers))
     jobs = [(split, seed, size, lo, min(lo + chunk, first + count)) for lo in range(first, first + count, chunk)]
-    with ProcessPoolExecutor(workers) as pool:
+    # forkserver, not fork: the caller has torch's threads running, and fork() of a multi-threaded
+    # process can deadlock the child (Python 3.12 warns about it)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         return np.concatenate(list(pool.map(_generate_range, jobs)))
 
 
