@@ -180,3 +180,14 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
     torch.set_num_threads(threads)
     test = mazes.load_set(5, 400, "test", seed=1, cache=cache)     # mazes never seen in training or validation
     assert quick_accuracy(result["model"], test, max_iter=10) > 0.5
+
+
+def test_shipped_dt_model_solves_9x9_mazes(cache):
+    from pathlib import Path
+
+    from deqnca.experiments.maze import evaluate_size, load_maze_model
+
+    model, meta = load_maze_model(Path(__file__).resolve().parents[1] / "models" / "maze" / "dt")
+    assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta
+    r = evaluate_size(model, mazes.load_set(9, 40, "test", cache=cache), max_iters=30, aa_count=4)
+    assert r["accuracy"] >= 0.95                                  # docs/mazes.md: 100% of 1,000
