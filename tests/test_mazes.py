@@ -103,7 +103,7 @@ def test_cache_roundtrip_extension_and_corruption(cache):
 
 
 def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
-    from deqnca.experiments.maze import PRESETS, MazeSolverNet
+    from deqnca.maze.model import PRESETS, MazeSolverNet
 
     torch.manual_seed(0)
     model = MazeSolverNet({**PRESETS["deq"], "width": 8})
@@ -121,7 +121,8 @@ def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
 def test_progressive_loss_uses_both_terms():
     import random
 
-    from deqnca.experiments.maze import PRESETS, MazeSolverNet, MazeTrainConfig, dt_loss
+    from deqnca.maze.model import PRESETS, MazeSolverNet
+    from deqnca.maze.train import MazeTrainConfig, dt_loss
 
     model = MazeSolverNet({**PRESETS["dt"], "width": 8, "train_iters": 4})
     x, y = mazes.to_images(mazes.generate_set(5, 4, "train"))
@@ -169,7 +170,8 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
     """DT-recall, width 16, one residual block, 10 iterations, 630 steps: ~50 s of one CPU core.
 
     A step count rather than a time budget, so that the outcome does not depend on machine load."""
-    from deqnca.experiments.maze import PRESETS, MazeTrainConfig, quick_accuracy, train_maze
+    from deqnca.maze.model import PRESETS
+    from deqnca.maze.train import MazeTrainConfig, quick_accuracy, train_maze
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)        # deterministic, and faster than 2 threads for these small convolutions
@@ -185,7 +187,8 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
 def test_shipped_dt_model_solves_9x9_mazes(cache):
     from pathlib import Path
 
-    from deqnca.experiments.maze import evaluate_size, load_maze_model
+    from deqnca.maze.evaluate import evaluate_size
+    from deqnca.maze.model import load_maze_model
 
     model, meta = load_maze_model(Path(__file__).resolve().parents[1] / "models" / "maze" / "dt")
     assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta

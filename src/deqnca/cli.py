@@ -176,7 +176,7 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     """Strip a run's checkpoint to a shippable model: weights only, plus config, metrics, provenance."""
-    from .experiments.maze import load_maze_model
+    from .maze.model import load_maze_model
     from .grow.train import CHECKPOINT_KIND as GROW_KIND, load_grow_checkpoint
     from .train.checkpoint import load_model, read_checkpoint, save_checkpoint
 

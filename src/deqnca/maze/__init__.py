@@ -1,0 +1,1 @@
+"""Mazes: train on small ones, solve large ones (docs/mazes.md). Data lives in data/mazes.py."""

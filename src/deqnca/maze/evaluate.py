@@ -1,0 +1,156 @@
+"""Evaluation: solved fraction against size and test-time iterations, the AA score (path
+independence), residuals, time and memory per maze."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import mazes
+from ..solvers import get_solver, residuals, rollout
+from .model import load_maze_model, predict, solve_for_eval
+
+
+DEFAULT_LIMITS = {9: 1000, 13: 1000, 19: 1000, 33: 500, 59: 200, 101: 50, 201: 20}
+
+
+def iteration_marks(max_iters: int) -> list[int]:
+    """1, 2, 5, 10, 20, 30, 50, 100, ... up to max_iters (always included)."""
+    marks = [m * 10 ** e for e in range(6) for m in (1, 2, 3, 5)]
+    return sorted({m for m in marks if m < max_iters} | {max_iters})
+
+
+def default_max_iters(size: int) -> int:
+    """Enough steps to cross the image a few times (information moves ~5 px per step)."""
+    return max(100, 4 * mazes.image_side(size))
+
+
+def _batch_for(size: int, device: str) -> int:
+    # pixels per batch, sized for a few live (B, width, H, W) tensors of 32-64 channels
+    pixels = 4_000_000 if str(device).startswith("cuda") else 400_000
+    return max(2, pixels // mazes.image_side(size) ** 2)
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 50, batch: int | None = None):
+    """Accuracy (every pixel right) vs iterations, AA score, residuals, time and memory per maze."""
+    model.eval()
+    marks = iteration_marks(max_iters)
+    size = layouts.shape[1] - 2
+    batch = batch or _batch_for(size, device)
+    solved_at = torch.zeros(len(marks), dtype=torch.long)
+    cos_all, rel_all, steps_all = [], [], []
+    seconds = 0.0
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    is_dt = model.config.model == "dt"
+    for i in range(0, len(layouts), batch):
+        x, y = mazes.to_images(torch.as_tensor(layouts[i:i + batch]).to(device))
+        _sync(device)
+        t = time.perf_counter()
+        f = model.step_map(x)
+        z = model.inference_state(x)
+        done_at = torch.full((len(x),), max_iters)
+        prev = 0
+        for j, m in enumerate(marks):
+            if is_dt:
+                z, _ = rollout(f, z, m - prev, measure=False)
+            else:
+                z, st = get_solver("fixed_point")(f, z, max_iter=m - prev, tol=model.config.tol)
+                converged = (st.rel_residual < model.config.tol).cpu()
+                done_at = torch.where(converged & (done_at == max_iters), torch.full_like(done_at, m), done_at)
+            prev = m
+            ok = (predict(model.head(z), x) == y.bool()).flatten(1).all(1)
+            solved_at[j] += int(ok.sum())
+            if not is_dt and bool((done_at < max_iters).all()):
+                solved_at[j + 1:] += int(ok.sum())      # converged: the answer can no longer change
+                break
+        _sync(device)
+        seconds += time.perf_counter() - t
+        fz = f(z)
+        rel_all.append(residuals(fz, z)[1].float().cpu())
+        steps_all.append(done_at if not is_dt else torch.full((len(x),), max_iters))
+        n_aa = min(len(x), aa_count - sum(len(c) for c in cos_all))
+        if n_aa >= 2:
+            # asymptotic alignment: solve maze a again, now starting from maze a+1's final state
+            z_other = torch.roll(z[:n_aa], 1, dims=0)
+            z2, _ = solve_for_eval(model, x[:n_aa], max_iters, z0=z_other)
+            cos_all.append(F.cosine_similarity(z[:n_aa].flatten(1), z2.flatten(1), dim=1).float().cpu())
+    n = len(layouts)
+    rel = torch.cat(rel_all)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if str(device).startswith("cuda") else None
+    curve = (solved_at.double() / n).tolist()
+    best = max(range(len(marks)), key=lambda j: curve[j])
+    return {
+        "size": size, "image_px": mazes.image_side(size), "n": n, "max_iters": max_iters,
+        "accuracy": curve[-1], "best_accuracy": curve[best], "best_iters": marks[best],
+        "curve_iters": marks, "curve_accuracy": curve,
+        "aa_score": torch.cat(cos_all).mean().item() if cos_all else None,
+        "aa_n": sum(len(c) for c in cos_all),
+        "mean_iters": torch.cat(steps_all).double().mean().item(),
+        "rel_residual_median": rel.median().item(), "converged_frac": (rel < model.config.tol).double().mean().item(),
+        "ms_per_maze": 1000 * seconds / n, "batch": batch,
+        "peak_mb_per_batch": peak, "peak_mb_per_maze": peak / batch if peak is not None else None,
+    }
+
+
+def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict:
+    """"9=1000,59=200" or a single number for every size -> {size: int}."""
+    out = {s: (default or {}).get(s) for s in sizes}
+    if not text:
+        return out
+    if "=" not in text:
+        return {s: int(text) for s in sizes}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        try:
+            out[int(k)] = int(v)
+        except ValueError:
+            raise ValueError(f"{text!r}: expected SIZE=N pairs separated by commas, e.g. 9=1000,201=20") from None
+    return out
+
+
+def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print) -> dict:
+    from ..viz.figures import line_plot
+
+    results = {}
+    for path in paths:
+        model, meta = load_maze_model(path, device)
+        rows = {}
+        for s in sizes:
+            lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log)
+            r = evaluate_size(model, lay, max_iters[s], device, aa_count)
+            rows[s] = r
+            aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
+            mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"
+            log(f"{Path(path).name} [{model.config.model}] {s}x{s}: solved {100 * r['accuracy']:.1f}% of {r['n']} "
+                f"(best {100 * r['best_accuracy']:.1f}% at {r['best_iters']} it), AA {aa}, "
+                f"{r['mean_iters']:.0f} it, {r['ms_per_maze']:.1f} ms/maze, peak {mem}")
+        results[str(path)] = {"model": model.config.model, "width": model.config.width, "sizes": rows}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    label = {p: f"{r['model']} ({Path(p).parent.name or Path(p).name})" for p, r in results.items()}
+    line_plot(sizes, {label[p]: [r["sizes"][s]["accuracy"] for s in sizes] for p, r in results.items()},
+              out / "accuracy_vs_size.png", "maze size", "fraction fully solved",
+              "trained on 9x9; accuracy at the last iteration / at convergence", logx=True)
+    marks = iteration_marks(max(max_iters.values()))
+    series = {}
+    for p, r in results.items():
+        for s in sizes:
+            row = r["sizes"][s]
+            lookup = dict(zip(row["curve_iters"], row["curve_accuracy"]))
+            # beyond a size's own max_iters (or after convergence) the answer is frozen at its last value
+            series[f"{label[p]} {s}x{s}"] = [lookup.get(m, row["accuracy"] if m > row["max_iters"] else None)
+                                            for m in marks]
+    line_plot(marks, series, out / "accuracy_vs_iters.png", "test-time iterations", "fraction fully solved",
+              "accuracy vs test-time compute", logx=True)
+    (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
