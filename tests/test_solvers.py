@@ -75,3 +75,11 @@ def test_registry():
     with pytest.raises(ValueError, match="unknown solver"):
         get_solver("newton-raphson-9000")
     del SOLVERS["identity"]
+
+
+def test_fixed_point_batched_stop_checks_return_the_same_states():
+    f, z0, _ = affine_contraction(rho=0.5)
+    z1, s1 = get_solver("fixed_point")(f, z0, max_iter=100, tol=1e-6, sync_every=1)
+    z8, s8 = get_solver("fixed_point")(f, z0, max_iter=100, tol=1e-6, sync_every=8)
+    assert torch.equal(z1, z8) and s1.nstep <= s8.nstep < s1.nstep + 8
+    assert len(s8.trace) == s8.nstep and s8.trace[:len(s1.trace)] == s1.trace
