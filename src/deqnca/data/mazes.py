@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..train.checkpoint import atomic_write
+
 GENERATOR_VERSION = 1
 WALL, OPEN, START, GOAL = 0, 1, 2, 3
 ON_PATH = 4                      # bit set on layout pixels of the start-to-goal path
@@ -166,14 +168,10 @@ def _read_cached(path: Path, split: str, size: int, seed: int) -> np.ndarray | N
 
 
 def _write_cached(path: Path, layouts: np.ndarray, split: str, size: int, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez_compressed(tmp, layouts=layouts, version=GENERATOR_VERSION, split=split, seed=seed, size=size)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    def write(tmp):
+        with open(tmp, "wb") as fh:     # a file object: savez would append ".npz" to a path
+            np.savez_compressed(fh, layouts=layouts, version=GENERATOR_VERSION, split=split, seed=seed, size=size)
+    atomic_write(path, write)
 
 
 def load_set(size: int, count: int, split: str = "test", seed: int = 0, cache=None,

@@ -20,6 +20,7 @@ import torch
 from ..gradients import make_gradient
 from ..rules.growing import GrowingNCARule, target_loss
 from ..solvers import get_solver
+from ..train.checkpoint import all_finite
 
 
 @dataclass
@@ -106,7 +107,7 @@ def training_step(rule, forward, optimizer, z0, target, steps: int, generator) -
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     grads = [p.grad for p in rule.parameters() if p.grad is not None]
-    ok = bool(torch.isfinite(total) & torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    ok = all_finite([total, *grads])
     if ok:
         normalise_gradients(rule.parameters())
         optimizer.step()

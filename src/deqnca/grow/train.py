@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..rules.growing import GrowingConfig, GrowingNCARule, target_loss
-from ..train.checkpoint import _atomic_write, load_optimizer_state, read_checkpoint, save_checkpoint
+from ..train.checkpoint import all_finite, atomic_write, load_optimizer_state, read_checkpoint, save_checkpoint
 from .objective import disc_masks, make_forward, spectral_radius, training_step
 
 CHECKPOINT_KIND = "grow"
@@ -152,7 +152,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
 
     def checkpoint():
         if pool is not None:   # pool first: a crash between the writes leaves a newer pool, never a torn one
-            _atomic_write(out / "pool.safetensors", lambda tmp: save_file({"pool": pool.cpu().contiguous()}, tmp))
+            atomic_write(out / "pool.safetensors", lambda tmp: save_file({"pool": pool.cpu().contiguous()}, tmp))
         counters["divergences"] += int(divergences)
         divergences.zero_()
         save_checkpoint(out / "last", model, optimizer, {
@@ -181,25 +181,23 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(cfg, step)
             out_step, ok = training_step(rule, forward, optimizer, z0, target, rollout_steps, dev_gen)
-            if ok and not all(torch.isfinite(p).all() for p in rule.parameters()):
-                rule.load_state_dict(good_state)     # the step itself blew the weights up
-                optimizer.state.clear()
-                counters["restored"] += 1
-                warnings.warn(f"non-finite weights after step {step}; restored last good weights")
-                ok = False
+            restore_reason = None
+            if ok and not all_finite(rule.parameters()):
+                restore_reason = "non-finite weights"          # the step itself blew the weights up
             if "rel_residual" in out_step.extra:
                 rel = out_step.extra["rel_residual"]
                 diverged = (rel > cfg.divergence_rel) | ~torch.isfinite(rel)
                 divergences += diverged.sum()
                 # the weights that produced this batch already make most solves blow up: going on
                 # from them feeds the pool exploding states, so go back to the last good weights
-                if ok and diverged.float().mean() > cfg.restore_fraction:
-                    rule.load_state_dict(good_state)
-                    optimizer.state.clear()
-                    counters["restored"] += 1
-                    warnings.warn(f"step {step}: {int(diverged.sum())}/{len(rel)} solves diverged; restored "
-                                  "the last good weights and reset Adam's moments")
-                    ok = False
+                if ok and restore_reason is None and diverged.float().mean() > cfg.restore_fraction:
+                    restore_reason = f"{int(diverged.sum())}/{len(rel)} solves diverged"
+            if restore_reason:
+                rule.load_state_dict(good_state)
+                optimizer.state.clear()
+                counters["restored"] += 1
+                warnings.warn(f"step {step}: {restore_reason}; restored the last good weights and reset Adam's moments")
+                ok = False
             if not ok:
                 counters["skipped_steps"] += 1
                 bad_run += 1

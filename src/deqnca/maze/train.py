@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..data import mazes
 from ..solvers import residuals, rollout
+from ..train.checkpoint import all_finite, load_optimizer_state, read_checkpoint, save_checkpoint
 from .model import MazeSolverNet, predict, solve_for_eval
 
 
@@ -81,11 +82,6 @@ def deq_loss(model, x, y, cfg: MazeTrainConfig, rng: random.Random, generator=No
     return loss, stats
 
 
-def _all_finite(tensors) -> bool:
-    """One host sync for all tensors (not one per tensor: this runs every step on the GPU)."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
 def _lr(cfg: MazeTrainConfig, step: int, progress: float) -> float:
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     if cfg.schedule == "constant":
@@ -111,8 +107,6 @@ def train_maze(model_config: dict, cfg: MazeTrainConfig, out, device="cpu", resu
                log=print) -> dict:
     """Train, checkpointing to out/last; metrics per epoch (or per time-budget stop) in metrics.jsonl."""
     from tqdm.auto import tqdm
-
-    from ..train.checkpoint import load_optimizer_state, read_checkpoint, save_checkpoint
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,12 +169,12 @@ def train_maze(model_config: dict, cfg: MazeTrainConfig, out, device="cpu", resu
                 ok = bool(torch.isfinite(loss))
                 if ok:
                     loss.backward()
-                    ok = _all_finite(p.grad for p in model.parameters() if p.grad is not None)
+                    ok = all_finite(p.grad for p in model.parameters() if p.grad is not None)
                 if ok:
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
-                    ok = _all_finite(model.parameters())
+                    ok = all_finite(model.parameters())
                     if not ok:
                         model.load_state_dict(good_state)
                         optimizer.state.clear()

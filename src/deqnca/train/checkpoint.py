@@ -21,7 +21,14 @@ class CheckpointError(ValueError):
     pass
 
 
-def _atomic_write(path: Path, write) -> None:
+def all_finite(tensors) -> bool:
+    """Whether every tensor is free of NaN and inf — one host read for all of them."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path` (never a torn file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -83,10 +90,10 @@ def save_checkpoint(path, model, optimizer=None, meta: dict | None = None) -> Pa
         tensors.update(opt_tensors)
         info["optimizer"] = opt_meta
     st_path = base.with_suffix(".safetensors")
-    _atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "deqnca-1"}))
+    atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "deqnca-1"}))
     info["weights_sha256"] = _sha256(st_path)
     info["weights_file"] = st_path.name
-    _atomic_write(base.with_suffix(".json"),
+    atomic_write(base.with_suffix(".json"),
                   lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, default=float) + "\n"))
     return base
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..model import EquilibriumModel, count_parameters
 from ..readout import ink_mask, ink_vote, per_cell_loss
 from . import distributed
-from .checkpoint import load_optimizer_state, read_checkpoint, save_checkpoint
+from .checkpoint import all_finite, load_optimizer_state, read_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -99,10 +99,6 @@ def residual_summary(rel: torch.Tensor) -> dict:
     q = torch.quantile(rel[torch.isfinite(rel)], torch.tensor([0.5, 0.9, 0.99], dtype=torch.double))
     return {"rel_median": q[0].item(), "rel_p90": q[1].item(), "rel_p99": q[2].item(),
             "rel_max": rel.max().item(), "frac_below_1e-3": (rel <= 1e-3).double().mean().item()}
-
-
-def _all_finite(tensors) -> bool:
-    return all(torch.isfinite(t).all() for t in tensors)
 
 
 def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", resume=False,
@@ -194,12 +190,12 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                 if ok:
                     loss.backward()
                     grads = [p.grad for p in model.parameters() if p.grad is not None]
-                    ok = _all_finite(grads)
+                    ok = all_finite(grads)
                     if ok and cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 if ok:
                     optimizer.step()
-                    ok = _all_finite(model.parameters())
+                    ok = all_finite(model.parameters())
                     if not ok:   # the step itself blew the weights up: restore the last good weights
                         model.load_state_dict(good_state)
                         optimizer.state.clear()
