@@ -6,6 +6,10 @@ module, `torchdeq.get_deq(f_solver="broyden")` with TorchDeq's defaults (40 iter
 
     python benchmarks/mnist_speed.py --device cpu --batches 30
     python benchmarks/mnist_speed.py --device cuda --batches 0      # 0 = full epoch
+    python benchmarks/mnist_speed.py --device cuda --presets essay,essay+graph,equilibrium \
+        --train-full essay,equilibrium                               # + complete timed trainings
+
+"+graph" times the trainer's CUDA-graph step (deqnca.train.graphs) instead of the eager one.
 
 Prints a table and writes JSON (--json-out). Times are wall-clock per training batch (mean over
 the timed batches after warm-up), scaled to the 938 batches of an epoch when --batches > 0.
@@ -56,8 +60,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_training(model, x, y, device, batches, batch_size=64, channels_last=False):
+def time_training(model, x, y, device, batches, batch_size=64, channels_last=False, cuda_graph=False):
     opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    if cuda_graph:
+        return time_captured_training(model, opt, x, y, device, batches, batch_size)
     n_total = math.ceil(len(x) / batch_size)
     n = n_total if batches == 0 else batches
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -91,6 +97,54 @@ def time_training(model, x, y, device, batches, batch_size=64, channels_last=Fal
             "peak_mib": peak, "timed_batches": n}
 
 
+def time_captured_training(model, opt, x, y, device, batches, batch_size=64):
+    """The trainer's CUDA-graph path (deqnca.train.graphs): copy the batch and the noise in, replay,
+    read the finiteness flag — the same host work per step as `deqnca train`."""
+    from deqnca.train.graphs import CapturedStep
+
+    n_total = math.ceil(len(x) / batch_size)
+    n = n_total - 1 if batches == 0 else batches     # the ragged last batch runs eagerly in training
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator(device=device).manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
+    step = CapturedStep(model, opt, x[:batch_size].to(device))
+    x, y = x.to(device), y.to(device)
+    for b in range(3):                               # warm-up replays
+        idx = perm[b * batch_size:(b + 1) * batch_size].to(device)
+        step(x[idx], y[idx], model.initial_state(x[idx], gen))
+    _sync(device)
+    t = time.perf_counter()
+    for b in range(n):
+        idx = perm[b * batch_size:(b + 1) * batch_size].to(device)
+        step(x[idx], y[idx], model.initial_state(x[idx], gen))
+        bool(step.finite)
+    _sync(device)
+    per_batch = (time.perf_counter() - t) / n
+    return {"epoch_s": per_batch * n_total, "train_samples_per_s": batch_size / per_batch,
+            "fwd_steps": float(step.stats.nstep), "bwd_steps": float("nan"),
+            "peak_mib": torch.cuda.max_memory_allocated() / 2**20, "timed_batches": n}
+
+
+def full_training(name, device, seed=0, out=None, **train_over):
+    """A complete `deqnca train` run of a preset: summed epoch times and the final test accuracy.
+    With `out` the run folder (checkpoint, metrics.jsonl) is kept there."""
+    import tempfile
+
+    from deqnca.train.loop import TrainConfig, train
+
+    p = preset(name, None, {"seed": seed, **train_over})
+    data = (*load_mnist(split="train"), *load_mnist(split="test"))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = f"{out}/{name}-s{seed}" if out else tmp
+        r = train(p["model"], TrainConfig.from_dict(p["train"]), run_dir, data, device=device,
+                  log=lambda *_: None)
+    h = r["history"]
+    return {"train_time_s": sum(e["epoch_time_s"] for e in h), "wall_s": h[-1]["elapsed_s"],
+            "epochs": len(h), "test_acc": h[-1]["test_acc"], "test_rel_median": h[-1]["test_rel_median"],
+            "test_frac_below_1e-3": h[-1]["test_frac_below_1e-3"],
+            "per_epoch_test_acc": [e["test_acc"] for e in h]}
+
+
 @torch.no_grad()
 def time_inference(model, x, device, batch_size=500, channels_last=False, limit=0):
     model.eval()
@@ -113,6 +167,9 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=30, help="timed training batches (0 = one full epoch)")
     ap.add_argument("--infer-limit", type=int, default=2000, help="test images timed for inference (0 = all)")
     ap.add_argument("--presets", default="essay,essay-broyden,equilibrium")
+    ap.add_argument("--train-full", default="",
+                    help="presets to train for their full schedule (seed 0), timed in this run")
+    ap.add_argument("--train-out", help="keep the --train-full run folders under this folder")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -124,10 +181,16 @@ def main(argv=None):
                                                **time_inference(base, xt, args.device, limit=args.infer_limit)}
     cl = args.device == "cpu"
     for name in args.presets.split(","):
+        graphed = name.endswith("+graph")
+        name = name.removesuffix("+graph")
+        if graphed and not args.device.startswith("cuda"):
+            continue
+        torch.manual_seed(0)
         model = EquilibriumModel(preset(name)["model"]).to(args.device)
-        rows[f"deqnca {name}"] = {**time_training(model, x, y, args.device, args.batches, channels_last=cl),
-                                  **time_inference(model, xt, args.device, channels_last=cl,
-                                                   limit=args.infer_limit)}
+        label = f"deqnca {name}" + (" (CUDA graph)" if graphed else "")
+        rows[label] = {**time_training(model, x, y, args.device, args.batches, channels_last=cl,
+                                       cuda_graph=graphed),
+                       **time_inference(model, xt, args.device, channels_last=cl, limit=args.infer_limit)}
     ref = rows["plain TorchDeq (essay defaults)"]
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -139,10 +202,24 @@ def main(argv=None):
         r["speedup_vs_plain"] = ref["epoch_s"] / r["epoch_s"]
         print(f"| {name} | {r['epoch_s']:.1f} | {r['speedup_vs_plain']:.2f}x | {r['train_samples_per_s']:.0f} | "
               f"{r['infer_samples_per_s']:.0f} | {r['fwd_steps']:.1f} | {r['bwd_steps']:.1f} | {r['peak_mib']:.0f} |")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump({"machine": machine, "torch": torch.__version__, "date": str(date.today()),
-                       "args": vars(args), "rows": rows}, fh, indent=1)
+    full = {}
+
+    def write_json():
+        if args.json_out:
+            with open(args.json_out, "w") as fh:
+                json.dump({"machine": machine, "torch": torch.__version__, "date": str(date.today()),
+                           "args": vars(args), "rows": rows, "full_training": full}, fh, indent=1)
+
+    write_json()
+    for name in filter(None, (args.train_full or "").split(",")):
+        full[name] = r = full_training(name, args.device, out=args.train_out)
+        per_epoch = r["train_time_s"] / r["epochs"]
+        r["per_epoch_speedup_vs_plain"] = ref["epoch_s"] / per_epoch
+        print(f"full training `deqnca train --preset {name} --seed 0`: {r['epochs']} epochs, "
+              f"{r['train_time_s']:.1f} s of training ({per_epoch:.2f} s/epoch, "
+              f"{r['per_epoch_speedup_vs_plain']:.1f}x faster per epoch than plain TorchDeq above), "
+              f"{r['wall_s']:.1f} s with evaluation, test accuracy {r['test_acc']:.4f}")
+        write_json()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class ModelConfig:
     gradient_kw: dict = field(default_factory=dict)
     noise_std: float = 1.0            # the state starts from N(0, noise_std²), in training and inference
     readout: str = "global"           # "global": pool then MLP; "cell": MLP per cell, trained per cell
+    readout_norm: str = "none"        # "batch": standardise the pooled state before the MLP (readout.py)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -59,7 +60,7 @@ class EquilibriumModel(nn.Module):
                               state_channels=config.state_channels, **config.rule_kw)
         if config.readout not in ("global", "cell"):
             raise ValueError(f"unknown readout {config.readout!r}; choose 'global' or 'cell'")
-        self.readout = MLPReadout(config.state_channels, config.hidden, config.classes)
+        self.readout = MLPReadout(config.state_channels, config.hidden, config.classes, config.readout_norm)
         self.conditioning = make_conditioning(config.conditioning)
         self.gradient = make_gradient(config.gradient, **config.gradient_kw)
         self.solver_name, self.solver_kw = config.solver, dict(config.solver_kw)

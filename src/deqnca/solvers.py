@@ -115,7 +115,8 @@ def _unflat(v: Tensor, like: Tensor) -> Tensor:
 
 @torch.no_grad()
 def anderson(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-4, stop_mode: str = "rel",
-             m: int = 6, lam: float = 1e-6, beta: float = 1.0, **_) -> tuple[Tensor, SolveStats]:
+             m: int = 6, lam: float = 1e-6, beta: float = 1.0, sync_every: int | None = None,
+             **_) -> tuple[Tensor, SolveStats]:
     """Anderson acceleration (type II), batched, keeping each sample's lowest-residual iterate.
 
     The mixing weights α minimise ‖Σ αᵢ gᵢ‖ subject to Σ αᵢ = 1 over the last m residuals
@@ -123,8 +124,12 @@ def anderson(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-4, stop_mod
     raises "singular matrix" once residuals coincide (converged samples); here α = H⁻¹1 / 1ᵀH⁻¹1 with
     H = GGᵀ + λ·mean(diag)·I, a positive-definite system solved by Cholesky in float64 that cannot be
     singular. Histories live in preallocated ring buffers and only the new row of GGᵀ is computed per
-    step. A sample whose iterate goes non-finite restarts from its best iterate.
+    step. A sample whose iterate goes non-finite restarts from its best iterate. As in
+    `fixed_point`, the whole-batch stopping test reads the device every `sync_every` iterations
+    (default 4 on CUDA, 1 on CPU); the returned state is each sample's best iterate either way.
     """
+    if sync_every is None:
+        sync_every = 4 if z0.is_cuda else 1
     B = z0.shape[0]
     x = _flat(z0)
     D = x.shape[1]
@@ -144,9 +149,12 @@ def anderson(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-4, stop_mod
         best_x = torch.where(better[:, None], x, best_x)
         best_r = torch.where(better, r, best_r)
         finite = torch.isfinite(r)
-        trace.append(r[finite].mean().item() if finite.any() else float("nan"))
-        if k == max_iter - 1 or bool(_converged(a, r, tol, stop_mode).all()):
+        trace.append(torch.where(finite, r, 0).sum() / finite.sum())     # nan when none is finite
+        if k == max_iter - 1:
             break
+        if (k + 1) % sync_every == 0 or sync_every == 1:
+            if bool(_converged(a, r, tol, stop_mode).all()):
+                break
         slot, n = k % m, min(k + 1, m)
         X[:, slot], F_[:, slot] = x, fx
         G = F_[:, :n] - X[:, :n]                                          # (B, n, D)
@@ -174,7 +182,7 @@ def anderson(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-4, stop_mod
         steps += 1
     z = _unflat(best_x, z0)
     a, r = _measure(f, z)
-    return z, SolveStats(steps, a, r, trace)
+    return z, SolveStats(steps, a, r, torch.stack(trace).tolist())
 
 
 def broyden(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-3, stop_mode: str = "rel",

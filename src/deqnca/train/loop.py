@@ -24,6 +24,7 @@ from ..model import EquilibriumModel, count_parameters
 from ..readout import ink_mask, ink_vote, per_cell_loss
 from . import distributed
 from .checkpoint import all_finite, load_optimizer_state, read_checkpoint, save_checkpoint
+from .graphs import CapturedStep, graph_unsupported_reason
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     channels_last: str = "auto"       # "auto": on for CPU, where it is ~2.5x faster for these convs
     max_bad_steps: int = 50           # consecutive non-finite steps before giving up
+    cuda_graph: str = "auto"          # "auto": capture the whole step on CUDA when it can be (train/graphs.py)
 
     @classmethod
     def from_dict(cls, d):
@@ -147,6 +149,13 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
     steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
     good_state = copy.deepcopy(model.state_dict())
     bad_run = 0
+    use_graph = cfg.cuda_graph != "off"
+    if use_graph:
+        why_not = graph_unsupported_reason(model, cfg, device, world)
+        if why_not and cfg.cuda_graph == "on":
+            raise ValueError(f"cuda_graph='on' but {why_not}; use cuda_graph='auto' or 'off'")
+        use_graph = why_not is None
+    captured = None
 
     def checkpoint(name="last"):
         if not main_rank:
@@ -155,6 +164,32 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                 "history": history, "counters": counters, "train_config": asdict(cfg),
                 "parameters": nparams}
         save_checkpoint(out / name, model, optimizer, meta)
+
+    def eager_step(xb, yb, gen):
+        """(loss, logits, stats, ok): one optimiser step, skipped when anything is non-finite.
+        No input check: a non-finite batch is skipped and counted like any other non-finite step."""
+        if model.config.readout == "cell":   # self-classifying: every ink cell is supervised
+            cells = net(xb, generator=gen, check_input=False, per_cell=True)
+            mask = ink_mask(xb)
+            loss, logits = per_cell_loss(cells, yb, mask), ink_vote(cells.detach(), mask)
+        else:
+            logits = net(xb, generator=gen, check_input=False)
+            loss = F.cross_entropy(logits, yb)
+        stats = model.last_stats
+        optimizer.zero_grad(set_to_none=True)
+        ok = distributed.all_ok(bool(torch.isfinite(loss)), device)
+        if ok:
+            loss.backward()
+            ok = all_finite([p.grad for p in model.parameters() if p.grad is not None])
+            if ok and cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if ok:
+            optimizer.step()
+            after_step = getattr(model.rule, "after_step", None)
+            if after_step is not None:
+                after_step()
+            ok = all_finite(list(model.parameters()))
+        return loss, logits, stats, ok
 
     t_start = time.time()
     try:
@@ -174,34 +209,31 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                 xb, yb = _format(x_tr[idx], cfg.channels_last, device), y_tr[idx]
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(cfg, (epoch + b / steps_per_epoch) / cfg.epochs)
-                # no input check here: a non-finite batch is skipped and counted like any other
-                # non-finite step (below) instead of stopping the run
-                if model.config.readout == "cell":   # self-classifying: every ink cell is supervised
-                    cells = net(xb, generator=gen, check_input=False, per_cell=True)
-                    mask = ink_mask(xb)
-                    loss, logits = per_cell_loss(cells, yb, mask), ink_vote(cells.detach(), mask)
+                if use_graph and captured is None and len(idx) == cfg.batch_size:
+                    try:
+                        captured = CapturedStep(model, optimizer, xb)
+                        log(f"training step captured as a CUDA graph (batch {cfg.batch_size})")
+                    except Exception as e:   # capture is an optimisation: fall back to eager steps
+                        warnings.warn(f"CUDA-graph capture failed ({type(e).__name__}: {e}); training eagerly")
+                        use_graph = False
+                        optimizer.zero_grad(set_to_none=True)
+                if captured is not None and len(idx) == cfg.batch_size:
+                    # forward, backward and optimiser step in one replay (a ragged last batch runs eagerly)
+                    loss, logits, stats = captured(xb, yb, model.initial_state(xb, gen))
+                    ok = bool(captured.finite)
                 else:
-                    logits = net(xb, generator=gen, check_input=False)
-                    loss = F.cross_entropy(logits, yb)
-                stats = model.last_stats
+                    loss, logits, stats, ok = eager_step(xb, yb, gen)
                 counters["fallback"] += stats.fallback
-                optimizer.zero_grad(set_to_none=True)
-                ok = distributed.all_ok(bool(torch.isfinite(loss)), device)
-                if ok:
-                    loss.backward()
-                    grads = [p.grad for p in model.parameters() if p.grad is not None]
-                    ok = all_finite(grads)
-                    if ok and cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if ok:
-                    optimizer.step()
-                    ok = all_finite(model.parameters())
-                    if not ok:   # the step itself blew the weights up: restore the last good weights
-                        model.load_state_dict(good_state)
+                if not ok and not all_finite(list(model.parameters())):
+                    # the step itself blew the weights up: restore the last good weights
+                    model.load_state_dict(good_state)
+                    if captured is not None:
+                        captured.zero_momentum()     # in place: the graph holds these buffers
+                    else:
                         optimizer.state.clear()
-                        counters["restored"] += 1
-                        warnings.warn(f"non-finite weights after step {global_step}; restored last good "
-                                      "weights and reset optimizer momentum")
+                    counters["restored"] += 1
+                    warnings.warn(f"non-finite weights after step {global_step}; restored last good "
+                                  "weights and reset optimizer momentum")
                 if not ok:
                     counters["skipped_steps"] += 1
                     bad_run += 1

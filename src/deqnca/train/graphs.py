@@ -1,0 +1,118 @@
+"""A whole training step — rollout, loss, BPTT, optimiser step — replayed as one CUDA graph.
+
+At the essay's batch of 64 a 16-step rollout with BPTT is ~250 tiny kernels per step: the GPU waits
+on Python launching them (docs/speed.md). Captured once, the step replays with one launch and the
+same arithmetic. What the graph fixes, and how the trainer keeps its guarantees:
+
+* Tensors are static: each step copies its batch and its state noise into the captured input
+  buffers (noise from the same per-batch generator as the eager loop, so resumes stay exact).
+* The learning rate is baked in: only a constant schedule is captured.
+* The optimiser state is captured too (SGD momentum buffers, updated in place). Capturing needs a
+  few warm-up steps on a side stream; they change the weights, so weights and buffers are
+  snapshotted before and written back (in place: the graph holds their addresses) after.
+* A non-finite step has already been applied when the host sees it: `restore` writes the last good
+  weights back in place and zeroes the momentum, the graph's counterpart of the eager restore.
+
+Used by `train.loop` when `TrainConfig.cuda_graph` is "auto" (on CUDA, for rollout + BPTT models
+trained with SGD at a constant learning rate, one process) or "on".
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def graph_unsupported_reason(model, cfg, device: str, world: int) -> str | None:
+    """None when the step can be captured, else why not (one line)."""
+    c = model.config
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return "CUDA graphs need a CUDA device"
+    if world > 1:
+        return "CUDA-graph capture is single-process here (DDP runs eagerly)"
+    if c.solver != "rollout" or c.gradient != "bptt":
+        return f"only rollout + BPTT steps have a fixed shape to capture (got {c.solver} + {c.gradient})"
+    if getattr(model.rule, "after_step", None) is not None:
+        return "rules with a host-side after_step hook are not captured"
+    if c.readout != "global":
+        return "only the global read-out is captured"
+    if cfg.optimizer != "sgd" or cfg.schedule != "constant":
+        return "only SGD at a constant learning rate is captured (the rate is baked into the graph)"
+    if cfg.grad_clip:
+        return "gradient clipping is not captured"
+    return None
+
+
+class CapturedStep:
+    def __init__(self, model, optimizer, x_example, warmup: int = 3):
+        self.model, self.optimizer = model, optimizer
+        device = x_example.device
+        self.batch = x_example.shape[0]
+        self.x = torch.zeros_like(x_example)
+        self.y = torch.zeros(self.batch, dtype=torch.long, device=device)
+        self.z0 = torch.zeros(self.batch, model.config.state_channels, *x_example.shape[2:], device=device,
+                              dtype=x_example.dtype)
+        params = [p for p in model.parameters()]
+        saved = [p.detach().clone() for p in params]
+        # a resumed run arrives with momentum buffers: they are updated in place by the warm-up
+        # and the capture, so keep their values to write back
+        saved_state = {id(p): {k: v.detach().clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
+                       for p in params if p in optimizer.state}
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                optimizer.zero_grad(set_to_none=True)
+                loss, _ = self._step_body()
+                loss.backward()
+                optimizer.step()
+        torch.cuda.current_stream().wait_stream(stream)
+
+        self.graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            loss, logits = self._step_body()
+            loss.backward()
+            optimizer.step()
+            grads = [p.grad for p in params if p.grad is not None]
+            # one flag for the host: loss, gradients and the updated weights all finite
+            finite = torch.isfinite(loss)
+            for t in grads + params:
+                finite = finite & torch.isfinite(t).all()
+        self.loss, self.logits, self.finite = loss, logits, finite
+        self.stats = model.last_stats
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+            self.zero_momentum()
+            for p in params:
+                for k, v in saved_state.get(id(p), {}).items():
+                    optimizer.state[p][k].copy_(v)
+
+    def _step_body(self):
+        logits = self.model(self.x, z0=self.z0, check_input=False)
+        return F.cross_entropy(logits, self.y), logits
+
+    @torch.no_grad()
+    def zero_momentum(self):
+        for state in self.optimizer.state.values():
+            for v in state.values():
+                if torch.is_tensor(v) and v.is_floating_point():
+                    v.zero_()
+
+    def __call__(self, xb, yb, z0):
+        if xb.shape[0] != self.batch:
+            raise ValueError("captured step replayed with a different batch size")
+        self.x.copy_(xb)
+        self.y.copy_(yb)
+        self.z0.copy_(z0)
+        self.graph.replay()
+        return self.loss, self.logits, self.stats
+
+    @torch.no_grad()
+    def restore(self, good_state: dict):
+        """The last good weights back into the captured parameters, momentum reset."""
+        own = self.model.state_dict()
+        for k, v in good_state.items():
+            own[k].copy_(v)
+        self.zero_momentum()

@@ -1,0 +1,57 @@
+"""The CUDA-graph training step: refuses what it cannot capture; on a GPU it trains like the eager step."""
+import pytest
+import torch
+
+from deqnca.model import EquilibriumModel
+from deqnca.train.graphs import graph_unsupported_reason
+from deqnca.train.loop import TrainConfig, train
+
+TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rollout",
+            solver_kw={"max_iter": 4}, gradient="bptt", gradient_kw={}, input_channels=8, state_channels=16,
+            hidden=32)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_capture_is_refused_with_a_reason():
+    model = EquilibriumModel(TINY)
+    assert "CUDA" in graph_unsupported_reason(model, TrainConfig(), "cpu", 1)
+    if torch.cuda.is_available():
+        assert graph_unsupported_reason(model, TrainConfig(), "cuda", 1) is None
+        assert "DDP" in graph_unsupported_reason(model, TrainConfig(), "cuda", 2)
+        assert "constant" in graph_unsupported_reason(model, TrainConfig(schedule="cosine"), "cuda", 1)
+        implicit = EquilibriumModel({**TINY, "solver": "fixed_point", "gradient": "implicit"})
+        assert "rollout" in graph_unsupported_reason(implicit, TrainConfig(), "cuda", 1)
+
+
+def test_forcing_a_graph_on_cpu_is_a_clear_error(mnist_small, tmp_path):
+    x, y, xt, yt = mnist_small
+    with pytest.raises(ValueError, match="cuda_graph='on' but CUDA graphs need a CUDA device"):
+        train(TINY, TrainConfig(epochs=1, cuda_graph="on"), tmp_path, (x[:64], y[:64], xt[:8], yt[:8]),
+              log=lambda s: None)
+
+
+@cuda
+def test_graphed_training_matches_eager_training(mnist_small, tmp_path):
+    # 5 full batches and a ragged one (eager in both runs), SGD with momentum: same weights
+    x, y, xt, yt = mnist_small
+    data = (x[:352], y[:352], xt[:64], yt[:64])
+    runs = {}
+    for mode in ("off", "on"):
+        cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.05, seed=3, cuda_graph=mode)
+        runs[mode] = train(TINY, cfg, tmp_path / mode, data, device="cuda", log=lambda s: None)
+    eager, graphed = (runs[m]["model"].state_dict() for m in ("off", "on"))
+    for k in eager:
+        torch.testing.assert_close(graphed[k], eager[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert runs["on"]["history"][-1]["test_acc"] == pytest.approx(runs["off"]["history"][-1]["test_acc"], abs=0.02)
+
+
+@cuda
+def test_graphed_step_restores_after_a_non_finite_batch(mnist_small, tmp_path):
+    x, y, xt, yt = mnist_small
+    x = x[:256].clone()
+    x[64:128] = float("nan")                      # the second batch poisons the replayed step
+    cfg = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.05, seed=0, cuda_graph="on")
+    with pytest.warns(UserWarning, match="restored"):
+        r = train(TINY, cfg, tmp_path, (x, y[:256], xt[:64], yt[:64]), device="cuda", log=lambda s: None)
+    assert r["history"][-1]["restored"] == 1 and r["history"][-1]["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in r["model"].parameters())
