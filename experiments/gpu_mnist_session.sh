@@ -6,11 +6,13 @@
 #  3. seeds 1 and 2 of both presets, side by side (accuracies; their times are shared-GPU times).
 # Stops everything at DEADLINE seconds after the start; finished epochs survive (atomic checkpoints).
 #   OUT=/tmp/out experiments/gpu_mnist_session.sh
+#   OUT=/tmp/out PRESETS=equilibrium experiments/gpu_mnist_session.sh   # one preset (+ the baseline)
 #   OUT=/tmp/out DEVICE=cpu QUICK=1 experiments/gpu_mnist_session.sh     # plumbing check on a CPU
 set -uo pipefail
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}
 DEADLINE=${DEADLINE:-540}
+PRESETS=${PRESETS:-essay equilibrium}
 R=${WORK:-/tmp/mnist_session}
 T0=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
@@ -26,13 +28,15 @@ BENCH="--batches 100 --infer-limit 10000"; TRAIN=""
 timeout 120 python3 -m pytest -q tests/test_graphs.py tests/test_solvers.py > "$R/logs/tests_cuda.log" 2>&1
 echo "tests rc=$? at $(( $(date +%s) - T0 ))s" >> "$R/logs/timeline.txt"
 
-FULL="--train-full essay,equilibrium"; [ -n "${QUICK:-}" ] && FULL=""
+LIST=$(echo $PRESETS | tr ' ' ,)
+TIMED=$(echo $LIST | sed 's/essay/essay,essay+graph/')
+FULL="--train-full $LIST"; [ -n "${QUICK:-}" ] && FULL=""
 timeout $(( $(left) - 60 )) python3 benchmarks/mnist_speed.py --device "$DEVICE" $BENCH \
-  --presets essay,essay+graph,equilibrium $FULL --train-out "$R/runs" --json-out "$R/logs/bench.json" \
+  --presets $TIMED $FULL --train-out "$R/runs" --json-out "$R/logs/bench.json" \
   > "$R/logs/bench.md" 2> "$R/logs/bench.err"
 echo "bench rc=$? at $(( $(date +%s) - T0 ))s" >> "$R/logs/timeline.txt"
 
-for preset in essay equilibrium; do
+for preset in $PRESETS; do
   for seed in 1 2; do
     timeout $(( $(left) - 15 )) python3 -m deqnca.cli train --preset $preset --seed $seed --device "$DEVICE" \
       --out "$R/runs/$preset-s$seed" $TRAIN > "$R/logs/train-$preset-s$seed.log" 2>&1 &

@@ -66,6 +66,7 @@ class CapturedStep:
                 loss, _ = self._step_body()
                 loss.backward()
                 optimizer.step()
+            del loss        # a live autograd graph from the side stream would follow us into the capture
         torch.cuda.current_stream().wait_stream(stream)
 
         self.graph = torch.cuda.CUDAGraph()
