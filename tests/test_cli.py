@@ -29,6 +29,15 @@ def test_eval_shipped_essay_model_json(capsys):
     assert 0.05 < r["rel_median"] < 0.1             # far from equilibrium, and reported as such
 
 
+def test_eval_shipped_equilibrium_model_reaches_its_fixed_point(capsys):
+    rc = main(["eval", str(ROOT / "models" / "mnist-equilibrium"), "--device", "cpu", "--limit", "300", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["parameters"] == 15466 <= 16000
+    assert r["accuracy"] >= 0.95                    # 97.70% on all 10,000
+    assert r["frac_below_1e-3"] == 1.0 and r["rel_max"] <= 1e-4 * 1.001   # at equilibrium, every image
+
+
 def test_bad_checkpoint_is_one_line_error(tmp_path, capsys):
     rc = main(["eval", str(tmp_path / "nope"), "--device", "cpu"])
     err = capsys.readouterr().err.strip()

@@ -83,3 +83,30 @@ def test_persistent_divergence_stops_with_clear_error(mnist_small, tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=32, max_bad_steps=3)
     with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="consecutive non-finite"):
         train(TINY, cfg, tmp_path, (torch.full_like(x, float("nan")), y, xt, yt), log=lambda s: None)
+
+
+def test_readout_norm_statistics_are_recalibrated_for_the_current_weights(mnist_small):
+    # the running average lags the weights; recalibration replaces it by the plain average of the
+    # batch statistics over the given images, weights untouched
+    from deqnca.model import EquilibriumModel
+
+    x = mnist_small[0][:200]
+    model = EquilibriumModel({**TINY, "readout_norm": "batch"})
+    norm = model.readout.norm
+    norm.running_mean.fill_(5.0)
+    norm.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    loop.recalibrate_readout_norm(model, x, batch_size=100, images=200, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    means, vars_ = [], []
+    with torch.no_grad():
+        for i in (0, 100):
+            z, _ = model.solve(x[i:i + 100], generator=gen)
+            pooled = z.mean(dim=(2, 3))
+            means.append(pooled.mean(0))
+            vars_.append(pooled.var(0))
+    torch.testing.assert_close(norm.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(norm.running_var, torch.stack(vars_).mean(0), rtol=1e-3, atol=1e-8)
+    assert norm.momentum == 0.1 and model.training          # restored as it was
+    for k, v in model.named_parameters():
+        assert torch.equal(v, weights[k]), k

@@ -96,6 +96,31 @@ def evaluate(model, x, y, batch_size=500, seed=0, channels_last="auto", progress
     }
 
 
+@torch.no_grad()
+def recalibrate_readout_norm(model, x, batch_size=500, images=2000, seed=0, channels_last="auto"):
+    """Re-estimate the read-out BatchNorm's running statistics for the current weights.
+
+    The pooled equilibrium state differs between images by ~1e-3 while training moves it by more
+    than that every few steps, so BatchNorm's exponential running average (momentum 0.1) lags by
+    many standard deviations and the eval-mode model can be far worse than the train-mode one
+    (measured: 98% train, 10-50% test until the learning rate anneals; docs/mnist.md). A plain
+    average over `images` training images with the weights frozen fixes that ("precise BN")."""
+    norm = getattr(model.readout, "norm", None)
+    if norm is None:
+        return
+    was_training = model.training
+    model.eval()                       # everything else (e.g. the power iteration) stays frozen
+    norm.train()
+    momentum, norm.momentum = norm.momentum, None      # None: cumulative average
+    norm.reset_running_stats()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for i in range(0, min(images, len(x)), batch_size):
+        model(_format(x[i:i + batch_size].to(device), channels_last, device), generator=gen, check_input=False)
+    norm.momentum = momentum
+    model.train(was_training)
+
+
 def residual_summary(rel: torch.Tensor) -> dict:
     rel = rel.double()
     q = torch.quantile(rel[torch.isfinite(rel)], torch.tensor([0.5, 0.9, 0.99], dtype=torch.double))
@@ -267,6 +292,7 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                 epoch, step_in_epoch = epoch + 1, 0
                 distributed.barrier()
                 continue
+            recalibrate_readout_norm(model, x_tr, cfg.eval_batch_size, seed=epoch, channels_last=cfg.channels_last)
             ev = evaluate(model, x_te, y_te, cfg.eval_batch_size, seed=12345, channels_last=cfg.channels_last)
             rec = {"epoch": epoch + 1, "train_loss": sums["loss"] / max(sums["n"], 1),
                    "train_acc": sums["correct"] / max(sums["n"], 1),
