@@ -16,20 +16,20 @@ TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rol
 
 
 def test_tiny_training_learns_past_threshold(tmp_path):
-    # Digits 0-3, 3000 images, 3 epochs of a 4-step rollout: ~55-60% (chance 25%). Global-average-
-    # pooled models of this family sit on a long loss plateau at first (a plain 2-4 layer CNN with
-    # global pooling reaches only 29-38% on 3000 images of all ten digits too:
-    # experiments/global_pool_plateau.py), so the 85% on ten digits suggested for this test needs far
-    # more steps than CI affords.
+    # The equilibrium preset at a quarter of the width (4,458 parameters) on 9,600 training images
+    # downsampled to 14x14, 3 epochs: 86.6% on 1,000 test images (CPU, 2026-11-26), all ten digits.
+    # The batch-normalised read-out is what makes this possible in CI time (docs/mnist.md).
     from deqnca.data.idx import load_mnist
+    from deqnca.experiments.mnist import preset
 
     x, y = load_mnist(split="train")
     xt, yt = load_mnist(split="test")
-    keep, keep_t = y < 4, yt < 4
-    data = (x[keep][:3000], y[keep][:3000], xt[keep_t][:500], yt[keep_t][:500])
-    cfg = TrainConfig(epochs=3, batch_size=32, optimizer="adam", lr=1e-2, seed=0)
-    result = train(TINY, cfg, tmp_path, data, log=lambda s: None)
-    assert result["history"][-1]["test_acc"] >= 0.45, result["history"]
+    data = (F.avg_pool2d(x[:9600], 2), y[:9600], F.avg_pool2d(xt[:1000], 2), yt[:1000])
+    p = preset("equilibrium", {"state_channels": 16, "input_channels": 8}, {"lr": 4e-3, "epochs": 3})
+    cfg = TrainConfig.from_dict({**p["train"], "eval_batch_size": 500})
+    result = train(p["model"], cfg, tmp_path, data, log=lambda s: None)
+    assert result["history"][-1]["test_acc"] >= 0.85, [h["test_acc"] for h in result["history"]]
+    assert result["history"][-1]["test_frac_below_1e-3"] == 1.0        # and it is at equilibrium
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert {"train_loss", "test_acc", "test_rel_median", "epoch_time_s"} <= set(rows[0])
