@@ -100,13 +100,15 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     result = train(p["model"], cfg, out, (x, y, xt, yt), device=device, resume=args.resume,
                    log=lambda s: print(s, file=sys.stderr))
+    from .train import distributed
+
     if int(os.environ.get("RANK", "0")) != 0:
-        return 0
+        return distributed.finish(0)
     last = result["history"][-1] if result["history"] else {}
     summary = {"out": str(out), "parameters": result["parameters"], **last}
     print(json.dumps(summary) if args.json else
           f"done: {out}  parameters {result['parameters']}  test accuracy {last.get('test_acc', float('nan')):.4f}")
-    return 0
+    return distributed.finish(0)                    # under torchrun: ends the process here
 
 
 def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def _setup_device(arg: str) -> str:
 def cmd_train(args) -> int:
     from ..data.targets import load_target
     from ..grow.train import GrowTrainConfig, train
+    from ..train import distributed
 
     device = _setup_device(args.device)
     target = load_target(args.target, pad=args.pad)
@@ -26,12 +28,18 @@ def cmd_train(args) -> int:
         overrides["min_steps"], overrides["max_steps"] = args.rollout_steps
     cfg = GrowTrainConfig.from_dict(overrides)
     out = Path(args.out or f"runs/grow-{cfg.trainer}-{Path(cfg.target).stem}-seed{cfg.seed}")
-    r = train(cfg, target, out, device=device, resume=args.resume, log=lambda s: print(s, file=sys.stderr),
-              progress=not args.json)
+    try:
+        r = train(cfg, target, out, device=device, resume=args.resume, log=lambda s: print(s, file=sys.stderr),
+                  progress=not args.json)
+    except BaseException:
+        distributed.shutdown()
+        raise
+    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, rank 0 alone reports
+        return distributed.finish(0)
     summary = {"out": r["out"], "steps": r["step"], "seconds": round(r["elapsed_s"], 1), **r["counters"]}
     print(json.dumps(summary) if args.json else
           f"done: {out / 'last'}  {r['step']} steps in {r['elapsed_s']:.0f} s  {r['counters']}")
-    return 0
+    return distributed.finish(0)                    # under torchrun: ends the process here
 
 
 def cmd_show(args) -> int:

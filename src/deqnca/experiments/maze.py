@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from ..maze.evaluate import DEFAULT_LIMITS, default_max_iters, evaluate_checkpoi
 from ..maze.model import PRESETS
 from ..maze.pictures import show
 from ..maze.train import MazeTrainConfig, train_maze
+from ..train import distributed
 
 
 def _sizes_arg(p, default):
@@ -44,13 +46,19 @@ def cmd_train(args) -> int:
     cfg = MazeTrainConfig.from_dict(train_over)
     mazes.check_size(cfg.train_size)
     out = Path(args.out or f"runs/maze-{args.model}-w{args.width}-seed{cfg.seed}")
-    result = train_maze(model_config, cfg, out, device, resume=args.resume, cache=args.cache,
-                        log=lambda s: print(s, file=sys.stderr))
+    try:
+        result = train_maze(model_config, cfg, out, device, resume=args.resume, cache=args.cache,
+                            log=lambda s: print(s, file=sys.stderr))
+    except BaseException:
+        distributed.shutdown()
+        raise
+    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, rank 0 alone reports
+        return distributed.finish(0)
     last = result["history"][-1] if result["history"] else {}
     summary = {"out": str(out), "checkpoint": str(out / "last"), "parameters": result["parameters"], **last}
     print(json.dumps(summary) if args.json else f"done: {out / 'last'}  parameters {result['parameters']}  "
           f"held-out solved {last.get(f'val_solved_{cfg.train_size}', float('nan')):.4f}")
-    return 0
+    return distributed.finish(0)                    # under torchrun: ends the process here
 
 
 def cmd_eval(args) -> int:

@@ -20,6 +20,7 @@ import torch
 from ..gradients import make_gradient
 from ..rules.growing import GrowingNCARule, target_loss
 from ..solvers import get_solver
+from ..train import distributed
 from ..train.checkpoint import all_finite
 
 
@@ -39,8 +40,8 @@ class BPTTForward:
     def __init__(self):
         self.strategy, self.solve = make_gradient("bptt"), get_solver("rollout")
 
-    def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator):
-        z, _ = self.strategy(rule.stochastic_map(generator), self.solve, z0, max_iter=steps, measure=False)
+    def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator, shard=None):
+        z, _ = self.strategy(rule.stochastic_map(generator, shard), self.solve, z0, max_iter=steps, measure=False)
         per_sample = target_loss(z, target)
         return per_sample.mean(), StepOutput(z.detach(), per_sample.mean().detach(), per_sample.detach())
 
@@ -59,9 +60,9 @@ class EquilibriumForward:
         self.solver_kw = {"max_iter": solver_iter, "tol": solver_tol}
         self.residual_weight, self.jac_weight = residual_weight, jac_weight
 
-    def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator):
+    def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator, shard=None):
         with torch.no_grad():
-            z_grown, _ = self.rollout(rule.stochastic_map(generator), z0, max_iter=steps, measure=False)
+            z_grown, _ = self.rollout(rule.stochastic_map(generator, shard), z0, max_iter=steps, measure=False)
         f = rule.expected_map()
         z_star, stats = self.strategy(f, self.solve, z_grown, **self.solver_kw)
         per_sample = target_loss(z_star, target)
@@ -77,12 +78,32 @@ class EquilibriumForward:
         extra = {"residual_mse": residual.detach(), "rel_residual": stats.rel_residual.detach(),
                  "solver_steps": stats.nstep}
         if self.jac_weight:
-            from torchdeq.loss import jac_reg
-
-            jac = jac_reg(f_leaf, z_leaf)
+            jac = jac_reg(f_leaf, z_leaf, generator, shard)
             total = total + self.jac_weight * jac
             extra["jac_frobenius"] = jac.detach()
         return total, StepOutput(z_star.detach(), loss.detach(), per_sample.detach(), extra)
+
+
+def jac_reg(f_z, z, generator=None, shard=None) -> torch.Tensor:
+    """TorchDeq's jac_reg (one Hutchinson vector: ‖vᵀ ∂f/∂z‖² / numel, an estimate of the mean squared
+    Frobenius norm), with v drawn from the step's generator, for the global batch under `shard`."""
+    rows = z.shape[0] if shard is None else shard.size
+    v = torch.randn((rows, *z.shape[1:]), generator=generator, device=z.device, dtype=z.dtype)
+    v = v if shard is None else shard.take(v)
+    vj = torch.autograd.grad(f_z, z, v, retain_graph=True, create_graph=True)[0]
+    return vj.pow(2).sum() / z.numel()
+
+
+class GrowObjective(torch.nn.Module):
+    """The rule and a forward pass as one module, so that DistributedDataParallel can wrap it: DDP
+    all-reduces the gradients of whatever its forward() computed (the whole rollout and solve here)."""
+
+    def __init__(self, rule: GrowingNCARule, forward):
+        super().__init__()
+        self.rule, self.objective = rule, forward
+
+    def forward(self, z0, target, steps: int, generator, shard=None):
+        return self.objective(self.rule, z0, target, steps, generator, shard)
 
 
 def make_forward(trainer: str, **equilibrium_kw):
@@ -100,14 +121,21 @@ def normalise_gradients(params) -> None:
             p.grad.div_(p.grad.norm() + 1e-8)
 
 
-def training_step(rule, forward, optimizer, z0, target, steps: int, generator) -> tuple[StepOutput, bool]:
+def training_step(rule, forward, optimizer, z0, target, steps: int, generator, shard=None,
+                  net=None) -> tuple[StepOutput, bool]:
     """Forward, backward, per-parameter normalisation, optimizer step. A non-finite loss or gradient
-    skips the update (returns ok=False, weights untouched); this is the step's one host sync."""
-    total, out = forward(rule, z0, target, steps, generator)
+    skips the update (returns ok=False, weights untouched); this is the step's one host sync.
+
+    Data-parallel (`net` a DistributedDataParallel-wrapped GrowObjective, z0 this process's `shard`
+    of the global batch): each process's loss is the mean over its slice, DDP averages the gradients
+    during backward(), so the normalisation below acts on the global batch's gradients, and the
+    processes agree on skipping the update."""
+    total, out = (net(z0, target, steps, generator, shard) if net is not None
+                  else forward(rule, z0, target, steps, generator, shard))
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     grads = [p.grad for p in rule.parameters() if p.grad is not None]
-    ok = all_finite([total, *grads])
+    ok = distributed.all_ok(all_finite([total, *grads]), total.device)
     if ok:
         normalise_gradients(rule.parameters())
         optimizer.step()

@@ -11,6 +11,12 @@ Conventions of train/loop.py: tqdm progress, metrics.jsonl, atomic checkpoint `l
 and at the end and on Ctrl-C, exact --resume (per-step random generators, the pool saved beside the
 checkpoint), non-finite loss/gradient skipped and counted, non-finite weights restored from the last
 good state, never saved.
+
+Several GPUs: `torchrun --nproc_per_node N -m deqnca.cli grow train --device cuda ...` (N must divide
+the batch size). Every process builds the same global batch from its identical pool, trains on rows
+[rank::N] with DistributedDataParallel (fire masks drawn for the global batch, then sliced), gathers
+the final states and writes the global batch back into its pool, so N processes train what one
+process trains; rank 0 alone logs and writes the checkpoint and the pool.
 """
 from __future__ import annotations
 
@@ -26,8 +32,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..rules.growing import GrowingConfig, GrowingNCARule, target_loss
+from ..train import distributed
 from ..train.checkpoint import all_finite, atomic_write, load_optimizer_state, read_checkpoint, save_checkpoint
-from .objective import disc_masks, make_forward, spectral_radius, training_step
+from .objective import GrowObjective, StepOutput, disc_masks, make_forward, spectral_radius, training_step
 
 CHECKPOINT_KIND = "grow"
 VARIANTS = ("growing", "persistent", "regenerating")
@@ -113,12 +120,38 @@ def lr_at(cfg: GrowTrainConfig, step: int) -> float:
     return cfg.lr * (cfg.lr_decay if step >= cfg.lr_decay_at else 1.0)
 
 
+def _gather_output(out: StepOutput, world: int) -> StepOutput:
+    """One process's StepOutput → the global batch's (identical on every process): final states,
+    per-sample losses and residuals gathered in global order, batch means averaged."""
+    if world <= 1:
+        return out
+    per_sample = distributed.gather_rows(out.per_sample, world)
+    extra = dict(out.extra)
+    if "rel_residual" in extra:
+        extra["rel_residual"] = distributed.gather_rows(extra["rel_residual"], world)
+    for k in ("residual_mse", "jac_frobenius"):          # means over equal slices: mean of the means
+        if k in extra:
+            extra[k] = distributed.all_sum(extra[k]) / world
+    if "solver_steps" in extra:                          # the slowest slice sets the batch's count
+        extra["solver_steps"] = int(distributed.agree_max(extra["solver_steps"], per_sample.device))
+    return StepOutput(distributed.gather_rows(out.final, world), per_sample.mean(), per_sample, extra)
+
+
 def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=False, log=print,
           progress=True) -> dict:
+    """Train, checkpointing to `out`. Under torchrun (WORLD_SIZE > 1) the rule's forward pass is wrapped
+    in DistributedDataParallel and each process trains on its slice of every global batch."""
     if cfg.variant not in VARIANTS:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
     if not 1 <= cfg.min_steps <= cfg.max_steps:
         raise ValueError(f"rollout steps {cfg.min_steps}..{cfg.max_steps}: need 1 <= min <= max")
+    rank, world, device = distributed.init_from_env(device)
+    main_rank = rank == 0
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
+    if not main_rank:
+        log, progress = (lambda *_: None), False
+    warn = warnings.warn if main_rank else (lambda *_, **__: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -140,24 +173,39 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
         step, elapsed, counters = meta["step"], meta["elapsed_s"], meta["counters"]
         cfg = GrowTrainConfig.from_dict({**meta["train_config"], "steps": cfg.steps,
                                          "time_budget": cfg.time_budget})
+        if world > 1 and cfg.batch_size % world:
+            raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
         if pool is not None:
             pool = load_file(str(out / "pool.safetensors"))["pool"].to(device)
         log(f"resuming {out} at step {step}")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+    if main_rank:
+        (out / "config.json").write_text(json.dumps({**asdict(cfg), "world_size": world}, indent=1) + "\n")
+    net, shard = None, None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the pool, the batch and every random draw are the same on all processes; each trains on
+        # rows [rank::world] of the global batch (`shard`)
+        shard = distributed.Shard(rank, world, cfg.batch_size)
+        net = DistributedDataParallel(GrowObjective(rule, forward),
+                                      device_ids=[device] if device.startswith("cuda") else None)
     every = cfg.checkpoint_every or max(1, cfg.steps // 10)
     good_state, bad_run = copy.deepcopy(rule.state_dict()), 0
     divergences = torch.zeros((), device=device, dtype=torch.long)   # summed on device, read when logging
     window: list[torch.Tensor] = []
     spectral = None
 
-    def checkpoint():
-        if pool is not None:   # pool first: a crash between the writes leaves a newer pool, never a torn one
-            atomic_write(out / "pool.safetensors", lambda tmp: save_file({"pool": pool.cpu().contiguous()}, tmp))
+    def checkpoint(sync=True):
         counters["divergences"] += int(divergences)
         divergences.zero_()
-        save_checkpoint(out / "last", model, optimizer, {
-            "kind": CHECKPOINT_KIND, "step": step, "elapsed_s": elapsed, "counters": counters,
-            "train_config": asdict(cfg), "parameters": sum(p.numel() for p in rule.parameters())})
+        if main_rank:
+            if pool is not None:   # pool first: a crash between the writes leaves a newer pool, never a torn one
+                atomic_write(out / "pool.safetensors", lambda tmp: save_file({"pool": pool.cpu().contiguous()}, tmp))
+            save_checkpoint(out / "last", model, optimizer, {
+                "kind": CHECKPOINT_KIND, "step": step, "elapsed_s": elapsed, "counters": counters,
+                "train_config": asdict(cfg), "parameters": sum(p.numel() for p in rule.parameters())})
+        if sync:                   # the other processes wait for rank 0's files
+            distributed.barrier()
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"grow {cfg.trainer}", dynamic_ncols=True,
                mininterval=1.0, disable=not progress)
@@ -180,9 +228,11 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                     z0[-cfg.damaged:] *= disc_masks(cfg.damaged, H, W, dev_gen, device)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            out_step, ok = training_step(rule, forward, optimizer, z0, target, rollout_steps, dev_gen)
+            out_step, ok = training_step(rule, forward, optimizer, z0 if shard is None else shard.take(z0),
+                                         target, rollout_steps, dev_gen, shard=shard, net=net)
+            out_step = _gather_output(out_step, world)      # from here on: the global batch, on every process
             restore_reason = None
-            if ok and not all_finite(rule.parameters()):
+            if ok and not distributed.all_ok(all_finite(rule.parameters()), device):
                 restore_reason = "non-finite weights"          # the step itself blew the weights up
             if "rel_residual" in out_step.extra:
                 rel = out_step.extra["rel_residual"]
@@ -196,13 +246,13 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                 rule.load_state_dict(good_state)
                 optimizer.state.clear()
                 counters["restored"] += 1
-                warnings.warn(f"step {step}: {restore_reason}; restored the last good weights and reset Adam's moments")
+                warn(f"step {step}: {restore_reason}; restored the last good weights and reset Adam's moments")
                 ok = False
             if not ok:
                 counters["skipped_steps"] += 1
                 bad_run += 1
-                warnings.warn(f"step {step} skipped: non-finite loss/gradient or diverged solves "
-                              f"({counters['skipped_steps']} so far)")
+                warn(f"step {step} skipped: non-finite loss/gradient or diverged solves "
+                     f"({counters['skipped_steps']} so far)")
                 if bad_run >= cfg.max_bad_steps:
                     raise FloatingPointError(f"{bad_run} consecutive bad steps; stopping. "
                                              f"The last good checkpoint is in {out}")
@@ -218,12 +268,15 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                     keep &= ~diverged
                 # a diverged sample restarts from the seed
                 pool[idx] = torch.where(keep[:, None, None, None], final, seed_state)
-            if cfg.trainer == "implicit" and cfg.spectral_every and step % cfg.spectral_every == 0:
+            if (main_rank and cfg.trainer == "implicit" and cfg.spectral_every
+                    and step % cfg.spectral_every == 0):
                 spectral = spectral_radius(rule.expected_map(), out_step.final[:1], generator=dev_gen)
             step += 1
             elapsed = time.time() - t0
+            if world > 1 and cfg.time_budget:   # one clock for all: every process stops at the same step
+                elapsed = distributed.agree_max(elapsed, device)
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if main_rank and (step % cfg.log_every == 0 or step == cfg.steps):
                 rec = {"step": step, "wall_s": round(elapsed, 3),
                        "loss": torch.stack(window).mean().item() if window else float("nan"),
                        "lr": lr_at(cfg, step - 1), **counters,
@@ -237,18 +290,19 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                     if spectral is not None:
                         rec["spectral_radius"] = spectral.max().item()
                         spectral = None
-                window = []
                 with open(out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", **({"res": f"{rec['rel_residual']:.1e}"}
                                                               if "rel_residual" in rec else {}))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                window = []
             if step % every == 0:
                 checkpoint()
         bar.close()
         checkpoint()
     except KeyboardInterrupt:
         bar.close()
-        checkpoint()
+        checkpoint(sync=False)
         log(f"interrupted: checkpoint saved to {out / 'last'}; continue with --resume")
         raise
     return {"out": str(out), "step": step, "elapsed_s": elapsed, "counters": counters, "model": model}

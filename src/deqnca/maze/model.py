@@ -73,7 +73,9 @@ class MazeSolverNet(nn.Module):
     def step_map(self, x):
         return self.rule.bind(x, self.conditioning)
 
-    def initial_state(self, x, kind: str | None = None, generator=None):
+    def initial_state(self, x, kind: str | None = None, generator=None, shard=None):
+        """`shard` (train/distributed.Shard): x is this process's slice of a global batch; random
+        states are drawn for the global batch, as one process draws them, and sliced."""
         kind = kind or self.config.init
         shape = (x.shape[0], self.config.width, *x.shape[2:])
         if kind == "projection":
@@ -83,13 +85,16 @@ class MazeSolverNet(nn.Module):
         if kind == "mixed":
             # TorchDeq's mixed_init (Anil et al. 2022): N(0,1) entries, half of them zeroed; drawn
             # from `generator` so that a resumed run sees the same states
+            if shard is not None:
+                shape = (shard.size, *shape[1:])
             z = torch.randn(shape, generator=generator, device=x.device)
-            return z * (torch.rand(shape, generator=generator, device=x.device) < 0.5)
+            z = z * (torch.rand(shape, generator=generator, device=x.device) < 0.5)
+            return z if shard is None else shard.take(z)
         raise ValueError(f"initial state {kind!r}: choose projection, zeros or mixed")
 
-    def solve(self, x, max_iter: int, z0=None, generator=None):
+    def solve(self, x, max_iter: int, z0=None, generator=None, shard=None):
         f = self.step_map(x)
-        z0 = self.initial_state(x, generator=generator) if z0 is None else z0
+        z0 = self.initial_state(x, generator=generator, shard=shard) if z0 is None else z0
         kw = {"max_iter": max_iter, "tol": self.config.tol}
         if self.config.solver == "rollout":
             kw["measure"] = False          # no residual evaluation (an extra step) in training

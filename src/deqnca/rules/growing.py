@@ -82,13 +82,17 @@ class GrowingNCARule(nn.Module):
     def alive(self, z: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(z[:, 3:4], 3, stride=1, padding=1) > self.config.alive_threshold
 
-    def step(self, z: torch.Tensor, stochastic: bool = True, generator: torch.Generator | None = None):
+    def step(self, z: torch.Tensor, stochastic: bool = True, generator: torch.Generator | None = None,
+             shard=None):
+        """One update. `shard` (train/distributed.Shard): z is this process's slice of a larger global
+        batch; the fire masks are drawn for the global batch and sliced, as one process draws them."""
         pre = self.alive(z)
         dz = self.delta(z)
         if stochastic:
             b, _, hgt, wid = z.shape
-            fire = torch.rand(b, 1, hgt, wid, generator=generator, device=z.device, dtype=z.dtype) \
-                < self.config.fire_rate
+            rows = b if shard is None else shard.size
+            u = torch.rand(rows, 1, hgt, wid, generator=generator, device=z.device, dtype=z.dtype)
+            fire = (u if shard is None else shard.take(u)) < self.config.fire_rate
             z = z + dz * fire
         else:
             z = z + self.config.fire_rate * dz
@@ -98,8 +102,8 @@ class GrowingNCARule(nn.Module):
         """The deterministic map whose fixed points are the stochastic rule's fixed points."""
         return lambda z: self.step(z, stochastic=False)
 
-    def stochastic_map(self, generator: torch.Generator | None = None):
-        return lambda z: self.step(z, stochastic=True, generator=generator)
+    def stochastic_map(self, generator: torch.Generator | None = None, shard=None):
+        return lambda z: self.step(z, stochastic=True, generator=generator, shard=shard)
 
 
 def target_loss(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
