@@ -71,3 +71,14 @@ def test_cuda_request_without_cuda(capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "deqnca.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "deqnca" in out.stdout
+
+
+def test_forcing_a_cuda_graph_without_cuda_is_a_one_line_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    rc = main(["train", "--cuda-graph", "on", "--epochs", "1", "--train-subset", "64", "--test-subset", "8",
+               "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and "cuda_graph='on' but CUDA graphs need a CUDA device" in err[-1]

@@ -93,7 +93,8 @@ def cmd_train(args) -> int:
     _threads(device)
     train_over = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                     "seed": args.seed, "train_subset": args.train_subset,
-                                    "test_subset": args.test_subset}.items() if v is not None}
+                                    "test_subset": args.test_subset, "cuda_graph": args.cuda_graph}.items()
+                   if v is not None}
     p = preset(args.preset, _overrides(args.set), train_over)
     cfg = TrainConfig.from_dict(p["train"])
     (x, y), (xt, yt) = _load_data(args)
@@ -269,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images each epoch")
+    p.add_argument("--cuda-graph", choices=["auto", "on", "off"],
+                   help="capture the training step as one CUDA graph (auto: on a GPU when the model allows; "
+                        "see deqnca.train.graphs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model config entry, e.g. --set solver_kw.max_iter=30 (repeatable)")
