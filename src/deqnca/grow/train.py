@@ -147,8 +147,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
         raise ValueError(f"rollout steps {cfg.min_steps}..{cfg.max_steps}: need 1 <= min <= max")
     rank, world, device = distributed.init_from_env(device)
     main_rank = rank == 0
-    if world > 1 and cfg.batch_size % world:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
+    distributed.check_batch_split(cfg.batch_size, world)
     if not main_rank:
         log, progress = (lambda *_: None), False
     warn = warnings.warn if main_rank else (lambda *_, **__: None)
@@ -173,8 +172,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
         step, elapsed, counters = meta["step"], meta["elapsed_s"], meta["counters"]
         cfg = GrowTrainConfig.from_dict({**meta["train_config"], "steps": cfg.steps,
                                          "time_budget": cfg.time_budget})
-        if world > 1 and cfg.batch_size % world:
-            raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
+        distributed.check_batch_split(cfg.batch_size, world)
         if pool is not None:
             pool = load_file(str(out / "pool.safetensors"))["pool"].to(device)
         log(f"resuming {out} at step {step}")

@@ -129,8 +129,7 @@ def train_maze(model_config: dict, cfg: MazeTrainConfig, out, device="cpu", resu
 
     rank, world, device = distributed.init_from_env(device)
     main_rank = rank == 0
-    if world > 1 and cfg.batch_size % world:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
+    distributed.check_batch_split(cfg.batch_size, world)
     if not main_rank:
         log = lambda *_: None
     warn = warnings.warn if main_rank else (lambda *_, **__: None)

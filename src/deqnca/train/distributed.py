@@ -36,6 +36,12 @@ def init_from_env(device: str) -> tuple[int, int, str]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def check_batch_split(batch_size: int, world: int) -> None:
+    """Every process takes an equal share of each global batch."""
+    if world > 1 and batch_size % world:
+        raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+
+
 def all_ok(flag: bool, device) -> bool:
     """True only if every process says True — so all skip a non-finite step together (DDP would hang
     if one process skipped the backward that the others run)."""

@@ -136,8 +136,7 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
     out = Path(out)
     rank, world, device = distributed.init_from_env(device)
     main_rank = rank == 0
-    if world > 1 and cfg.batch_size % world:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
+    distributed.check_batch_split(cfg.batch_size, world)
     if not main_rank:
         log = lambda *_: None
     out.mkdir(parents=True, exist_ok=True)
