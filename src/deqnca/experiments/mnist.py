@@ -43,8 +43,8 @@ PRESETS = {
         "train": {"epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": 0.005, "momentum": 0.9},
     },
     # a γ-contraction solved to 1e-4 and trained by implicit differentiation. Picard iteration, not
-    # Anderson: on this contraction it needs about as many steps (25 vs 23 on the 3-epoch model) at a
-    # third of the cost per step and no host reads. W_z is renormalised after each step and the
+    # Anderson: on this contraction it needs about as many steps (24 vs 23 on the 3-epoch model) in
+    # 2.5x less time and with no host reads (docs/mnist.md). W_z is renormalised after each step and the
     # pooled state is batch-normalised (docs/mnist.md: both measured)
     "equilibrium": {
         "model": {
