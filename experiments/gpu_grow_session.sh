@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The growing-NCA comparison in one GPU call: BPTT, the equilibrium trainer, and the equilibrium
-# trainer with Jacobian regularisation, trained side by side (same budget, same GPU, at the same time),
-# then grow show + measure for each. Everything lands in $OUT/grow.tar.gz.
+# The growing-NCA comparison in one GPU call: BPTT and the equilibrium trainer with its stability
+# tools, trained side by side (same budget, same GPU, at the same time), then grow show + measure for
+# each. Everything lands in $OUT/grow.tar.gz. RUNS picks the runs (default: all below).
 #   OUT=/tmp/out DEVICE=cuda BUDGET=240 experiments/gpu_grow_session.sh
+#   RUNS="bptt implicit-noise implicit-spectral" OUT=/tmp/out experiments/gpu_grow_session.sh
 #   OUT=/tmp/out DEVICE=cpu BUDGET=5 QUICK=1 experiments/gpu_grow_session.sh    # plumbing check
 set -uo pipefail
 OUT=${OUT:?set OUT}
@@ -16,17 +17,22 @@ EXTRA=""; MEASURE=""
 [ -n "${QUICK:-}" ] && EXTRA="--pool-size 16 --rollout-steps 8 12" && MEASURE="--samples 2"
 { date -u; nvidia-smi -L 2>/dev/null; python3 -c "import sys, torch; print(sys.version, torch.__version__)"; } \
   > "$R/logs/env.txt" 2>&1
-declare -A RUN=([bptt]="--trainer bptt" [implicit]="--trainer implicit" [implicit-jac]="--trainer implicit --jac-weight 0.1")
-for name in bptt implicit implicit-jac; do
+declare -A RUN=([bptt]="--trainer bptt" [implicit]="--trainer implicit"
+                [implicit-jac]="--trainer implicit --jac-weight 0.1"
+                [implicit-noise]="--trainer implicit --restart-noise 0.05"
+                [implicit-spectral]="--trainer implicit --spectral-weight 1"
+                [implicit-noise-spectral]="--trainer implicit --restart-noise 0.05 --spectral-weight 1")
+RUNS=${RUNS:-"bptt implicit implicit-jac implicit-noise implicit-spectral implicit-noise-spectral"}
+for name in $RUNS; do
   $D grow train ${RUN[$name]} --target lizard --variant regenerating --steps 8000 --time-budget "$BUDGET" \
     --device "$DEVICE" --out "$R/runs/grow-$name" $EXTRA > "$R/logs/train-$name.log" 2>&1 &
 done
 wait
-for name in bptt implicit implicit-jac; do
+for name in $RUNS; do
   timeout 60 $D grow show "$R/runs/grow-$name/last" --device "$DEVICE" --out "$R/show/$name" \
     > "$R/logs/show-$name.log" 2>&1 &
 done
-timeout 120 $D grow measure "$R"/runs/grow-{bptt,implicit,implicit-jac}/last --device "$DEVICE" $MEASURE \
+timeout 240 $D grow measure $(for n in $RUNS; do echo "$R/runs/grow-$n/last"; done) --device "$DEVICE" $MEASURE \
   --out "$R/measure" --json > "$R/logs/measure.json" 2> "$R/logs/measure.err"
 wait
 find "$R" -name "*.tmp" -delete

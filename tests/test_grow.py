@@ -8,7 +8,8 @@ import torch
 
 from deqnca.cli import main
 from deqnca.data.targets import load_target
-from deqnca.grow.objective import EquilibriumForward, disc_masks, spectral_radius
+from deqnca.grow.objective import (EquilibriumForward, disc_masks, perturb_live, spectral_radius,
+                                   spectral_radius_estimate)
 from deqnca.grow.train import GrowTrainConfig, load_grow_checkpoint, train
 from deqnca.rules.growing import GrowingConfig, GrowingNCARule, target_loss
 from deqnca.solvers import rollout
@@ -89,6 +90,30 @@ def test_implicit_gradient_matches_unrolled_autograd():
     assert spectral_radius(rule.expected_map(), z_star).max() == pytest.approx(0.75, abs=0.05)
 
 
+def test_spectral_penalty_estimates_the_radius_and_pushes_it_down():
+    # f(z) = a ⊙ z per channel: eigenvalues a_c, spectral radius max |a_c| = 1.1
+    a = torch.tensor([1.1, 0.5, -0.3, 0.2], dtype=torch.float64, requires_grad=True)
+    z = torch.rand(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    f_z = a[None, :, None, None] * z
+    rho = spectral_radius_estimate(f_z, z, iters=30, generator=torch.Generator().manual_seed(0))
+    assert rho.shape == (3,) and torch.allclose(rho, torch.full((3,), 1.1, dtype=torch.float64), atol=1e-6)
+    torch.relu(rho - 0.95).pow(2).mean().backward()
+    # the hinge's gradient acts on the expanding eigenvalue only: 2·(1.1 − 0.95) on a_0, ~0 elsewhere
+    assert a.grad[0].item() == pytest.approx(0.3, rel=1e-4) and a.grad[1:].abs().max() < 1e-6
+
+
+def test_restart_noise_touches_live_cells_only_and_trains():
+    rule = GrowingNCARule()
+    z = rule.seed(2, 12, 12)
+    out = perturb_live(rule, z, 0.5, torch.Generator().manual_seed(0))
+    live = rule.alive(z).expand_as(z)
+    assert (out[~live] == 0).all() and (out[live] != z[live]).any()
+    with pytest.raises(ValueError, match="needs gradient 'phantom'"):
+        EquilibriumForward(gradient="implicit", restart_noise=0.1)
+    with pytest.raises(ValueError, match="--seeds 9"):
+        train(GrowTrainConfig(target="small", seeds=9), load_target("small"), "/nonexistent/never-written")
+
+
 def test_disc_masks_erase_part_of_the_grid():
     m = disc_masks(16, 24, 24, torch.Generator().manual_seed(0))
     erased = 1 - m.mean(dim=(1, 2, 3))
@@ -107,12 +132,14 @@ def test_targets_load_and_reject_bad_files(tmp_path):
         load_target(str(tmp_path / "bad.png"))
 
 
-@pytest.mark.parametrize("trainer", ["bptt", "implicit"])
+@pytest.mark.parametrize("trainer", ["bptt", "implicit", "implicit-stable"])
 def test_a_few_training_steps_reduce_the_loss(tmp_path, trainer):
     # step 1's loss is the seed's (the zero-initialised rule does nothing); single steps are noisy
     # (a stochastic rollout per batch), so the claim is that some step gets well below it
+    stable = {"restart_noise": 0.1, "spectral_weight": 1.0} if trainer == "implicit-stable" else {}
+    trainer = trainer.split("-")[0]
     cfg = GrowTrainConfig(trainer=trainer, variant="growing", target="small", steps=20, min_steps=16,
-                          max_steps=24, log_every=1, spectral_every=10)
+                          max_steps=24, log_every=1, spectral_every=10, **stable)
     train(cfg, load_target("small"), tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records]
@@ -120,6 +147,7 @@ def test_a_few_training_steps_reduce_the_loss(tmp_path, trainer):
     assert min(losses[1:]) < 0.6 * losses[0]
     if trainer == "implicit":
         assert "spectral_radius" in records[0] and all(np.isfinite(r["rel_residual"]) for r in records)
+        assert all(("spectral_estimate" in r) == bool(stable) for r in records)
 
 
 def test_cli_train_resume_show_measure(tmp_path, capsys):

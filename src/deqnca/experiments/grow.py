@@ -114,6 +114,14 @@ def add_cli(sub) -> None:
     p.add_argument("--gradient", choices=["implicit", "phantom"])
     p.add_argument("--residual-weight", type=float, help="weight of ‖f(z*)−z*‖² (implicit trainer)")
     p.add_argument("--jac-weight", type=float, help="weight of the Jacobian regulariser (implicit trainer)")
+    p.add_argument("--restart-noise", type=float,
+                   help="std of the noise added to z* on live cells before the phantom gradient's steps "
+                        "(implicit trainer, phantom gradient): trains the fixed point to attract")
+    p.add_argument("--spectral-weight", type=float,
+                   help="weight of the hinge penalty on the spectral radius of df/dz at z* (implicit trainer)")
+    p.add_argument("--spectral-target", type=float, help="the radius above which that penalty acts (default 0.95)")
+    p.add_argument("--phantom-k", type=int, help="differentiated steps of the phantom gradient (default 8)")
+    p.add_argument("--seeds", type=int, help="pool variants: samples per batch restarted from the seed (default 1)")
     p.add_argument("--spectral-every", type=int, help="steps between spectral-radius measurements (0 = never)")
     p.add_argument("--log-every", type=int)
     p.set_defaults(func=cmd_train)

@@ -8,8 +8,13 @@ Forward: T growth steps of the stochastic rule without autograd (standard growin
 by themselves, the growth phase brings the state near the pattern), then a solver on f. Backward:
 phantom (default) or implicit (IFT) gradient at z*, memory independent of T (docs/grow.md says
 why phantom: at the grown pattern I − J is near-singular). Convergence is trained for, not
-assumed: the loss adds w_res·‖f(z*) − z*‖² (so z* becomes a fixed point) and optionally
-w_jac·‖∂f/∂z‖²_F (Hutchinson, TorchDeq's jac_reg) to keep the fixed point attracting.
+assumed: the loss adds w_res·‖f(z*) − z*‖² (so z* becomes a fixed point) and optionally tools to keep
+the fixed point attracting (their measured effects are in docs/grow.md):
+  w_jac·‖∂f/∂z‖²_F      Hutchinson, TorchDeq's jac_reg (minimised by killing every cell: J = 0 there)
+  w_ρ·max(ρ − ρ₀, 0)²    ρ the spectral radius of ∂f/∂z at z* by power iteration, a hinge that acts
+                         only on the expanding direction
+  restart noise σ        the phantom steps start from z* + σ·noise on the live cells, so their loss
+                         rewards pulling nearby states back to the pattern
 """
 from __future__ import annotations
 
@@ -52,25 +57,42 @@ class EquilibriumForward:
     name = "implicit"
 
     def __init__(self, solver="rollout", solver_iter=32, solver_tol=1e-3, gradient="phantom",
-                 b_solver="fixed_point", b_max_iter=32, b_tol=1e-4, phantom_k=8, residual_weight=1.0, jac_weight=0.0):
+                 b_solver="fixed_point", b_max_iter=32, b_tol=1e-4, phantom_k=8, residual_weight=1.0, jac_weight=0.0,
+                 restart_noise=0.0, spectral_weight=0.0, spectral_target=0.95, spectral_iters=8):
+        if restart_noise and gradient != "phantom":
+            raise ValueError("restart_noise perturbs the phantom gradient's start: it needs gradient 'phantom'")
         kw = {"b_solver": b_solver, "b_max_iter": b_max_iter, "b_tol": b_tol} if gradient == "implicit" \
             else {"k": phantom_k}
+        self.phantom_k = phantom_k
         self.strategy, self.solve = make_gradient(gradient, **kw), get_solver(solver)
         self.rollout = get_solver("rollout")
         self.solver_kw = {"max_iter": solver_iter, "tol": solver_tol}
         self.residual_weight, self.jac_weight = residual_weight, jac_weight
+        self.restart_noise = restart_noise
+        self.spectral_weight, self.spectral_target, self.spectral_iters = spectral_weight, spectral_target, spectral_iters
 
     def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator, shard=None):
         with torch.no_grad():
             z_grown, _ = self.rollout(rule.stochastic_map(generator, shard), z0, max_iter=steps, measure=False)
         f = rule.expected_map()
-        z_star, stats = self.strategy(f, self.solve, z_grown, **self.solver_kw)
-        per_sample = target_loss(z_star, target)
+        if self.restart_noise and torch.is_grad_enabled():
+            # the phantom gradient's k steps, started from a perturbed z* instead of z* itself: the loss
+            # at their end rewards a fixed point that pulls nearby states back (an attractor), not just
+            # one that sits at the target; the pool keeps the unperturbed z*
+            with torch.no_grad():
+                z_star, stats = self.solve(f, z_grown, **self.solver_kw)
+            z_end = perturb_live(rule, z_star, self.restart_noise, generator, shard)
+            for _ in range(self.phantom_k):
+                z_end = f(z_end)
+        else:
+            z_star, stats = self.strategy(f, self.solve, z_grown, **self.solver_kw)
+            z_end = z_star
+        total = target_loss(z_end, target).mean()
+        per_sample = target_loss(z_star.detach(), target)   # the number compared across trainers: at z* itself
         loss = per_sample.mean()
-        total = loss
         # residual and Jacobian penalties at the (detached) solution: their gradient reaches the
         # weights through one evaluation of f, so memory stays independent of T
-        z_leaf = z_star.detach().requires_grad_(self.jac_weight > 0)
+        z_leaf = z_star.detach().requires_grad_(self.jac_weight > 0 or self.spectral_weight > 0)
         f_leaf = f(z_leaf)
         residual = (f_leaf - z_leaf).pow(2).mean()
         if self.residual_weight:
@@ -81,6 +103,11 @@ class EquilibriumForward:
             jac = jac_reg(f_leaf, z_leaf, generator, shard)
             total = total + self.jac_weight * jac
             extra["jac_frobenius"] = jac.detach()
+        if self.spectral_weight:
+            rho = spectral_radius_estimate(f_leaf, z_leaf, self.spectral_iters, generator, shard)
+            penalty = torch.relu(rho - self.spectral_target).pow(2).mean()
+            total = total + self.spectral_weight * penalty
+            extra["spectral_estimate"] = rho.detach().max()
         return total, StepOutput(z_star.detach(), loss.detach(), per_sample.detach(), extra)
 
 
@@ -92,6 +119,34 @@ def jac_reg(f_z, z, generator=None, shard=None) -> torch.Tensor:
     v = v if shard is None else shard.take(v)
     vj = torch.autograd.grad(f_z, z, v, retain_graph=True, create_graph=True)[0]
     return vj.pow(2).sum() / z.numel()
+
+
+def _global_randn(shape, generator, shard, device, dtype):
+    """Normal noise for this process's rows, drawn for the global batch as one process draws it."""
+    rows = shape[0] if shard is None else shard.size
+    v = torch.randn((rows, *shape[1:]), generator=generator, device=device, dtype=dtype)
+    return v if shard is None else shard.take(v)
+
+
+def perturb_live(rule, z, scale: float, generator=None, shard=None) -> torch.Tensor:
+    """z + scale·N(0, 1) on the live cells (dead cells stay empty, so the pattern cannot spread by noise)."""
+    noise = _global_randn(z.shape, generator, shard, z.device, z.dtype)
+    return z + scale * noise * rule.alive(z)
+
+
+def spectral_radius_estimate(f_z, z, iters: int, generator=None, shard=None) -> torch.Tensor:
+    """(B,) differentiable estimate of the spectral radius of ∂f/∂z at z: power iteration on
+    vector-Jacobian products without a graph, then one more VJP with create_graph, so ‖Jᵀv‖ for the
+    (detached) dominant direction v carries a gradient to the weights. A hinge on it penalises only the
+    expanding direction, not the live cells themselves (the Frobenius penalty's way out: kill them)."""
+    dims = tuple(range(1, z.dim()))
+    v = _global_randn(z.shape, generator, shard, z.device, z.dtype)
+    v = v / torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+    for _ in range(iters):
+        w = torch.autograd.grad(f_z, z, v, retain_graph=True)[0]
+        v = w / torch.linalg.vector_norm(w, dim=dims, keepdim=True).clamp_min(1e-30)
+    w = torch.autograd.grad(f_z, z, v.detach(), retain_graph=True, create_graph=True)[0]
+    return torch.linalg.vector_norm(w, dim=dims)
 
 
 class GrowObjective(torch.nn.Module):

@@ -56,6 +56,7 @@ class GrowTrainConfig:
     lr_decay_at: int = 2000
     lr_decay: float = 0.1
     damaged: int = 3                  # regenerating: lowest-loss samples damaged per batch
+    seeds: int = 1                    # pool variants: highest-loss samples replaced by the seed per batch
     seed: int = 0
     # equilibrium trainer
     # Picard steps without early stopping: the trained rule's relative residual stays at ~1e-2, above
@@ -76,6 +77,10 @@ class GrowTrainConfig:
     phantom_k: int = 8                # unrolled steps of the phantom gradient
     residual_weight: float = 1.0
     jac_weight: float = 0.0
+    restart_noise: float = 0.0        # phantom steps start from z* + noise on live cells: trains attraction
+    spectral_weight: float = 0.0      # hinge penalty on the spectral radius of ∂f/∂z at z* above spectral_target
+    spectral_target: float = 0.95
+    spectral_iters: int = 8           # power iterations per step for that penalty
     divergence_rel: float = 0.1       # a solve ending above this relative residual is a divergence event
     restore_fraction: float = 0.5     # more of the batch diverging than this: restore the last good weights
     spectral_every: int = 100         # steps between spectral-radius measurements; 0 = never
@@ -90,7 +95,8 @@ class GrowTrainConfig:
 
     def equilibrium_kw(self) -> dict:
         keys = ("solver", "solver_iter", "solver_tol", "gradient", "b_solver", "b_max_iter", "b_tol", "phantom_k",
-                "residual_weight", "jac_weight")
+                "residual_weight", "jac_weight", "restart_noise", "spectral_weight", "spectral_target",
+                "spectral_iters")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -132,6 +138,8 @@ def _gather_output(out: StepOutput, world: int) -> StepOutput:
     for k in ("residual_mse", "jac_frobenius"):          # means over equal slices: mean of the means
         if k in extra:
             extra[k] = distributed.all_sum(extra[k]) / world
+    if "spectral_estimate" in extra:
+        extra["spectral_estimate"] = torch.tensor(distributed.agree_max(extra["spectral_estimate"], per_sample.device))
     if "solver_steps" in extra:                          # the slowest slice sets the batch's count
         extra["solver_steps"] = int(distributed.agree_max(extra["solver_steps"], per_sample.device))
     return StepOutput(distributed.gather_rows(out.final, world), per_sample.mean(), per_sample, extra)
@@ -143,6 +151,8 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
     in DistributedDataParallel and each process trains on its slice of every global batch."""
     if cfg.variant not in VARIANTS:
         raise ValueError(f"unknown variant {cfg.variant!r}; choose one of {', '.join(VARIANTS)}")
+    if not 0 <= cfg.seeds <= cfg.batch_size - (cfg.damaged if cfg.variant == "regenerating" else 0):
+        raise ValueError(f"--seeds {cfg.seeds}: need 0..batch size minus the damaged samples")
     if not 1 <= cfg.min_steps <= cfg.max_steps:
         raise ValueError(f"rollout steps {cfg.min_steps}..{cfg.max_steps}: need 1 <= min <= max")
     rank, world, device = distributed.init_from_env(device)
@@ -221,7 +231,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                 z0 = pool[idx]
                 order = target_loss(z0, target).argsort(descending=True)
                 idx, z0 = idx[order], z0[order]
-                z0[:1] = seed_state
+                z0[:cfg.seeds] = seed_state
                 if cfg.variant == "regenerating" and cfg.damaged:
                     z0[-cfg.damaged:] *= disc_masks(cfg.damaged, H, W, dev_gen, device)
             for g in optimizer.param_groups:
@@ -283,8 +293,9 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                     rec.update(rel_residual=out_step.extra["rel_residual"].mean().item(),
                                residual_mse=out_step.extra["residual_mse"].item(),
                                solver_steps=out_step.extra["solver_steps"])
-                    if "jac_frobenius" in out_step.extra:
-                        rec["jac_frobenius"] = out_step.extra["jac_frobenius"].item()
+                    for k in ("jac_frobenius", "spectral_estimate"):
+                        if k in out_step.extra:
+                            rec[k] = out_step.extra[k].item()
                     if spectral is not None:
                         rec["spectral_radius"] = spectral.max().item()
                         spectral = None

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The equilibrium trainer's stability tools on the small target (24×24), against BPTT, on a CPU:
+# 600 steps of the persistent variant each (BPTT's run was stopped at 420), then `deqnca grow measure`
+# (replays of the stochastic rule from one seed cell). docs/grow.md, "Stability tools on the small target".
+#   OUT=/tmp/grow-small experiments/grow_stability_small.sh        # ~10 min per run on one core
+#   JOBS=3 runs three at a time (one thread each)
+set -uo pipefail
+OUT=${OUT:-/tmp/grow-small}
+STEPS=${STEPS:-600}
+JOBS=${JOBS:-2}
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+D="python3 -m deqnca.cli"
+declare -A RUN=(
+  [bptt]="--trainer bptt --steps 420"
+  [base]="--trainer implicit"
+  [spec1]="--trainer implicit --spectral-weight 1"
+  [spec01]="--trainer implicit --spectral-weight 0.1"
+  [noise005]="--trainer implicit --restart-noise 0.05"
+  [both]="--trainer implicit --restart-noise 0.05 --spectral-weight 1"
+  [seeds4]="--trainer implicit --seeds 4"
+  [seeds4spec]="--trainer implicit --seeds 4 --spectral-weight 1 --spectral-target 0.98"
+  [growing]="--trainer implicit --variant growing"
+)
+NAMES="bptt base spec1 spec01 noise005 both seeds4 seeds4spec growing"
+for name in $NAMES; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
+  # --variant persistent first: a run's own --variant (growing) overrides it
+  $D grow train --target small --variant persistent --steps "$STEPS" ${RUN[$name]} --device cpu \
+    --log-every 20 --json --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
+done
+wait
+$D grow measure $(for n in $NAMES; do echo "$OUT/$n/last"; done) --device cpu --out "$OUT/measure"
