@@ -83,7 +83,7 @@ def main():
         ev = evaluate(model, xs.to(args.device), ys, seed=1)
         curve = rollout_curve(model, xs[:500].to(args.device), ys[:500], args.rollout_steps, seed=2)
         rec = {"parameters": count_parameters(model), "train_time_s": time.time() - t,
-               "test_acc": ev["accuracy"], "n": ev["n"], "anderson_steps": ev["nstep_mean"],
+               "test_acc": ev["accuracy"], "n": ev["n"], "solver_steps": ev["nstep_mean"],
                **residual_summary(ev["rel_residual"]),
                "rollout_steps": args.rollout_steps,
                "rollout_frac_below_1e-3": curve["frac_below_1e-3"][-1],
