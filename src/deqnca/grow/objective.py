@@ -114,9 +114,7 @@ class EquilibriumForward:
 def jac_reg(f_z, z, generator=None, shard=None) -> torch.Tensor:
     """TorchDeq's jac_reg (one Hutchinson vector: ‖vᵀ ∂f/∂z‖² / numel, an estimate of the mean squared
     Frobenius norm), with v drawn from the step's generator, for the global batch under `shard`."""
-    rows = z.shape[0] if shard is None else shard.size
-    v = torch.randn((rows, *z.shape[1:]), generator=generator, device=z.device, dtype=z.dtype)
-    v = v if shard is None else shard.take(v)
+    v = _global_randn(z.shape, generator, shard, z.device, z.dtype)
     vj = torch.autograd.grad(f_z, z, v, retain_graph=True, create_graph=True)[0]
     return vj.pow(2).sum() / z.numel()
 
