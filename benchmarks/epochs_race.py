@@ -20,16 +20,14 @@ import json
 import math
 import platform
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_speed import PlainTorchDEQ, _sync  # noqa: E402
+from mnist_speed import PlainTorchDEQ, timed_step  # noqa: E402
 
 from deqnca.data.idx import load_mnist  # noqa: E402
 from deqnca.experiments.mnist import preset  # noqa: E402
@@ -96,17 +94,9 @@ def main(argv=None):
                 xb, yb = x[idx].to(args.device), y[idx].to(args.device)
                 if r["channels_last"]:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                _sync(args.device)
-                t = time.perf_counter()
-                loss = F.cross_entropy(r["model"](xb), yb)
-                r["opt"].zero_grad()
-                if torch.isfinite(loss):
-                    loss.backward()
-                    r["opt"].step()
-                else:
-                    r["skipped"] += 1
-                _sync(args.device)
-                spent[key] += time.perf_counter() - t
+                seconds, finite = timed_step(r["model"], r["opt"], xb, yb, args.device)
+                spent[key] += seconds
+                r["skipped"] += not finite
         for key, r in runs.items():
             r["seconds"].append(spent[key])
             r["acc"].append(accuracy(r["model"], xt, yt, args.device, r["channels_last"]))

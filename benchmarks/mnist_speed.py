@@ -60,6 +60,20 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def timed_step(model, opt, xb, yb, device) -> tuple[float, bool]:
+    """One SGD step, timed; a non-finite loss skips backward and the update. (seconds, finite)"""
+    _sync(device)
+    t = time.perf_counter()
+    loss = F.cross_entropy(model(xb), yb)
+    opt.zero_grad()
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return time.perf_counter() - t, finite
+
+
 def time_training(model, x, y, device, batches, batch_size=64, channels_last=False, cuda_graph=False):
     opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
     if cuda_graph:
@@ -76,16 +90,9 @@ def time_training(model, x, y, device, batches, batch_size=64, channels_last=Fal
         xb, yb = x[idx].to(device), y[idx].to(device)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        _sync(device)
-        t = time.perf_counter()
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        if torch.isfinite(loss):
-            loss.backward()
-            opt.step()
-        _sync(device)
+        seconds, _ = timed_step(model, opt, xb, yb, device)
         if b >= warm:
-            times.append(time.perf_counter() - t)
+            times.append(seconds)
             stats = getattr(model, "last_stats", None)
             fsteps.append(stats.nstep if stats is not None else model.nstep)
             back = getattr(getattr(model, "gradient", None), "last_backward", None)

@@ -75,10 +75,13 @@ class Phantom:
             z, stats = solver(f, z0, **solver_kw)
         if not torch.is_grad_enabled():
             return z, stats
-        z = z.detach()
+        return self.unroll(f, z.detach()), stats
+
+    def unroll(self, f, z):
+        """The k damped steps from z, differentiated."""
         for _ in range(self.k):
             z = self.tau * f(z) + (1 - self.tau) * z
-        return z, stats
+        return z
 
 
 def make_gradient(name: str, **kw):

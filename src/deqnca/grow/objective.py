@@ -63,7 +63,6 @@ class EquilibriumForward:
             raise ValueError("restart_noise perturbs the phantom gradient's start: it needs gradient 'phantom'")
         kw = {"b_solver": b_solver, "b_max_iter": b_max_iter, "b_tol": b_tol} if gradient == "implicit" \
             else {"k": phantom_k}
-        self.phantom_k = phantom_k
         self.strategy, self.solve = make_gradient(gradient, **kw), get_solver(solver)
         self.rollout = get_solver("rollout")
         self.solver_kw = {"max_iter": solver_iter, "tol": solver_tol}
@@ -81,9 +80,7 @@ class EquilibriumForward:
             # one that sits at the target; the pool keeps the unperturbed z*
             with torch.no_grad():
                 z_star, stats = self.solve(f, z_grown, **self.solver_kw)
-            z_end = perturb_live(rule, z_star, self.restart_noise, generator, shard)
-            for _ in range(self.phantom_k):
-                z_end = f(z_end)
+            z_end = self.strategy.unroll(f, perturb_live(rule, z_star, self.restart_noise, generator, shard))
         else:
             z_star, stats = self.strategy(f, self.solve, z_grown, **self.solver_kw)
             z_end = z_star
