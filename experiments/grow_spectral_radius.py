@@ -1,0 +1,17 @@
+"""Spectral radius of ∂f/∂z (expected map) for the shipped lizards, after 96 stochastic growth steps from
+one seed cell (2 replays, generator seed 0). docs/grow.md, "Stability tools on the small target".
+
+    PYTHONPATH=src python experiments/grow_spectral_radius.py
+"""
+import torch
+
+from deqnca.grow.objective import spectral_radius
+from deqnca.grow.train import load_grow_checkpoint
+from deqnca.solvers import rollout
+
+for name in ("bptt", "equilibrium"):
+    rule = load_grow_checkpoint(f"models/grow/lizard-{name}")[0].rule
+    with torch.no_grad():
+        z, _ = rollout(rule.stochastic_map(torch.Generator().manual_seed(0)), rule.seed(2, 72, 72), max_iter=96,
+                       measure=False)
+    print(name, [round(r, 4) for r in spectral_radius(rule.expected_map(), z, iters=40).tolist()])
