@@ -9,6 +9,7 @@ from deqnca.grow.objective import spectral_radius
 from deqnca.grow.train import load_grow_checkpoint
 from deqnca.solvers import rollout
 
+torch.manual_seed(0)    # the power iteration's start vector
 for name in ("bptt", "equilibrium"):
     rule = load_grow_checkpoint(f"models/grow/lizard-{name}")[0].rule
     with torch.no_grad():
