@@ -34,16 +34,37 @@ from deqnca.model import EquilibriumModel
 
 
 class PlainTorchDEQ(nn.Module):
-    """Eqs. (1)-(2) with TorchDeq's defaults — the baseline."""
+    """Eqs. (1)-(2) written the way a TorchDeq user would — the baseline.
 
-    def __init__(self, f_max_iter=40):
+    `solver="broyden"` is the essay's setting with TorchDeq's defaults (40 iterations, tol 1e-3,
+    abs stopping, 1-step phantom gradient). It cannot train: its best iterate is a blown-up state
+    (eq. (2)'s residual is bounded by √D however large z gets, so 'lowest residual' does not rule
+    blow-up out), the first loss is ~1e12 and the weights are non-finite by the third step
+    (docs/speed.md). `solver="fixed16"` is the nearest TorchDeq configuration that trains: its
+    `simple_fixed_point_iter` for 16 steps (the essay-faithful model's length; the stat-keeping
+    `fixed_point_iter` returns the lowest-residual iterate, which here is step 1) with the same
+    1-step phantom gradient.
+
+    `masking_fix` applies deqnca's one-line fix of TorchDeq's best-iterate selection
+    (`deqnca.solvers.patch_torchdeq_masking`); unpatched, Broyden returns NaN for 43 of 64 samples at
+    initialisation, and a NaN loss skips the backward pass, so the baseline would be timed on forward
+    passes only.
+    """
+
+    SOLVERS = {"broyden": dict(f_solver="broyden", f_max_iter=40),
+               "fixed16": dict(f_solver="simple_fixed_point_iter", f_max_iter=16)}
+
+    def __init__(self, solver="broyden", masking_fix=True):
         super().__init__()
         from torchdeq import get_deq
 
+        if masking_fix:
+            from deqnca.solvers import patch_torchdeq_masking
+            patch_torchdeq_masking()
         self.K1 = nn.Conv2d(1, 16, 3, padding=1)
         self.K2 = nn.Conv2d(48, 32, 3, padding=1)
         self.fc1, self.fc2 = nn.Linear(32, 32), nn.Linear(32, 10)
-        self.deq = get_deq(f_solver="broyden", f_max_iter=f_max_iter)
+        self.deq = get_deq(**self.SOLVERS[solver])
         self.nstep = 0
 
     def forward(self, x):
@@ -173,6 +194,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batches", type=int, default=30, help="timed training batches (0 = one full epoch)")
     ap.add_argument("--infer-limit", type=int, default=2000, help="test images timed for inference (0 = all)")
+    ap.add_argument("--baselines", default="broyden",
+                    help="PlainTorchDEQ solvers timed first, comma-separated (broyden = the essay's settings, "
+                         "fixed16 = 16 plain fixed-point steps); speed-ups are against the first")
     ap.add_argument("--presets", default="essay,essay-broyden,equilibrium")
     ap.add_argument("--train-full", default="",
                     help="presets to train for their full schedule (seed 0), timed in this run")
@@ -183,9 +207,14 @@ def main(argv=None):
     x, y = load_mnist(split="train")
     xt, _ = load_mnist(split="test")
     rows = {}
-    base = PlainTorchDEQ().to(args.device)
-    rows["plain TorchDeq (essay defaults)"] = {**time_training(base, x, y, args.device, args.batches),
-                                               **time_inference(base, xt, args.device, limit=args.infer_limit)}
+    for solver in args.baselines.split(","):
+        if solver not in PlainTorchDEQ.SOLVERS:
+            ap.error(f"unknown baseline {solver!r}; choose from {', '.join(PlainTorchDEQ.SOLVERS)}")
+        torch.manual_seed(0)
+        base = PlainTorchDEQ(solver).to(args.device)
+        label = "plain TorchDeq (essay defaults)" if solver == "broyden" else f"plain TorchDeq {solver}"
+        rows[label] = {**time_training(base, x, y, args.device, args.batches),
+                       **time_inference(base, xt, args.device, limit=args.infer_limit)}
     cl = args.device == "cpu"
     for name in args.presets.split(","):
         graphed = name.endswith("+graph")
@@ -198,7 +227,7 @@ def main(argv=None):
         rows[label] = {**time_training(model, x, y, args.device, args.batches, channels_last=cl,
                                        cuda_graph=graphed),
                        **time_inference(model, xt, args.device, channels_last=cl, limit=args.infer_limit)}
-    ref = rows["plain TorchDeq (essay defaults)"]
+    ref = next(iter(rows.values()))
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"# {machine}, torch {torch.__version__}, {date.today()}, "

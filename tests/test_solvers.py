@@ -83,3 +83,26 @@ def test_fixed_point_batched_stop_checks_return_the_same_states():
     z8, s8 = get_solver("fixed_point")(f, z0, max_iter=100, tol=1e-6, sync_every=8)
     assert torch.equal(z1, z8) and s1.nstep <= s8.nstep < s1.nstep + 8
     assert len(s8.trace) == s8.nstep and s8.trace[:len(s1.trace)] == s1.trace
+
+
+def test_torchdeq_masking_fix_keeps_broydens_best_iterate_finite(monkeypatch):
+    """TorchDeq 0.1.0 selects the best iterate with mask·new + ~mask·old, so one overflowed Broyden
+    iterate turns the kept state NaN; after deqnca's patch every sample comes back finite."""
+    import torchdeq.solver.utils as utils
+    from torchdeq.solver import broyden_solver
+
+    from deqnca.solvers import _TORCHDEQ_ORIGINAL, patch_torchdeq_masking
+
+    patch_torchdeq_masking()
+    torch.manual_seed(0)
+    K1, K2 = torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.Conv2d(48, 32, 3, padding=1)
+    with torch.no_grad():
+        u = torch.relu(K1(torch.rand(8, 1, 12, 12)))
+        f = lambda z: z + torch.tanh(K2(torch.cat([u, z], 1)))     # eq. (2) at initialisation
+        z0 = torch.randn(8, 32, 12, 12)
+        finite = lambda z: int(torch.isfinite(z).flatten(1).all(1).sum())
+        patched, _, _ = broyden_solver(f, z0, max_iter=40, tol=1e-3, stop_mode="abs")
+        monkeypatch.setattr(utils, "batch_masked_mixing", _TORCHDEQ_ORIGINAL["batch_masked_mixing"])
+        unpatched, _, _ = broyden_solver(f, z0, max_iter=40, tol=1e-3, stop_mode="abs")
+    assert finite(unpatched) < 8          # the library bug is real on this input
+    assert finite(patched) == 8

@@ -1,0 +1,33 @@
+"""The speed benchmarks stay runnable: a tiny same-run race writes its table and JSON."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_epochs_race_smoke(tmp_path, capsys):
+    import epochs_race
+
+    out = tmp_path / "race.json"
+    epochs_race.main(["--baselines", "fixed16", "--presets", "essay", "--train-limit", "128",
+                      "--eval-limit", "64", "--json-out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"plain TorchDeq fixed16", "deqnca essay"}
+    for row in rows.values():
+        assert len(row["epoch_s"]) == 1 and row["epoch_s"][0] > 0
+        assert row["skipped_steps"] == 0            # both configurations take finite SGD steps
+    assert "| deqnca essay |" in capsys.readouterr().out
+
+
+def test_plain_torchdeq_fixed16_is_finite_and_differentiable():
+    from mnist_speed import PlainTorchDEQ
+
+    torch.manual_seed(0)
+    model = PlainTorchDEQ("fixed16")
+    logits = model(torch.rand(4, 1, 12, 12))
+    logits.sum().backward()
+    assert torch.isfinite(logits).all() and model.nstep == 16
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
