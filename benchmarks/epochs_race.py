@@ -84,7 +84,7 @@ def main(argv=None):
                                   "channels_last": cl}
     for r in runs.values():
         r.update(opt=torch.optim.SGD(r["model"].parameters(), lr=0.005, momentum=0.9), seconds=[], acc=[],
-                 skipped=0)
+                 skipped=0, first_nonfinite_step=None)
     batch_size, n = 64, math.ceil(len(x) / 64)
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -92,7 +92,8 @@ def main(argv=None):
 
     def write_json():
         if args.json_out:
-            rows = {k: {"epoch_s": r["seconds"], "test_acc": r["acc"], "skipped_steps": r["skipped"]}
+            rows = {k: {"epoch_s": r["seconds"], "test_acc": r["acc"], "skipped_steps": r["skipped"],
+                         "first_nonfinite_step": r["first_nonfinite_step"]}
                     for k, r in runs.items()}
             Path(args.json_out).write_text(json.dumps({**record, "eval_images": len(xt), "rows": rows}, indent=1))
 
@@ -108,6 +109,8 @@ def main(argv=None):
                 seconds, finite = timed_step(r["model"], r["opt"], xb, yb, args.device)
                 spent[key] += seconds
                 r["skipped"] += not finite
+                if not finite and r["first_nonfinite_step"] is None:
+                    r["first_nonfinite_step"] = epoch * n + b + 1
         for key, r in runs.items():
             r["seconds"].append(spent[key])
             r["acc"].append(accuracy(r["model"], xt, yt, args.device, r["channels_last"]))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The MNIST numbers of docs/mnist.md and docs/speed.md in one GPU call:
 #  1. the CUDA-only tests (captured training step == eager step);
-#  2. alone on the GPU: benchmarks/mnist_speed.py — plain TorchDeq vs deqnca per epoch, and complete
+#  2. alone on the GPU: benchmarks/mnist_speed.py — plain TorchDeq (the essay's Broyden, and 16 fixed-point
+#     steps, the nearest TorchDeq configuration that trains) vs deqnca per epoch, and complete
 #     timed 10-epoch trainings of both presets (seed 0, kept as run folders);
 #  3. seeds 1 and 2 of both presets, side by side (accuracies; their times are shared-GPU times).
 # Stops everything at DEADLINE seconds after the start; finished epochs survive (atomic checkpoints).
@@ -32,7 +33,7 @@ LIST=$(echo $PRESETS | tr ' ' ,)
 TIMED=$(echo $LIST | sed 's/essay/essay,essay+graph/')
 FULL="--train-full $LIST"; [ -n "${QUICK:-}" ] && FULL=""
 timeout $(( $(left) - 60 )) python3 benchmarks/mnist_speed.py --device "$DEVICE" $BENCH \
-  --presets $TIMED $FULL --train-out "$R/runs" --json-out "$R/logs/bench.json" \
+  --baselines broyden,fixed16 --presets $TIMED $FULL --train-out "$R/runs" --json-out "$R/logs/bench.json" \
   > "$R/logs/bench.md" 2> "$R/logs/bench.err"
 echo "bench rc=$? at $(( $(date +%s) - T0 ))s" >> "$R/logs/timeline.txt"
 

@@ -3,7 +3,7 @@
 # 600 steps of the persistent variant each (BPTT's run was stopped at 420), then `deqnca grow measure`
 # (replays of the stochastic rule from one seed cell). docs/grow.md, "Stability tools on the small target".
 #   OUT=/tmp/grow-small experiments/grow_stability_small.sh        # ~10 min per run on one core
-#   JOBS=3 runs three at a time (one thread each)
+#   JOBS=3 runs three at a time (one thread each); NAMES="growspec1 grownoise" runs only those
 set -uo pipefail
 OUT=${OUT:-/tmp/grow-small}
 STEPS=${STEPS:-600}
@@ -21,8 +21,12 @@ declare -A RUN=(
   [seeds4]="--trainer implicit --seeds 4"
   [seeds4spec]="--trainer implicit --seeds 4 --spectral-weight 1 --spectral-target 0.98"
   [growing]="--trainer implicit --variant growing"
+  [growspec1]="--trainer implicit --variant growing --spectral-weight 1"
+  [grownoise]="--trainer implicit --variant growing --restart-noise 0.05"
+  [growspecres]="--trainer implicit --variant growing --spectral-weight 1 --residual-weight 100"
+  [growallres]="--trainer implicit --variant growing --restart-noise 0.05 --spectral-weight 1 --residual-weight 100"
 )
-NAMES="bptt base spec1 spec01 noise005 both seeds4 seeds4spec growing"
+NAMES=${NAMES:-bptt base spec1 spec01 noise005 both seeds4 seeds4spec growing growspec1 grownoise growspecres growallres}
 for name in $NAMES; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
   # --variant persistent first: a run's own --variant (growing) overrides it

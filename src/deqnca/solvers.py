@@ -200,8 +200,8 @@ def patch_torchdeq_masking() -> None:
     0 · NaN are NaN, so once a Broyden iterate overflows (the inverse-Jacobian update divides by
     vᵀΔg, which passes through zero) the *kept* best state turns NaN too, even though it was never
     selected. Measured on eq. (2) from noise at initialisation (64 MNIST images, seed 0): 43 of 64
-    samples come back NaN, so the essay's recipe cannot train. `torch.where` selects without
-    arithmetic; nothing else changes. Idempotent; TorchDeq's solvers look the helper up at call time.
+    samples come back NaN, so every batch loss is NaN. `torch.where` selects without arithmetic;
+    nothing else changes (eq. (2) still runs off to a huge root; docs/mnist.md). Idempotent; TorchDeq's solvers look the helper up at call time.
     """
     import torchdeq.solver.utils as utils
 
