@@ -26,12 +26,24 @@ declare -A RUN=(
   [growspecres]="--trainer implicit --variant growing --spectral-weight 1 --residual-weight 100"
   [growallres]="--trainer implicit --variant growing --restart-noise 0.05 --spectral-weight 1 --residual-weight 100"
 )
-NAMES=${NAMES:-bptt base spec1 spec01 noise005 both seeds4 seeds4spec growing growspec1 grownoise growspecres growallres}
-for name in $NAMES; do
+# second stage of the paper's curriculum: start from a growing-variant run's weights, train persistent
+declare -A STAGED=(
+  [stagedspec]="growspec1 --trainer implicit --spectral-weight 1"
+  [stagednoise]="grownoise --trainer implicit --restart-noise 0.05"
+)
+NAMES=${NAMES:-bptt base spec1 spec01 noise005 both seeds4 seeds4spec growing growspec1 grownoise growspecres growallres stagedspec stagednoise}
+launch() {  # name, extra args
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
   # --variant persistent first: a run's own --variant (growing) overrides it
-  $D grow train --target small --variant persistent --steps "$STEPS" ${RUN[$name]} --device cpu \
-    --log-every 20 --json --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
+  $D grow train --target small --variant persistent --steps "$STEPS" "${@:2}" --device cpu \
+    --log-every 20 --json --out "$OUT/$1" > "$OUT/$1.log" 2>&1 &
+}
+for name in $NAMES; do [ -n "${RUN[$name]:-}" ] && launch "$name" ${RUN[$name]}; done
+wait
+for name in $NAMES; do
+  [ -z "${STAGED[$name]:-}" ] && continue
+  set -- ${STAGED[$name]}
+  launch "$name" "${@:2}" --init-from "$OUT/$1/last"
 done
 wait
 $D grow measure $(for n in $NAMES; do echo "$OUT/$n/last"; done) --device cpu --out "$OUT/measure"

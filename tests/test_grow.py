@@ -194,3 +194,20 @@ def test_export_strips_the_optimizer_and_keeps_a_loadable_grow_checkpoint(tmp_pa
     original, _ = load_grow_checkpoint(tmp_path / "run" / "last")
     assert "optimizer" not in meta and meta["provenance"]["machine"] == "test" and meta["step"] == 2
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
+
+
+def test_init_from_starts_a_new_stage_from_another_runs_weights(tmp_path):
+    small = load_target("small")
+    first = GrowTrainConfig(trainer="implicit", variant="growing", target="small", steps=3, min_steps=4, max_steps=4)
+    train(first, small, tmp_path / "growing", progress=False)
+    source, _ = load_grow_checkpoint(tmp_path / "growing" / "last")
+    # lr 0: the second stage's weights are exactly the ones it started from
+    second = GrowTrainConfig(trainer="implicit", variant="persistent", target="small", steps=1, min_steps=4,
+                             max_steps=4, lr=0.0, pool_size=16, init_from=str(tmp_path / "growing" / "last"))
+    train(second, small, tmp_path / "persistent", progress=False)
+    staged, meta = load_grow_checkpoint(tmp_path / "persistent" / "last")
+    assert meta["step"] == 1 and meta["train_config"]["init_from"].endswith("last")
+    assert all(torch.equal(a, b) for a, b in zip(staged.rule.state_dict().values(), source.rule.state_dict().values()))
+    with pytest.raises(ValueError, match="init-from"):
+        train(GrowTrainConfig(trainer="implicit", target="small", pad=4, steps=1, init_from=second.init_from),
+              load_target("small", pad=4), tmp_path / "bigger", progress=False)

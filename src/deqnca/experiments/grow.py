@@ -104,6 +104,9 @@ def add_cli(sub) -> None:
     p.add_argument("--out", help="run folder (default runs/grow-<trainer>-<target>-seed<seed>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from another grow run's weights (fresh optimizer and pool), e.g. a growing-variant "
+                        "run continued as persistent: the paper's staged curriculum")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--pool-size", type=int)
     p.add_argument("--lr", type=float)

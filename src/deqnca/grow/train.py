@@ -58,6 +58,8 @@ class GrowTrainConfig:
     damaged: int = 3                  # regenerating: lowest-loss samples damaged per batch
     seeds: int = 1                    # pool variants: highest-loss samples replaced by the seed per batch
     seed: int = 0
+    init_from: str = ""               # start from this grow checkpoint's rule weights (fresh optimizer and
+                                      # pool): stages a curriculum, e.g. growing, then persistent
     # equilibrium trainer
     # Picard steps without early stopping: the trained rule's relative residual stays at ~1e-2, above
     # any useful tolerance, so fixed_point's per-iteration convergence check (a host sync each step)
@@ -173,6 +175,13 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
     pool = seed_state.expand(cfg.pool_size, -1, -1, -1).clone() if cfg.variant != "growing" else None
     step, elapsed = 0, 0.0
     counters = {"skipped_steps": 0, "restored": 0, "divergences": 0}
+    if cfg.init_from and not resume:
+        source, source_meta = load_grow_checkpoint(cfg.init_from)
+        if source.rule.config != rule.config or source.target.shape != model.target.shape:
+            raise ValueError(f"--init-from {cfg.init_from}: its rule or target size differs from this run's; "
+                             "start from a checkpoint trained on the same target and rule")
+        rule.load_state_dict(source.rule.state_dict())
+        log(f"starting from the weights of {cfg.init_from} ({source_meta['step']} steps)")
     if resume:
         tensors, meta = read_checkpoint(out / "last")
         if meta.get("kind") != CHECKPOINT_KIND or meta["train_config"]["trainer"] != cfg.trainer:
