@@ -22,8 +22,20 @@ declare -A RUN=([bptt]="--trainer bptt" [implicit]="--trainer implicit"
                 [implicit-noise]="--trainer implicit --restart-noise 0.05"
                 [implicit-spectral]="--trainer implicit --spectral-weight 1"
                 [implicit-noise-spectral]="--trainer implicit --restart-noise 0.05 --spectral-weight 1")
-RUNS=${RUNS:-"bptt implicit implicit-jac implicit-noise implicit-spectral implicit-noise-spectral"}
+# the paper's curriculum for the equilibrium trainer: half the budget growing from the seed, the other half
+# regenerating from those weights (--init-from) — the most balanced recipe on the small target (docs/grow.md)
+declare -A STAGED=([implicit-staged-spectral]="--trainer implicit --spectral-weight 1")
+RUNS=${RUNS:-"bptt implicit implicit-jac implicit-noise implicit-spectral implicit-noise-spectral implicit-staged-spectral"}
 for name in $RUNS; do
+  if [ -n "${STAGED[$name]:-}" ]; then
+    ( $D grow train ${STAGED[$name]} --target lizard --variant growing --steps 8000 \
+        --time-budget $(( BUDGET / 2 )) --device "$DEVICE" --out "$R/runs/grow-$name-stage1" $EXTRA \
+        > "$R/logs/train-$name-stage1.log" 2>&1 &&
+      $D grow train ${STAGED[$name]} --target lizard --variant regenerating --steps 8000 \
+        --time-budget $(( BUDGET - BUDGET / 2 )) --init-from "$R/runs/grow-$name-stage1/last" \
+        --device "$DEVICE" --out "$R/runs/grow-$name" $EXTRA > "$R/logs/train-$name.log" 2>&1 ) &
+    continue
+  fi
   $D grow train ${RUN[$name]} --target lizard --variant regenerating --steps 8000 --time-budget "$BUDGET" \
     --device "$DEVICE" --out "$R/runs/grow-$name" $EXTRA > "$R/logs/train-$name.log" 2>&1 &
 done
