@@ -11,6 +11,9 @@ module, `torchdeq.get_deq(f_solver="broyden")` with TorchDeq's defaults (40 iter
 
 "+graph" times the trainer's CUDA-graph step (deqnca.train.graphs) instead of the eager one.
 
+The essay's Broyden baseline diverges (weights non-finite by its third SGD step), so it is timed at
+its initial weights: each timed step is a full forward solve and backward pass without the update.
+
 Prints a table and writes JSON (--json-out). Times are wall-clock per training batch (mean over
 the timed batches after warm-up), scaled to the 938 batches of an epoch when --batches > 0.
 """
@@ -39,16 +42,16 @@ class PlainTorchDEQ(nn.Module):
     `solver="broyden"` is the essay's setting with TorchDeq's defaults (40 iterations, tol 1e-3,
     abs stopping, 1-step phantom gradient). It cannot train: its best iterate is a blown-up state
     (eq. (2)'s residual is bounded by √D however large z gets, so 'lowest residual' does not rule
-    blow-up out), the first loss is ~1e12 and the weights are non-finite by the third step
+    blow-up out), and its weights are non-finite by the third SGD step
     (docs/speed.md). `solver="fixed16"` is the nearest TorchDeq configuration that trains: its
     `simple_fixed_point_iter` for 16 steps (the essay-faithful model's length; the stat-keeping
     `fixed_point_iter` returns the lowest-residual iterate, which here is step 1) with the same
     1-step phantom gradient.
 
     `masking_fix` applies deqnca's one-line fix of TorchDeq's best-iterate selection
-    (`deqnca.solvers.patch_torchdeq_masking`); unpatched, Broyden returns NaN for 43 of 64 samples at
-    initialisation, and a NaN loss skips the backward pass, so the baseline would be timed on forward
-    passes only.
+    (`deqnca.solvers.patch_torchdeq_masking`); unpatched, Broyden returns NaN for most samples at
+    initialisation (12 of 16 in `broyden_eq2.py`), and a NaN loss skips the backward pass, so the
+    baseline would be timed on forward passes only.
     """
 
     SOLVERS = {"broyden": dict(f_solver="broyden", f_max_iter=40),
@@ -81,8 +84,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timed_step(model, opt, xb, yb, device) -> tuple[float, bool]:
-    """One SGD step, timed; a non-finite loss skips backward and the update. (seconds, finite)"""
+def timed_step(model, opt, xb, yb, device, update=True) -> tuple[float, bool]:
+    """One SGD step, timed; a non-finite loss skips backward and the update. (seconds, finite)
+    update=False does the forward and backward passes but leaves the weights alone."""
     _sync(device)
     t = time.perf_counter()
     loss = F.cross_entropy(model(xb), yb)
@@ -90,12 +94,14 @@ def timed_step(model, opt, xb, yb, device) -> tuple[float, bool]:
     finite = bool(torch.isfinite(loss))
     if finite:
         loss.backward()
-        opt.step()
+        if update:
+            opt.step()
     _sync(device)
     return time.perf_counter() - t, finite
 
 
-def time_training(model, x, y, device, batches, batch_size=64, channels_last=False, cuda_graph=False):
+def time_training(model, x, y, device, batches, batch_size=64, channels_last=False, cuda_graph=False,
+                  update=True):
     opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
     if cuda_graph:
         return time_captured_training(model, opt, x, y, device, batches, batch_size)
@@ -111,7 +117,7 @@ def time_training(model, x, y, device, batches, batch_size=64, channels_last=Fal
         xb, yb = x[idx].to(device), y[idx].to(device)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        seconds, _ = timed_step(model, opt, xb, yb, device)
+        seconds, _ = timed_step(model, opt, xb, yb, device, update=update)
         if b >= warm:
             times.append(seconds)
             stats = getattr(model, "last_stats", None)
@@ -213,7 +219,10 @@ def main(argv=None):
         torch.manual_seed(0)
         base = PlainTorchDEQ(solver).to(args.device)
         label = "plain TorchDeq (essay defaults)" if solver == "broyden" else f"plain TorchDeq {solver}"
-        rows[label] = {**time_training(base, x, y, args.device, args.batches),
+        # the essay's Broyden recipe makes its weights non-finite by the third SGD step (docs/speed.md),
+        # after which its steps do NaN arithmetic of no meaning; so it is timed at its initial weights:
+        # every timed step is a complete forward solve and backward pass, without the update
+        rows[label] = {**time_training(base, x, y, args.device, args.batches, update=solver != "broyden"),
                        **time_inference(base, xt, args.device, limit=args.infer_limit)}
     cl = args.device == "cpu"
     for name in args.presets.split(","):
