@@ -45,7 +45,7 @@ class PlainTorchDEQ(nn.Module):
     blow-up out), and its weights are non-finite by the third SGD step
     (docs/speed.md). `solver="fixed16"` is the nearest TorchDeq configuration that trains: its
     `simple_fixed_point_iter` for 16 steps (the essay-faithful model's length; the stat-keeping
-    `fixed_point_iter` returns the lowest-residual iterate, which here is step 1) with the same
+    `fixed_point_iter` would return its lowest-residual iterate instead of the 16th) with the same
     1-step phantom gradient.
 
     `masking_fix` applies deqnca's one-line fix of TorchDeq's best-iterate selection

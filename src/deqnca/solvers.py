@@ -200,8 +200,9 @@ def patch_torchdeq_masking() -> None:
     0 · NaN are NaN, so once a Broyden iterate overflows (the inverse-Jacobian update divides by
     vᵀΔg, which passes through zero) the *kept* best state turns NaN too, even though it was never
     selected. On eq. (2) from noise at initialisation, 12 of 16 test images come back NaN after 40
-    iterations, none with this fix (`benchmarks/broyden_eq2.py [--masking-fix]`). `torch.where` selects without arithmetic;
-    nothing else changes (eq. (2) still runs off to a huge root; docs/mnist.md). Idempotent; TorchDeq's solvers look the helper up at call time.
+    iterations, none with this fix (`benchmarks/broyden_eq2.py [--masking-fix]`). `torch.where`
+    selects without arithmetic; nothing else changes (Broyden still runs off to huge states on
+    eq. (2); docs/mnist.md). Idempotent; TorchDeq's solvers look the helper up at call time.
     """
     import torchdeq.solver.utils as utils
 
