@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_speed import PlainTorchDEQ, timed_step  # noqa: E402
+from mnist_speed import PlainTorchDEQ, baseline_solvers, timed_step  # noqa: E402
 
 from deqnca.data.idx import load_mnist  # noqa: E402
 from deqnca.experiments.mnist import preset  # noqa: E402
@@ -73,9 +73,7 @@ def main(argv=None):
         xt, yt = xt[:args.eval_limit], yt[:args.eval_limit]
     cl = args.device == "cpu"
     runs = {}
-    for solver in args.baselines.split(","):
-        if solver not in PlainTorchDEQ.SOLVERS:
-            ap.error(f"unknown baseline {solver!r}; choose from {', '.join(PlainTorchDEQ.SOLVERS)}")
+    for solver in baseline_solvers(ap, args.baselines):
         torch.manual_seed(args.seed)
         runs[f"plain TorchDeq {solver}"] = {"model": PlainTorchDEQ(solver).to(args.device), "channels_last": False}
     for name in args.presets.split(","):

@@ -48,7 +48,7 @@ class PlainTorchDEQ(nn.Module):
     `fixed_point_iter` would return its lowest-residual iterate instead of the 16th) with the same
     1-step phantom gradient.
 
-    `masking_fix` applies deqnca's one-line fix of TorchDeq's best-iterate selection
+    Both run with deqnca's one-line fix of TorchDeq's best-iterate selection
     (`deqnca.solvers.patch_torchdeq_masking`); unpatched, Broyden returns NaN for most samples at
     initialisation (12 of 16 in `broyden_eq2.py`), and a NaN loss skips the backward pass, so the
     baseline would be timed on forward passes only.
@@ -57,13 +57,13 @@ class PlainTorchDEQ(nn.Module):
     SOLVERS = {"broyden": dict(f_solver="broyden", f_max_iter=40),
                "fixed16": dict(f_solver="simple_fixed_point_iter", f_max_iter=16)}
 
-    def __init__(self, solver="broyden", masking_fix=True):
+    def __init__(self, solver="broyden"):
         super().__init__()
         from torchdeq import get_deq
 
-        if masking_fix:
-            from deqnca.solvers import patch_torchdeq_masking
-            patch_torchdeq_masking()
+        from deqnca.solvers import patch_torchdeq_masking
+
+        patch_torchdeq_masking()
         self.K1 = nn.Conv2d(1, 16, 3, padding=1)
         self.K2 = nn.Conv2d(48, 32, 3, padding=1)
         self.fc1, self.fc2 = nn.Linear(32, 32), nn.Linear(32, 10)
@@ -77,6 +77,15 @@ class PlainTorchDEQ(nn.Module):
         zs, info = self.deq(f, z0)
         self.nstep = float(info["nstep"].float().mean())
         return self.fc2(torch.relu(self.fc1(zs[-1].mean((2, 3)))))
+
+
+def baseline_solvers(ap, text: str) -> list[str]:
+    """--baselines "a,b" → the PlainTorchDEQ solvers, or a usage error naming the valid ones."""
+    solvers = text.split(",")
+    for solver in solvers:
+        if solver not in PlainTorchDEQ.SOLVERS:
+            ap.error(f"unknown baseline {solver!r}; choose from {', '.join(PlainTorchDEQ.SOLVERS)}")
+    return solvers
 
 
 def _sync(device):
@@ -213,9 +222,7 @@ def main(argv=None):
     x, y = load_mnist(split="train")
     xt, _ = load_mnist(split="test")
     rows = {}
-    for solver in args.baselines.split(","):
-        if solver not in PlainTorchDEQ.SOLVERS:
-            ap.error(f"unknown baseline {solver!r}; choose from {', '.join(PlainTorchDEQ.SOLVERS)}")
+    for solver in baseline_solvers(ap, args.baselines):
         torch.manual_seed(0)
         base = PlainTorchDEQ(solver).to(args.device)
         label = "plain TorchDeq (essay defaults)" if solver == "broyden" else f"plain TorchDeq {solver}"
