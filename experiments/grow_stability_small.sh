@@ -25,6 +25,10 @@ declare -A RUN=(
   [grownoise]="--trainer implicit --variant growing --restart-noise 0.05"
   [growspecres]="--trainer implicit --variant growing --spectral-weight 1 --residual-weight 100"
   [growallres]="--trainer implicit --variant growing --restart-noise 0.05 --spectral-weight 1 --residual-weight 100"
+  # growth from the seed every batch, for a random 64..640 steps: the equilibrium trainer's memory does
+  # not depend on the rollout length, so long horizons (what the pool gives BPTT) cost only forward time
+  [longspec]="--trainer implicit --variant growing --rollout-steps 64 640 --spectral-weight 1"
+  [longnoise]="--trainer implicit --variant growing --rollout-steps 64 640 --restart-noise 0.05"
 )
 # second stage of the paper's curriculum: start from a growing-variant run's weights, train persistent
 declare -A STAGED=(
@@ -46,4 +50,5 @@ for name in $NAMES; do
   launch "$name" "${@:2}" --init-from "$OUT/$1/last"
 done
 wait
-$D grow measure $(for n in $NAMES; do echo "$OUT/$n/last"; done) --device cpu --out "$OUT/measure"
+# replayed over the same 96 steps (960 for persistence) whatever the run's rollout range
+$D grow measure $(for n in $NAMES; do echo "$OUT/$n/last"; done) --horizon 96 --device cpu --out "$OUT/measure"

@@ -75,7 +75,8 @@ def cmd_measure(args) -> int:
         model, meta = load_grow_checkpoint(path, device)
         metrics = Path(path).parent / "metrics.jsonl"
         rows.append({"checkpoint": str(path), **measure(model, meta, metrics, samples=args.samples,
-                                                        seed=args.seed, threshold=args.threshold)})
+                                                        seed=args.seed, threshold=args.threshold,
+                                                        horizon=args.horizon)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "measure.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -143,5 +144,7 @@ def add_cli(sub) -> None:
     p.add_argument("--out", default="out/grow-measure")
     p.add_argument("--samples", type=int, default=8, help="replays averaged per number")
     p.add_argument("--threshold", type=float, default=0.01, help="training-loss threshold for time-to-threshold")
+    p.add_argument("--horizon", type=int,
+                   help="growth steps replayed, 10x for persistence (default: each run's longest rollout)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_measure)

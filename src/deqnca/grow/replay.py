@@ -77,11 +77,16 @@ def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[P
 
 @torch.no_grad()
 def measure(model, meta: dict, metrics_path: Path | None, samples: int = 8, seed: int = 0,
-            threshold: float = 0.01) -> dict:
-    """The side-by-side numbers for one checkpoint (fixed seeds, averaged over `samples` replays)."""
+            threshold: float = 0.01, horizon: int | None = None) -> dict:
+    """The side-by-side numbers for one checkpoint (fixed seeds, averaged over `samples` replays).
+
+    `horizon`: growth steps replayed (persistence at 10×); default the run's longest rollout. Runs
+    trained with different rollout ranges are compared at one horizon."""
     rule, target = model.rule, model.target
     cfg = meta.get("train_config", {})
-    horizon = int(cfg.get("max_steps", 96))
+    horizon = int(horizon or cfg.get("max_steps", 96))
+    if horizon < 1:
+        raise ValueError(f"horizon {horizon}: need at least 1 step")
     H, W = target.shape[1:]
     device = target.device
     z0 = rule.seed(samples, H, W, device=device)
