@@ -34,6 +34,8 @@ declare -A RUN=(
 declare -A STAGED=(
   [stagedspec]="growspec1 --trainer implicit --spectral-weight 1"
   [stagednoise]="grownoise --trainer implicit --restart-noise 0.05"
+  # the second stage keeps growing from the seed, over rollouts up to 640 steps that ask it to stop
+  [stagedlong]="growspec1 --trainer implicit --variant growing --rollout-steps 64 640 --spectral-weight 1"
 )
 NAMES=${NAMES:-bptt base spec1 spec01 noise005 both seeds4 seeds4spec growing growspec1 grownoise growspecres growallres stagedspec stagednoise}
 launch() {  # name, extra args

@@ -214,3 +214,30 @@ def test_init_from_starts_a_new_stage_from_another_runs_weights(tmp_path):
     with pytest.raises(ValueError, match="init-from"):
         train(GrowTrainConfig(trainer="implicit", target="small", pad=4, steps=1, init_from=second.init_from),
               load_target("small", pad=4), tmp_path / "bigger", progress=False)
+
+
+@pytest.mark.parametrize("trainer", ["bptt", "implicit"])
+def test_a_rule_that_kills_every_pattern_is_undone_and_the_pool_keeps_no_dead_state(tmp_path, trainer):
+    from safetensors.torch import load_file
+
+    from deqnca.train.checkpoint import save_checkpoint
+
+    small = load_target("small")
+    train(GrowTrainConfig(trainer=trainer, variant="growing", target="small", steps=1, min_steps=4, max_steps=4,
+                          lr=0.0), small, tmp_path / "start", progress=False)
+    model, meta = load_grow_checkpoint(tmp_path / "start" / "last")
+    with torch.no_grad():           # every cell fires, and each firing drives alpha far below the threshold
+        model.rule.w1.weight.zero_()
+        model.rule.w1.bias.fill_(1.0)
+        model.rule.w2.weight.zero_()
+        model.rule.w2.weight[3] = -10.0
+    save_checkpoint(tmp_path / "killer", model, None, meta)
+    # 16 steps at fire rate 0.5: no cell escapes firing (a seed that never fires in 4 steps survives)
+    cfg = GrowTrainConfig(trainer=trainer, variant="persistent", target="small", steps=3, min_steps=16,
+                          max_steps=16, pool_size=16, init_from=str(tmp_path / "killer"))
+    r = train(cfg, small, tmp_path / "run", progress=False)
+    assert r["counters"]["restored"] == 3 and r["counters"]["extinctions"] == 3 * cfg.batch_size
+    assert all(torch.equal(a, b) for a, b in zip(r["model"].rule.state_dict().values(),
+                                                  model.rule.state_dict().values()))
+    pool = load_file(str(tmp_path / "run" / "pool.safetensors"))["pool"]
+    assert GrowingNCARule().alive(pool).flatten(1).any(1).all()

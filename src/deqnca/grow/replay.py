@@ -115,5 +115,6 @@ def measure(model, meta: dict, metrics_path: Path | None, samples: int = 8, seed
         row.update(threshold=threshold, seconds_to_threshold=hit["wall_s"] if hit else None,
                    steps_to_threshold=hit["step"] if hit else None,
                    divergences=records[-1].get("divergences", 0) if records else None,
-                   skipped_steps=records[-1].get("skipped_steps", 0) if records else None)
+                   skipped_steps=records[-1].get("skipped_steps", 0) if records else None,
+                   extinctions=records[-1].get("extinctions") if records else None)
     return row

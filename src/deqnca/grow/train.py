@@ -10,7 +10,8 @@ per-parameter gradient normalisation; variants
 Conventions of train/loop.py: tqdm progress, metrics.jsonl, atomic checkpoint `last` every ~steps/10
 and at the end and on Ctrl-C, exact --resume (per-step random generators, the pool saved beside the
 checkpoint), non-finite loss/gradient skipped and counted, non-finite weights restored from the last
-good state, never saved.
+good state, never saved; a batch that mostly diverged or died out (no live cell: a state no gradient
+can leave) is undone the same way, and such samples go back to the seed in the pool.
 
 Several GPUs: `torchrun --nproc_per_node N -m deqnca.cli grow train --device cuda ...` (N must divide
 the batch size). Every process builds the same global batch from its identical pool, trains on rows
@@ -84,7 +85,8 @@ class GrowTrainConfig:
     spectral_target: float = 0.95
     spectral_iters: int = 8           # power iterations per step for that penalty
     divergence_rel: float = 0.1       # a solve ending above this relative residual is a divergence event
-    restore_fraction: float = 0.5     # more of the batch diverging than this: restore the last good weights
+    restore_fraction: float = 0.5     # more of the batch diverging or dying out than this: restore the last
+                                      # good weights
     spectral_every: int = 100         # steps between spectral-radius measurements; 0 = never
     log_every: int = 10
     checkpoint_every: int = 0         # 0 = about steps/10
@@ -174,7 +176,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
     seed_state = rule.seed(1, H, W, device=device)
     pool = seed_state.expand(cfg.pool_size, -1, -1, -1).clone() if cfg.variant != "growing" else None
     step, elapsed = 0, 0.0
-    counters = {"skipped_steps": 0, "restored": 0, "divergences": 0}
+    counters = {"skipped_steps": 0, "restored": 0, "divergences": 0, "extinctions": 0}
     if cfg.init_from and not resume:
         source, source_meta = load_grow_checkpoint(cfg.init_from)
         if source.rule.config != rule.config or source.target.shape != model.target.shape:
@@ -259,6 +261,12 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                 # from them feeds the pool exploding states, so go back to the last good weights
                 if ok and restore_reason is None and diverged.float().mean() > cfg.restore_fraction:
                     restore_reason = f"{int(diverged.sum())}/{len(rel)} solves diverged"
+            # extinction: no live cell left. The alive mask zeroes every gradient of a dead state, so no
+            # later step can bring it back (measured: rollouts of 64..640 steps killed two runs for good)
+            extinct = ~rule.alive(out_step.final).flatten(1).any(1)
+            counters["extinctions"] = counters.get("extinctions", 0) + int(extinct.sum())
+            if ok and restore_reason is None and extinct.float().mean() > cfg.restore_fraction:
+                restore_reason = f"{int(extinct.sum())}/{len(extinct)} patterns died out"
             if restore_reason:
                 rule.load_state_dict(good_state)
                 optimizer.state.clear()
@@ -283,7 +291,8 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                 keep = torch.isfinite(final).flatten(1).all(1)
                 if "rel_residual" in out_step.extra:
                     keep &= ~diverged
-                # a diverged sample restarts from the seed
+                keep &= ~extinct
+                # a diverged or dead sample restarts from the seed
                 pool[idx] = torch.where(keep[:, None, None, None], final, seed_state)
             if (main_rank and cfg.trainer == "implicit" and cfg.spectral_every
                     and step % cfg.spectral_every == 0):
