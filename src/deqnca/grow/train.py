@@ -209,7 +209,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
         net = DistributedDataParallel(GrowObjective(rule, forward),
                                       device_ids=[device] if device.startswith("cuda") else None)
     every = cfg.checkpoint_every or max(1, cfg.steps // 10)
-    good_state, bad_run = copy.deepcopy(rule.state_dict()), 0
+    good_state, bad_run, snapshot_due = copy.deepcopy(rule.state_dict()), 0, False
     divergences = torch.zeros((), device=device, dtype=torch.long)   # summed on device, read when logging
     window: list[torch.Tensor] = []
     spectral = None
@@ -283,8 +283,10 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                                              f"The last good checkpoint is in {out}")
             else:
                 bad_run = 0
-                if step % 50 == 0:
-                    good_state = copy.deepcopy(rule.state_dict())
+                snapshot_due |= step % 50 == 0
+                # a rule that lets a pattern die is not "good": restoring it would start the slide again
+                if snapshot_due and not bool(extinct.any()):
+                    good_state, snapshot_due = copy.deepcopy(rule.state_dict()), False
                 window.append(out_step.loss)
             if pool is not None:
                 final = out_step.final
