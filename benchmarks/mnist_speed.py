@@ -9,7 +9,8 @@ module, `torchdeq.get_deq(f_solver="broyden")` with TorchDeq's defaults (40 iter
     python benchmarks/mnist_speed.py --device cuda --presets essay,essay+graph,equilibrium \
         --train-full essay,equilibrium                               # + complete timed trainings
 
-"+graph" times the trainer's CUDA-graph step (deqnca.train.graphs) instead of the eager one.
+"+graph" times the trainer's CUDA-graph step (deqnca.train.graphs) instead of the eager one, for the
+presets whose step has a fixed shape (essay, equilibrium-fixed).
 
 The essay's Broyden baseline diverges (weights non-finite by its third SGD step), so it is timed at
 its initial weights: each timed step is a full forward solve and backward pass without the update.
@@ -218,6 +219,15 @@ def main(argv=None):
     ap.add_argument("--train-out", help="keep the --train-full run folders under this folder")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
+    for name in args.presets.split(","):
+        if name.endswith("+graph"):       # refused before anything is timed, on any device
+            from deqnca.train.graphs import step_unsupported_reason
+            from deqnca.train.loop import TrainConfig
+
+            why_not = step_unsupported_reason(EquilibriumModel(preset(name.removesuffix("+graph"))["model"]),
+                                              TrainConfig())          # timed with SGD at a constant rate
+            if why_not:
+                ap.error(f"--presets {name}: {why_not}")
     torch.manual_seed(0)
     x, y = load_mnist(split="train")
     xt, _ = load_mnist(split="test")

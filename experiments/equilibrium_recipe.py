@@ -36,6 +36,9 @@ VARIANTS = {
     "bn+adjoint12+b128": ("equilibrium", {"gradient_kw": {"b_max_iter": 12}}, {"batch_size": 128}),
     "bn+adjoint12+b128+lr4e-3": ("equilibrium", {"gradient_kw": {"b_max_iter": 12}},
                                  {"batch_size": 128, "lr": 4e-3}),
+    # fixed-length solves, no host read (capturable as a CUDA graph): forward Picard steps + 12 adjoint
+    "fixed40+adjoint12": ("equilibrium-fixed", {}, {}),
+    "fixed24+adjoint12": ("equilibrium-fixed", {"solver_kw": {"max_iter": 24}}, {}),
     "essay": ("essay", {}, {}),
 }
 

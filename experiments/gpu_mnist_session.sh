@@ -8,6 +8,8 @@
 # Stops everything at DEADLINE seconds after the start; finished epochs survive (atomic checkpoints).
 #   OUT=/tmp/out experiments/gpu_mnist_session.sh
 #   OUT=/tmp/out PRESETS=equilibrium experiments/gpu_mnist_session.sh   # one preset (+ the baseline)
+#   OUT=/tmp/out PRESETS="equilibrium equilibrium-fixed" experiments/gpu_mnist_session.sh
+#       # the fixed-length equilibrium step, eager and captured as a CUDA graph (docs/speed.md)
 #   OUT=/tmp/out DEVICE=cpu QUICK=1 experiments/gpu_mnist_session.sh     # plumbing check on a CPU
 set -uo pipefail
 OUT=${OUT:?set OUT}
@@ -30,7 +32,7 @@ timeout 120 python3 -m pytest -q tests/test_graphs.py tests/test_solvers.py > "$
 echo "tests rc=$? at $(( $(date +%s) - T0 ))s" >> "$R/logs/timeline.txt"
 
 LIST=$(echo $PRESETS | tr ' ' ,)
-TIMED=$(echo $LIST | sed 's/essay/essay,essay+graph/')
+TIMED=$(echo $LIST | sed 's/essay/essay,essay+graph/; s/equilibrium-fixed/equilibrium-fixed,equilibrium-fixed+graph/')
 FULL="--train-full $LIST"; [ -n "${QUICK:-}" ] && FULL=""
 timeout $(( $(left) - 60 )) python3 benchmarks/mnist_speed.py --device "$DEVICE" $BENCH \
   --baselines broyden,fixed16 --presets $TIMED $FULL --train-out "$R/runs" --json-out "$R/logs/bench.json" \

@@ -31,3 +31,12 @@ def test_plain_torchdeq_fixed16_is_finite_and_differentiable():
     logits.sum().backward()
     assert torch.isfinite(logits).all() and model.nstep == 16
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_mnist_speed_refuses_to_graph_a_preset_with_an_adaptive_solve(capsys):
+    import mnist_speed
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        mnist_speed.main(["--presets", "equilibrium+graph", "--baselines", "fixed16", "--batches", "1"])
+    assert e.value.code == 2 and "stopping test" in capsys.readouterr().err

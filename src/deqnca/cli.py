@@ -263,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a preset", description="Train a model from a preset.")
     common(p)
-    p.add_argument("--preset", choices=["essay", "equilibrium"], default="essay")
+    from .experiments.mnist import PRESETS
+
+    p.add_argument("--preset", choices=sorted(PRESETS), default="essay",
+                   help="essay or equilibrium; the others are variants measured in docs/mnist.md and docs/speed.md")
     p.add_argument("--out", help="run folder (default runs/<preset>-seed<seed>)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

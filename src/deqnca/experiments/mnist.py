@@ -7,6 +7,7 @@ equilibrium    same family (K1, a 3x3 rule on [u, z], global pool, 2-layer MLP),
                γ-contraction z = tanh(W_u*u + W_z*z + b), solved by Picard iteration to a relative
                residual of 1e-4 and trained by implicit differentiation; batch-normalised read-out.
 equilibrium-fast   the same with the adjoint solve capped at 12 steps.
+equilibrium-fixed  equilibrium-fast with fixed-length solves (40 forward, 12 adjoint): capturable as a CUDA graph.
 equilibrium-v0     the first equilibrium recipe (Anderson, no read-out norm): learns slowly.
 """
 from __future__ import annotations
@@ -79,6 +80,11 @@ PRESETS = {
 # the equilibrium preset with the adjoint solve capped at 12 Picard steps: learns as fast, backward ~4x cheaper
 PRESETS["equilibrium-fast"] = copy.deepcopy(PRESETS["equilibrium"])
 PRESETS["equilibrium-fast"]["model"]["gradient_kw"]["b_max_iter"] = 12
+# the same with fixed-length solves (40 Picard steps forward, 12 adjoint): no data-dependent loop and no
+# host read, so the whole step can be captured as a CUDA graph (train/graphs.py)
+PRESETS["equilibrium-fixed"] = copy.deepcopy(PRESETS["equilibrium-fast"])
+PRESETS["equilibrium-fixed"]["model"].update(solver="rollout", solver_kw={"max_iter": 40})
+PRESETS["equilibrium-fixed"]["model"]["gradient_kw"].update(b_solver="rollout")
 
 
 def preset(name: str, model_overrides: dict | None = None, train_overrides: dict | None = None) -> dict:

@@ -60,7 +60,13 @@ def _flatten_optimizer(optimizer) -> tuple[dict, dict]:
                 tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    # a CUDA-graph step runs Adam in capturable mode with a device-tensor learning rate: stored as the
+    # plain eager settings, so the checkpoint resumes anywhere (the graph step switches them back on)
+    groups = [{k: (float(v) if torch.is_tensor(v) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    for g in groups:
+        if g.get("capturable"):
+            g["capturable"] = False
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:

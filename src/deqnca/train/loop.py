@@ -231,8 +231,12 @@ def train(model_config: dict, cfg: TrainConfig, out: Path, data, device="cpu", r
                 gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + b + 7_919 * rank)
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size][rank::world].to(device)
                 xb, yb = _format(x_tr[idx], cfg.channels_last, device), y_tr[idx]
+                lr = lr_at(cfg, (epoch + b / steps_per_epoch) / cfg.epochs)
                 for g in optimizer.param_groups:
-                    g["lr"] = lr_at(cfg, (epoch + b / steps_per_epoch) / cfg.epochs)
+                    if torch.is_tensor(g["lr"]):      # a captured Adam step reads it from the device
+                        g["lr"].fill_(lr)
+                    else:
+                        g["lr"] = lr
                 if use_graph and captured is None and len(idx) == cfg.batch_size:
                     try:
                         captured = CapturedStep(model, optimizer, xb)
