@@ -30,6 +30,8 @@ declare -A RUN=(
   [longspec]="--trainer implicit --variant growing --rollout-steps 64 640 --spectral-weight 1"
   [longnoise]="--trainer implicit --variant growing --rollout-steps 64 640 --restart-noise 0.05"
   [midspec]="--trainer implicit --variant growing --rollout-steps 64 192 --spectral-weight 1"
+  # the pool, with a phantom gradient through the last 32 steps instead of 8 (memory still flat in T)
+  [spec1k32]="--trainer implicit --spectral-weight 1 --phantom-k 32"
 )
 # second stage of the paper's curriculum: start from a growing-variant run's weights, train persistent
 declare -A STAGED=(
@@ -37,6 +39,7 @@ declare -A STAGED=(
   [stagednoise]="grownoise --trainer implicit --restart-noise 0.05"
   # the second stage keeps growing from the seed, over rollouts up to 640 steps that ask it to stop
   [stagedlong]="growspec1 --trainer implicit --variant growing --rollout-steps 64 640 --spectral-weight 1"
+  [stagedmid]="growspec1 --trainer implicit --variant growing --rollout-steps 64 192 --spectral-weight 1"
   [stagedlonglr]="growspec1 --trainer implicit --variant growing --rollout-steps 64 640 --spectral-weight 1 --lr 2e-4"
 )
 NAMES=${NAMES:-bptt base spec1 spec01 noise005 both seeds4 seeds4spec growing growspec1 grownoise growspecres growallres stagedspec stagednoise}
