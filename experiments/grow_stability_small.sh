@@ -30,6 +30,8 @@ declare -A RUN=(
   [longspec]="--trainer implicit --variant growing --rollout-steps 64 640 --spectral-weight 1"
   [longnoise]="--trainer implicit --variant growing --rollout-steps 64 640 --restart-noise 0.05"
   [midspec]="--trainer implicit --variant growing --rollout-steps 64 192 --spectral-weight 1"
+  [midnoise]="--trainer implicit --variant growing --rollout-steps 64 192 --restart-noise 0.05"
+  [midboth]="--trainer implicit --variant growing --rollout-steps 64 192 --restart-noise 0.05 --spectral-weight 1"
   # the pool, with a phantom gradient through the last 32 steps instead of 8 (memory still flat in T)
   [spec1k32]="--trainer implicit --spectral-weight 1 --phantom-k 32"
 )

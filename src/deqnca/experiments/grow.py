@@ -58,7 +58,7 @@ def cmd_show(args) -> int:
 def _markdown(rows: list[dict]) -> str:
     cols = ["checkpoint", "trainer", "train_steps", "train_seconds", "loss_grown", "loss_persist_10x",
             "loss_regenerated", "loss_fixed_point", "fixed_point_rel_residual", "seconds_to_threshold",
-            "divergences"]
+            "divergences", "extinctions"]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("—" if v is None else str(v))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
