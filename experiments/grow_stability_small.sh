@@ -34,6 +34,9 @@ declare -A RUN=(
   [midboth]="--trainer implicit --variant growing --rollout-steps 64 192 --restart-noise 0.05 --spectral-weight 1"
   # the pool, with a phantom gradient through the last 32 steps instead of 8 (memory still flat in T)
   [spec1k32]="--trainer implicit --spectral-weight 1 --phantom-k 32"
+  # the alive mask with a straight-through sigmoid gradient: dead cells next to the pattern get one
+  [spec1surr]="--trainer implicit --spectral-weight 1 --alive-surrogate 0.05"
+  [growspecsurr]="--trainer implicit --variant growing --spectral-weight 1 --alive-surrogate 0.05"
 )
 # second stage of the paper's curriculum: start from a growing-variant run's weights, train persistent
 declare -A STAGED=(

@@ -241,3 +241,27 @@ def test_a_rule_that_kills_every_pattern_is_undone_and_the_pool_keeps_no_dead_st
                                                   model.rule.state_dict().values()))
     pool = load_file(str(tmp_path / "run" / "pool.safetensors"))["pool"]
     assert GrowingNCARule().alive(pool).flatten(1).any(1).all()
+
+
+def test_the_alive_surrogate_keeps_the_step_and_lets_a_dead_neighbour_ask_to_come_alive():
+    torch.manual_seed(0)
+    rule = GrowingNCARule()
+    with torch.no_grad():
+        rule.w2.weight.normal_(0, 0.1)
+    z = rule.seed(1, 9, 9)
+    exact = rule.step(z, stochastic=False)
+    rule.alive_surrogate = 0.05
+    assert torch.equal(rule.step(z, stochastic=False), exact)          # forward values unchanged
+    rule.alive_surrogate = 0.0
+    with torch.no_grad():
+        target = rule.step(exact, stochastic=False)
+    assert target[:, 3, 4, 8] == 0                # four cells right of the seed: dead after two steps
+    target[:, :4, 4, 8] = 1.0                     # the only error: that cell should be alive
+    grads = {}
+    for tau in (0.0, 0.05):
+        rule.alive_surrogate = tau
+        rule.zero_grad()
+        ((rule.step(rule.step(z, stochastic=False), stochastic=False) - target) ** 2).sum().backward()
+        grads[tau] = rule.w2.weight.grad.clone()
+    # the hard mask passes nothing about a dead cell; the surrogate does
+    assert torch.count_nonzero(grads[0.0]) == 0 and torch.count_nonzero(grads[0.05]) > 0

@@ -124,6 +124,8 @@ def add_cli(sub) -> None:
     p.add_argument("--spectral-weight", type=float,
                    help="weight of the hinge penalty on the spectral radius of df/dz at z* (implicit trainer)")
     p.add_argument("--spectral-target", type=float, help="the radius above which that penalty acts (default 0.95)")
+    p.add_argument("--alive-surrogate", type=float, metavar="TAU",
+                   help="give the alive mask a straight-through sigmoid gradient of width TAU (default 0: none)")
     p.add_argument("--phantom-k", type=int, help="differentiated steps of the phantom gradient (default 8)")
     p.add_argument("--seeds", type=int, help="pool variants: samples per batch restarted from the seed (default 1)")
     p.add_argument("--spectral-every", type=int, help="steps between spectral-radius measurements (0 = never)")

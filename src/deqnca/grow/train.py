@@ -83,6 +83,7 @@ class GrowTrainConfig:
     restart_noise: float = 0.0        # phantom steps start from z* + noise on live cells: trains attraction
     spectral_weight: float = 0.0      # hinge penalty on the spectral radius of ∂f/∂z at z* above spectral_target
     spectral_target: float = 0.95
+    alive_surrogate: float = 0.0      # τ > 0: the alive mask passes a sigmoid's gradient (rules/growing.py)
     spectral_iters: int = 8           # power iterations per step for that penalty
     divergence_rel: float = 0.1       # a solve ending above this relative residual is a divergence event
     restore_fraction: float = 0.5     # more of the batch diverging or dying out than this: restore the last
@@ -197,6 +198,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
         if pool is not None:
             pool = load_file(str(out / "pool.safetensors"))["pool"].to(device)
         log(f"resuming {out} at step {step}")
+    rule.alive_surrogate = cfg.alive_surrogate          # after --resume: the run's own setting
     if main_rank:
         (out / "config.json").write_text(json.dumps({**asdict(cfg), "world_size": world}, indent=1) + "\n")
     net, shard = None, None

@@ -10,7 +10,10 @@ State: C channels per cell (RGBA + C−4 hidden). One step:
 
 The alive mask is a comparison, so autograd treats it as a constant — exactly the choice we want in
 the implicit backward pass: the mask is piecewise constant in z and, generically, constant in a
-neighbourhood of a fixed point.
+neighbourhood of a fixed point. The price: a dead cell passes no gradient, so no loss can ask a cell
+next to the pattern to come alive. `alive_surrogate = τ > 0` (a training option, not part of the
+rule: forward values are unchanged) gives the mask a straight-through gradient, that of
+σ((maxpool α − 0.1)/τ) before and after the step.
 
 Why the expected update is the right map for a fixed point (the equilibrium trainer's decision):
 on the cells that are alive before and after the step, z* is a fixed point of the stochastic step for
@@ -66,6 +69,7 @@ class GrowingNCARule(nn.Module):
         self.w1 = nn.Conv2d(3 * c, h, 1)
         self.w2 = nn.Conv2d(h, c, 1, bias=False)
         nn.init.zeros_(self.w2.weight)     # "do nothing" start: the seed is a fixed point at init
+        self.alive_surrogate = 0.0          # τ of the alive mask's straight-through gradient; 0 = none
 
     def seed(self, batch: int, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """One live cell in the centre: alpha and hidden channels 1, RGB 0."""
@@ -86,7 +90,7 @@ class GrowingNCARule(nn.Module):
              shard=None):
         """One update. `shard` (train/distributed.Shard): z is this process's slice of a larger global
         batch; the fire masks are drawn for the global batch and sliced, as one process draws them."""
-        pre = self.alive(z)
+        pre_pool = F.max_pool2d(z[:, 3:4], 3, stride=1, padding=1)
         dz = self.delta(z)
         if stochastic:
             b, _, hgt, wid = z.shape
@@ -96,7 +100,14 @@ class GrowingNCARule(nn.Module):
             z = z + dz * fire
         else:
             z = z + self.config.fire_rate * dz
-        return z * (pre & self.alive(z))
+        post_pool = F.max_pool2d(z[:, 3:4], 3, stride=1, padding=1)
+        threshold = self.config.alive_threshold
+        mask = (pre_pool > threshold) & (post_pool > threshold)
+        if self.alive_surrogate > 0 and torch.is_grad_enabled():
+            soft = torch.sigmoid((pre_pool - threshold) / self.alive_surrogate) \
+                * torch.sigmoid((post_pool - threshold) / self.alive_surrogate)
+            return z * (mask.to(z.dtype) + (soft - soft.detach()))   # the hard mask's value, soft's gradient
+        return z * mask
 
     def expected_map(self):
         """The deterministic map whose fixed points are the stochastic rule's fixed points."""
