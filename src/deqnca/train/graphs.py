@@ -7,8 +7,8 @@ same arithmetic. What the graph fixes, and how the trainer keeps its guarantees:
 * Tensors are static: each step copies its batch and its state noise into the captured input
   buffers (noise from the same per-batch generator as the eager loop, so resumes stay exact).
 * SGD's learning rate is baked in: only a constant schedule is captured with SGD. Adam runs in
-  its `capturable` mode with the learning rate as a device tensor, which the trainer updates in
-  place (`set_lr`), so schedules work.
+  its `capturable` mode with the learning rate as a device tensor, which the trainer's schedule
+  fills in place every step (`train.loop`), so schedules work.
 * The optimiser state is captured too (SGD momentum buffers, updated in place). Capturing needs a
   few warm-up steps on a side stream; they change the weights, so weights and buffers are
   snapshotted before and written back (in place: the graph holds their addresses) after.
