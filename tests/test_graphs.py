@@ -59,15 +59,18 @@ def test_forcing_a_graph_on_cpu_is_a_clear_error(mnist_small, tmp_path):
               log=lambda s: None)
 
 
+def _eager_and_graphed(model_config, mnist_small, tmp_path, **train_kw) -> dict:
+    """The same 2-epoch run (5 full batches and a ragged one) eagerly ("off") and captured ("on")."""
+    x, y, xt, yt = mnist_small
+    data = (x[:352], y[:352], xt[:64], yt[:64])
+    return {mode: train(model_config, TrainConfig(epochs=2, batch_size=64, seed=3, cuda_graph=mode, **train_kw),
+                        tmp_path / mode, data, device="cuda", log=lambda s: None) for mode in ("off", "on")}
+
+
 @cuda
 def test_graphed_training_matches_eager_training(mnist_small, tmp_path):
     # 5 full batches and a ragged one (eager in both runs), SGD with momentum: same weights
-    x, y, xt, yt = mnist_small
-    data = (x[:352], y[:352], xt[:64], yt[:64])
-    runs = {}
-    for mode in ("off", "on"):
-        cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.05, seed=3, cuda_graph=mode)
-        runs[mode] = train(TINY, cfg, tmp_path / mode, data, device="cuda", log=lambda s: None)
+    runs = _eager_and_graphed(TINY, mnist_small, tmp_path, optimizer="sgd", lr=0.05)
     eager, graphed = (runs[m]["model"].state_dict() for m in ("off", "on"))
     for k in eager:
         torch.testing.assert_close(graphed[k], eager[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -90,13 +93,7 @@ def test_graphed_step_restores_after_a_non_finite_batch(mnist_small, tmp_path):
 def test_graphed_equilibrium_training_matches_eager_training(mnist_small, tmp_path):
     # fixed-length forward and implicit adjoint, read-out BatchNorm, W_z renormalised after each step,
     # Adam with a cosine schedule (a device-tensor learning rate): the same weights as the eager steps
-    x, y, xt, yt = mnist_small
-    data = (x[:352], y[:352], xt[:64], yt[:64])
-    runs = {}
-    for mode in ("off", "on"):
-        cfg = TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=2e-3, schedule="cosine", seed=3,
-                          cuda_graph=mode)
-        runs[mode] = train(TINY_EQ, cfg, tmp_path / mode, data, device="cuda", log=lambda s: None)
+    runs = _eager_and_graphed(TINY_EQ, mnist_small, tmp_path, optimizer="adam", lr=2e-3, schedule="cosine")
     eager, graphed = (runs[m]["model"].state_dict() for m in ("off", "on"))
     for k in eager:
         if eager[k].is_floating_point():
@@ -105,5 +102,7 @@ def test_graphed_equilibrium_training_matches_eager_training(mnist_small, tmp_pa
     # the captured run's checkpoint resumes eagerly (plain Adam settings were stored)
     cfg = TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=2e-3, schedule="cosine", seed=3,
                       cuda_graph="off")
-    r = train(TINY_EQ, cfg, tmp_path / "on", data, device="cuda", resume=True, log=lambda s: None)
+    x, y, xt, yt = mnist_small
+    r = train(TINY_EQ, cfg, tmp_path / "on", (x[:352], y[:352], xt[:64], yt[:64]), device="cuda", resume=True,
+              log=lambda s: None)
     assert len(r["history"]) == 3

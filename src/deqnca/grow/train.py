@@ -266,9 +266,10 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
             # extinction: no live cell left. The alive mask zeroes every gradient of a dead state, so no
             # later step can bring it back (measured: rollouts of 64..640 steps killed two runs for good)
             extinct = ~rule.alive(out_step.final).flatten(1).any(1)
-            counters["extinctions"] = counters.get("extinctions", 0) + int(extinct.sum())
-            if ok and restore_reason is None and extinct.float().mean() > cfg.restore_fraction:
-                restore_reason = f"{int(extinct.sum())}/{len(extinct)} patterns died out"
+            n_extinct = int(extinct.sum())                  # one host read for the count and both decisions
+            counters["extinctions"] = counters.get("extinctions", 0) + n_extinct
+            if ok and restore_reason is None and n_extinct > cfg.restore_fraction * len(extinct):
+                restore_reason = f"{n_extinct}/{len(extinct)} patterns died out"
             if restore_reason:
                 rule.load_state_dict(good_state)
                 optimizer.state.clear()
@@ -287,7 +288,7 @@ def train(cfg: GrowTrainConfig, target: torch.Tensor, out, device="cpu", resume=
                 bad_run = 0
                 snapshot_due |= step % 50 == 0
                 # a rule that lets a pattern die is not "good": restoring it would start the slide again
-                if snapshot_due and not bool(extinct.any()):
+                if snapshot_due and n_extinct == 0:
                     good_state, snapshot_due = copy.deepcopy(rule.state_dict()), False
                 window.append(out_step.loss)
             if pool is not None:

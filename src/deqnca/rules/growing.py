@@ -83,14 +83,18 @@ class GrowingNCARule(nn.Module):
     def delta(self, z: torch.Tensor) -> torch.Tensor:
         return self.w2(F.relu(self.w1(self.perceive(z))))
 
+    @staticmethod
+    def _alpha_pool(z: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(z[:, 3:4], 3, stride=1, padding=1)
+
     def alive(self, z: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(z[:, 3:4], 3, stride=1, padding=1) > self.config.alive_threshold
+        return self._alpha_pool(z) > self.config.alive_threshold
 
     def step(self, z: torch.Tensor, stochastic: bool = True, generator: torch.Generator | None = None,
              shard=None):
         """One update. `shard` (train/distributed.Shard): z is this process's slice of a larger global
         batch; the fire masks are drawn for the global batch and sliced, as one process draws them."""
-        pre_pool = F.max_pool2d(z[:, 3:4], 3, stride=1, padding=1)
+        pre_pool = self._alpha_pool(z)
         dz = self.delta(z)
         if stochastic:
             b, _, hgt, wid = z.shape
@@ -100,7 +104,7 @@ class GrowingNCARule(nn.Module):
             z = z + dz * fire
         else:
             z = z + self.config.fire_rate * dz
-        post_pool = F.max_pool2d(z[:, 3:4], 3, stride=1, padding=1)
+        post_pool = self._alpha_pool(z)
         threshold = self.config.alive_threshold
         mask = (pre_pool > threshold) & (post_pool > threshold)
         if self.alive_surrogate > 0 and torch.is_grad_enabled():
