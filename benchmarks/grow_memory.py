@@ -35,7 +35,8 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = "phantom") -> dict:
+def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = "phantom", phantom_k: int = 8,
+             solver_iter: int = 32) -> dict:
     import torch
 
     from deqnca.data.targets import load_target
@@ -48,7 +49,8 @@ def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = 
     with torch.no_grad():   # a rule that does something, so the alive masks and solver are exercised
         rule.w2.weight.normal_(std=0.02)
     optimizer = torch.optim.Adam(rule.parameters(), lr=2e-3)
-    forward = make_forward(trainer, **GrowTrainConfig(trainer=trainer, gradient=gradient).equilibrium_kw())
+    forward = make_forward(trainer, **GrowTrainConfig(trainer=trainer, gradient=gradient, phantom_k=phantom_k,
+                                                   solver_iter=solver_iter).equilibrium_kw())
     target = load_target("lizard").to(device)[None]
     gen = torch.Generator(device=device).manual_seed(0)
     small = target[..., :8, :8]
@@ -68,6 +70,7 @@ def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = 
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     return {"trainer": trainer, "gradient": gradient if trainer == "implicit" else "bptt", "steps": steps,
+            **({"phantom_k": phantom_k, "solver_iter": solver_iter} if trainer == "implicit" else {}),
             "device": device, "batch": batch,
             "peak_gib": peak / GIB, "seconds": time.perf_counter() - t}
 
@@ -82,10 +85,14 @@ def main() -> int:
     ap.add_argument("--trainers", nargs="+", default=["implicit", "bptt"], choices=["implicit", "bptt"])
     ap.add_argument("--gradient", default="phantom", choices=["phantom", "implicit"],
                     help="the equilibrium trainer's backward pass (default: the trainer's default, phantom)")
+    ap.add_argument("--phantom-k", type=int, default=8, help="the phantom gradient's differentiated steps")
+    ap.add_argument("--solver-iter", type=int, default=32,
+                    help="solver steps after the growth (the windowed recipe of docs/grow.md uses 1)")
     ap.add_argument("--one", nargs=2, metavar=("TRAINER", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_step(args.one[0], int(args.one[1]), args.device, args.batch, args.gradient)))
+        print(json.dumps(one_step(args.one[0], int(args.one[1]), args.device, args.batch, args.gradient,
+                                  args.phantom_k, args.solver_iter)))
         return 0
     rows = []
     for trainer in args.trainers:
@@ -102,7 +109,8 @@ def main() -> int:
                     continue
             if args.device == "cpu":   # fresh process per config: ru_maxrss is a process-lifetime peak
                 res = subprocess.run([sys.executable, __file__, "--device", "cpu", "--batch", str(args.batch),
-                                      "--one", trainer, str(steps), "--gradient", args.gradient],
+                                      "--one", trainer, str(steps), "--gradient", args.gradient,
+                                      "--phantom-k", str(args.phantom_k), "--solver-iter", str(args.solver_iter)],
                                      capture_output=True, text=True)
                 if res.returncode:
                     rows.append({"trainer": trainer, "steps": steps, "device": "cpu", "batch": args.batch,
@@ -113,7 +121,8 @@ def main() -> int:
                 import torch
 
                 try:
-                    rows.append(one_step(trainer, steps, args.device, args.batch, args.gradient))
+                    rows.append(one_step(trainer, steps, args.device, args.batch, args.gradient, args.phantom_k,
+                                            args.solver_iter))
                 except torch.cuda.OutOfMemoryError:
                     rows.append({"trainer": trainer, "steps": steps, "device": args.device, "batch": args.batch,
                                  "peak_gib": None, "note": "CUDA out of memory"})

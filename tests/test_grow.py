@@ -265,3 +265,39 @@ def test_the_alive_surrogate_keeps_the_step_and_lets_a_dead_neighbour_ask_to_com
         grads[tau] = rule.w2.weight.grad.clone()
     # the hard mask passes nothing about a dead cell; the surrogate does
     assert torch.count_nonzero(grads[0.0]) == 0 and torch.count_nonzero(grads[0.05]) > 0
+
+
+def test_a_stochastic_phantom_window_replays_the_stochastic_rule_and_differentiates_only_its_window():
+    # growth 2 steps, 1 solver step (its residual is measured with one more draw of fire masks), 3
+    # differentiated steps: 6 stochastic steps from the same generator, the gradient of the last 3 only
+    torch.manual_seed(0)
+    rule = GrowingNCARule(GrowingConfig(channels=8, hidden=16))
+    with torch.no_grad():
+        rule.w2.weight.normal_(0, 0.05)
+    target = torch.rand(1, 4, 10, 10)
+    z0 = rule.seed(2, 10, 10)
+    window = EquilibriumForward(solver_iter=1, phantom_k=3, residual_weight=0.0, phantom_map="stochastic")
+    total, out = window(rule, z0, target, 2, torch.Generator().manual_seed(5))
+    grads = torch.autograd.grad(total, list(rule.parameters()))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        z = rollout(rule.stochastic_map(gen), z0, max_iter=2, measure=False)[0]
+        z = rollout(rule.stochastic_map(gen), z, max_iter=1)[0]
+    z = rollout(rule.stochastic_map(gen), z, max_iter=3, measure=False)[0]
+    assert torch.equal(out.final, z.detach())
+    expected = torch.autograd.grad(target_loss(z, target).mean(), list(rule.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads, expected))
+    gen = torch.Generator().manual_seed(5)                # the same 6 steps, all differentiated (BPTT)
+    z = rollout(rule.stochastic_map(gen), z0, max_iter=2, measure=False)[0]
+    z = rollout(rule.stochastic_map(gen), z, max_iter=1)[0]
+    z = rollout(rule.stochastic_map(gen), z, max_iter=3, measure=False)[0]
+    assert torch.equal(out.final, z.detach())
+    full = torch.autograd.grad(target_loss(z, target).mean(), list(rule.parameters()))
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, full))
+    _, expected_map = EquilibriumForward(solver_iter=1, phantom_k=3, residual_weight=0.0)(
+        rule, z0, target, 2, torch.Generator().manual_seed(5))
+    assert not torch.equal(expected_map.final, out.final)
+    with pytest.raises(ValueError, match="needs gradient 'phantom'"):
+        EquilibriumForward(gradient="implicit", phantom_map="stochastic")
+    with pytest.raises(ValueError, match="choose expected or stochastic"):
+        EquilibriumForward(phantom_map="mean")

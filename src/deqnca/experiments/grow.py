@@ -127,7 +127,15 @@ def add_cli(sub) -> None:
     p.add_argument("--alive-surrogate", type=float, metavar="TAU",
                    help="give the alive mask a straight-through sigmoid gradient of width TAU (default 0: none)")
     p.add_argument("--phantom-k", type=int, help="differentiated steps of the phantom gradient (default 8)")
+    p.add_argument("--phantom-map", choices=["expected", "stochastic"],
+                   help="what the solver and the phantom gradient's steps iterate: the expected map (default; its "
+                        "fixed points are the stochastic rule's) or the stochastic rule, for windows that end "
+                        "mid-growth")
     p.add_argument("--seeds", type=int, help="pool variants: samples per batch restarted from the seed (default 1)")
+    p.add_argument("--divergence-rel", type=float, metavar="R",
+                   help="a solve ending above this relative residual counts as diverged and a batch mostly of "
+                        "those is undone (default 0.1; non-finite always counts). Raise it when the solve is "
+                        "deliberately short and ends mid-growth, e.g. with --solver-iter 1")
     p.add_argument("--spectral-every", type=int, help="steps between spectral-radius measurements (0 = never)")
     p.add_argument("--log-every", type=int)
     p.set_defaults(func=cmd_train)

@@ -58,7 +58,8 @@ class EquilibriumForward:
 
     def __init__(self, solver="rollout", solver_iter=32, solver_tol=1e-3, gradient="phantom",
                  b_solver="fixed_point", b_max_iter=32, b_tol=1e-4, phantom_k=8, residual_weight=1.0, jac_weight=0.0,
-                 restart_noise=0.0, spectral_weight=0.0, spectral_target=0.95, spectral_iters=8):
+                 restart_noise=0.0, spectral_weight=0.0, spectral_target=0.95, spectral_iters=8,
+                 phantom_map="expected"):
         if restart_noise and gradient != "phantom":
             raise ValueError("restart_noise perturbs the phantom gradient's start: it needs gradient 'phantom'")
         kw = {"b_solver": b_solver, "b_max_iter": b_max_iter, "b_tol": b_tol} if gradient == "implicit" \
@@ -69,20 +70,29 @@ class EquilibriumForward:
         self.residual_weight, self.jac_weight = residual_weight, jac_weight
         self.restart_noise = restart_noise
         self.spectral_weight, self.spectral_target, self.spectral_iters = spectral_weight, spectral_target, spectral_iters
+        if phantom_map not in ("expected", "stochastic"):
+            raise ValueError(f"phantom_map {phantom_map!r}: choose expected or stochastic")
+        if phantom_map == "stochastic" and gradient != "phantom":
+            raise ValueError("phantom_map 'stochastic' iterates the phantom gradient's steps: it needs gradient 'phantom'")
+        self.phantom_map = phantom_map
 
     def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator, shard=None):
         with torch.no_grad():
             z_grown, _ = self.rollout(rule.stochastic_map(generator, shard), z0, max_iter=steps, measure=False)
         f = rule.expected_map()
+        # the map the solver and the phantom steps iterate: the expected map (its fixed points are the
+        # stochastic rule's), or the stochastic rule itself, for a window that ends mid-growth, where the
+        # two dynamics differ and the replay follows the stochastic one
+        g = f if self.phantom_map == "expected" else rule.stochastic_map(generator, shard)
         if self.restart_noise and torch.is_grad_enabled():
             # the phantom gradient's k steps, started from a perturbed z* instead of z* itself: the loss
             # at their end rewards a fixed point that pulls nearby states back (an attractor), not just
             # one that sits at the target; the pool keeps the unperturbed z*
             with torch.no_grad():
-                z_star, stats = self.solve(f, z_grown, **self.solver_kw)
-            z_end = self.strategy.unroll(f, perturb_live(rule, z_star, self.restart_noise, generator, shard))
+                z_star, stats = self.solve(g, z_grown, **self.solver_kw)
+            z_end = self.strategy.unroll(g, perturb_live(rule, z_star, self.restart_noise, generator, shard))
         else:
-            z_star, stats = self.strategy(f, self.solve, z_grown, **self.solver_kw)
+            z_star, stats = self.strategy(g, self.solve, z_grown, **self.solver_kw)
             z_end = z_star
         total = target_loss(z_end, target).mean()
         per_sample = target_loss(z_star.detach(), target)   # the number compared across trainers: at z* itself

@@ -78,6 +78,7 @@ class GrowTrainConfig:
     b_max_iter: int = 32
     b_tol: float = 1e-4
     phantom_k: int = 8                # unrolled steps of the phantom gradient
+    phantom_map: str = "expected"     # what the solver and phantom steps iterate: expected or stochastic map
     residual_weight: float = 1.0
     jac_weight: float = 0.0
     restart_noise: float = 0.0        # phantom steps start from z* + noise on live cells: trains attraction
@@ -101,7 +102,7 @@ class GrowTrainConfig:
     def equilibrium_kw(self) -> dict:
         keys = ("solver", "solver_iter", "solver_tol", "gradient", "b_solver", "b_max_iter", "b_tol", "phantom_k",
                 "residual_weight", "jac_weight", "restart_noise", "spectral_weight", "spectral_target",
-                "spectral_iters")
+                "spectral_iters", "phantom_map")
         return {k: getattr(self, k) for k in keys}
 
 

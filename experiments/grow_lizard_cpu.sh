@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The lizard on a 2-core CPU: BPTT (the paper's recipe) against the equilibrium trainer's windowed
+# phantom recipe, trained side by side (one thread each, the same wall-time budget, at the same time),
+# then `grow show` and `grow measure` (replays over 96 steps, 960 for persistence) for each.
+# docs/grow.md, "The windowed phantom gradient".
+#   OUT=/tmp/grow-lizard BUDGET=2400 experiments/grow_lizard_cpu.sh
+#   NAMES=window OUT=... experiments/grow_lizard_cpu.sh        # one run only
+set -uo pipefail
+OUT=${OUT:-/tmp/grow-lizard}
+BUDGET=${BUDGET:-2400}
+VARIANT=${VARIANT:-regenerating}
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+D="python3 -m deqnca.cli"
+# per visit of a pool state: 1..16 growth steps without autograd, one solver step, then 32 differentiated
+# steps of the expected map (the phantom gradient's window) from wherever the state is; a 128-state pool
+# ages every sample through growth and persistence. Mid-growth states are not fixed points, hence no
+# residual penalty and no divergence verdict on the solve's residual (non-finite states still count)
+WINDOW="--rollout-steps 1 16 --solver-iter 1 --phantom-k 32 --residual-weight 0 --pool-size 128 --divergence-rel 1e9"
+declare -A RUN=([bptt]="--trainer bptt" [window]="--trainer implicit $WINDOW")
+NAMES=${NAMES:-bptt window}
+{ date -u; lscpu | grep "Model name"; python3 -c "import torch; print(torch.__version__)"; } > "$OUT/env.txt" 2>&1
+for n in $NAMES; do
+  $D grow train ${RUN[$n]} --target lizard --variant "$VARIANT" --time-budget "$BUDGET" --device cpu \
+    --log-every 10 --json --out "$OUT/$n" > "$OUT/$n.log" 2>&1 &
+done
+wait
+for n in $NAMES; do
+  $D grow show "$OUT/$n/last" --steps 96 --device cpu --out "$OUT/show-$n" > "$OUT/show-$n.log" 2>&1 &
+done
+$D grow measure $(for n in $NAMES; do echo "$OUT/$n/last"; done) --horizon 96 --device cpu --out "$OUT/measure" \
+  > "$OUT/measure.log" 2>&1
+wait
