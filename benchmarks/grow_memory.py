@@ -36,7 +36,7 @@ def _rss_bytes() -> int:
 
 
 def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = "phantom", phantom_k: int = 8,
-             solver_iter: int = 32) -> dict:
+             solver_iter: int = 32, phantom_map: str = "expected") -> dict:
     import torch
 
     from deqnca.data.targets import load_target
@@ -50,7 +50,7 @@ def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = 
         rule.w2.weight.normal_(std=0.02)
     optimizer = torch.optim.Adam(rule.parameters(), lr=2e-3)
     forward = make_forward(trainer, **GrowTrainConfig(trainer=trainer, gradient=gradient, phantom_k=phantom_k,
-                                                   solver_iter=solver_iter).equilibrium_kw())
+                                                   solver_iter=solver_iter, phantom_map=phantom_map).equilibrium_kw())
     target = load_target("lizard").to(device)[None]
     gen = torch.Generator(device=device).manual_seed(0)
     small = target[..., :8, :8]
@@ -70,7 +70,8 @@ def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = 
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     return {"trainer": trainer, "gradient": gradient if trainer == "implicit" else "bptt", "steps": steps,
-            **({"phantom_k": phantom_k, "solver_iter": solver_iter} if trainer == "implicit" else {}),
+            **({"phantom_k": phantom_k, "solver_iter": solver_iter, "phantom_map": phantom_map}
+               if trainer == "implicit" else {}),
             "device": device, "batch": batch,
             "peak_gib": peak / GIB, "seconds": time.perf_counter() - t}
 
@@ -88,11 +89,13 @@ def main() -> int:
     ap.add_argument("--phantom-k", type=int, default=8, help="the phantom gradient's differentiated steps")
     ap.add_argument("--solver-iter", type=int, default=32,
                     help="solver steps after the growth (the windowed recipe of docs/grow.md uses 1)")
+    ap.add_argument("--phantom-map", default="expected", choices=["expected", "stochastic"],
+                    help="what the solver and the phantom steps iterate (the windowed recipe: stochastic)")
     ap.add_argument("--one", nargs=2, metavar=("TRAINER", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one_step(args.one[0], int(args.one[1]), args.device, args.batch, args.gradient,
-                                  args.phantom_k, args.solver_iter)))
+                                  args.phantom_k, args.solver_iter, args.phantom_map)))
         return 0
     rows = []
     for trainer in args.trainers:
@@ -110,7 +113,8 @@ def main() -> int:
             if args.device == "cpu":   # fresh process per config: ru_maxrss is a process-lifetime peak
                 res = subprocess.run([sys.executable, __file__, "--device", "cpu", "--batch", str(args.batch),
                                       "--one", trainer, str(steps), "--gradient", args.gradient,
-                                      "--phantom-k", str(args.phantom_k), "--solver-iter", str(args.solver_iter)],
+                                      "--phantom-k", str(args.phantom_k), "--solver-iter", str(args.solver_iter),
+                                      "--phantom-map", args.phantom_map],
                                      capture_output=True, text=True)
                 if res.returncode:
                     rows.append({"trainer": trainer, "steps": steps, "device": "cpu", "batch": args.batch,
@@ -122,7 +126,7 @@ def main() -> int:
 
                 try:
                     rows.append(one_step(trainer, steps, args.device, args.batch, args.gradient, args.phantom_k,
-                                            args.solver_iter))
+                                            args.solver_iter, args.phantom_map))
                 except torch.cuda.OutOfMemoryError:
                     rows.append({"trainer": trainer, "steps": steps, "device": args.device, "batch": args.batch,
                                  "peak_gib": None, "note": "CUDA out of memory"})

@@ -43,12 +43,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from ..grow.replay import show
+    from ..grow.replay import default_horizon, show
     from ..grow.train import load_grow_checkpoint
 
     device = _setup_device(args.device)
     model, meta = load_grow_checkpoint(args.checkpoint, device)
-    steps = args.steps or int(meta["train_config"]["max_steps"])
+    steps = args.steps or default_horizon(meta["train_config"])
     out = Path(args.out or Path(args.checkpoint).parent / "show")
     for f in show(model, out, steps, seed=args.seed):
         print(f)
@@ -144,7 +144,7 @@ def add_cli(sub) -> None:
     common(p)
     p.add_argument("checkpoint")
     p.add_argument("--out", help="folder (default: <checkpoint folder>/show)")
-    p.add_argument("--steps", type=int, help="steps to grow (default: the training horizon)")
+    p.add_argument("--steps", type=int, help="steps to grow (default: the run's longest rollout, at least 96)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_show)
 
@@ -155,6 +155,6 @@ def add_cli(sub) -> None:
     p.add_argument("--samples", type=int, default=8, help="replays averaged per number")
     p.add_argument("--threshold", type=float, default=0.01, help="training-loss threshold for time-to-threshold")
     p.add_argument("--horizon", type=int,
-                   help="growth steps replayed, 10x for persistence (default: each run's longest rollout)")
+                   help="growth steps replayed, 10x for persistence (default: each run's longest rollout, at least 96)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_measure)

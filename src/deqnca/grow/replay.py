@@ -75,16 +75,26 @@ def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[P
     return files
 
 
+PAPER_HORIZON = 96
+
+
+def default_horizon(train_config: dict) -> int:
+    """Growth steps to replay a run over: its longest rollout, and at least the paper's 96. A pool-trained
+    pattern lives across many visits, so one visit's rollout can be far shorter than the growth (the
+    windowed recipe of docs/grow.md draws 1..16 steps per visit)."""
+    return max(int(train_config.get("max_steps", PAPER_HORIZON)), PAPER_HORIZON)
+
+
 @torch.no_grad()
 def measure(model, meta: dict, metrics_path: Path | None, samples: int = 8, seed: int = 0,
             threshold: float = 0.01, horizon: int | None = None) -> dict:
     """The side-by-side numbers for one checkpoint (fixed seeds, averaged over `samples` replays).
 
-    `horizon`: growth steps replayed (persistence at 10×); default the run's longest rollout. Runs
+    `horizon`: growth steps replayed (persistence at 10×); default `default_horizon`. Runs
     trained with different rollout ranges are compared at one horizon."""
     rule, target = model.rule, model.target
     cfg = meta.get("train_config", {})
-    horizon = int(horizon or cfg.get("max_steps", 96))
+    horizon = int(horizon or default_horizon(cfg))
     if horizon < 1:
         raise ValueError(f"horizon {horizon}: need at least 1 step")
     H, W = target.shape[1:]
