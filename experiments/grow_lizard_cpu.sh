@@ -4,7 +4,7 @@
 # then `grow show` and `grow measure` (replays over 96 steps, 960 for persistence) for each.
 # docs/grow.md, "The windowed phantom gradient".
 #   OUT=/tmp/grow-lizard BUDGET=2400 experiments/grow_lizard_cpu.sh
-#   NAMES=window OUT=... experiments/grow_lizard_cpu.sh        # one run only
+#   NAMES=window-stochastic OUT=... experiments/grow_lizard_cpu.sh        # one run only
 set -uo pipefail
 OUT=${OUT:-/tmp/grow-lizard}
 BUDGET=${BUDGET:-2400}
@@ -17,7 +17,9 @@ D="python3 -m deqnca.cli"
 # ages every sample through growth and persistence. Mid-growth states are not fixed points, hence no
 # residual penalty and no divergence verdict on the solve's residual (non-finite states still count)
 WINDOW="--rollout-steps 1 16 --solver-iter 1 --phantom-k 32 --residual-weight 0 --pool-size 128 --divergence-rel 1e9"
-declare -A RUN=([bptt]="--trainer bptt" [window]="--trainer implicit $WINDOW")
+# window-stochastic: the window iterates the stochastic rule, as the replay does (docs/grow.md)
+declare -A RUN=([bptt]="--trainer bptt" [window]="--trainer implicit $WINDOW"
+                [window-stochastic]="--trainer implicit $WINDOW --phantom-map stochastic")
 NAMES=${NAMES:-bptt window}
 { date -u; lscpu | grep "Model name"; python3 -c "import torch; print(torch.__version__)"; } > "$OUT/env.txt" 2>&1
 for n in $NAMES; do

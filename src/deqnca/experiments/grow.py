@@ -17,16 +17,18 @@ def _setup_device(arg: str) -> str:
 
 def cmd_train(args) -> int:
     from ..data.targets import load_target
-    from ..grow.train import GrowTrainConfig, train
+    from ..grow.train import RECIPES, GrowTrainConfig, train
     from ..train import distributed
 
+    if args.recipe != "equilibrium" and args.trainer != "implicit":
+        raise ValueError(f"--recipe {args.recipe} sets the equilibrium trainer's options: use it with --trainer implicit")
     device = _setup_device(args.device)
     target = load_target(args.target, pad=args.pad)
     overrides = {k: v for k, v in vars(args).items()
                  if k in GrowTrainConfig.__dataclass_fields__ and v is not None}
     if args.rollout_steps:
         overrides["min_steps"], overrides["max_steps"] = args.rollout_steps
-    cfg = GrowTrainConfig.from_dict(overrides)
+    cfg = GrowTrainConfig.from_dict({**RECIPES[args.recipe], **overrides})
     out = Path(args.out or f"runs/grow-{cfg.trainer}-{Path(cfg.target).stem}-seed{cfg.seed}")
     try:
         r = train(cfg, target, out, device=device, resume=args.resume, log=lambda s: print(s, file=sys.stderr),
@@ -97,6 +99,10 @@ def add_cli(sub) -> None:
     p = gsub.add_parser("train", help="train a growing NCA on a target image")
     common(p)
     p.add_argument("--trainer", choices=["bptt", "implicit"], default="bptt")
+    p.add_argument("--recipe", choices=["equilibrium", "window"], default="equilibrium",
+                   help="the equilibrium trainer's settings: 'equilibrium' (default: 64..96 growth steps, 32 solver "
+                        "steps, phantom gradient through 8 steps at the fixed point) or 'window' (the windowed "
+                        "phantom gradient that grows the lizard, docs/grow.md); options given explicitly win")
     p.add_argument("--target", default="lizard", help="lizard, small or a path to an RGBA image (default lizard)")
     p.add_argument("--pad", type=int, help="transparent cells added on each side of the target image")
     p.add_argument("--variant", choices=["growing", "persistent", "regenerating"])

@@ -106,6 +106,19 @@ class GrowTrainConfig:
         return {k: getattr(self, k) for k in keys}
 
 
+# named settings of the equilibrium trainer (`grow train --recipe NAME`); explicit options override them.
+# "window", the windowed phantom gradient (docs/grow.md): each visit of a pool state grows 1..16 steps
+# without autograd and one solver step, then differentiates 32 steps of the stochastic rule from wherever
+# the state is, so the window sees growth in young states and the fixed point in old ones; a 128-state
+# pool ages every sample through both. Mid-growth states are not fixed points: no residual penalty, and
+# a solve's residual is no divergence verdict (non-finite states and extinctions still are)
+RECIPES = {
+    "equilibrium": {},
+    "window": {"min_steps": 1, "max_steps": 16, "solver_iter": 1, "phantom_k": 32, "residual_weight": 0.0,
+               "pool_size": 128, "divergence_rel": 1e9, "phantom_map": "stochastic"},
+}
+
+
 class GrowModel(torch.nn.Module):
     """The rule plus the target it was trained on, so a checkpoint alone can be replayed and scored."""
 
