@@ -189,9 +189,9 @@ def test_shipped_lizards_load_and_both_trainers_grow_the_lizard(tmp_path):
         losses[name] = target_loss(z, model.target[None]).mean().item()
     seed_loss = target_loss(GrowingNCARule().seed(1, 72, 72), load_target("lizard")[None]).item()
     # docs/grow.md, against the seed's 0.035: BPTT (H200) 0.0006, the windowed equilibrium trainer (CPU)
-    # ~0.004, the fixed-point recipe (H200) 0.022: it learned something, not the lizard
+    # 0.0022, the fixed-point recipe (H200) 0.022: it learned something, not the lizard
     assert losses["lizard-bptt"] < 0.05 * seed_loss
-    assert losses["lizard-equilibrium"] < 0.2 * seed_loss
+    assert losses["lizard-equilibrium"] < 0.15 * seed_loss
     assert losses["lizard-equilibrium-fixed-point"] < seed_loss
 
 
