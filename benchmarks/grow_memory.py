@@ -35,8 +35,8 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = "phantom", phantom_k: int = 8,
-             solver_iter: int = 32, phantom_map: str = "expected") -> dict:
+def one_step(trainer: str, steps: int, device: str, batch: int, equilibrium: dict | None = None) -> dict:
+    """`equilibrium`: GrowTrainConfig settings of the equilibrium trainer (gradient, phantom_k, ...)."""
     import torch
 
     from deqnca.data.targets import load_target
@@ -49,8 +49,8 @@ def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = 
     with torch.no_grad():   # a rule that does something, so the alive masks and solver are exercised
         rule.w2.weight.normal_(std=0.02)
     optimizer = torch.optim.Adam(rule.parameters(), lr=2e-3)
-    forward = make_forward(trainer, **GrowTrainConfig(trainer=trainer, gradient=gradient, phantom_k=phantom_k,
-                                                   solver_iter=solver_iter, phantom_map=phantom_map).equilibrium_kw())
+    equilibrium = equilibrium or {}
+    forward = make_forward(trainer, **GrowTrainConfig(trainer=trainer, **equilibrium).equilibrium_kw())
     target = load_target("lizard").to(device)[None]
     gen = torch.Generator(device=device).manual_seed(0)
     small = target[..., :8, :8]
@@ -69,9 +69,7 @@ def one_step(trainer: str, steps: int, device: str, batch: int, gradient: str = 
         peak = torch.cuda.max_memory_allocated() - before
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"trainer": trainer, "gradient": gradient if trainer == "implicit" else "bptt", "steps": steps,
-            **({"phantom_k": phantom_k, "solver_iter": solver_iter, "phantom_map": phantom_map}
-               if trainer == "implicit" else {}),
+    return {"trainer": trainer, "steps": steps, **(equilibrium if trainer == "implicit" else {"gradient": "bptt"}),
             "device": device, "batch": batch,
             "peak_gib": peak / GIB, "seconds": time.perf_counter() - t}
 
@@ -93,9 +91,10 @@ def main() -> int:
                     help="what the solver and the phantom steps iterate (the windowed recipe: stochastic)")
     ap.add_argument("--one", nargs=2, metavar=("TRAINER", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    equilibrium = {"gradient": args.gradient, "phantom_k": args.phantom_k, "solver_iter": args.solver_iter,
+                   "phantom_map": args.phantom_map}
     if args.one:
-        print(json.dumps(one_step(args.one[0], int(args.one[1]), args.device, args.batch, args.gradient,
-                                  args.phantom_k, args.solver_iter, args.phantom_map)))
+        print(json.dumps(one_step(args.one[0], int(args.one[1]), args.device, args.batch, equilibrium)))
         return 0
     rows = []
     for trainer in args.trainers:
@@ -111,10 +110,8 @@ def main() -> int:
                     print(rows[-1], file=sys.stderr)
                     continue
             if args.device == "cpu":   # fresh process per config: ru_maxrss is a process-lifetime peak
-                res = subprocess.run([sys.executable, __file__, "--device", "cpu", "--batch", str(args.batch),
-                                      "--one", trainer, str(steps), "--gradient", args.gradient,
-                                      "--phantom-k", str(args.phantom_k), "--solver-iter", str(args.solver_iter),
-                                      "--phantom-map", args.phantom_map],
+                # the same command line (its settings included), measuring one config
+                res = subprocess.run([sys.executable, *sys.argv, "--one", trainer, str(steps)],
                                      capture_output=True, text=True)
                 if res.returncode:
                     rows.append({"trainer": trainer, "steps": steps, "device": "cpu", "batch": args.batch,
@@ -125,8 +122,7 @@ def main() -> int:
                 import torch
 
                 try:
-                    rows.append(one_step(trainer, steps, args.device, args.batch, args.gradient, args.phantom_k,
-                                            args.solver_iter, args.phantom_map))
+                    rows.append(one_step(trainer, steps, args.device, args.batch, equilibrium))
                 except torch.cuda.OutOfMemoryError:
                     rows.append({"trainer": trainer, "steps": steps, "device": args.device, "batch": args.batch,
                                  "peak_gib": None, "note": "CUDA out of memory"})

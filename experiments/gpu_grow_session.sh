@@ -24,7 +24,7 @@ declare -A RUN=([bptt]="--trainer bptt" [implicit]="--trainer implicit"
                 [implicit-noise-spectral]="--trainer implicit --restart-noise 0.05 --spectral-weight 1"
                 # the windowed phantom gradient (docs/grow.md): 32 differentiated stochastic steps from
                 # pool states of every age, the pool supplying the horizon
-                [implicit-window]="--trainer implicit --rollout-steps 1 16 --solver-iter 1 --phantom-k 32 --residual-weight 0 --pool-size 128 --divergence-rel 1e9 --phantom-map stochastic")
+                [implicit-window]="--trainer implicit --recipe window")
 # the paper's curriculum for the equilibrium trainer: half the budget growing from the seed, the other half
 # regenerating from those weights (--init-from) — the most balanced recipe on the small target (docs/grow.md)
 declare -A STAGED=([implicit-staged-spectral]="--trainer implicit --spectral-weight 1")

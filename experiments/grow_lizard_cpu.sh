@@ -12,14 +12,11 @@ VARIANT=${VARIANT:-regenerating}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 D="python3 -m deqnca.cli"
-# per visit of a pool state: 1..16 growth steps without autograd, one solver step, then 32 differentiated
-# steps of the expected map (the phantom gradient's window) from wherever the state is; a 128-state pool
-# ages every sample through growth and persistence. Mid-growth states are not fixed points, hence no
-# residual penalty and no divergence verdict on the solve's residual (non-finite states still count)
-WINDOW="--rollout-steps 1 16 --solver-iter 1 --phantom-k 32 --residual-weight 0 --pool-size 128 --divergence-rel 1e9"
-# window-stochastic: the window iterates the stochastic rule, as the replay does (docs/grow.md)
-declare -A RUN=([bptt]="--trainer bptt" [window]="--trainer implicit $WINDOW"
-                [window-stochastic]="--trainer implicit $WINDOW --phantom-map stochastic")
+# `--recipe window` (src/deqnca/grow/train.py RECIPES, docs/grow.md): per visit of a pool state 1..16 growth
+# steps without autograd, one solver step, then 32 differentiated steps of the stochastic rule from wherever
+# the state is; `window` iterates the expected map instead, the cautionary row of the docs
+declare -A RUN=([bptt]="--trainer bptt" [window]="--trainer implicit --recipe window --phantom-map expected"
+                [window-stochastic]="--trainer implicit --recipe window")
 NAMES=${NAMES:-bptt window}
 { date -u; lscpu | grep "Model name"; python3 -c "import torch; print(torch.__version__)"; } > "$OUT/env.txt" 2>&1
 for n in $NAMES; do

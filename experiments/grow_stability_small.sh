@@ -37,15 +37,15 @@ declare -A RUN=(
   # the alive mask with a straight-through sigmoid gradient: dead cells next to the pattern get one
   [spec1surr]="--trainer implicit --spectral-weight 1 --alive-surrogate 0.05"
   [growspecsurr]="--trainer implicit --variant growing --spectral-weight 1 --alive-surrogate 0.05"
-  # the pool supplies the horizon, a short phantom window sees growth: 1..16 undifferentiated steps and one
-  # solver step per visit, then k differentiated steps of the expected map from wherever the state is
-  # (mid-growth for young samples, the pattern for old ones); a 128-state pool ages samples ~8x faster
-  [short8]="--trainer implicit --rollout-steps 1 16 --solver-iter 1 --phantom-k 8 --residual-weight 0 --pool-size 128 --divergence-rel 1e9"
-  [short16]="--trainer implicit --rollout-steps 1 16 --solver-iter 1 --phantom-k 16 --residual-weight 0 --pool-size 128 --divergence-rel 1e9"
-  [short16x]="--trainer implicit --rollout-steps 1 16 --solver-iter 1 --phantom-k 16 --residual-weight 0 --pool-size 128 --divergence-rel 1e9 --steps 2000"
-  [short32x]="--trainer implicit --rollout-steps 1 16 --solver-iter 1 --phantom-k 32 --residual-weight 0 --pool-size 128 --divergence-rel 1e9 --steps 2000"
-  # the same window iterating the stochastic rule (what the replay runs) instead of the expected map
-  [short32s]="--trainer implicit --rollout-steps 1 16 --solver-iter 1 --phantom-k 32 --residual-weight 0 --pool-size 128 --divergence-rel 1e9 --steps 2000 --phantom-map stochastic"
+  # the windowed recipe (`--recipe window`, docs/grow.md) and variations: the pool supplies the horizon, a
+  # short phantom window sees growth — 1..16 undifferentiated steps and one solver step per visit, then k
+  # differentiated steps from wherever the state is (mid-growth for young samples, the pattern for old
+  # ones); a 128-state pool ages samples ~8x faster. First with the expected map, then the stochastic rule
+  [short8]="--trainer implicit --recipe window --phantom-map expected --phantom-k 8"
+  [short16]="--trainer implicit --recipe window --phantom-map expected --phantom-k 16"
+  [short16x]="--trainer implicit --recipe window --phantom-map expected --phantom-k 16 --steps 2000"
+  [short32x]="--trainer implicit --recipe window --phantom-map expected --steps 2000"
+  [short32s]="--trainer implicit --recipe window --steps 2000"
 )
 # second stage of the paper's curriculum: start from a growing-variant run's weights, train persistent
 declare -A STAGED=(
