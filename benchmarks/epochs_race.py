@@ -13,8 +13,8 @@ The baselines are `mnist_speed.PlainTorchDEQ` (NCHW, PyTorch's initialisation, T
 phantom gradient): `broyden` is the essay's setting (TorchDeq's Broyden, 40 iterations, tol 1e-3),
 which diverges and cannot train; `fixed16` is the nearest TorchDeq configuration that trains (16 plain
 fixed-point steps). Speed-ups are against the first baseline listed. The presets train as in
-`mnist_speed.time_training` (SGD 0.005/0.9, batch 64, channels-last on the CPU). Progress and an ETA
-on stderr (tqdm).
+`mnist_speed.time_training` (SGD 0.005/0.9, batch 64, channels-last on the CPU); "essay+bf16" trains
+the preset under bfloat16 autocast (evaluation stays float32). Progress and an ETA on stderr (tqdm).
 
     python benchmarks/epochs_race.py --device cpu --epochs 2 --baselines fixed16 --presets essay \
         --eval-limit 0 --json-out docs/results/epochs_race_cpu_fixed16.json
@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_speed import PlainTorchDEQ, baseline_solvers, timed_step  # noqa: E402
+from mnist_speed import PlainTorchDEQ, baseline_solvers, preset_variant, timed_step  # noqa: E402
 
 from deqnca.data.idx import load_mnist  # noqa: E402
 from deqnca.experiments.mnist import preset  # noqa: E402
@@ -76,11 +76,18 @@ def main(argv=None):
     for solver in baseline_solvers(ap, args.baselines):
         torch.manual_seed(args.seed)
         runs[f"plain TorchDeq {solver}"] = {"model": PlainTorchDEQ(solver).to(args.device), "channels_last": False}
-    for name in args.presets.split(","):
+    for variant in args.presets.split(","):
+        try:
+            name, graphed, amp = preset_variant(variant)
+        except ValueError as e:
+            ap.error(f"--presets {variant}: {e}")
+        if graphed:
+            ap.error(f"--presets {variant}: the race times eager steps; use mnist_speed.py for +graph")
         torch.manual_seed(args.seed)
-        runs[f"deqnca {name}"] = {"model": EquilibriumModel(preset(name)["model"]).to(args.device),
-                                  "channels_last": cl}
+        runs[f"deqnca {variant}"] = {"model": EquilibriumModel(preset(name)["model"]).to(args.device),
+                                     "channels_last": cl, "amp": amp}
     for r in runs.values():
+        r.setdefault("amp", "off")
         r.update(opt=torch.optim.SGD(r["model"].parameters(), lr=0.005, momentum=0.9), seconds=[], acc=[],
                  skipped=0, first_nonfinite_step=None)
     batch_size, n = 64, math.ceil(len(x) / 64)
@@ -104,7 +111,7 @@ def main(argv=None):
                 xb, yb = x[idx].to(args.device), y[idx].to(args.device)
                 if r["channels_last"]:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                seconds, finite = timed_step(r["model"], r["opt"], xb, yb, args.device)
+                seconds, finite = timed_step(r["model"], r["opt"], xb, yb, args.device, amp=r["amp"])
                 spent[key] += seconds
                 r["skipped"] += not finite
                 if not finite and r["first_nonfinite_step"] is None:

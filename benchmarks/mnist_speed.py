@@ -10,7 +10,8 @@ module, `torchdeq.get_deq(f_solver="broyden")` with TorchDeq's defaults (40 iter
         --train-full essay,equilibrium                               # + complete timed trainings
 
 "+graph" times the trainer's CUDA-graph step (deqnca.train.graphs) instead of the eager one, for the
-presets whose step has a fixed shape (essay, equilibrium-fixed).
+presets whose step has a fixed shape (essay, equilibrium-fixed). "+bf16" runs the forward pass under
+bfloat16 autocast, as `deqnca train --amp bf16` does (inference is timed in float32 either way).
 
 The essay's Broyden baseline diverges (weights non-finite by its third SGD step), so it is timed at
 its initial weights: each timed step is a full forward solve and backward pass without the update.
@@ -35,6 +36,7 @@ from torch import nn
 from deqnca.data.idx import load_mnist
 from deqnca.experiments.mnist import preset
 from deqnca.model import EquilibriumModel
+from deqnca.train.loop import amp_context
 
 
 class PlainTorchDEQ(nn.Module):
@@ -94,12 +96,27 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timed_step(model, opt, xb, yb, device, update=True) -> tuple[float, bool]:
+def preset_variant(name: str) -> tuple[str, bool, str]:
+    """"essay+graph", "essay+bf16" → (preset, CUDA graph?, amp mode)."""
+    graphed, amp = False, "off"
+    while "+" in name:
+        name, suffix = name.rsplit("+", 1)
+        if suffix == "graph":
+            graphed = True
+        elif suffix == "bf16":
+            amp = "bf16"
+        else:
+            raise ValueError(f"unknown preset suffix +{suffix}; use +graph or +bf16")
+    return name, graphed, amp
+
+
+def timed_step(model, opt, xb, yb, device, update=True, amp="off") -> tuple[float, bool]:
     """One SGD step, timed; a non-finite loss skips backward and the update. (seconds, finite)
     update=False does the forward and backward passes but leaves the weights alone."""
     _sync(device)
     t = time.perf_counter()
-    loss = F.cross_entropy(model(xb), yb)
+    with amp_context(amp, device):
+        loss = F.cross_entropy(model(xb).float(), yb)
     opt.zero_grad()
     finite = bool(torch.isfinite(loss))
     if finite:
@@ -111,7 +128,7 @@ def timed_step(model, opt, xb, yb, device, update=True) -> tuple[float, bool]:
 
 
 def time_training(model, x, y, device, batches, batch_size=64, channels_last=False, cuda_graph=False,
-                  update=True):
+                  update=True, amp="off"):
     opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
     if cuda_graph:
         return time_captured_training(model, opt, x, y, device, batches, batch_size)
@@ -127,7 +144,7 @@ def time_training(model, x, y, device, batches, batch_size=64, channels_last=Fal
         xb, yb = x[idx].to(device), y[idx].to(device)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        seconds, _ = timed_step(model, opt, xb, yb, device, update=update)
+        seconds, _ = timed_step(model, opt, xb, yb, device, update=update, amp=amp)
         if b >= warm:
             times.append(seconds)
             stats = getattr(model, "last_stats", None)
@@ -220,12 +237,16 @@ def main(argv=None):
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
     for name in args.presets.split(","):
-        if name.endswith("+graph"):       # refused before anything is timed, on any device
+        try:
+            base_name, graphed, amp = preset_variant(name)
+        except ValueError as e:
+            ap.error(f"--presets {name}: {e}")
+        if graphed:       # refused before anything is timed, on any device
             from deqnca.train.graphs import step_unsupported_reason
             from deqnca.train.loop import TrainConfig
 
-            why_not = step_unsupported_reason(EquilibriumModel(preset(name.removesuffix("+graph"))["model"]),
-                                              TrainConfig())          # timed with SGD at a constant rate
+            why_not = step_unsupported_reason(EquilibriumModel(preset(base_name)["model"]),
+                                              TrainConfig(amp=amp))   # timed with SGD at a constant rate
             if why_not:
                 ap.error(f"--presets {name}: {why_not}")
     torch.manual_seed(0)
@@ -242,16 +263,15 @@ def main(argv=None):
         rows[label] = {**time_training(base, x, y, args.device, args.batches, update=solver != "broyden"),
                        **time_inference(base, xt, args.device, limit=args.infer_limit)}
     cl = args.device == "cpu"
-    for name in args.presets.split(","):
-        graphed = name.endswith("+graph")
-        name = name.removesuffix("+graph")
+    for variant in args.presets.split(","):
+        name, graphed, amp = preset_variant(variant)
         if graphed and not args.device.startswith("cuda"):
             continue
         torch.manual_seed(0)
         model = EquilibriumModel(preset(name)["model"]).to(args.device)
-        label = f"deqnca {name}" + (" (CUDA graph)" if graphed else "")
+        label = f"deqnca {name}" + (" (CUDA graph)" if graphed else "") + (" (bf16 autocast)" if amp != "off" else "")
         rows[label] = {**time_training(model, x, y, args.device, args.batches, channels_last=cl,
-                                       cuda_graph=graphed),
+                                       cuda_graph=graphed, amp=amp),
                        **time_inference(model, xt, args.device, channels_last=cl, limit=args.infer_limit)}
     ref = next(iter(rows.values()))
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \

@@ -12,10 +12,10 @@ def test_epochs_race_smoke(tmp_path, capsys):
     import epochs_race
 
     out = tmp_path / "race.json"
-    epochs_race.main(["--baselines", "fixed16", "--presets", "essay", "--train-limit", "128",
+    epochs_race.main(["--baselines", "fixed16", "--presets", "essay,essay+bf16", "--train-limit", "128",
                       "--eval-limit", "64", "--json-out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"plain TorchDeq fixed16", "deqnca essay"}
+    assert set(rows) == {"plain TorchDeq fixed16", "deqnca essay", "deqnca essay+bf16"}
     for row in rows.values():
         assert len(row["epoch_s"]) == 1 and row["epoch_s"][0] > 0
         assert row["skipped_steps"] == 0            # both configurations take finite SGD steps
@@ -31,6 +31,17 @@ def test_plain_torchdeq_fixed16_is_finite_and_differentiable():
     logits.sum().backward()
     assert torch.isfinite(logits).all() and model.nstep == 16
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_preset_variants_name_their_graph_and_precision():
+    from mnist_speed import preset_variant
+    import pytest
+
+    assert preset_variant("essay") == ("essay", False, "off")
+    assert preset_variant("equilibrium-fixed+graph") == ("equilibrium-fixed", True, "off")
+    assert preset_variant("essay+bf16") == ("essay", False, "bf16")
+    with pytest.raises(ValueError, match="unknown preset suffix"):
+        preset_variant("essay+fp8")
 
 
 def test_mnist_speed_refuses_to_graph_a_preset_with_an_adaptive_solve(capsys):

@@ -82,3 +82,24 @@ def test_forcing_a_cuda_graph_without_cuda_is_a_one_line_error(tmp_path, capsys)
                "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and "cuda_graph='on' but CUDA graphs need a CUDA device" in err[-1]
+
+
+def test_train_amp_flag_reaches_the_run_config(tmp_path, capsys):
+    import json
+
+    rc = main(["train", "--amp", "bf16", "--epochs", "1", "--train-subset", "64", "--test-subset", "8",
+               "--device", "cpu", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["amp"] == "bf16"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--amp", "fp8"])
+    assert e.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_eval_under_bf16_autocast_keeps_the_shipped_accuracy(capsys):
+    import json
+
+    rc = main(["eval", "models/mnist-essay", "--limit", "200", "--amp", "bf16", "--device", "cpu", "--json"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and row["amp"] == "bf16" and row["accuracy"] >= 0.95, row

@@ -93,7 +93,8 @@ def cmd_train(args) -> int:
     _threads(device)
     train_over = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                     "seed": args.seed, "train_subset": args.train_subset,
-                                    "test_subset": args.test_subset, "cuda_graph": args.cuda_graph}.items()
+                                    "test_subset": args.test_subset, "cuda_graph": args.cuda_graph,
+                                    "amp": args.amp}.items()
                    if v is not None}
     p = preset(args.preset, _overrides(args.set), train_over)
     cfg = TrainConfig.from_dict(p["train"])
@@ -113,7 +114,7 @@ def cmd_train(args) -> int:
 
 
 def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,
-                        progress=True):
+                        progress=True, amp="off"):
     from .data.idx import load_mnist
     from .model import count_parameters
     from .train.checkpoint import load_model
@@ -126,12 +127,12 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
     t = time.time()
     # small batches are ~2x faster on CPU (cache-resident states); large ones fill a GPU
     batch = 50 if str(device).startswith("cpu") else 500
-    ev = evaluate(model, x, y, batch_size=batch, seed=seed, progress=progress, **(solver_kw or {}))
+    ev = evaluate(model, x, y, batch_size=batch, seed=seed, progress=progress, amp=amp, **(solver_kw or {}))
     res = residual_summary(ev["rel_residual"])
     return {
         "checkpoint": str(path), "parameters": count_parameters(model), "accuracy": ev["accuracy"],
         "n": ev["n"], "solver": model.solver_name, **{k: v for k, v in model.solver_kw.items()},
-        **(solver_kw or {}), "nstep_mean": ev["nstep_mean"], "fallback": ev["fallback"], **res,
+        **(solver_kw or {}), "amp": amp, "nstep_mean": ev["nstep_mean"], "fallback": ev["fallback"], **res,
         "seconds": time.time() - t, "documented_accuracy": meta.get("metrics", {}).get("test_acc"),
         "status": meta.get("status", ""),
     }
@@ -162,7 +163,7 @@ def cmd_eval(args) -> int:
     args.eval_rows = []
     for path in paths:
         r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
-                                progress=not args.json)
+                                progress=not args.json, amp=args.amp)
         _print_eval(r, args.json)
         args.eval_rows.append(r)
     return 0
@@ -241,7 +242,7 @@ def cmd_demo(args) -> int:
 
     args.checkpoint = None
     args.solver = args.max_iter = args.tol = None
-    args.limit = 500 if args.quick else 0
+    args.limit, args.amp = (500 if args.quick else 0), "off"     # the documented float32 numbers
     rc = cmd_eval(args)
     return rc or report.main(args)
 
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", choices=["auto", "on", "off"],
                    help="capture the training step as one CUDA graph (auto: on a GPU when the model allows; "
                         "see deqnca.train.graphs)")
+    p.add_argument("--amp", choices=["off", "bf16"],
+                   help="bf16: convolutions in bfloat16 under autocast, state in float32 (~1.6x per step on "
+                        "CPUs with AMX; docs/speed.md); default off")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model config entry, e.g. --set solver_kw.max_iter=30 (repeatable)")
@@ -289,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int)
     p.add_argument("--tol", type=float)
     p.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+                   help="bf16: solve under bfloat16 autocast (convolutions in bfloat16, state in float32)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="print a checkpoint's config and metrics")
