@@ -278,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture the training step as one CUDA graph (auto: on a GPU when the model allows; "
                         "see deqnca.train.graphs)")
     p.add_argument("--amp", choices=["off", "bf16"],
-                   help="bf16: convolutions in bfloat16 under autocast, state in float32 (~1.6x per step on "
-                        "CPUs with AMX; docs/speed.md); default off")
+                   help="bf16: convolutions in bfloat16 under autocast, state in float32 (1.6x per epoch on "
+                        "CPUs with AMX; not measured on CPUs without bfloat16 units; docs/speed.md); default off")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a model config entry, e.g. --set solver_kw.max_iter=30 (repeatable)")
