@@ -236,11 +236,11 @@ def main(argv=None):
     ap.add_argument("--train-out", help="keep the --train-full run folders under this folder")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
-    for name in args.presets.split(","):
-        try:
-            base_name, graphed, amp = preset_variant(name)
-        except ValueError as e:
-            ap.error(f"--presets {name}: {e}")
+    try:
+        variants = [preset_variant(name) for name in args.presets.split(",")]
+    except ValueError as e:
+        ap.error(f"--presets {args.presets}: {e}")
+    for name, (base_name, graphed, amp) in zip(args.presets.split(","), variants):
         if graphed:       # refused before anything is timed, on any device
             from deqnca.train.graphs import step_unsupported_reason
             from deqnca.train.loop import TrainConfig
@@ -263,8 +263,7 @@ def main(argv=None):
         rows[label] = {**time_training(base, x, y, args.device, args.batches, update=solver != "broyden"),
                        **time_inference(base, xt, args.device, limit=args.infer_limit)}
     cl = args.device == "cpu"
-    for variant in args.presets.split(","):
-        name, graphed, amp = preset_variant(variant)
+    for name, graphed, amp in variants:
         if graphed and not args.device.startswith("cuda"):
             continue
         torch.manual_seed(0)

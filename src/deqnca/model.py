@@ -69,10 +69,12 @@ class EquilibriumModel(nn.Module):
     def encode(self, x):
         return torch.relu(self.K1(x))
 
-    def initial_state(self, u, generator: torch.Generator | None = None, dtype: torch.dtype | None = None):
-        """Noise shaped like u's cells (u: the image or its encoding), in u's dtype unless given."""
+    def initial_state(self, u, generator: torch.Generator | None = None):
+        """Noise shaped like u's cells (u: the image or its encoding), at least float32: under bfloat16
+        autocast the encoding is bfloat16, and the state must not accumulate bfloat16 rounding."""
         shape = (u.shape[0], self.config.state_channels, *u.shape[2:])
-        z0 = torch.randn(shape, generator=generator, device=u.device, dtype=dtype or u.dtype)
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        z0 = torch.randn(shape, generator=generator, device=u.device, dtype=dtype)
         return (z0 * self.config.noise_std).contiguous(memory_format=_memory_format(u))
 
     def step_map(self, x):
@@ -98,8 +100,7 @@ class EquilibriumModel(nn.Module):
             self.check_input(x)
         f, u = self.step_map(x)
         if z0 is None:
-            # in the image's dtype: under bfloat16 autocast u is bfloat16, the state stays float32
-            z0 = self.initial_state(u, generator, dtype=x.dtype)
+            z0 = self.initial_state(u, generator)
         kw = {**self.solver_kw, **solver_kw}
         z, stats = self.gradient(f, get_solver(solver or self.solver_name), z0, **kw)
         self.last_stats = stats
@@ -124,7 +125,7 @@ class EquilibriumModel(nn.Module):
     def trajectory(self, x, steps: int, generator=None, z0=None):
         """The NCA view: states z_0 .. z_steps of the plain rollout, and per-step rel residuals."""
         f, u = self.step_map(x)
-        z = self.initial_state(u, generator, dtype=x.dtype) if z0 is None else z0
+        z = self.initial_state(u, generator) if z0 is None else z0
         states = [z]
         for _ in range(steps):
             z = f(z)
