@@ -19,7 +19,7 @@ import torch
 from torchdeq.solver import broyden_solver
 
 from deqnca.data.idx import load_mnist
-from deqnca.experiments.mnist import preset
+from deqnca.tasks.mnist import preset
 from deqnca.model import EquilibriumModel
 from deqnca.solvers import residuals
 
@@ -39,7 +39,7 @@ def main():
     x = x[:args.images]
     models = []
     if args.checkpoint:
-        from deqnca.train.checkpoint import load_model
+        from deqnca.engine.checkpoint import load_model
         models.append((args.checkpoint, load_model(args.checkpoint)[0]))
     else:
         for scale in (1.0, 0.1):

@@ -9,7 +9,7 @@ module, `torchdeq.get_deq(f_solver="broyden")` with TorchDeq's defaults (40 iter
     python benchmarks/mnist_speed.py --device cuda --presets essay,essay+graph,equilibrium \
         --train-full essay,equilibrium                               # + complete timed trainings
 
-"+graph" times the trainer's CUDA-graph step (deqnca.train.graphs) instead of the eager one, for the
+"+graph" times the trainer's CUDA-graph step (deqnca.engine.graphs) instead of the eager one, for the
 presets whose step has a fixed shape (essay, equilibrium-fixed). "+bf16" runs the forward pass under
 bfloat16 autocast, as `deqnca train --amp bf16` does (inference is timed in float32 either way).
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqnca.data.idx import load_mnist
-from deqnca.experiments.mnist import preset
+from deqnca.tasks.mnist import preset
 from deqnca.model import EquilibriumModel
 from deqnca.train.loop import amp_context
 
@@ -159,9 +159,9 @@ def time_training(model, x, y, device, batches, batch_size=64, channels_last=Fal
 
 
 def time_captured_training(model, opt, x, y, device, batches, batch_size=64):
-    """The trainer's CUDA-graph path (deqnca.train.graphs): copy the batch and the noise in, replay,
+    """The trainer's CUDA-graph path (deqnca.engine.graphs): copy the batch and the noise in, replay,
     read the finiteness flag — the same host work per step as `deqnca train`."""
-    from deqnca.train.graphs import CapturedStep
+    from deqnca.engine.graphs import CapturedStep
 
     n_total = math.ceil(len(x) / batch_size)
     n = n_total - 1 if batches == 0 else batches     # the ragged last batch runs eagerly in training
@@ -242,7 +242,7 @@ def main(argv=None):
         ap.error(f"--presets {args.presets}: {e}")
     for name, (base_name, graphed, amp) in zip(args.presets.split(","), variants):
         if graphed:       # refused before anything is timed, on any device
-            from deqnca.train.graphs import step_unsupported_reason
+            from deqnca.engine.graphs import step_unsupported_reason
             from deqnca.train.loop import TrainConfig
 
             why_not = step_unsupported_reason(EquilibriumModel(preset(base_name)["model"]),

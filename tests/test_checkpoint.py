@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deqnca.model import EquilibriumModel
-from deqnca.train.checkpoint import (CheckpointError, load_model, load_optimizer_state, read_checkpoint,
+from deqnca.engine.checkpoint import (CheckpointError, load_model, load_optimizer_state, read_checkpoint,
                                      save_checkpoint)
 
 CFG = dict(rule="contractive_tanh", solver="fixed_point", gradient="phantom", gradient_kw={"k": 1},

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from deqnca.train.checkpoint import load_model
+from deqnca.engine.checkpoint import load_model
 
 # deterministic: zero initial state, so the two half-batch gradients average to the full-batch one
 ARGS = ["-m", "deqnca.cli", "train", "--preset", "essay", "--device", "cpu", "--epochs", "1",

@@ -14,9 +14,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from deqnca.train.distributed import Shard
+from deqnca.engine.distributed import Shard
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 
@@ -83,14 +82,13 @@ def test_grow_torchrun_two_processes_match_single_process(tmp_path, trainer):
     args = GROW + ["--trainer", trainer] + (["--spectral-every", "2"] if trainer == "implicit" else [])
     single = _run(args, tmp_path / "single", 1)
     ddp = _run(args, tmp_path / "ddp", 2)
-    assert ddp["steps"] == single["steps"] == 6
+    assert ddp["global_step"] == single["global_step"] == 6
     assert {k: ddp[k] for k in ("skipped_steps", "restored", "divergences")} == \
            {k: single[k] for k in ("skipped_steps", "restored", "divergences")}
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
-    a, b = load_file(tmp_path / "single" / "last.safetensors"), load_file(tmp_path / "ddp" / "last.safetensors")
+    a, b = read_checkpoint(tmp_path / "single" / "last")[0], read_checkpoint(tmp_path / "ddp" / "last")[0]
     _assert_same_tensors(a, b, prefix="model.")
-    pa = load_file(tmp_path / "single" / "pool.safetensors")["pool"]
-    pb = load_file(tmp_path / "ddp" / "pool.safetensors")["pool"]
+    pa, pb = a["task.pool"], b["task.pool"]
     assert not torch.equal(pa, pa[:1].expand_as(pa))           # the pool was trained, not all seeds
     _assert_same_tensors({"pool": pa}, {"pool": pb})
     la = [json.loads(line)["loss"] for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
@@ -113,5 +111,5 @@ def test_maze_torchrun_two_processes_match_single_process(tmp_path, model, count
     assert ddp["global_step"] == single["global_step"] == 5 * epochs
     assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
-    a, b = load_file(tmp_path / "single" / "last.safetensors"), load_file(tmp_path / "ddp" / "last.safetensors")
+    a, b = read_checkpoint(tmp_path / "single" / "last")[0], read_checkpoint(tmp_path / "ddp" / "last")[0]
     _assert_same_tensors(a, b, prefix="model.")

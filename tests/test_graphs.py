@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from deqnca.model import EquilibriumModel
-from deqnca.experiments.mnist import preset
-from deqnca.train.checkpoint import read_checkpoint, save_checkpoint
-from deqnca.train.graphs import graph_unsupported_reason, step_unsupported_reason
-from deqnca.train.loop import TrainConfig, make_optimizer, train
+from deqnca.tasks.mnist import preset
+from deqnca.engine.checkpoint import read_checkpoint, save_checkpoint
+from deqnca.engine.graphs import graph_unsupported_reason, step_unsupported_reason
+from deqnca.engine.trainer import make_optimizer
+from deqnca.tasks.mnist import MnistConfig as TrainConfig
+from deqnca.tasks.mnist import train
 
 TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rollout",
             solver_kw={"max_iter": 4}, gradient="bptt", gradient_kw={}, input_channels=8, state_channels=16,
@@ -43,7 +45,7 @@ def test_which_steps_have_a_fixed_shape():
 
 def test_a_captured_adams_device_settings_are_checkpointed_as_plain_eager_ones(tmp_path):
     model = EquilibriumModel(TINY_EQ)
-    opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=2e-3))
+    opt = make_optimizer(model.parameters(), TrainConfig(optimizer="adam", lr=2e-3))
     for g in opt.param_groups:              # what CapturedStep sets on a GPU
         g["capturable"], g["lr"] = True, torch.tensor(1e-3)
     save_checkpoint(tmp_path / "ck", model, opt, {"step": 0})

@@ -10,7 +10,9 @@ from deqnca.cli import main
 from deqnca.data.targets import load_target
 from deqnca.grow.objective import (EquilibriumForward, disc_masks, perturb_live, spectral_radius,
                                    spectral_radius_estimate)
-from deqnca.grow.train import GrowTrainConfig, load_grow_checkpoint, train
+from deqnca.engine.checkpoint import load_grow_checkpoint, read_checkpoint
+from deqnca.tasks.grow import GrowConfig as GrowTrainConfig
+from deqnca.tasks.grow import train
 from deqnca.rules.growing import GrowingConfig, GrowingNCARule, target_loss
 from deqnca.solvers import rollout
 
@@ -158,7 +160,7 @@ def test_cli_train_resume_show_measure(tmp_path, capsys):
     assert main(args) == 0
     assert main(args[:6] + ["--steps", "3"] + args[8:] + ["--resume"]) == 0
     model, meta = load_grow_checkpoint(run / "last")
-    assert meta["step"] == 3 and model.target.shape == (4, 24, 24)
+    assert meta["progress"]["global_step"] == 3 and model.target.shape == (4, 24, 24)
     assert meta["train_config"]["phantom_map"] == "stochastic" and meta["train_config"]["divergence_rel"] == 1e9
     assert main(["grow", "show", str(run / "last"), "--out", str(tmp_path / "show"), "--steps", "6",
                  "--device", "cpu"]) == 0
@@ -201,7 +203,7 @@ def test_export_strips_the_optimizer_and_keeps_a_loadable_grow_checkpoint(tmp_pa
     assert main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "shipped"), "--machine", "test"]) == 0
     model, meta = load_grow_checkpoint(tmp_path / "shipped")
     original, _ = load_grow_checkpoint(tmp_path / "run" / "last")
-    assert "optimizer" not in meta and meta["provenance"]["machine"] == "test" and meta["step"] == 2
+    assert "optimizer" not in meta and meta["provenance"]["machine"] == "test" and meta["progress"]["global_step"] == 2
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
 
 
@@ -215,7 +217,7 @@ def test_init_from_starts_a_new_stage_from_another_runs_weights(tmp_path):
                              max_steps=4, lr=0.0, pool_size=16, init_from=str(tmp_path / "growing" / "last"))
     train(second, small, tmp_path / "persistent", progress=False)
     staged, meta = load_grow_checkpoint(tmp_path / "persistent" / "last")
-    assert meta["step"] == 1 and meta["train_config"]["init_from"].endswith("last")
+    assert meta["progress"]["global_step"] == 1 and meta["train_config"]["init_from"].endswith("last")
     assert all(torch.equal(a, b) for a, b in zip(staged.rule.state_dict().values(), source.rule.state_dict().values()))
     with pytest.raises(ValueError, match="init-from"):
         train(GrowTrainConfig(trainer="implicit", target="small", pad=4, steps=1, init_from=second.init_from),
@@ -226,7 +228,7 @@ def test_init_from_starts_a_new_stage_from_another_runs_weights(tmp_path):
 def test_a_rule_that_kills_every_pattern_is_undone_and_the_pool_keeps_no_dead_state(tmp_path, trainer):
     from safetensors.torch import load_file
 
-    from deqnca.train.checkpoint import save_checkpoint
+    from deqnca.engine.checkpoint import save_checkpoint
 
     small = load_target("small")
     train(GrowTrainConfig(trainer=trainer, variant="growing", target="small", steps=1, min_steps=4, max_steps=4,
@@ -245,7 +247,7 @@ def test_a_rule_that_kills_every_pattern_is_undone_and_the_pool_keeps_no_dead_st
     assert r["counters"]["restored"] == 3 and r["counters"]["extinctions"] == 3 * cfg.batch_size
     assert all(torch.equal(a, b) for a, b in zip(r["model"].rule.state_dict().values(),
                                                   model.rule.state_dict().values()))
-    pool = load_file(str(tmp_path / "run" / "pool.safetensors"))["pool"]
+    pool = read_checkpoint(tmp_path / "run" / "last")[0]["task.pool"]
     assert GrowingNCARule().alive(pool).flatten(1).any(1).all()
 
 
@@ -329,7 +331,7 @@ def test_a_short_phantom_window_over_the_pool_teaches_the_seed_to_grow(tmp_path)
 
 
 def test_the_window_recipe_sets_the_equilibrium_trainers_options_and_explicit_ones_win(tmp_path):
-    from deqnca.grow.train import RECIPES
+    from deqnca.tasks.grow import RECIPES
 
     run = tmp_path / "run"
     assert main(["grow", "train", "--trainer", "implicit", "--recipe", "window", "--target", "small", "--steps", "2",

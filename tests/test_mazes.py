@@ -122,13 +122,13 @@ def test_progressive_loss_uses_both_terms():
     import random
 
     from deqnca.maze.model import PRESETS, MazeSolverNet
-    from deqnca.maze.train import MazeTrainConfig, dt_loss
+    from deqnca.maze.model import dt_loss
 
     model = MazeSolverNet({**PRESETS["dt"], "width": 8, "train_iters": 4})
     x, y = mazes.to_images(mazes.generate_set(5, 4, "train"))
-    only_max, _ = dt_loss(model, x, y, MazeTrainConfig(alpha=0.0), random.Random(0))
-    only_prog, _ = dt_loss(model, x, y, MazeTrainConfig(alpha=1.0), random.Random(0))
-    mixed, _ = dt_loss(model, x, y, MazeTrainConfig(alpha=0.25), random.Random(0))
+    only_max, _ = dt_loss(model, x, y, 0.0, random.Random(0))
+    only_prog, _ = dt_loss(model, x, y, 1.0, random.Random(0))
+    mixed, _ = dt_loss(model, x, y, 0.25, random.Random(0))
     assert torch.allclose(mixed, 0.75 * only_max + 0.25 * only_prog, atol=1e-6)
 
 
@@ -143,7 +143,7 @@ def test_cli_generate_train_eval_show(tmp_path, cache):
         assert main(["maze", "train", "--model", model, "--width", "8", "--train-size", "5", "--train-count", "64",
                      "--epochs", "1", "--batch-size", "32", "--set", "train_iters=3", "--out", str(run / model),
                      "--device", "cpu", "--seed", "0", *args]) == 0
-        assert (run / model / "last.safetensors").exists()
+        assert (run / model / "last.json").exists()
         assert len((run / model / "metrics.jsonl").read_text().splitlines()) == 1
     # resuming a finished run trains nothing more and keeps the checkpoint loadable
     assert main(["maze", "train", "--model", "dt", "--width", "8", "--train-size", "5", "--train-count", "64",
@@ -171,7 +171,9 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
 
     A step count rather than a time budget, so that the outcome does not depend on machine load."""
     from deqnca.maze.model import PRESETS
-    from deqnca.maze.train import MazeTrainConfig, quick_accuracy, train_maze
+    from deqnca.maze.model import quick_accuracy
+    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze import train_maze
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)        # deterministic, and faster than 2 threads for these small convolutions
@@ -188,7 +190,7 @@ def test_shipped_dt_model_solves_9x9_mazes(cache):
     from pathlib import Path
 
     from deqnca.maze.evaluate import evaluate_size
-    from deqnca.maze.model import load_maze_model
+    from deqnca.engine.checkpoint import load_maze_model
 
     model, meta = load_maze_model(Path(__file__).resolve().parents[1] / "models" / "maze" / "dt")
     assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta

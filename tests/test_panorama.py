@@ -3,7 +3,7 @@ gives a label per cell."""
 import torch
 
 from deqnca.data.panoramas import make_panoramas
-from deqnca.experiments.panorama import label_maps, panorama_accuracy
+from deqnca.reports.panorama import label_maps, panorama_accuracy
 from deqnca.model import EquilibriumModel
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deqnca.experiments.panorama import panorama_accuracy
+from deqnca.reports.panorama import panorama_accuracy
 from deqnca.model import EquilibriumModel, count_parameters
 from deqnca.readout import ink_mask, ink_vote, per_cell_loss
 

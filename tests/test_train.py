@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deqnca.train import loop
-from deqnca.train.checkpoint import load_model, read_checkpoint
-from deqnca.train.loop import TrainConfig, train
+from deqnca import readout
+from deqnca.amp import amp_context
+from deqnca.engine.checkpoint import load_model, read_checkpoint
+from deqnca.tasks.mnist import MnistConfig as TrainConfig
+from deqnca.tasks.mnist import train
 
 TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rollout",
             solver_kw={"max_iter": 4}, gradient="bptt", gradient_kw={}, input_channels=8, state_channels=16,
@@ -20,7 +22,7 @@ def test_tiny_training_learns_past_threshold(tmp_path):
     # downsampled to 14x14, 3 epochs: 86.6% on 1,000 test images (CPU, 2026-11-26), all ten digits.
     # The batch-normalised read-out is what makes this possible in CI time (docs/mnist.md).
     from deqnca.data.idx import load_mnist
-    from deqnca.experiments.mnist import preset
+    from deqnca.tasks.mnist import preset
 
     x, y = load_mnist(split="train")
     xt, yt = load_mnist(split="test")
@@ -32,9 +34,9 @@ def test_tiny_training_learns_past_threshold(tmp_path):
     assert result["history"][-1]["test_frac_below_1e-3"] == 1.0        # and it is at equilibrium
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert {"train_loss", "test_acc", "test_rel_median", "epoch_time_s"} <= set(rows[0])
+    assert {"train_loss", "test_acc", "test_rel_median", "elapsed_s", "global_step"} <= set(rows[0])
     model, meta = load_model(tmp_path / "last")
-    assert meta["epoch"] == 3
+    assert meta["progress"]["epoch"] == 3
 
 
 def _subset(data, n=320, nt=64):
@@ -55,12 +57,13 @@ def test_interrupt_then_resume_equals_uninterrupted_run(mnist_small, tmp_path, m
             raise KeyboardInterrupt
         return F.cross_entropy(*a, **k)
 
-    monkeypatch.setattr(loop, "F", types.SimpleNamespace(cross_entropy=exploding_ce))
+    monkeypatch.setattr(readout, "F", types.SimpleNamespace(cross_entropy=exploding_ce, relu=F.relu,
+                                                            conv2d=F.conv2d, avg_pool2d=F.avg_pool2d))
     with pytest.raises(KeyboardInterrupt):
         train(TINY, cfg, tmp_path / "run", data, log=lambda s: None)
     _, meta = read_checkpoint(tmp_path / "run" / "last")
-    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 4)
-    monkeypatch.setattr(loop, "F", F)
+    assert (meta["progress"]["epoch"], meta["progress"]["step_in_epoch"]) == (1, 4)
+    monkeypatch.setattr(readout, "F", F)
     resumed = train(TINY, cfg, tmp_path / "run", data, resume=True, log=lambda s: None)["model"]
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), k
@@ -81,7 +84,7 @@ def test_non_finite_steps_are_skipped_and_never_saved(mnist_small, tmp_path):
 def test_persistent_divergence_stops_with_clear_error(mnist_small, tmp_path):
     x, y, xt, yt = _subset(mnist_small)
     cfg = TrainConfig(epochs=1, batch_size=32, max_bad_steps=3)
-    with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="consecutive non-finite"):
+    with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="consecutive bad steps"):
         train(TINY, cfg, tmp_path, (torch.full_like(x, float("nan")), y, xt, yt), log=lambda s: None)
 
 
@@ -96,7 +99,7 @@ def test_readout_norm_statistics_are_recalibrated_for_the_current_weights(mnist_
     norm.running_mean.fill_(5.0)
     norm.running_var.fill_(9.0)
     weights = {k: v.clone() for k, v in model.named_parameters()}
-    loop.recalibrate_readout_norm(model, x, batch_size=100, images=200, seed=0)
+    model.calibrate_readout_norm(x, batch_size=100, images=200, seed=0)
     gen = torch.Generator().manual_seed(0)
     means, vars_ = [], []
     with torch.no_grad():
@@ -126,7 +129,7 @@ def test_bf16_amp_runs_the_convolutions_in_bfloat16_and_keeps_the_state_float32(
         return out
 
     monkeypatch.setattr(F, "conv2d", recording_conv2d)
-    with loop.amp_context("bf16", "cpu"):
+    with amp_context("bf16", "cpu"):
         z16, _ = model.solve(x, generator=torch.Generator().manual_seed(0))
     assert conv_dtypes and set(conv_dtypes) == {torch.bfloat16}, conv_dtypes
     assert z16.dtype == torch.float32
@@ -150,7 +153,7 @@ def test_bf16_amp_training_learns_like_float32(mnist_small, tmp_path):
 
 def test_unknown_amp_mode_and_graphed_bf16_are_refused(mnist_small, tmp_path):
     from deqnca.model import EquilibriumModel
-    from deqnca.train.graphs import step_unsupported_reason
+    from deqnca.engine.graphs import step_unsupported_reason
 
     with pytest.raises(ValueError, match="amp='fp8'"):
         train(TINY, TrainConfig(amp="fp8"), tmp_path, _subset(mnist_small), log=lambda s: None)

@@ -21,6 +21,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .registry import Registry
+
+CONDITIONINGS = Registry("conditioning", "an object with bind(weight, bias, u, padding=, activation=)")
+
 
 class ReadOnlyChannels:
     name = "readonly"
@@ -57,8 +61,15 @@ class Additive:
         return lambda z: activation(F.conv2d(z, w_state, bias, padding=padding)) + injected
 
 
+for _cls in (Injection, ReadOnlyChannels, Additive):
+    CONDITIONINGS.register(_cls.name, _cls)
+
+
 def make_conditioning(name: str):
-    table = {"injection": Injection, "readonly": ReadOnlyChannels, "additive": Additive}
-    if name not in table:
-        raise ValueError(f"unknown conditioning {name!r}; choose one of {sorted(table)}")
-    return table[name]()
+    """The conditioning registered as `name` (``CONDITIONINGS.names()``), instantiated.
+
+    Example:
+        >>> make_conditioning("injection").name
+        'injection'
+    """
+    return CONDITIONINGS.build(name)

@@ -15,7 +15,11 @@ from typing import Callable
 
 import torch
 
+from .registry import Registry
 from .solvers import SolveStats, get_solver, rollout
+
+GRADIENTS = Registry("gradient", "a class whose instances are called as strategy(f, solver, z0, **solver_kw) "
+                     "-> (z, SolveStats)")
 
 
 class BPTT:
@@ -84,8 +88,19 @@ class Phantom:
         return z
 
 
+for _cls in (BPTT, Implicit, Phantom):
+    GRADIENTS.register(_cls.name, _cls)
+
+
 def make_gradient(name: str, **kw):
-    table = {"bptt": BPTT, "implicit": Implicit, "phantom": Phantom}
-    if name not in table:
-        raise ValueError(f"unknown gradient {name!r}; choose one of {sorted(table)}")
-    return table[name](**kw)
+    """The gradient strategy registered as `name` (``GRADIENTS.names()``), built with options `kw`.
+
+    Example:
+        >>> make_gradient("phantom", k=4).k
+        4
+    """
+    cls = GRADIENTS.get(name)
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"gradient {name!r} does not take these options ({e}); check gradient_kw") from None

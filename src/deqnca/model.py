@@ -1,12 +1,11 @@
 """EquilibriumModel = encoder + conditioning + rule + solver + gradient + read-out.
 
 Data flows one way: x --K1, ReLU--> u --(rule bound to u by the conditioning)--> f --solver,
-gradient--> z --read-out--> logits. The config is a plain dict so that it round-trips through the
-JSON file next to every checkpoint.
+gradient--> z --read-out--> logits. Every part is named in `ModelConfig` and built from its registry,
+so the config round-trips through the JSON file next to every checkpoint.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -14,13 +13,22 @@ from torch import nn
 
 from .conditioning import make_conditioning
 from .gradients import make_gradient
-from .readout import MLPReadout, ink_mask, ink_vote
+from .readout import READOUTS
 from .rules import make_rule
 from .solvers import SolveStats, get_solver
+
+CALIBRATION_IMAGES = 512        # training inputs kept to re-estimate the read-out norm's statistics
 
 
 @dataclass
 class ModelConfig:
+    """What an `EquilibriumModel` is made of: every part by its registered name, plus sizes.
+
+    Example:
+        >>> ModelConfig.from_dict({"rule": "contractive_tanh", "solver": "fixed_point"}).state_channels
+        32
+    """
+
     rule: str = "residual_tanh"
     rule_kw: dict = field(default_factory=dict)
     conditioning: str = "injection"
@@ -39,17 +47,33 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        unknown = set(d) - set(known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}")
-        return cls(**copy.deepcopy(known))
+        """The config from a plain dict (a checkpoint's ``model_config``); unknown keys are an error."""
+        from .configs import load_dataclass
+
+        return load_dataclass(cls, d, what="model config")
 
     def to_dict(self) -> dict:
+        """A plain, JSON-ready dict."""
         return asdict(self)
 
 
 class EquilibriumModel(nn.Module):
+    """A spatial DEQ that is also a neural cellular automaton: a local rule, solved or iterated.
+
+    Args:
+        config: a `ModelConfig` or its dict form (every part named by its registry).
+
+    Example:
+        >>> model = EquilibriumModel({"rule": "contractive_tanh", "solver": "fixed_point",
+        ...                           "solver_kw": {"max_iter": 50, "tol": 1e-4}, "gradient": "implicit"})
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+
+    In training mode the model keeps its most recent inputs, so that after training (in any loop) the
+    read-out norm's statistics are re-estimated for the final weights the first time it runs in eval
+    mode: the running averages BatchNorm keeps during training lag the weights (docs/concepts.md).
+    """
+
     def __init__(self, config: ModelConfig | dict):
         super().__init__()
         if isinstance(config, dict):
@@ -58,15 +82,21 @@ class EquilibriumModel(nn.Module):
         self.K1 = nn.Conv2d(config.in_channels, config.input_channels, 3, padding=1)
         self.rule = make_rule(config.rule, input_channels=config.input_channels,
                               state_channels=config.state_channels, **config.rule_kw)
-        if config.readout not in ("global", "cell"):
-            raise ValueError(f"unknown readout {config.readout!r}; choose 'global' or 'cell'")
-        self.readout = MLPReadout(config.state_channels, config.hidden, config.classes, config.readout_norm)
+        if not callable(getattr(self.rule, "bind", None)):
+            raise ValueError(f"rule {config.rule!r} does not fit EquilibriumModel (it has no bind(u, conditioning)); "
+                             "use contractive_tanh, residual_tanh or a rule you registered with that method")
+        self.readout = READOUTS.build(config.readout, config.state_channels, config.hidden, config.classes,
+                                      config.readout_norm)
         self.conditioning = make_conditioning(config.conditioning)
         self.gradient = make_gradient(config.gradient, **config.gradient_kw)
         self.solver_name, self.solver_kw = config.solver, dict(config.solver_kw)
+        get_solver(self.solver_name)          # an unknown solver fails here, not at the first forward
         self.last_stats: SolveStats | None = None
+        self._calibration_inputs: torch.Tensor | None = None
+        self._norm_stale = False
 
     def encode(self, x):
+        """u = ReLU(K1 * x): the input's encoding, the channels the rule is conditioned on."""
         return torch.relu(self.K1(x))
 
     def initial_state(self, u, generator: torch.Generator | None = None):
@@ -96,6 +126,16 @@ class EquilibriumModel(nn.Module):
 
     def solve(self, x, solver: str | None = None, generator=None, z0=None, check_input: bool = True,
               **solver_kw):
+        """(z, stats): the state the solver reaches for input x (differentiable by the model's gradient).
+
+        Args:
+            x: images (B, in_channels, H, W).
+            solver: a registered solver name (default: the config's).
+            generator: random generator of the initial noise.
+            z0: the initial state (default: noise).
+            check_input: refuse malformed or non-finite inputs with a one-line error.
+            **solver_kw: overrides of the config's ``solver_kw``.
+        """
         if check_input:
             self.check_input(x)
         f, u = self.step_map(x)
@@ -107,7 +147,15 @@ class EquilibriumModel(nn.Module):
         return z, stats
 
     def forward(self, x, generator=None, per_cell: bool = False, **solve_kw):
-        """(B, classes) logits; with per_cell=True (read-out "cell" only) the (B, classes, H, W) cell logits."""
+        """(B, classes) logits; with per_cell=True (read-out "cell" only) the (B, classes, H, W) cell logits.
+
+        Args:
+            x: images (B, in_channels, H, W), any H, W >= 3.
+            generator: the random generator of the initial state's noise.
+            per_cell: return every cell's logits instead of the image's.
+            **solve_kw: solver overrides (``max_iter``, ``tol``, ``solver``, ``z0``, ``check_input``).
+        """
+        self._track_calibration(x)
         z, _ = self.solve(x, generator=generator, **solve_kw)
         if per_cell:
             if self.config.readout != "cell":
@@ -115,22 +163,61 @@ class EquilibriumModel(nn.Module):
             return self.readout.local(z, 1)
         return self.read(z, x)
 
+    def loss(self, x, y, generator=None, **solve_kw):
+        """(loss, logits) of a training batch: the read-out's own loss (cross-entropy of the pooled
+        read-out, or per ink cell for read-out "cell") at the state the solver reaches."""
+        self._track_calibration(x)
+        z, _ = self.solve(x, generator=generator, **solve_kw)
+        return self.readout.loss(z, x, y)
+
     def read(self, z, x):
         """(B, classes) logits of state z for input x: pooled, or the ink vote of the cells."""
-        if self.config.readout == "global":
-            return self.readout(z)
-        return ink_vote(self.readout.local(z, 1), ink_mask(x))
+        return self.readout.read(z, x)
+
+    def _track_calibration(self, x):
+        if getattr(self.readout, "norm", None) is None:
+            return
+        if self.training and torch.is_grad_enabled():
+            # the weights are about to change: keep recent inputs to re-estimate the statistics with
+            kept = x.detach() if self._calibration_inputs is None else torch.cat([self._calibration_inputs, x.detach()])
+            self._calibration_inputs = kept[-CALIBRATION_IMAGES:]
+            self._norm_stale = True
+        elif not self.training and self._norm_stale and self._calibration_inputs is not None:
+            self.calibrate_readout_norm(self._calibration_inputs)
 
     @torch.no_grad()
-    def trajectory(self, x, steps: int, generator=None, z0=None):
-        """The NCA view: states z_0 .. z_steps of the plain rollout, and per-step rel residuals."""
-        f, u = self.step_map(x)
-        z = self.initial_state(u, generator) if z0 is None else z0
-        states = [z]
-        for _ in range(steps):
-            z = f(z)
-            states.append(z)
-        return torch.stack(states, dim=1)
+    def calibrate_readout_norm(self, x, batch_size: int = 500, images: int = 2000, seed: int = 0):
+        """Re-estimate the read-out BatchNorm's running statistics for the current weights.
+
+        The pooled equilibrium state differs between images by ~1e-3 while training moves it by more
+        than that every few steps, so BatchNorm's exponential running average lags by many standard
+        deviations ("precise BN": a plain average over `images` inputs with the weights frozen).
+
+        Args:
+            x: inputs (N, in_channels, H, W), e.g. training images.
+            batch_size: images per solve.
+            images: how many of `x` to use.
+            seed: seed of the initial states' noise.
+        """
+        norm = getattr(self.readout, "norm", None)
+        if norm is None:
+            return
+        self._norm_stale = False
+        was_training = self.training
+        self.eval()                       # everything else (e.g. the power iteration) stays frozen
+        norm.train()
+        momentum, norm.momentum = norm.momentum, None      # None: cumulative average
+        norm.reset_running_stats()
+        device = next(self.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        for i in range(0, min(images, len(x)), batch_size):
+            self(x[i:i + batch_size].to(device), generator=gen, check_input=False)
+        norm.momentum = momentum
+        self.train(was_training)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._norm_stale = False          # loaded statistics belong to the loaded weights
 
 
 def _memory_format(t):
@@ -139,4 +226,10 @@ def _memory_format(t):
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters of `model`.
+
+    Example:
+        >>> count_parameters(torch.nn.Linear(3, 2))
+        8
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

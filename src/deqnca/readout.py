@@ -16,7 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import Registry
+
 INK_THRESHOLD = 0.1
+READOUTS = Registry("readout", "an nn.Module(state_channels, hidden, classes, norm) with read(z, x) -> logits "
+                    "and loss(z, x, y) -> (loss, logits)")
 
 
 def ink_mask(x, threshold: float = INK_THRESHOLD):
@@ -71,6 +75,36 @@ class MLPReadout(nn.Module):
             z = F.batch_norm(z, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)
         h = F.relu(F.conv2d(z, self.fc1.weight[..., None, None], self.fc1.bias))
         return F.conv2d(h, self.fc2.weight[..., None, None], self.fc2.bias)
+
+
+@READOUTS.register("global")
+class GlobalReadout(MLPReadout):
+    """The essay's read-out, eq. (1): the MLP of the globally pooled state; trained by cross-entropy."""
+
+    def read(self, z, x):
+        """(B, classes) logits of state `z` for input `x`."""
+        return self(z)
+
+    def loss(self, z, x, y):
+        """(loss, logits): cross-entropy of the pooled read-out (in float32)."""
+        logits = self(z).float()
+        return F.cross_entropy(logits, y), logits
+
+
+@READOUTS.register("cell")
+class CellReadout(MLPReadout):
+    """Self-classifying read-out: every cell answers from its own state; an image's answer is the ink
+    vote of its cells, and training tells every ink cell its image's label."""
+
+    def read(self, z, x):
+        """(B, classes) logits: the mean of the cell logits over the ink cells of `x`."""
+        return ink_vote(self.local(z, 1), ink_mask(x))
+
+    def loss(self, z, x, y):
+        """(loss, logits): per-cell cross-entropy over the ink cells, and the ink vote."""
+        cells = self.local(z, 1).float()
+        mask = ink_mask(x)
+        return per_cell_loss(cells, y, mask), ink_vote(cells.detach(), mask)
 
 
 class ConvHead(nn.Module):

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from .registry import Registry
+
 Tensor = torch.Tensor
 StateMap = Callable[[Tensor], Tensor]
 
@@ -249,21 +251,35 @@ def broyden(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-3, stop_mode
     return z, SolveStats(nstep, a, r, trace, fallback)
 
 
-SOLVERS: dict[str, Callable] = {
-    "rollout": rollout,
-    "fixed_point": fixed_point,
-    "anderson": anderson,
-    "broyden": broyden,
-}
+SOLVERS = Registry("solver", "a function solve(f, z0, max_iter, tol, stop_mode='rel', **kw) -> (z, SolveStats)")
+for _name, _fn in (("rollout", rollout), ("fixed_point", fixed_point), ("anderson", anderson),
+                   ("broyden", broyden)):
+    SOLVERS.register(_name, _fn)
 
 
-def register_solver(name: str, fn: Callable) -> None:
-    """Add a solver with the common signature; it becomes usable by name in every config."""
-    SOLVERS[name] = fn
+def register_solver(name: str, fn: Callable) -> Callable:
+    """Add a solver with the common signature; it becomes usable by name in every config.
+
+    Args:
+        name: the name configs use (``solver: name``).
+        fn: ``solve(f, z0, max_iter, tol, stop_mode="rel", **kw) -> (z, SolveStats)``.
+
+    Returns:
+        `fn`.
+
+    Example:
+        >>> register_solver("picard_twice", lambda f, z0, max_iter, tol=0.0, **kw: rollout(f, z0, 2 * max_iter))
+        ... # doctest: +ELLIPSIS
+        <function ...>
+    """
+    return SOLVERS.register(name, fn, replace=True)
 
 
 def get_solver(name: str) -> Callable:
-    try:
-        return SOLVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}") from None
+    """The solver function registered as `name` (``SOLVERS.names()``).
+
+    Example:
+        >>> get_solver("rollout") is rollout
+        True
+    """
+    return SOLVERS.get(name)

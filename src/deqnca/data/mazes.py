@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train.checkpoint import atomic_write
+from ..fileio import atomic_write
 
 GENERATOR_VERSION = 1
 WALL, OPEN, START, GOAL = 0, 1, 2, 3

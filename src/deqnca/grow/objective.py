@@ -28,8 +28,6 @@ import torch
 from ..gradients import make_gradient
 from ..rules.growing import GrowingNCARule, target_loss
 from ..solvers import get_solver
-from ..train import distributed
-from ..train.checkpoint import all_finite
 
 
 @dataclass
@@ -157,16 +155,14 @@ def spectral_radius_estimate(f_z, z, iters: int, generator=None, shard=None) -> 
     return torch.linalg.vector_norm(w, dim=dims)
 
 
-class GrowObjective(torch.nn.Module):
-    """The rule and a forward pass as one module, so that DistributedDataParallel can wrap it: DDP
-    all-reduces the gradients of whatever its forward() computed (the whole rollout and solve here)."""
+class GrowModel(torch.nn.Module):
+    """The rule plus the target it was trained on, so a checkpoint alone can be replayed and scored."""
 
-    def __init__(self, rule: GrowingNCARule, forward):
+    def __init__(self, rule_config, target: torch.Tensor):
         super().__init__()
-        self.rule, self.objective = rule, forward
-
-    def forward(self, z0, target, steps: int, generator, shard=None):
-        return self.objective(self.rule, z0, target, steps, generator, shard)
+        self.rule = GrowingNCARule(rule_config)
+        self.config = self.rule.config
+        self.register_buffer("target", target.clone())
 
 
 def make_forward(trainer: str, **equilibrium_kw):
@@ -184,21 +180,14 @@ def normalise_gradients(params) -> None:
             p.grad.div_(p.grad.norm() + 1e-8)
 
 
-def training_step(rule, forward, optimizer, z0, target, steps: int, generator, shard=None,
-                  net=None) -> tuple[StepOutput, bool]:
-    """Forward, backward, per-parameter normalisation, optimizer step. A non-finite loss or gradient
-    skips the update (returns ok=False, weights untouched); this is the step's one host sync.
-
-    Data-parallel (`net` a DistributedDataParallel-wrapped GrowObjective, z0 this process's `shard`
-    of the global batch): each process's loss is the mean over its slice, DDP averages the gradients
-    during backward(), so the normalisation below acts on the global batch's gradients, and the
-    processes agree on skipping the update."""
-    total, out = (net(z0, target, steps, generator, shard) if net is not None
-                  else forward(rule, z0, target, steps, generator, shard))
+def training_step(rule, forward, optimizer, z0, target, steps: int, generator) -> tuple[StepOutput, bool]:
+    """One single-process step outside the engine (benchmarks): forward, backward, the paper's
+    normalisation, optimizer step; a non-finite loss or gradient skips the update (ok=False)."""
+    total, out = forward(rule, z0, target, steps, generator)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     grads = [p.grad for p in rule.parameters() if p.grad is not None]
-    ok = distributed.all_ok(all_finite([total, *grads]), total.device)
+    ok = bool(torch.stack([torch.isfinite(t).all() for t in [total, *grads]]).all())
     if ok:
         normalise_gradients(rule.parameters())
         optimizer.step()

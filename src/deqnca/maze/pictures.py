@@ -8,7 +8,8 @@ import torch
 from ..data import mazes
 from ..solvers import rollout
 from .evaluate import default_max_iters
-from .model import load_maze_model, predict
+from ..engine.checkpoint import load_maze_model
+from .model import predict
 
 
 def _overlay(x, pred):

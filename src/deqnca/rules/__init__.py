@@ -1,16 +1,43 @@
-"""Local, weight-tied update rules. A rule owns its weights and, bound to an input, is a map z -> z'."""
-from .seed import ResidualTanhRule
+"""Local, weight-tied update rules. A rule owns its weights and, bound to an input, is a map z -> z'.
+
+The protocol a rule registered for `EquilibriumModel` provides (see `deqnca.protocols.Rule`):
+``__init__(input_channels=, state_channels=, **rule_kw)`` and ``bind(u, conditioning) -> (z -> z')``;
+optionally ``after_step()`` (called after every optimiser step, e.g. a renormalisation).
+Register your own with ``@RULES.register("name")``.
+"""
+from ..registry import Registry
 from .contractive import ContractiveTanhRule, conv_operator_norm
 from .growing import GrowingNCARule
 from .recall import RecallRule
+from .seed import ResidualTanhRule
 
-RULES = {"residual_tanh": ResidualTanhRule, "contractive_tanh": ContractiveTanhRule,
-         "growing": GrowingNCARule, "recall": RecallRule}
+RULES = Registry("rule", "an nn.Module(input_channels=, state_channels=, **rule_kw) with bind(u, conditioning)")
+RULES.register("residual_tanh", ResidualTanhRule)
+RULES.register("contractive_tanh", ContractiveTanhRule)
+RULES.register("growing", GrowingNCARule)     # the growing NCA's own rule (grow task), not for EquilibriumModel
+RULES.register("recall", RecallRule)
 
-__all__ = ["RULES", "make_rule", "conv_operator_norm", *(r.__name__ for r in RULES.values())]
+__all__ = ["RULES", "make_rule", "conv_operator_norm", "ContractiveTanhRule", "GrowingNCARule", "RecallRule",
+           "ResidualTanhRule"]
 
 
 def make_rule(name: str, **kw):
-    if name not in RULES:
-        raise ValueError(f"unknown rule {name!r}; choose one of {sorted(RULES)}")
-    return RULES[name](**kw)
+    """Build the rule registered as `name` with keyword arguments `kw`.
+
+    Args:
+        name: a registered rule name (``RULES.names()``).
+        **kw: the rule's constructor arguments (channel counts and the config's ``rule_kw``).
+
+    Returns:
+        The rule module.
+
+    Example:
+        >>> rule = make_rule("residual_tanh", input_channels=4, state_channels=8)
+    """
+    cls = RULES.get(name)
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"rule {name!r} does not take these settings ({e}); check rule_kw, or use a rule "
+                         "that fits (EquilibriumModel: contractive_tanh, residual_tanh or one you registered)") \
+            from None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from deqnca.data.idx import load_mnist
-from deqnca.experiments.mnist import preset
+from deqnca.tasks.mnist import preset
 from deqnca.train.loop import TrainConfig, train
 
 # the first recipe (equilibrium-v0) with Picard in place of Anderson, then one change at a time

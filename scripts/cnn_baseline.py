@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from deqnca.data.idx import load_mnist
-from deqnca.experiments.baseline import crop_accuracy_cnn, train_cnn
-from deqnca.experiments.nca_view import FRACTIONS
+from deqnca.reports.baseline import crop_accuracy_cnn, train_cnn
+from deqnca.reports.nca_view import FRACTIONS
 from deqnca.nca import ANCHORS
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from ..data import mazes
 from ..maze.evaluate import DEFAULT_LIMITS, default_max_iters, evaluate_checkpoints, parse_size_map
-from ..maze.model import PRESETS
+from ..maze.model import PRESETS, MazeNetConfig
 from ..maze.pictures import show
-from ..maze.train import MazeTrainConfig, train_maze
-from ..train import distributed
+from .common import add_run_flags, build_config, finish_training, options_from_args, setup_device
 
 
 def _sizes_arg(p, default):
@@ -33,39 +31,23 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..cli import _device, _overrides, _threads
+    from ..engine.trainer import fit
+    from ..tasks.maze import MazeConfig, MazeTask
 
-    device = _device(args.device)
-    _threads(device)
-    model_config = {**PRESETS[args.model], "width": args.width, **_overrides(args.set)}
-    train_over = {k: v for k, v in {"epochs": args.epochs, "time_budget": args.time_budget,
-                                    "train_count": args.train_count, "batch_size": args.batch_size,
-                                    "lr": args.lr, "seed": args.seed, "train_size": args.train_size,
-                                    "residual_weight": args.residual_weight}.items()
-                  if v is not None}
-    cfg = MazeTrainConfig.from_dict(train_over)
+    device = setup_device(args.device)
+    base_model = {**PRESETS[args.preset], "width": args.width}
+    train, model, given = options_from_args(args, MazeConfig, {"cache": args.cache or ""}, base_model, MazeNetConfig)
+    cfg = build_config(MazeConfig, train, MazeNetConfig.from_dict(model).to_dict())
     mazes.check_size(cfg.train_size)
-    out = Path(args.out or f"runs/maze-{args.model}-w{args.width}-seed{cfg.seed}")
-    try:
-        result = train_maze(model_config, cfg, out, device, resume=args.resume, cache=args.cache,
-                            log=lambda s: print(s, file=sys.stderr))
-    except BaseException:
-        distributed.shutdown()
-        raise
-    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, rank 0 alone reports
-        return distributed.finish(0)
-    last = result["history"][-1] if result["history"] else {}
-    summary = {"out": str(out), "checkpoint": str(out / "last"), "parameters": result["parameters"], **last}
-    print(json.dumps(summary) if args.json else f"done: {out / 'last'}  parameters {result['parameters']}  "
-          f"held-out solved {last.get(f'val_solved_{cfg.train_size}', float('nan')):.4f}")
-    return distributed.finish(0)                    # under torchrun: ends the process here
+    out = Path(args.out or f"runs/maze-{args.preset}-w{args.width}-seed{cfg.seed}")
+    result = fit(MazeTask(cfg), out, device=device, resume=args.resume, overwrite=args.overwrite, changed=given,
+                 log=lambda s: print(s, file=sys.stderr), progress=not args.json)
+    return finish_training(args, out, result, "done: {checkpoint}  parameters {parameters}  held-out solved "
+                           + f"{{val_solved_{cfg.train_size}:.4f}}")
 
 
 def cmd_eval(args) -> int:
-    from ..cli import _device, _threads
-
-    device = _device(args.device)
-    _threads(device)
+    device = setup_device(args.device)
     for s in args.sizes:
         mazes.check_size(s)
     limits = parse_size_map(args.limit_per_size, args.sizes, DEFAULT_LIMITS)
@@ -83,9 +65,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from ..cli import _device
-
-    files = show(args.checkpoint, args.size, args.out, args.index, args.max_iters, device=_device(args.device),
+    files = show(args.checkpoint, args.size, args.out, args.index, args.max_iters, device=setup_device(args.device),
                  cache=args.cache, log=lambda s: print(s, file=sys.stderr))
     for f in files:
         print(f)
@@ -112,24 +92,15 @@ def add_cli(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
 
-    p = msub.add_parser("train", help="train a maze solver on 9x9 mazes")
-    common(p)
-    p.add_argument("--model", choices=sorted(PRESETS), required=True)
+    p = msub.add_parser("train", help="train a maze solver on small mazes",
+                        description="Train a maze solver; every training option is a flag, every option a --set key.")
+    from ..tasks.maze import MazeConfig
+
+    p.add_argument("--cache", default=None, help="maze cache folder (default ~/.cache/deqnca/mazes "
+                   "or $DEQNCA_MAZE_CACHE)")
+    p.add_argument("--model", dest="preset", choices=sorted(PRESETS), required=True, help="dt or deq")
     p.add_argument("--width", type=int, default=32, help="channels of the state (default 32)")
-    p.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--train-count", type=int, help="training mazes (default 50000)")
-    p.add_argument("--train-size", type=int, help="maze size trained on (default 9)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--residual-weight", type=float, help="DEQ: weight of the fixed-point penalty "
-                   "(mean squared relative residual; default 0)")
-    p.add_argument("--out", help="run folder (default runs/maze-<model>-w<width>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a model config entry, e.g. --set train_iters=40 (repeatable)")
-    p.add_argument("--json", action="store_true")
+    add_run_flags(p, MazeConfig, "runs/maze-<model>-w<width>-seed<seed>")
     p.set_defaults(func=cmd_train)
 
     p = msub.add_parser("eval", help="accuracy vs size and vs iterations, AA score, time and memory")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..data.idx import load_mnist
-from ..train.checkpoint import load_model
+from ..engine.checkpoint import load_model
 from . import nca_view
 from .panorama import label_maps
 from ..data.panoramas import make_panoramas
@@ -122,7 +122,8 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
 
 
 def main(args) -> int:
-    from ..cli import _device, shipped_models
+    from ..engine.devices import pick_device as _device
+    from ..resources import shipped_models
 
     out = Path(args.out)
     quick = getattr(args, "quick", False)

@@ -6,7 +6,7 @@ one seed cell (2 replays, generator seed 0). docs/grow.md, "Stability tools on t
 import torch
 
 from deqnca.grow.objective import spectral_radius
-from deqnca.grow.train import load_grow_checkpoint
+from deqnca.engine.checkpoint import load_grow_checkpoint
 from deqnca.solvers import rollout
 
 torch.manual_seed(0)    # the power iteration's start vector

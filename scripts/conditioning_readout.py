@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from deqnca.data.idx import load_mnist
-from deqnca.experiments.mnist import preset
-from deqnca.experiments.panorama import panorama_accuracy
+from deqnca.tasks.mnist import preset
+from deqnca.reports.panorama import panorama_accuracy
 from deqnca.model import count_parameters
 from deqnca.nca import rollout_curve
 from deqnca.train.loop import TrainConfig, evaluate, residual_summary, train

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..nca import ANCHORS, crop, rollout, rollout_curve
-from ..train.loop import evaluate
+from ..evaluation import evaluate
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 

@@ -18,9 +18,9 @@ import torch
 
 from deqnca.cli import shipped_models
 from deqnca.data.idx import load_mnist
-from deqnca.experiments import nca_view
-from deqnca.experiments.panorama import panorama_accuracy
-from deqnca.train.checkpoint import load_model
+from deqnca.reports import nca_view
+from deqnca.reports.panorama import panorama_accuracy
+from deqnca.engine.checkpoint import load_model
 
 
 def main():

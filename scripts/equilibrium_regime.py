@@ -14,9 +14,9 @@ import torch
 
 from deqnca.conditioning import Injection
 from deqnca.data.idx import load_mnist
-from deqnca.experiments.mnist import preset
+from deqnca.tasks.mnist import preset
 from deqnca.model import EquilibriumModel
-from deqnca.train.checkpoint import load_model
+from deqnca.engine.checkpoint import load_model
 
 
 @torch.no_grad()

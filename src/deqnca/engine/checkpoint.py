@@ -1,0 +1,262 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON; crash-safe; never pickled.
+
+A checkpoint `name` is a JSON file `name.json` (model config, training config, progress, metrics,
+optimizer hyper-parameters) that names its tensor file and that file's SHA-256. The JSON is the
+manifest and is written last: a run's tensors go to a new file named by their content
+(`name.<hash>.safetensors`), the manifest is then swapped in by an atomic rename, and only after that
+is the previous tensor file removed. A kill at any instant therefore leaves either the old checkpoint
+or the new one, complete (docs/guarantees.md). Shipped models keep the plain `name.safetensors`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..fileio import atomic_write, fault_point, fsync_dir
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def all_finite(tensors) -> bool:
+    """Whether every tensor is free of NaN and inf — one host read for all of them."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flatten_optimizer(optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    # a CUDA-graph step runs Adam in capturable mode with a device-tensor learning rate: stored as the
+    # plain eager settings, so the checkpoint resumes anywhere (the graph step switches them back on)
+    groups = [{k: (float(v) if torch.is_tensor(v) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    for g in groups:
+        if g.get("capturable"):
+            g["capturable"] = False
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta.get("scalars", {}).items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def checkpoint_base(path) -> Path:
+    """`path` without a .json / .safetensors suffix; any other dot is part of the name."""
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+
+
+def _sibling(base: Path, suffix: str) -> Path:
+    return base.parent / (base.name + suffix)
+
+
+def save_checkpoint(path, model, optimizer=None, meta: dict | None = None, extra_tensors: dict | None = None,
+                    content_addressed: bool = False) -> Path:
+    """Write checkpoint `path` (its .json manifest and its tensors). Refuses non-finite weights.
+
+    Args:
+        path: the checkpoint's name, e.g. ``runs/x/last`` (a .json/.safetensors suffix is ignored).
+        model: a module with a ``config.to_dict()``.
+        optimizer: its state goes into the tensors and the JSON as well (for resuming).
+        meta: JSON-able record (progress, metrics, configs).
+        extra_tensors: more tensors to keep (e.g. a task's sample pool).
+        content_addressed: name the tensor file by its hash and keep the previous one until the new
+            manifest is in place (run checkpoints); otherwise ``name.safetensors`` (shipped models).
+
+    Returns:
+        The checkpoint's base path.
+    """
+    base = checkpoint_base(path)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save non-finite weights ({', '.join(bad[:3])}); "
+                              "the last good checkpoint is kept")
+    info = dict(meta or {})
+    info["model_config"] = model.config.to_dict()
+    if optimizer is not None:
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        tensors.update(opt_tensors)
+        info["optimizer"] = opt_meta
+    for k, v in (extra_tensors or {}).items():
+        tensors[k] = v.detach().cpu().contiguous()
+    json_path = _sibling(base, ".json")
+    if content_addressed:
+        staging = _sibling(base, ".staging.safetensors")
+        atomic_write(staging, lambda tmp: save_file(tensors, tmp, metadata={"format": "deqnca-1"}))
+        digest = _sha256(staging)
+        st_path = _sibling(base, f".{digest[:16]}.safetensors")
+        fault_point("before-rename", st_path)
+        os.replace(staging, st_path)
+        fsync_dir(st_path.parent)
+    else:
+        st_path = _sibling(base, ".safetensors")
+        atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "deqnca-1"}))
+        digest = _sha256(st_path)
+    info["weights_sha256"] = digest
+    info["weights_file"] = st_path.name
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, default=float) + "\n"))
+    if content_addressed:
+        # the new manifest is in place: the previous tensors (and any a kill left unreferenced) can go
+        for f in [*base.parent.glob(base.name + ".*.safetensors"), _sibling(base, ".safetensors")]:
+            if f.name != st_path.name and f.exists() and f.name.count(".") in (base.name.count(".") + 1,
+                                                                             base.name.count(".") + 2):
+                fault_point("before-cleanup", f)
+                f.unlink(missing_ok=True)
+    return base
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[dict, dict]:
+    """(tensors, meta) of checkpoint `path` (with or without suffix).
+
+    Args:
+        path: the checkpoint, e.g. ``models/mnist-essay`` or ``runs/x/last``.
+        verify: check the tensor file against the SHA-256 its JSON records.
+        tensors: also read the tensors (False: only the JSON; tensors is then {}).
+
+    Returns:
+        (tensors by name, the JSON record).
+    """
+    base = checkpoint_base(path)
+    js = _sibling(base, ".json")
+    if not js.exists():
+        raise CheckpointError(f"{js}: missing; a checkpoint is a .json file naming its .safetensors file")
+    try:
+        meta = json.loads(js.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{js}: not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
+                              "the file is corrupt, restore it from the repository or the run folder") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{js}: not a checkpoint record (a JSON object); restore it")
+    # `name.safetensors` beside the JSON (shipped and exported models, whose JSON may carry an older name);
+    # otherwise the file the manifest names (run checkpoints, content-addressed)
+    name = base.name + ".safetensors"
+    if not (base.parent / name).exists():
+        name = meta.get("weights_file", name)
+    if not isinstance(name, str) or not _plain_name(name):
+        raise CheckpointError(f"{js}: weights_file {name!r} is not a file name beside it; restore the checkpoint")
+    st = base.parent / name
+    if not st.exists():
+        raise CheckpointError(f"{st}: missing; a checkpoint is a .safetensors file plus a .json file naming it")
+    if not tensors:
+        return {}, meta
+    if verify and meta.get("weights_sha256") and _sha256(st) != meta["weights_sha256"]:
+        raise CheckpointError(f"{st}: does not match the hash recorded in {js.name} (corrupt or "
+                              "from another run); restore both files together")
+    try:
+        tensors = load_file(str(st))
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise CheckpointError(f"{st}: not a readable safetensors file ({e}); restore it") from None
+    return tensors, meta
+
+
+def load_state(model, state: dict, path) -> None:
+    """Load `state` into `model` after checking names, shapes, dtypes and finiteness (one-line errors)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, the config needs "
+                                  f"{tuple(own[k].shape)}; the weights do not fit the model config")
+        if v.dtype != own[k].dtype:
+            raise CheckpointError(f"{path}: {k} is stored as {v.dtype}, the model needs {own[k].dtype}; "
+                                  "re-export the checkpoint")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"{path}: {k} holds NaN or inf; the checkpoint is unusable, use an earlier one")
+    model.load_state_dict(state)
+
+
+def load_model(path, device="cpu"):
+    """(model, meta): an `EquilibriumModel` from a checkpoint. Only tensors and JSON are read, nothing
+    is unpickled, and the weights are checked against the config before use.
+
+    Example:
+        >>> model, meta = load_model("models/mnist-essay")  # doctest: +SKIP
+    """
+    from ..model import EquilibriumModel
+
+    tensors, meta = read_checkpoint(path)
+    if not isinstance(meta.get("model_config"), dict):
+        raise CheckpointError(f"{path}: no model_config in its JSON; not an MNIST model checkpoint")
+    try:
+        model = EquilibriumModel(meta["model_config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its model config is not usable ({e})") from None
+    load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    return model.to(device), meta
+
+
+GROW_KIND = "grow"
+
+
+def load_grow_checkpoint(path, device="cpu"):
+    """(GrowModel, meta): a growing NCA (rule and target) from a checkpoint of the grow task."""
+    from ..grow.objective import GrowModel
+    from ..rules.growing import GrowingConfig
+
+    tensors, meta = read_checkpoint(path)
+    if meta.get("kind") != GROW_KIND:
+        raise CheckpointError(f"{path}: not a growing-NCA checkpoint (kind {meta.get('kind')!r}); "
+                              "use a checkpoint written by `deqnca grow train`")
+    if "model.target" not in tensors or not isinstance(meta.get("model_config"), dict):
+        raise CheckpointError(f"{path}: no target image or rule config; not a growing-NCA checkpoint")
+    model = GrowModel(GrowingConfig.from_dict(meta["model_config"]), tensors["model.target"].float())
+    load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    return model.to(device), meta
+
+
+def load_maze_model(path, device="cpu"):
+    """(MazeSolverNet in eval mode, meta) from a checkpoint of the maze task."""
+    from ..maze.model import MazeSolverNet
+
+    tensors, meta = read_checkpoint(path)
+    if "maze" not in meta and meta.get("kind") != "maze":
+        raise CheckpointError(f"{path}: not a maze checkpoint (made by `deqnca maze train`)")
+    try:
+        model = MazeSolverNet(meta["model_config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its model config is not usable ({e})") from None
+    load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    return model.to(device).eval(), meta
+
+
+def load_optimizer_state(optimizer, tensors: dict, meta: dict) -> None:
+    """Restore an optimizer's state saved by `save_checkpoint` (tensors and JSON parts)."""
+    if "optimizer" in meta:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))

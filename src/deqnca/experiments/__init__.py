@@ -1,1 +1,0 @@
-"""Experiments: named compositions of rule, conditioning, solver, gradient and read-out."""

@@ -1,0 +1,142 @@
+"""Mazes (the easy-to-hard benchmark): DT-recall and the maze DEQ trained on small mazes, as a task.
+
+AdamW with warm-up and a cosine schedule over the epochs or the time budget, whichever ends first
+(Bansal et al.'s settings); DT trains with the progressive loss, the DEQ at the equilibrium reached
+from a mixed zero/noise state within a random iteration budget (docs/results.md).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..configs import option
+from ..data import mazes
+from ..engine import distributed
+from ..engine.trainer import TASKS, Batch, Task, TrainConfig
+from ..maze.model import MazeSolverNet, deq_loss, dt_loss, quick_accuracy
+
+
+@dataclass
+class MazeConfig(TrainConfig):
+    """Options of the maze task (the engine's with Bansal et al.'s defaults, plus these)."""
+    model: dict = option({}, "maze model config (MazeNetConfig fields; a preset fills it)", flag=False)
+    train_size: int = option(mazes.TRAIN_SIZE, "maze size trained on")
+    train_count: int = option(mazes.DEFAULT_COUNTS["train"], "training mazes")
+    epochs: int = option(50, "passes over the training mazes")
+    optimizer: str = option("adamw", "optimiser", choices=("sgd", "adam", "adamw"))
+    lr: float = option(1e-3, "learning rate")
+    weight_decay: float = option(2e-4, "AdamW weight decay")
+    warmup_steps: int = option(100, "linear warm-up steps")
+    schedule: str = option("cosine", "learning-rate schedule", choices=("constant", "cosine", "step"))
+    grad_clip: float = option(1.0, "max gradient norm")
+    alpha: float = option(0.01, "DT progressive-loss weight (Bansal et al.'s maze setting)")
+    residual_weight: float = option(0.0, "DEQ: + weight * mean relative residual^2 at the trained state")
+    val_count: int = option(200, "held-out test mazes of the training size evaluated after each epoch")
+    cache: str = option("", "maze cache folder (default ~/.cache/deqnca/mazes)", flag=False)
+
+
+def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", resume: bool = False, cache=None,
+               log=print, **fit_kw) -> dict:
+    """Train a maze solver-net of `model_config` through the engine.
+
+    Example:
+        >>> train_maze(PRESETS["dt"], MazeConfig(train_size=5, epochs=1), "runs/try")  # doctest: +SKIP
+    """
+    from ..engine.trainer import fit
+    from ..maze.model import MazeNetConfig
+
+    cfg.model = MazeNetConfig.from_dict(model_config).to_dict()
+    if cache is not None:
+        cfg.cache = str(cache)
+    return fit(MazeTask(cfg), out, device=device, resume=resume, log=log, **fit_kw)
+
+
+@TASKS.register("maze")
+class MazeTask(Task):
+    """Train a maze solver-net (`cfg.model`: a MazeNetConfig dict) on mazes of `cfg.train_size`."""
+
+    name = "maze"
+    Config = MazeConfig
+
+    def __init__(self, cfg: MazeConfig):
+        super().__init__(cfg)
+
+    def setup(self):
+        c, main = self.cfg, self.rank == 0
+        if not main:             # the main process generates and caches the maze sets, the others read them
+            distributed.barrier()
+        cache = c.cache or None
+        self.layouts = torch.as_tensor(mazes.load_set(c.train_size, c.train_count, "train", cache=cache,
+                                                      log=self.log)).to(self.device)
+        self.val = mazes.load_set(c.train_size, c.val_count, "test", cache=cache, log=self.log)
+        if main:
+            distributed.barrier()
+        last = len(self.layouts) % c.batch_size
+        if self.world > 1 and 0 < last < self.world:
+            raise ValueError(f"the last batch of an epoch holds {last} mazes, fewer than the {self.world} processes: "
+                             "choose a training count or batch size that leaves at least one maze per process")
+
+    def build_model(self):
+        model = MazeSolverNet(self.cfg.model)
+        # the input projection is differentiated only by DT's BPTT max-iterations term (alpha < 1); with any
+        # other combination it is out of the graph, which DDP must be told
+        c = model.config
+        trained = c.model == "dt" and c.gradient == "bptt" and self.cfg.alpha < 1
+        self.find_unused_parameters = model.projection is not None and not trained
+        return model
+
+    def steps_per_epoch(self):
+        return math.ceil(len(self.layouts) / self.cfg.batch_size)
+
+    def batch(self, epoch, index, global_step):
+        c = self.cfg
+        if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
+            g = torch.Generator().manual_seed(c.seed * 1000 + epoch)
+            self.perm, self._perm_epoch = torch.randperm(len(self.layouts), generator=g), epoch
+            self.sums = {"loss": 0.0, "n": 0, "nstep": 0.0}
+        # every random choice of a step is seeded by the step: --resume replays it exactly, and every process
+        # makes the same choices (random tensors are drawn for the global batch, then sliced)
+        self.rng = random.Random(c.seed * 1_000_003 + global_step)
+        self.gen = torch.Generator(device=self.device).manual_seed(c.seed * 7_919 + global_step)
+        rows = self.perm[index * c.batch_size:(index + 1) * c.batch_size]
+        idx = rows[self.rank::self.world].to(self.device)
+        self.shard = distributed.Shard(self.rank, self.world, len(rows)) if self.world > 1 else None
+        return Batch(mazes.to_images(self.layouts[idx]), len(idx), len(rows), index)
+
+    def loss(self, batch):
+        x, y = batch.data
+        if self.model.config.model == "dt":
+            loss, stats = dt_loss(self.model, x, y, self.cfg.alpha, self.rng, self.gen, self.shard)
+        else:
+            loss, stats = deq_loss(self.model, x, y, self.cfg.residual_weight, self.rng, self.gen, self.shard)
+        return loss, (loss, stats)
+
+    def after_step(self, batch, out, ok, global_step):
+        loss, stats = out
+        if ok and batch.index % 10 == 0:          # the only host syncs of the loop: a sampled running loss
+            nstep = stats.nstep if stats is not None else self.model.config.train_iters
+            batch_loss = (distributed.all_sum(loss.detach() * batch.local) / batch.size).item()
+            self.sums["loss"] += batch_loss * batch.size
+            self.sums["n"] += batch.size
+            self.sums["nstep"] += distributed.agree_max(nstep, self.device) if self.world > 1 else nstep
+            self.size = batch.size
+
+    def postfix(self):
+        s = self.sums
+        return {} if not s["n"] else {"loss": f"{s['loss'] / s['n']:.4f}", "steps": f"{s['nstep'] / (s['n'] / self.size):.0f}"}
+
+    def bar_label(self, epoch):
+        return f"{self.model.config.model} epoch {epoch + 1}"
+
+    def end_epoch(self, epoch, global_step, elapsed):
+        c, model = self.cfg, self.model
+        val = quick_accuracy(model, self.val, max_iter=model.config.train_iters * (1 if model.config.model == "dt" else 4))
+        rec = {"epoch": epoch, "global_step": global_step, "train_loss": self.sums["loss"] / max(self.sums["n"], 1),
+               f"val_solved_{c.train_size}": val, "elapsed_s": elapsed, **copy.deepcopy(self.counters)}
+        self.log(f"epoch {epoch:.2f}: loss {rec['train_loss']:.4f}  solved {100 * val:.1f}% of {len(self.val)} "
+                 f"held-out {c.train_size}x{c.train_size}  ({elapsed:.0f}s trained)")
+        return rec

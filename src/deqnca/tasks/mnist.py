@@ -1,0 +1,198 @@
+"""MNIST classification: the essay's model (eqs. 1-2) and its equilibrium sibling, as a task.
+
+Presets (`PRESETS`, docs/results.md has their numbers):
+essay          eqs. (1)-(2) with the essay's recipe (SGD 0.005/0.9, batch 64, noise init, 10 epochs);
+               the state is the 16-step rollout, trained by BPTT.
+essay-broyden  the same with TorchDeq's Broyden kept as the solver (NaN-safe) and phantom gradients.
+equilibrium    same family, but the rule is a γ-contraction solved by Picard iteration to a relative
+               residual of 1e-4 and trained by implicit differentiation; batch-normalised read-out.
+equilibrium-fast / -fixed / -v0   variants measured in docs/results.md.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..configs import merged, option
+from ..engine.trainer import TASKS, Batch, Task, TrainConfig
+from ..evaluation import as_layout, evaluate, residual_summary
+from ..model import EquilibriumModel, ModelConfig
+
+_ESSAY_TRAIN = {"epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": 0.005, "momentum": 0.9}
+_EQ_TRAIN = {"epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 2e-3, "schedule": "cosine"}
+_EQ_MODEL = {"rule": "contractive_tanh", "rule_kw": {"gamma": 0.9, "renormalize": True}, "conditioning": "injection",
+             "solver": "fixed_point", "solver_kw": {"max_iter": 100, "tol": 1e-4}, "gradient": "implicit",
+             "gradient_kw": {"b_solver": "fixed_point", "b_max_iter": 100, "b_tol": 1e-4}, "readout_norm": "batch"}
+PRESETS = {
+    # the essay's model and optimiser; the state is the 16-step rollout that TorchDeq's Broyden
+    # degenerates to on eq. (2) (docs/concepts.md), trained by BPTT
+    "essay": {"model": {"rule": "residual_tanh", "rule_kw": {"state_init_scale": 0.1}, "conditioning": "injection",
+                        "solver": "rollout", "solver_kw": {"max_iter": 16}, "gradient": "bptt", "gradient_kw": {}},
+              "train": _ESSAY_TRAIN},
+    "essay-broyden": {"model": {"rule": "residual_tanh", "rule_kw": {"state_init_scale": 0.1},
+                                "conditioning": "injection", "solver": "broyden",
+                                "solver_kw": {"max_iter": 16, "tol": 1e-3, "stop_mode": "abs"},
+                                "gradient": "phantom", "gradient_kw": {"k": 8}},
+                      "train": _ESSAY_TRAIN},
+    # Picard, not Anderson: as many steps on this contraction in 2.5x less time (docs/results.md)
+    "equilibrium": {"model": _EQ_MODEL, "train": _EQ_TRAIN},
+    "equilibrium-v0": {"model": {"rule": "contractive_tanh", "rule_kw": {"gamma": 0.9}, "conditioning": "injection",
+                                 "solver": "anderson", "solver_kw": {"max_iter": 40, "tol": 1e-4},
+                                 "gradient": "implicit",
+                                 "gradient_kw": {"b_solver": "anderson", "b_max_iter": 40, "b_tol": 1e-4}},
+                       "train": _EQ_TRAIN},
+}
+# the adjoint solve capped at 12 steps: learns as fast, backward ~4x cheaper
+PRESETS["equilibrium-fast"] = copy.deepcopy(PRESETS["equilibrium"])
+PRESETS["equilibrium-fast"]["model"]["gradient_kw"]["b_max_iter"] = 12
+# fixed-length solves: no data-dependent loop, so the step can be captured as a CUDA graph
+PRESETS["equilibrium-fixed"] = copy.deepcopy(PRESETS["equilibrium-fast"])
+PRESETS["equilibrium-fixed"]["model"].update(solver="rollout", solver_kw={"max_iter": 40})
+PRESETS["equilibrium-fixed"]["model"]["gradient_kw"].update(b_solver="rollout")
+
+
+@dataclass
+class MnistConfig(TrainConfig):
+    """Training options of the MNIST task (the engine's, plus these)."""
+    model: dict = option({}, "model config (ModelConfig fields; a preset fills it)", flag=False)
+    train_subset: int = option(0, "train on the first N training images; 0 = all")
+    test_subset: int = option(0, "evaluate on the first N test images each epoch; 0 = all")
+    eval_batch_size: int = option(500, "images per solve in the per-epoch evaluation")
+    channels_last: str = option("auto", "memory layout (auto: channels-last on a CPU)", choices=("auto", "on", "off"))
+    cuda_graph: str = option("auto", "capture the training step as one CUDA graph (auto: on a GPU when the model "
+                             "allows)", choices=("auto", "on", "off"))
+
+
+def preset(name: str, model_overrides: dict | None = None, train_overrides: dict | None = None) -> dict:
+    """{"model": ..., "train": ...} of preset `name` with overrides merged in (checked against the configs).
+
+    Example:
+        >>> preset("essay", {"solver_kw": {"max_iter": 8}})["model"]["solver_kw"]
+        {'max_iter': 8}
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    p = copy.deepcopy(PRESETS[name])
+    model_overrides = dict(model_overrides or {})
+    # switching to another solver, gradient or rule drops the preset's options for the old one
+    for choice, options in (("solver", "solver_kw"), ("gradient", "gradient_kw"), ("rule", "rule_kw")):
+        if choice in model_overrides and model_overrides[choice] != p["model"][choice]:
+            p["model"][options] = {}
+    p["model"] = merged(ModelConfig, p["model"], model_overrides, "model config")
+    p["train"] = merged(MnistConfig, p["train"], dict(train_overrides or {}), "train config")
+    return p
+
+
+def train(model_config: dict, cfg, out, data, device: str = "cpu", resume: bool = False, log=print, **fit_kw) -> dict:
+    """Train an `EquilibriumModel` of `model_config` on `data` = (x, y, x_test, y_test) through the engine.
+
+    Example:
+        >>> train(preset("essay")["model"], MnistConfig(epochs=1), "runs/try", data)  # doctest: +SKIP
+    """
+    from ..engine.trainer import fit
+
+    cfg = cfg if isinstance(cfg, MnistConfig) else MnistConfig.from_dict(cfg)
+    cfg.model = ModelConfig.from_dict(model_config).to_dict()
+    return fit(MnistTask(cfg, data), out, device=device, resume=resume, log=log, **fit_kw)
+
+
+@TASKS.register("mnist")
+class MnistTask(Task):
+    """Classify MNIST digits with an `EquilibriumModel`; `data` = (x_train, y_train, x_test, y_test)."""
+
+    name = "mnist"
+    Config = MnistConfig
+
+    def __init__(self, cfg: MnistConfig, data):
+        super().__init__(cfg)
+        self.data = data
+        self.counters = {"fallback": 0}
+
+    def setup(self):
+        c, (x, y, xt, yt) = self.cfg, self.data
+        x, y = (x[:c.train_subset], y[:c.train_subset]) if c.train_subset else (x, y)
+        self.test = (xt[:c.test_subset], yt[:c.test_subset]) if c.test_subset else (xt, yt)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.gen = torch.Generator(device=self.device)
+
+    def build_model(self):
+        return EquilibriumModel(self.cfg.model)
+
+    def steps_per_epoch(self):
+        return math.ceil(len(self.x) / self.cfg.batch_size)
+
+    def batch(self, epoch, index, global_step):
+        c = self.cfg
+        if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
+            self.perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(c.seed * 1000 + epoch))
+            self._perm_epoch, self.sums = epoch, dict.fromkeys(("loss", "correct", "n", "rel", "nstep", "batches"), 0)
+        # state noise seeded per batch: a resumed run draws exactly the noise it would have drawn
+        self.gen.manual_seed(c.seed * 1_000_003 + epoch * 10_007 + index + 7_919 * self.rank)
+        rows = self.perm[index * c.batch_size:(index + 1) * c.batch_size]
+        idx = rows[self.rank::self.world].to(self.device)
+        xb = as_layout(self.x[idx], c.channels_last, self.device)
+        return Batch((xb, self.y[idx]), len(idx), len(rows), index)
+
+    def loss(self, batch):
+        xb, yb = batch.data
+        loss, logits = self.model.loss(xb, yb, generator=self.gen, check_input=False)
+        return loss, (loss, logits, self.model.last_stats)
+
+    def capture(self, optimizer, batch):
+        from ..engine.graphs import CapturedStep, graph_unsupported_reason
+
+        why_not = graph_unsupported_reason(self.model, self.cfg, self.device, self.world) \
+            if self.cfg.cuda_graph != "off" else "cuda_graph is off"
+        if why_not and self.cfg.cuda_graph == "on":
+            raise ValueError(f"cuda_graph='on' but {why_not}; use cuda_graph='auto' or 'off'")
+        if why_not:
+            return None
+        try:
+            step = CapturedStep(self.model, optimizer, batch.data[0])
+        except Exception as e:     # capture is an optimisation: fall back to eager steps
+            self.log(f"CUDA-graph capture failed ({type(e).__name__}: {e}); training eagerly")
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        self.log(f"training step captured as a CUDA graph (batch {self.cfg.batch_size})")
+
+        def replay(b):
+            xb, yb = b.data
+            loss, logits, stats = step(xb, yb, self.model.initial_state(xb, self.gen))
+            return loss, (loss, logits, stats), bool(step.finite)
+        replay.restore = step.restore
+        return replay
+
+    def after_step(self, batch, out, ok, global_step):
+        loss, logits, stats = out
+        self.counters["fallback"] += stats.fallback
+        if ok:
+            s, yb = self.sums, batch.data[1]
+            s["loss"] += loss.item() * len(yb)
+            s["correct"] += (logits.argmax(1) == yb).sum().item()
+            s["n"] += len(yb)
+            rel = stats.rel_residual
+            s["rel"] += rel[torch.isfinite(rel)].mean().item() if torch.isfinite(rel).any() else 0
+            s["nstep"] += stats.nstep
+            s["batches"] += 1
+
+    def postfix(self):
+        s = self.sums
+        return {} if not s["n"] else {"loss": f"{s['loss'] / s['n']:.3f}", "acc": f"{s['correct'] / s['n']:.3f}",
+                                      "rel": f"{s['rel'] / s['batches']:.2e}", "steps": f"{s['nstep'] / s['batches']:.1f}"}
+
+    def end_epoch(self, epoch, global_step, elapsed):
+        c, s, model = self.cfg, self.sums, self.model
+        model.calibrate_readout_norm(as_layout(self.x[:2000], c.channels_last, self.device), c.eval_batch_size,
+                                     seed=math.ceil(epoch) - 1)
+        ev = evaluate(model, *self.test, c.eval_batch_size, seed=12345, channels_last=c.channels_last)
+        rec = {"epoch": epoch, "train_loss": s["loss"] / max(s["n"], 1), "train_acc": s["correct"] / max(s["n"], 1),
+               "train_rel_mean": s["rel"] / max(s["batches"], 1), "train_nstep": s["nstep"] / max(s["batches"], 1),
+               "test_acc": ev["accuracy"], "test_nstep": ev["nstep_mean"],
+               **{f"test_{k}": v for k, v in residual_summary(ev["rel_residual"]).items()},
+               "elapsed_s": elapsed, **self.counters}
+        self.log(f"epoch {epoch:g}: loss {rec['train_loss']:.4f} train {rec['train_acc']:.4f} test "
+                 f"{rec['test_acc']:.4f} rel median {rec['test_rel_median']:.2e} nstep {rec['test_nstep']:.1f}")
+        return rec

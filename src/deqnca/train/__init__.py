@@ -1,1 +1,0 @@
-"""Training: one plain loop for every task, and atomic, pickle-free checkpoints."""
