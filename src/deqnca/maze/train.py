@@ -44,6 +44,7 @@ class MazeTrainConfig:
     val_count: int = 200              # held-out 9x9 test mazes evaluated after each epoch
     seed: int = 0
     max_bad_steps: int = 50
+    generator: str = mazes.DEFAULT_GENERATOR   # maze distribution of the training and held-out mazes
 
     @classmethod
     def from_dict(cls, d):
@@ -138,8 +139,9 @@ def train_maze(model_config: dict, cfg: MazeTrainConfig, out, device="cpu", resu
     if not main_rank:             # rank 0 generates and caches the maze sets, the others then read them
         distributed.barrier()
     train_layouts = torch.as_tensor(mazes.load_set(cfg.train_size, cfg.train_count, "train", cache=cache,
-                                                   log=log)).to(device)
-    val_layouts = mazes.load_set(cfg.train_size, cfg.val_count, "test", cache=cache, log=log)
+                                                   log=log, generator=cfg.generator)).to(device)
+    val_layouts = mazes.load_set(cfg.train_size, cfg.val_count, "test", cache=cache, log=log,
+                                 generator=cfg.generator)
     if main_rank:
         distributed.barrier()
     last_batch = len(train_layouts) % cfg.batch_size
