@@ -494,7 +494,10 @@ def main(argv=None) -> int:
     if not args.stats:
         p.error("nothing to do: pass --stats")
     for s in args.sizes:
-        check_size(s)
+        try:
+            check_size(s)
+        except ValueError as e:
+            p.error(str(e))
     print(statistics_table(args.sizes, args.count, args.generators, args.split, args.seed))
     return 0
 

@@ -127,7 +127,8 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     from ..viz.figures import line_plot
 
     generators = tuple(mazes.check_generator(g) for g in generators)
-    several = len(generators) > 1
+    # the default (depth-first only) keeps its log lines, labels and files; any other choice names them
+    named = generators != (mazes.DEFAULT_GENERATOR,)
     results = {}
     for path in paths:
         model, meta = load_maze_model(path, device)
@@ -140,7 +141,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
                 rows[s] = r
                 aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
                 mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"
-                log(f"{Path(path).name} [{model.config.model}] {s}x{s}{f' {g}' if several else ''}: solved "
+                log(f"{Path(path).name} [{model.config.model}] {s}x{s}{f' {g}' if named else ''}: solved "
                     f"{100 * r['accuracy']:.1f}% of {r['n']} (best {100 * r['best_accuracy']:.1f}% at "
                     f"{r['best_iters']} it), AA {aa}, {r['mean_iters']:.0f} it, {r['ms_per_maze']:.1f} ms/maze, "
                     f"peak {mem}")
@@ -150,8 +151,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     label = {p: f"{r['model']} ({Path(p).parent.name or Path(p).name})" for p, r in results.items()}
-    # one curve per checkpoint and distribution; the generator is named only when there are several
-    curves = [(f"{label[p]}{f' {g}' if several else ''}", r["by_generator"][g])
+    curves = [(f"{label[p]}{f' {g}' if named else ''}", r["by_generator"][g])
               for p, r in results.items() for g in generators]
     line_plot(sizes, {name: [rows[s]["accuracy"] for s in sizes] for name, rows in curves},
               out / "accuracy_vs_size.png", "maze size", "fraction fully solved",
@@ -168,7 +168,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     line_plot(marks, series, out / "accuracy_vs_iters.png", "test-time iterations", "fraction fully solved",
               "accuracy vs test-time compute", logx=True)
     (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
-    if several:
+    if named:
         (out / "accuracy_by_generator.md").write_text(accuracy_table(results, sizes) + "\n")
     return results
 
