@@ -196,3 +196,184 @@ def test_shipped_dt_model_solves_9x9_mazes(cache):
     assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta
     r = evaluate_size(model, mazes.load_set(9, 40, "test", cache=cache), max_iters=30, aa_count=4)
     assert r["accuracy"] >= 0.95                                  # docs/mazes.md: 100% of 1,000
+
+
+# ---- maze distributions --------------------------------------------------------------------------
+
+OTHER_GENERATORS = [g for g in mazes.GENERATORS if g != "dfs"]
+
+
+def test_default_generator_is_byte_identical_to_the_benchmark_sets():
+    """SHA-256 of the first 5 layouts of three depth-first sets, computed before there were other
+    generators: cached sets and the numbers in docs/mazes.md depend on them."""
+    import hashlib
+
+    pinned = {(9, "test", 0): "bacd413fd152109cf7995a935b657f3bb98a6aa686349a5dda52b96aaf6bf555",
+              (19, "train", 3): "9d477c2a39f9c8bec3e8988d5941c31bb39fe895b80e036a93a4f9100422f720",
+              (59, "test", 1): "c97faa704b3260658c4edd31753b101727a2ce2696054f9a4fe15ff22ed704b5"}
+    for (size, split, seed), digest in pinned.items():
+        for generator in ({}, {"generator": "dfs"}):
+            layouts = mazes.generate_set(size, 5, split, seed, **generator)
+            assert hashlib.sha256(layouts.tobytes()).hexdigest() == digest
+    assert mazes.cache_path("c", "test", 9, 0).name == "mazes-v1-test-size9-seed0.npz"
+
+
+@pytest.mark.parametrize("generator", OTHER_GENERATORS)
+@pytest.mark.parametrize("size", [3, 5, 9, 19])
+def test_every_generator_makes_perfect_mazes_whose_target_is_the_bfs_path(generator, size):
+    for layout in mazes.generate_set(size, 20, "test", seed=3, generator=generator):
+        assert mazes.is_perfect(layout)          # open cells and passages: a spanning tree of the cells
+        kind = layout & mazes.KIND_MASK
+        assert (kind == mazes.START).sum() == 1 and (kind == mazes.GOAL).sum() == 1
+        assert np.array_equal((layout & mazes.ON_PATH) > 0, mazes.bfs_path(layout))
+
+
+@pytest.mark.parametrize("generator", OTHER_GENERATORS)
+def test_other_generators_are_deterministic_paired_and_distinct(generator):
+    a = mazes.generate_set(19, 20, "test", seed=0, generator=generator)
+    assert np.array_equal(a, mazes.generate_set(19, 20, "test", seed=0, generator=generator))
+    assert np.array_equal(a[5:], mazes.generate_set(19, 15, "test", seed=0, first=5, generator=generator))
+    assert np.array_equal(a[:4], mazes._generate_range(("test", 0, 19, 0, 4, generator)))   # the worker's path
+    assert not np.array_equal(a, mazes.generate_set(19, 20, "train", seed=0, generator=generator))
+    assert len({m.tobytes() for m in a}) == 20
+    # the same random stream as depth-first: maze i has the same start and goal, other walls
+    dfs = mazes.generate_set(19, 20, "test", seed=0)
+    kind, dkind = a & mazes.KIND_MASK, dfs & mazes.KIND_MASK
+    for mark in (mazes.START, mazes.GOAL):
+        assert np.array_equal(kind == mark, dkind == mark)
+    assert not any(np.array_equal(x, y) for x, y in zip(a, dfs))
+
+
+def test_unknown_generator_is_a_one_line_error(cache):
+    with pytest.raises(ValueError, match="choose one of dfs, prim"):
+        mazes.load_set(9, 2, "test", cache=cache, generator="eller")
+
+
+def test_cache_keeps_generators_apart(cache):
+    dfs = mazes.load_set(9, 6, "test", cache=cache)
+    prim = mazes.load_set(9, 6, "test", cache=cache, generator="prim")
+    path = mazes.cache_path(cache, "test", 9, 0, "prim")
+    assert path.name == "mazes-prim-v1-test-size9-seed0.npz" and path.exists()
+    assert not np.array_equal(dfs, prim)
+    with np.load(path) as f:
+        assert str(f["generator"]) == "prim"
+    assert np.array_equal(mazes.load_set(9, 6, "test", cache=cache, generator="prim"), prim)
+    dfs_path = mazes.cache_path(cache, "test", 9, 0)
+    path.replace(dfs_path)                           # a Prim set under the depth-first name
+    with pytest.warns(UserWarning, match="expected"):
+        assert np.array_equal(mazes.load_set(9, 6, "test", cache=cache), dfs)
+    # a depth-first file written before there were other generators (no "generator" entry) is used as is
+    with open(dfs_path, "wb") as fh:
+        np.savez_compressed(fh, layouts=dfs, version=1, split="test", seed=0, size=9)
+    before = dfs_path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(mazes.load_set(9, 6, "test", cache=cache), dfs)
+    assert dfs_path.read_bytes() == before
+
+
+def test_maze_statistics_of_a_hand_made_maze(monkeypatch):
+    import random
+
+    # 3x3 cells: the centre joined to its four neighbours, each of those to one corner (a pinwheel)
+    edges = [(4, 1), (4, 3), (4, 5), (4, 7), (1, 0), (5, 2), (3, 6), (7, 8)]
+    monkeypatch.setitem(mazes.GENERATORS, "pinwheel", lambda n, start, rng: mazes._root(n, edges, start))
+    layout = mazes.generate_maze(5, random.Random(0), "pinwheel")
+    assert mazes.is_perfect(layout)
+    st = mazes.maze_statistics(layout)
+    path_cells = int(mazes.bfs_path(layout)[1::2, 1::2].sum())
+    assert (st["dead_ends"], st["branch_points"], st["crossings"]) == (4, 0, 1)
+    assert st["cells"] == 9 and st["dead_ends_per_cell"] == 4 / 9
+    assert st["path_cells"] == path_cells and st["path_frac"] == path_cells / 9
+
+
+def test_maze_statistics_differ_as_documented():
+    """docs/mazes.md, "Maze distributions": depth-first has the fewest dead ends, branch points and
+    crossings and by far the longest paths; Prim the most dead ends and the shortest paths."""
+    st = {g: mazes.maze_statistics(mazes.generate_set(19, 150, "test", generator=g)) for g in mazes.GENERATORS}
+    for g, s in st.items():
+        # in a tree, leaves = 2 + sum over branching cells of (degree - 2)
+        assert s["dead_ends"] == pytest.approx(2 + s["branch_points"] + 2 * s["crossings"])
+    dfs = st["dfs"]
+    assert dfs["dead_ends_per_cell"] < 0.15 and dfs["crossings_per_cell"] < 0.005
+    for g in OTHER_GENERATORS:
+        assert st[g]["dead_ends_per_cell"] > dfs["dead_ends_per_cell"] + 0.1
+        assert st[g]["branch_points_per_cell"] > dfs["branch_points_per_cell"] + 0.08
+        assert st[g]["crossings_per_cell"] > dfs["crossings_per_cell"] + 0.015
+        assert st[g]["path_frac"] < dfs["path_frac"] / 2
+    middle = ("kruskal", "wilson", "division")
+    assert st["prim"]["dead_ends_per_cell"] > max(st[g]["dead_ends_per_cell"] for g in middle) + 0.03
+    assert st["prim"]["path_frac"] < min(st[g]["path_frac"] for g in middle)
+
+
+class _FakeDT(torch.nn.Module):
+    """A 'dt' model whose step ignores the state (state = 3 x the start block: path independent) or,
+    with identity=True, keeps it (state = its initial state: as path dependent as can be)."""
+
+    def __init__(self, identity=False):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(model="dt", tol=1e-3)
+        self.identity = identity
+
+    def _start_block(self, x):
+        # 4 pixels of 3.0: the normalised state is exactly 0.5 there, so the cosine is exactly 1
+        green = (x[:, 0] == 0) & (x[:, 1] == 1) & (x[:, 2] == 0)
+        return 3.0 * green[:, None].float()
+
+    def step_map(self, x):
+        return (lambda z: z) if self.identity else (lambda z: self._start_block(x))
+
+    def inference_state(self, x):
+        return self._start_block(x) if self.identity else torch.zeros_like(x[:, :1])
+
+    def head(self, z):
+        return torch.cat([z, -z], 1)              # never "path": accuracy is not the point here
+
+
+def test_aa_score_is_exactly_one_for_a_path_independent_model():
+    from deqnca.maze.evaluate import evaluate_size
+
+    layouts = mazes.generate_set(9, 6, "test")
+    r = evaluate_size(_FakeDT(), layouts, max_iters=3, aa_count=6)
+    assert r["aa_n"] == 6 and r["aa_score"] == 1.0
+    # the identity rule ends where it starts: maze a re-solved from maze a-1's state ends in that
+    # state, cosine 1 if the two start blocks coincide and 0 if not
+    starts = [tuple(np.argwhere((lay & mazes.KIND_MASK) == mazes.START)[0]) for lay in layouts]
+    same = [starts[a] == starts[a - 1] for a in range(6)]
+    assert sum(same) < 6
+    aa = evaluate_size(_FakeDT(identity=True), layouts, max_iters=3, aa_count=6)["aa_score"]
+    assert aa == pytest.approx(sum(same) / 6)
+
+
+def test_evaluate_checkpoints_on_several_distributions(tmp_path, cache):
+    from pathlib import Path
+
+    from deqnca.maze.evaluate import evaluate_checkpoints
+
+    ckpt = Path(__file__).resolve().parents[1] / "models" / "maze" / "dt"
+    res = evaluate_checkpoints([ckpt], [5], {5: 3}, {5: 3}, "cpu", tmp_path / "eval", aa_count=2, cache=cache,
+                               log=lambda s: None, generators=("dfs", "prim"))
+    r = res[str(ckpt)]
+    assert set(r["by_generator"]) == {"dfs", "prim"} and r["sizes"] is r["by_generator"]["dfs"]
+    assert r["by_generator"]["prim"][5]["n"] == 3
+    assert mazes.cache_path(cache, "test", 5, 0, "prim").exists()
+    table = (tmp_path / "eval" / "accuracy_by_generator.md").read_text().splitlines()
+    assert len(table) == 4 and "| prim |" in table[3]
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())[str(ckpt)]
+    assert saved["sizes"] == saved["by_generator"]["dfs"]
+
+
+def test_training_reads_its_generator(tmp_path, cache):
+    from deqnca.maze.model import PRESETS
+    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze import train_maze
+
+    cfg = MazeTrainConfig(train_size=5, train_count=8, epochs=1, batch_size=8, val_count=4, generator="kruskal")
+    train_maze({**PRESETS["dt"], "width": 4, "blocks": 1, "train_iters": 2}, cfg, tmp_path / "run", cache=cache,
+               log=lambda s: None)
+    assert mazes.cache_path(cache, "train", 5, 0, "kruskal").exists()
+    assert mazes.cache_path(cache, "test", 5, 0, "kruskal").exists()
+    assert not mazes.cache_path(cache, "train", 5, 0).exists()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["generator"] == "kruskal"

@@ -24,9 +24,10 @@ def cmd_generate(args) -> int:
         mazes.check_size(s)
     for s in args.sizes:
         t = time.time()
-        lay = mazes.load_set(s, counts, args.split, seed=args.seed, cache=args.cache)
+        lay = mazes.load_set(s, counts, args.split, seed=args.seed, cache=args.cache, generator=args.generator)
+        where = mazes.cache_path(args.cache or mazes.default_cache(), args.split, s, args.seed, args.generator)
         print(f"{args.split} size {s}: {len(lay)} mazes, {mazes.image_side(s)}x{mazes.image_side(s)} px "
-              f"({time.time() - t:.1f}s) in {mazes.cache_path(args.cache or mazes.default_cache(), args.split, s, args.seed)}")
+              f"({time.time() - t:.1f}s) in {where}")
     return 0
 
 
@@ -56,7 +57,7 @@ def cmd_eval(args) -> int:
     max_iters = {s: v or default_max_iters(s) for s, v in max_iters.items()}
     log = (lambda s: print(s, file=sys.stderr))
     res = evaluate_checkpoints(args.checkpoint, args.sizes, limits, max_iters, device, args.out,
-                               args.aa_count, args.cache, log)
+                               args.aa_count, args.cache, log, generators=args.generators)
     if args.json:
         print(json.dumps(res))
     else:
@@ -66,10 +67,15 @@ def cmd_eval(args) -> int:
 
 def cmd_show(args) -> int:
     files = show(args.checkpoint, args.size, args.out, args.index, args.max_iters, device=setup_device(args.device),
-                 cache=args.cache, log=lambda s: print(s, file=sys.stderr))
+                 cache=args.cache, log=lambda s: print(s, file=sys.stderr), generator=args.generator)
     for f in files:
         print(f)
     return 0
+
+
+def generator_flag(p):
+    p.add_argument("--generator", choices=list(mazes.GENERATORS), default=mazes.DEFAULT_GENERATOR,
+                   help="maze distribution (default dfs: the benchmark's depth-first mazes; docs/mazes.md)")
 
 
 def add_cli(sub) -> None:
@@ -90,6 +96,7 @@ def add_cli(sub) -> None:
     p.add_argument("--count", type=int, help="mazes per size (default: 50000 train, 1000 test)")
     p.add_argument("--split", choices=mazes.SPLITS, default="test")
     p.add_argument("--seed", type=int, default=0)
+    generator_flag(p)
     p.set_defaults(func=cmd_generate)
 
     p = msub.add_parser("train", help="train a maze solver on small mazes",
@@ -112,6 +119,8 @@ def add_cli(sub) -> None:
     p.add_argument("--max-iters", help="test-time iteration cap, one number or SIZE=N pairs "
                    "(default max(100, 4 x image side))")
     p.add_argument("--aa-count", type=int, default=50, help="mazes per size re-solved for the AA score")
+    p.add_argument("--generators", nargs="+", choices=list(mazes.GENERATORS), default=[mazes.DEFAULT_GENERATOR],
+                   help="maze distributions to evaluate every checkpoint on (default dfs)")
     p.add_argument("--out", default="out/maze-eval")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -123,4 +132,5 @@ def add_cli(sub) -> None:
     p.add_argument("--index", type=int, default=0, help="which test maze")
     p.add_argument("--max-iters", type=int)
     p.add_argument("--out", default="out/maze-show")
+    generator_flag(p)
     p.set_defaults(func=cmd_show)

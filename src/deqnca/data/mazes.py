@@ -7,18 +7,22 @@ outer walls it is the (2n + 1)-grid = (s + 2)-grid ("layout" below); the image u
 adds a 1-pixel black border, so it is 2(s + 2) + 2 pixels square: 9 -> 24, 59 -> 124, 201 -> 408.
 
 Like the benchmark, the maze is carved by randomised depth-first search starting at the start
-cell; start and goal are two distinct cells drawn uniformly; each occupies one layout pixel, i.e.
+cell (the default generator, "dfs"; GENERATORS holds others with other dead-end, branch and path
+statistics: Prim, Kruskal, Wilson, recursive division, see docs/mazes.md "Maze distributions");
+start and goal are two distinct cells drawn uniformly; each occupies one layout pixel, i.e.
 a 2x2 block of the image (green start, red goal); open = white, wall = black. The target is the
 per-pixel mask of the unique start-to-goal path through the layout, start and goal included.
 
 Storage: a layout is one uint8 per layout pixel (WALL/OPEN/START/GOAL, plus ON_PATH bit), never
-the image; sets are cached as compressed .npz files holding the generator version, split, seed
-and size, and regenerated (or extended) when missing, stale or corrupt. Maze i of a set is drawn
-from its own random stream keyed by (version, split, seed, size, i), so any prefix of a set is
-the same whatever the set's length.
+the image; sets are cached as compressed .npz files holding the generator, its version, split,
+seed and size, and regenerated (or extended) when missing, stale or corrupt. Maze i of a set is
+drawn from its own random stream keyed by (version, split, seed, size, i), so any prefix of a set
+is the same whatever the set's length; every generator reads the same stream, so maze i has the
+same start and goal in every distribution.
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import random
@@ -60,23 +64,57 @@ def image_side(size: int) -> int:
 
 
 def _rng(split: str, seed: int, size: int, index: int) -> random.Random:
-    # str seeds go through SHA-512 in CPython: stable across runs and PYTHONHASHSEED
+    # str seeds go through SHA-512 in CPython: stable across runs and PYTHONHASHSEED. Every generator
+    # reads the same stream, so maze i has the same start and goal in every distribution
     return random.Random(f"deqnca-maze-v{GENERATOR_VERSION}:{split}:{seed}:{size}:{index}")
 
 
-def generate_maze(size: int, rng: random.Random) -> np.ndarray:
-    """One maze layout ((s+2) x (s+2) uint8) with start, goal and path marked."""
-    n = check_size(size)
-    side = 2 * n + 1
-    layout = np.zeros((side, side), dtype=np.uint8)
-    start, goal = rng.sample(range(n * n), 2)
-    # randomised DFS on the n x n cell graph (flat indices); parent[c] is the cell c was carved from,
-    # so the carving tree is rooted at the start and the path is the goal's chain of parents
+# ---- generators ------------------------------------------------------------------------------------
+# A generator carves a spanning tree of the n x n cell graph (flat indices c = row * n + col):
+# generator(n, start, rng) -> parent, a list with parent[start] = -1 and, for every other cell, the
+# neighbouring cell it is joined to (the tree rooted at the start, so the path is the goal's chain of
+# parents). All randomness comes from rng, which has already drawn the start and goal.
+
+@functools.lru_cache(maxsize=16)
+def _neighbours(n: int) -> tuple[tuple[int, ...], ...]:
+    """Each cell's neighbours in a fixed order (up, down, left, right)."""
+    out = []
+    for c in range(n * n):
+        r, q = divmod(c, n)
+        out.append(tuple(d for d, ok in ((c - n, r > 0), (c + n, r < n - 1), (c - 1, q > 0), (c + 1, q < n - 1))
+                         if ok))
+    return tuple(out)
+
+
+def _root(n: int, edges, start: int) -> list[int]:
+    """Parents of a spanning tree given as undirected edges, rooted at `start`."""
+    adj = [[] for _ in range(n * n)]
+    for a, b in edges:
+        adj[a].append(b)
+        adj[b].append(a)
+    parent = [-1] * (n * n)
+    seen = bytearray(n * n)
+    seen[start] = 1
+    todo = [start]
+    while todo:
+        c = todo.pop()
+        for d in adj[c]:
+            if not seen[d]:
+                seen[d] = 1
+                parent[d] = c
+                todo.append(d)
+    return parent
+
+
+def carve_dfs(n: int, start: int, rng: random.Random) -> list[int]:
+    """Randomised depth-first search (recursive backtracker), the benchmark's generator: long
+    winding corridors, few dead ends (~10% of cells) and a long solution path."""
+    # byte-identical to the generator of every cached set and documented number: keep the order of
+    # the neighbour checks and of the rng calls (randrange only when there is a choice)
     parent = [-1] * (n * n)
     visited = bytearray(n * n)
     visited[start] = 1
     stack = [start]
-    carved = []                  # (cell, parent) pairs, turned into open layout pixels below
     while stack:
         c = stack[-1]
         r, q = divmod(c, n)
@@ -95,12 +133,134 @@ def generate_maze(size: int, rng: random.Random) -> np.ndarray:
         nxt = options[rng.randrange(len(options))] if len(options) > 1 else options[0]
         visited[nxt] = 1
         parent[nxt] = c
-        carved.append(nxt)
         stack.append(nxt)
+    return parent
+
+
+def carve_prim(n: int, start: int, rng: random.Random) -> list[int]:
+    """Randomised Prim (frontier-cell form): grow from the start, each step joining a uniformly drawn
+    frontier cell to one of its cells already in the maze. Short branches everywhere: the most dead
+    ends (~35% of cells) and branch points, the shortest paths."""
+    nbrs = _neighbours(n)
+    parent = [-1] * (n * n)
+    state = bytearray(n * n)                 # 0 outside, 1 frontier, 2 in the maze
+    state[start] = 2
+    frontier = list(nbrs[start])
+    for d in frontier:
+        state[d] = 1
+    while frontier:
+        k = rng.randrange(len(frontier))
+        c = frontier[k]
+        frontier[k] = frontier[-1]           # swap-remove: O(1), the draw stays uniform
+        frontier.pop()
+        inside = [d for d in nbrs[c] if state[d] == 2]
+        parent[c] = inside[rng.randrange(len(inside))] if len(inside) > 1 else inside[0]
+        state[c] = 2
+        for d in nbrs[c]:
+            if state[d] == 0:
+                state[d] = 1
+                frontier.append(d)
+    return parent
+
+
+def carve_kruskal(n: int, start: int, rng: random.Random) -> list[int]:
+    """Randomised Kruskal: knock down walls in a uniformly shuffled order whenever they join two
+    separate regions (union-find). Many short dead ends (~30% of cells), no directional bias."""
+    edges = [(c, c + 1) for c in range(n * n) if c % n < n - 1] + [(c, c + n) for c in range(n * n - n)]
+    rng.shuffle(edges)
+    root = list(range(n * n))
+
+    def find(c):
+        while root[c] != c:
+            root[c] = root[root[c]]          # path halving
+            c = root[c]
+        return c
+
+    kept = []
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            root[ra] = rb
+            kept.append((a, b))
+            if len(kept) == n * n - 1:
+                break
+    return _root(n, kept, start)
+
+
+def carve_wilson(n: int, start: int, rng: random.Random) -> list[int]:
+    """Wilson's algorithm: loop-erased random walks into the growing tree give a *uniform* spanning
+    tree (every perfect maze on the grid equally likely), the unbiased reference distribution."""
+    nbrs = _neighbours(n)
+    in_tree = bytearray(n * n)
+    in_tree[start] = 1                       # uniform whatever the root and the order of the walks
+    parent = [-1] * (n * n)
+    nxt = [-1] * (n * n)
+    for u in range(n * n):
+        c = u
+        while not in_tree[c]:                # walk; overwriting nxt erases the loops
+            nb = nbrs[c]
+            nxt[c] = nb[rng.randrange(len(nb))]
+            c = nxt[c]
+        c = u
+        while not in_tree[c]:
+            in_tree[c] = 1
+            parent[c] = nxt[c]
+            c = nxt[c]
+    return parent
+
+
+def carve_division(n: int, start: int, rng: random.Random) -> list[int]:
+    """Recursive division: split a room of cells by a straight wall with one gap, recurse on both
+    halves, down to one-cell-wide corridors. Long straight walls and corridors and few crossings;
+    the solution must pass the gaps of the large walls (bottlenecks)."""
+    edges = []
+    todo = [(0, 0, n, n)]                    # rooms (top row, left column, height, width) in cells
+    while todo:
+        r0, c0, h, w = todo.pop()
+        if h == 1 or w == 1:                 # a corridor: open it end to end
+            step = 1 if h == 1 else n
+            first = r0 * n + c0
+            edges += [(first + k * step, first + (k + 1) * step) for k in range(max(h, w) - 1)]
+            continue
+        if h > w or (h == w and rng.random() < 0.5):
+            cut, gap = rng.randrange(1, h), rng.randrange(w)     # wall above row r0 + cut
+            a = (r0 + cut - 1) * n + c0 + gap
+            edges.append((a, a + n))
+            todo += [(r0, c0, cut, w), (r0 + cut, c0, h - cut, w)]
+        else:
+            cut, gap = rng.randrange(1, w), rng.randrange(h)     # wall left of column c0 + cut
+            a = (r0 + gap) * n + c0 + cut - 1
+            edges.append((a, a + 1))
+            todo += [(r0, c0, h, cut), (r0, c0 + cut, h, w - cut)]
+    return _root(n, edges, start)
+
+
+GENERATORS = {"dfs": carve_dfs, "prim": carve_prim, "kruskal": carve_kruskal, "wilson": carve_wilson,
+              "division": carve_division}
+# a generator's version is part of its cache files: bump it when its output changes, so stale sets
+# are regenerated (dfs stays at GENERATOR_VERSION, which also keys the random streams)
+GENERATOR_VERSIONS = {"dfs": GENERATOR_VERSION, "prim": 1, "kruskal": 1, "wilson": 1, "division": 1}
+DEFAULT_GENERATOR = "dfs"
+
+
+def check_generator(name: str) -> str:
+    if name not in GENERATORS:
+        raise ValueError(f"maze generator {name!r}: choose one of {', '.join(GENERATORS)}")
+    return name
+
+
+def generate_maze(size: int, rng: random.Random, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
+    """One maze layout ((s+2) x (s+2) uint8) with start, goal and path marked."""
+    n = check_size(size)
+    carve = GENERATORS[check_generator(generator)]
+    side = 2 * n + 1
+    layout = np.zeros((side, side), dtype=np.uint8)
+    start, goal = rng.sample(range(n * n), 2)
+    parent = carve(n, start, rng)
     cells = np.arange(n * n)
     layout[2 * (cells // n) + 1, 2 * (cells % n) + 1] = OPEN
-    child = np.asarray(carved, dtype=np.int64)
-    par = np.asarray([parent[c] for c in carved], dtype=np.int64)
+    child = cells[cells != start]
+    par = np.asarray(parent, dtype=np.int64)[child]
     # the wall between a cell and its parent sits at the midpoint of their layout pixels
     layout[(child // n + par // n) + 1, (child % n + par % n) + 1] = OPEN
     path, c = [goal], goal
@@ -117,15 +277,16 @@ def generate_maze(size: int, rng: random.Random) -> np.ndarray:
 
 
 def _generate_range(args) -> np.ndarray:
-    split, seed, size, lo, hi = args
-    return np.stack([generate_maze(size, _rng(split, seed, size, i)) for i in range(lo, hi)])
+    split, seed, size, lo, hi, generator = args
+    return np.stack([generate_maze(size, _rng(split, seed, size, i), generator) for i in range(lo, hi)])
 
 
 def generate_set(size: int, count: int, split: str = "test", seed: int = 0, first: int = 0,
-                 workers: int = 0) -> np.ndarray:
+                 workers: int = 0, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
     """Mazes first .. first+count-1 of a set, (count, s+2, s+2) uint8; maze i depends only on
-    (split, seed, size, i), so a cached prefix can be extended without regenerating it."""
+    (generator, split, seed, size, i), so a cached prefix can be extended without regenerating it."""
     check_size(size)
+    check_generator(generator)
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: choose one of {SPLITS}")
     side = layout_side(size)
@@ -134,9 +295,10 @@ def generate_set(size: int, count: int, split: str = "test", seed: int = 0, firs
     workers = workers or min(os.cpu_count() or 1, 16)
     # process start-up (~0.1 s) only pays off for large sets
     if workers <= 1 or count * side * side < 2_000_000:
-        return _generate_range((split, seed, size, first, first + count))
+        return _generate_range((split, seed, size, first, first + count, generator))
     chunk = -(-count // (4 * workers))
-    jobs = [(split, seed, size, lo, min(lo + chunk, first + count)) for lo in range(first, first + count, chunk)]
+    jobs = [(split, seed, size, lo, min(lo + chunk, first + count), generator)
+            for lo in range(first, first + count, chunk)]
     # forkserver, not fork: the caller has torch's threads running, and fork() of a multi-threaded
     # process can deadlock the child (Python 3.12 warns about it)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
@@ -147,50 +309,58 @@ def default_cache() -> Path:
     return Path(os.environ.get("DEQNCA_MAZE_CACHE", Path.home() / ".cache" / "deqnca" / "mazes"))
 
 
-def cache_path(cache, split: str, size: int, seed: int) -> Path:
-    return Path(cache) / f"mazes-v{GENERATOR_VERSION}-{split}-size{size}-seed{seed}.npz"
+def cache_path(cache, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> Path:
+    # depth-first sets keep the file names they had before there were other generators
+    tag = "" if generator == "dfs" else f"{check_generator(generator)}-"
+    return Path(cache) / f"mazes-{tag}v{GENERATOR_VERSIONS[generator]}-{split}-size{size}-seed{seed}.npz"
 
 
-def _read_cached(path: Path, split: str, size: int, seed: int) -> np.ndarray | None:
+def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> np.ndarray | None:
     """The cached layouts, or None (with a warning) when the file is unreadable or from elsewhere."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            meta = (int(f["version"]), str(f["split"]), int(f["seed"]), int(f["size"]))
+            # files written before there were other generators have no "generator" entry: depth-first
+            made_by = str(f["generator"]) if "generator" in f.files else "dfs"
+            meta = (made_by, int(f["version"]), str(f["split"]), int(f["seed"]), int(f["size"]))
             layouts = f["layouts"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
         warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}); regenerating it")
         return None
-    if meta != (GENERATOR_VERSION, split, seed, size) or layouts.shape[1:] != (layout_side(size),) * 2:
-        warnings.warn(f"{path}: cache holds {meta}, expected {(GENERATOR_VERSION, split, seed, size)}; "
-                      "regenerating it")
+    expected = (generator, GENERATOR_VERSIONS[generator], split, seed, size)
+    if meta != expected or layouts.shape[1:] != (layout_side(size),) * 2:
+        warnings.warn(f"{path}: cache holds {meta}, expected {expected}; regenerating it")
         return None
     return layouts
 
 
-def _write_cached(path: Path, layouts: np.ndarray, split: str, size: int, seed: int) -> None:
+def _write_cached(path: Path, layouts: np.ndarray, split: str, size: int, seed: int,
+                  generator: str = DEFAULT_GENERATOR) -> None:
     def write(tmp):
         with open(tmp, "wb") as fh:     # a file object: savez would append ".npz" to a path
-            np.savez_compressed(fh, layouts=layouts, version=GENERATOR_VERSION, split=split, seed=seed, size=size)
+            np.savez_compressed(fh, layouts=layouts, generator=generator, version=GENERATOR_VERSIONS[generator],
+                                split=split, seed=seed, size=size)
     atomic_write(path, write)
 
 
 def load_set(size: int, count: int, split: str = "test", seed: int = 0, cache=None,
-             log=None) -> np.ndarray:
+             log=None, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
     """The first `count` layouts of a benchmark set, from the cache or generated (and cached)."""
     check_size(size)
+    check_generator(generator)
     if count < 1:
         raise ValueError(f"maze count {count}: must be >= 1")
-    path = cache_path(cache or default_cache(), split, size, seed)
-    have = _read_cached(path, split, size, seed) if path.exists() else None
+    path = cache_path(cache or default_cache(), split, size, seed, generator)
+    have = _read_cached(path, split, size, seed, generator) if path.exists() else None
     if have is not None and len(have) >= count:
         return have[:count]
     have = have if have is not None else np.zeros((0, layout_side(size), layout_side(size)), np.uint8)
     t = time.time()
-    extra = generate_set(size, count - len(have), split, seed, first=len(have))
+    extra = generate_set(size, count - len(have), split, seed, first=len(have), generator=generator)
     layouts = np.concatenate([have, extra])
-    _write_cached(path, layouts, split, size, seed)
+    _write_cached(path, layouts, split, size, seed, generator)
     if log:
-        log(f"generated {count - len(have)} {split} mazes of size {size} in {time.time() - t:.1f}s -> {path}")
+        log(f"generated {count - len(have)} {split} mazes of size {size} ({generator}) in "
+            f"{time.time() - t:.1f}s -> {path}")
     return layouts
 
 
@@ -268,3 +438,69 @@ def is_perfect(layout: np.ndarray) -> bool:
                 seen[q] = True
                 todo.append(q)
     return bool(seen[open_].all())
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+def maze_statistics(layouts) -> dict:
+    """Per-maze means over a set of layouts (B, L, L) (or one layout): dead ends (cells with one open
+    neighbour), branch points (three), four-way crossings (four), each also per cell, and the
+    start-to-goal path's length in cells as a fraction of all cells."""
+    lay = np.asarray(layouts)
+    lay = lay[None] if lay.ndim == 2 else lay
+    n = (lay.shape[-1] - 1) // 2
+    open_ = (lay & KIND_MASK) != WALL
+    # a cell's open neighbours are the open passage pixels above, below, left and right of it
+    degree = (open_[:, 0:-2:2, 1::2].astype(np.int64) + open_[:, 2::2, 1::2]
+              + open_[:, 1::2, 0:-2:2] + open_[:, 1::2, 2::2])
+    counts = {k: (degree == d).sum((1, 2)).mean() for k, d in
+              (("dead_ends", 1), ("branch_points", 3), ("crossings", 4))}
+    path = ((lay[:, 1::2, 1::2] & ON_PATH) > 0).sum((1, 2))
+    cells = n * n
+    return {"mazes": len(lay), "cells": cells, **{k: float(v) for k, v in counts.items()},
+            **{f"{k}_per_cell": float(v) / cells for k, v in counts.items()},
+            "path_cells": float(path.mean()), "path_frac": float(path.mean()) / cells}
+
+
+def statistics_table(sizes=(9, 19, 59), count: int = 300, generators=None, split: str = "test",
+                     seed: int = 0) -> str:
+    """Markdown table of `maze_statistics` for every generator and size (the first `count` mazes of
+    each set, generated in this process, so ms per maze is the single-process generation time)."""
+    rows = ["| generator | size | dead ends / cell | branch points / cell | crossings / cell | "
+            "path / cells | path (cells) | ms per maze |", "|---|---|---|---|---|---|---|---|"]
+    for g in generators or GENERATORS:
+        for s in sizes:
+            t = time.perf_counter()
+            st = maze_statistics(generate_set(s, count, split, seed, workers=1, generator=g))
+            ms = 1000 * (time.perf_counter() - t) / count
+            rows.append(f"| {g} | {s} | {st['dead_ends_per_cell']:.3f} | {st['branch_points_per_cell']:.3f} | "
+                        f"{st['crossings_per_cell']:.4f} | {st['path_frac']:.3f} | {st['path_cells']:.1f} | "
+                        f"{ms:.2f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m deqnca.data.mazes",
+                                description="statistics of the maze distributions (docs/mazes.md)")
+    p.add_argument("--stats", action="store_true", help="print the statistics table (markdown)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[9, 19, 59])
+    p.add_argument("--count", type=int, default=300, help="mazes per generator and size (default 300)")
+    p.add_argument("--generators", nargs="+", choices=list(GENERATORS), default=list(GENERATORS))
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not args.stats:
+        p.error("nothing to do: pass --stats")
+    for s in args.sizes:
+        try:
+            check_size(s)
+        except ValueError as e:
+            p.error(str(e))
+    print(statistics_table(args.sizes, args.count, args.generators, args.split, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -119,39 +119,71 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
     return out
 
 
-def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print) -> dict:
+def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print,
+                         generators=(mazes.DEFAULT_GENERATOR,)) -> dict:
+    """Every checkpoint on every size of every maze distribution in `generators`.
+
+    eval.json holds, per checkpoint, "by_generator" {generator: {size: row}} and "sizes", the rows of
+    the first generator (the depth-first benchmark by default, as before there were others)."""
     from ..viz.figures import line_plot
 
+    generators = tuple(mazes.check_generator(g) for g in generators)
+    # the default (depth-first only) keeps its log lines, labels and files; any other choice names them
+    named = generators != (mazes.DEFAULT_GENERATOR,)
     results = {}
     for path in paths:
         model, meta = load_maze_model(path, device)
-        rows = {}
-        for s in sizes:
-            lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log)
-            r = evaluate_size(model, lay, max_iters[s], device, aa_count)
-            rows[s] = r
-            aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
-            mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"
-            log(f"{Path(path).name} [{model.config.model}] {s}x{s}: solved {100 * r['accuracy']:.1f}% of {r['n']} "
-                f"(best {100 * r['best_accuracy']:.1f}% at {r['best_iters']} it), AA {aa}, "
-                f"{r['mean_iters']:.0f} it, {r['ms_per_maze']:.1f} ms/maze, peak {mem}")
-        results[str(path)] = {"model": model.config.model, "width": model.config.width, "sizes": rows}
+        by_generator = {}
+        for g in generators:
+            rows = {}
+            for s in sizes:
+                lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log, generator=g)
+                r = evaluate_size(model, lay, max_iters[s], device, aa_count)
+                rows[s] = r
+                aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
+                mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"
+                log(f"{Path(path).name} [{model.config.model}] {s}x{s}{f' {g}' if named else ''}: solved "
+                    f"{100 * r['accuracy']:.1f}% of {r['n']} (best {100 * r['best_accuracy']:.1f}% at "
+                    f"{r['best_iters']} it), AA {aa}, {r['mean_iters']:.0f} it, {r['ms_per_maze']:.1f} ms/maze, "
+                    f"peak {mem}")
+            by_generator[g] = rows
+        results[str(path)] = {"model": model.config.model, "width": model.config.width,
+                              "sizes": by_generator[generators[0]], "by_generator": by_generator}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     label = {p: f"{r['model']} ({Path(p).parent.name or Path(p).name})" for p, r in results.items()}
-    line_plot(sizes, {label[p]: [r["sizes"][s]["accuracy"] for s in sizes] for p, r in results.items()},
+    curves = [(f"{label[p]}{f' {g}' if named else ''}", r["by_generator"][g])
+              for p, r in results.items() for g in generators]
+    line_plot(sizes, {name: [rows[s]["accuracy"] for s in sizes] for name, rows in curves},
               out / "accuracy_vs_size.png", "maze size", "fraction fully solved",
               "trained on 9x9; accuracy at the last iteration / at convergence", logx=True)
     marks = iteration_marks(max(max_iters.values()))
     series = {}
-    for p, r in results.items():
+    for name, rows in curves:
         for s in sizes:
-            row = r["sizes"][s]
+            row = rows[s]
             lookup = dict(zip(row["curve_iters"], row["curve_accuracy"]))
             # beyond a size's own max_iters (or after convergence) the answer is frozen at its last value
-            series[f"{label[p]} {s}x{s}"] = [lookup.get(m, row["accuracy"] if m > row["max_iters"] else None)
-                                            for m in marks]
+            series[f"{name} {s}x{s}"] = [lookup.get(m, row["accuracy"] if m > row["max_iters"] else None)
+                                         for m in marks]
     line_plot(marks, series, out / "accuracy_vs_iters.png", "test-time iterations", "fraction fully solved",
               "accuracy vs test-time compute", logx=True)
     (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
+    if named:
+        (out / "accuracy_by_generator.md").write_text(accuracy_table(results, sizes) + "\n")
     return results
+
+
+def accuracy_table(results: dict, sizes) -> str:
+    """Markdown: one row per checkpoint and maze distribution, solved % (and AA) per size."""
+    rows = ["| model | generator | " + " | ".join(f"{s}×{s}" for s in sizes) + " |",
+            "|---|---|" + "---|" * len(sizes)]
+    for p, r in results.items():
+        for g, by_size in r["by_generator"].items():
+            cells = []
+            for s in sizes:
+                row = by_size[s]
+                aa = f", AA {row['aa_score']:.3f}" if row["aa_score"] is not None else ""
+                cells.append(f"{100 * row['accuracy']:.1f}% of {row['n']}{aa}")
+            rows.append(f"| {r['model']} ({Path(p).parent.name or Path(p).name}) | {g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -21,14 +21,14 @@ def _overlay(x, pred):
 
 @torch.no_grad()
 def show(path, size: int, out, index: int = 0, max_iters: int | None = None, frames: int = 60, device="cpu",
-         cache=None, log=print) -> list[Path]:
+         cache=None, log=print, generator: str = mazes.DEFAULT_GENERATOR) -> list[Path]:
     """A solved maze (input | prediction | target) and a GIF of the path emerging step by step."""
     import imageio.v3 as iio
 
     from ..viz.figures import image_grid
 
     model, _ = load_maze_model(path, device)
-    lay = mazes.load_set(size, index + 1, "test", cache=cache, log=log)[index:index + 1]
+    lay = mazes.load_set(size, index + 1, "test", cache=cache, log=log, generator=generator)[index:index + 1]
     x, y = mazes.to_images(torch.as_tensor(lay).to(device))
     max_iters = max_iters or default_max_iters(size)
     f = model.step_map(x)
@@ -43,7 +43,9 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     pred = pictures[-1][1]
     solved = bool((pred == y0).all())
     out = Path(out)
-    stem = f"{Path(path).name}-{model.config.model}-size{size}-{index}"
+    # depth-first figures keep their names; other distributions' are told apart by a suffix
+    tag = "" if generator == mazes.DEFAULT_GENERATOR else f"-{generator}"
+    stem = f"{Path(path).name}-{model.config.model}-size{size}-{index}{tag}"
     fig = image_grid([x0.permute(1, 2, 0).numpy(), _overlay(x0, pred), _overlay(x0, y0)],
                      out / f"{stem}.png", titles=["maze", f"{model.config.model} after {max_iters} it "
                                                   f"({'solved' if solved else 'wrong'})", "target path"],

@@ -37,6 +37,8 @@ class MazeConfig(TrainConfig):
     residual_weight: float = option(0.0, "DEQ: + weight * mean relative residual^2 at the trained state")
     val_count: int = option(200, "held-out test mazes of the training size evaluated after each epoch")
     cache: str = option("", "maze cache folder (default ~/.cache/deqnca/mazes)", flag=False)
+    generator: str = option(mazes.DEFAULT_GENERATOR, "maze distribution of the training and held-out mazes",
+                            choices=tuple(mazes.GENERATORS))
 
 
 def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", resume: bool = False, cache=None,
@@ -71,8 +73,8 @@ class MazeTask(Task):
             distributed.barrier()
         cache = c.cache or None
         self.layouts = torch.as_tensor(mazes.load_set(c.train_size, c.train_count, "train", cache=cache,
-                                                      log=self.log)).to(self.device)
-        self.val = mazes.load_set(c.train_size, c.val_count, "test", cache=cache, log=self.log)
+                                                      log=self.log, generator=c.generator)).to(self.device)
+        self.val = mazes.load_set(c.train_size, c.val_count, "test", cache=cache, log=self.log, generator=c.generator)
         if main:
             distributed.barrier()
         last = len(self.layouts) % c.batch_size
