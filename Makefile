@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the package itself works with torch 2.2-2.14 (pyproject.toml).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test train-essay train-equilibrium bench clean
+.PHONY: setup demo test test-fast lint train-essay train-equilibrium bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/deqnca demo --device cpu --out out/demo
 
-test: setup
-	$(PY) -m pytest -q
+test: setup lint
+	$(PY) -m pytest -q --durations=15
+
+# the fast tier: everything but the tests marked slow (trainings, subprocess runs), under a minute
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not slow" --durations=10
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 train-essay: setup
 	$(VENV)/bin/deqnca train --preset essay --seed 0 --out runs/essay-seed0

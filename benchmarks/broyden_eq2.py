@@ -19,9 +19,9 @@ import torch
 from torchdeq.solver import broyden_solver
 
 from deqnca.data.idx import load_mnist
-from deqnca.tasks.mnist import preset
 from deqnca.model import EquilibriumModel
 from deqnca.solvers import residuals
+from deqnca.tasks.mnist import preset
 
 
 def main():
@@ -53,7 +53,8 @@ def main():
             f, u = m.step_map(x)
             z0 = m.initial_state(u, torch.Generator().manual_seed(args.seed))
             a0, r0 = residuals(f(z0), z0)
-            print(f"| {name} | 0 (noise) | - | {z0.flatten(1).norm(dim=1).median():.3g} | {z0.flatten(1).norm(dim=1).max():.3g} | {a0.median():.3g} | "
+            n0 = z0.flatten(1).norm(dim=1)
+            print(f"| {name} | 0 (noise) | - | {n0.median():.3g} | {n0.max():.3g} | {a0.median():.3g} | "
                   f"{r0.median():.3g} | 0 |")
             for it in (4, 16, 40):
                 for mode in ("abs", "rel"):
@@ -61,7 +62,7 @@ def main():
                     a, r = residuals(f(z), z)
                     n = z.flatten(1).norm(dim=1)
                     bad = ~torch.isfinite(n)
-                    med = lambda t: t[~bad].median().item() if (~bad).any() else float("nan")
+                    med = lambda t, bad=bad: t[~bad].median().item() if (~bad).any() else float("nan")
                     top = n[~bad].max().item() if (~bad).any() else float("nan")
                     print(f"| {name} | {it} | {mode} | {med(n):.3g} | {top:.3g} | {med(a):.3g} | {med(r):.3g} | "
                           f"{int(bad.sum())}/{len(n)} |")

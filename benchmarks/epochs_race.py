@@ -33,11 +33,10 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_speed import PlainTorchDEQ, baseline_solvers, preset_variant, timed_step  # noqa: E402
-
 from deqnca.data.idx import load_mnist  # noqa: E402
-from deqnca.tasks.mnist import preset  # noqa: E402
 from deqnca.model import EquilibriumModel  # noqa: E402
+from deqnca.tasks.mnist import preset  # noqa: E402
+from mnist_speed import PlainTorchDEQ, baseline_solvers, preset_variant, timed_step  # noqa: E402
 
 
 @torch.no_grad()

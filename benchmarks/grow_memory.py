@@ -36,13 +36,21 @@ def _rss_bytes() -> int:
 
 
 def one_step(trainer: str, steps: int, device: str, batch: int, equilibrium: dict | None = None) -> dict:
-    """`equilibrium`: GrowTrainConfig settings of the equilibrium trainer (gradient, phantom_k, ...)."""
+    """`equilibrium`: GrowConfig settings of the equilibrium trainer (gradient, phantom_k, ...)."""
     import torch
 
     from deqnca.data.targets import load_target
-    from deqnca.grow.objective import make_forward, training_step
-    from deqnca.grow.train import GrowTrainConfig
+    from deqnca.grow.objective import make_forward, normalise_gradients
     from deqnca.rules.growing import GrowingNCARule
+    from deqnca.tasks.grow import _EQUILIBRIUM_KEYS, GrowConfig
+
+    def training_step(rule, forward, optimizer, z0, target, steps, gen):
+        """The grow task's step as the engine runs it (forward, backward, normalisation, Adam)."""
+        total, _ = forward(rule, z0, target, steps, gen)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        normalise_gradients(rule.parameters())
+        optimizer.step()
 
     torch.manual_seed(0)
     rule = GrowingNCARule().to(device)
@@ -50,7 +58,8 @@ def one_step(trainer: str, steps: int, device: str, batch: int, equilibrium: dic
         rule.w2.weight.normal_(std=0.02)
     optimizer = torch.optim.Adam(rule.parameters(), lr=2e-3)
     equilibrium = equilibrium or {}
-    forward = make_forward(trainer, **GrowTrainConfig(trainer=trainer, **equilibrium).equilibrium_kw())
+    cfg = GrowConfig(trainer=trainer, **equilibrium)
+    forward = make_forward(trainer, **{k: getattr(cfg, k) for k in _EQUILIBRIUM_KEYS})
     target = load_target("lizard").to(device)[None]
     gen = torch.Generator(device=device).manual_seed(0)
     small = target[..., :8, :8]

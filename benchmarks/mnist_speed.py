@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deqnca.amp import amp_context
 from deqnca.data.idx import load_mnist
-from deqnca.tasks.mnist import preset
 from deqnca.model import EquilibriumModel
-from deqnca.train.loop import amp_context
+from deqnca.tasks.mnist import preset
 
 
 class PlainTorchDEQ(nn.Module):
@@ -191,7 +191,8 @@ def full_training(name, device, seed=0, out=None, **train_over):
     With `out` the run folder (checkpoint, metrics.jsonl) is kept there."""
     import tempfile
 
-    from deqnca.train.loop import TrainConfig, train
+    from deqnca.tasks.mnist import MnistConfig as TrainConfig
+    from deqnca.tasks.mnist import train
 
     p = preset(name, None, {"seed": seed, **train_over})
     data = (*load_mnist(split="train"), *load_mnist(split="test"))
@@ -243,7 +244,7 @@ def main(argv=None):
     for name, (base_name, graphed, amp) in zip(args.presets.split(","), variants):
         if graphed:       # refused before anything is timed, on any device
             from deqnca.engine.graphs import step_unsupported_reason
-            from deqnca.train.loop import TrainConfig
+            from deqnca.tasks.mnist import MnistConfig as TrainConfig
 
             why_not = step_unsupported_reason(EquilibriumModel(preset(base_name)["model"]),
                                               TrainConfig(amp=amp))   # timed with SGD at a constant rate

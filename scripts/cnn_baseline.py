@@ -1,6 +1,6 @@
 """Train the small-CNN baseline on full MNIST images and measure it on crops (zero-padded in place).
 
-    python experiments/cnn_baseline.py --epochs 3 --out docs/results/nca/cnn-baseline.json
+    python scripts/cnn_baseline.py --epochs 3 --out docs/results/nca/cnn-baseline.json
 Also writes the weights to models/baselines/cnn-small.safetensors (+ .json).
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import save_file
 
 from deqnca.data.idx import load_mnist
-from deqnca.reports.baseline import crop_accuracy_cnn, train_cnn
-from deqnca.reports.nca_view import FRACTIONS
 from deqnca.nca import ANCHORS
+from deqnca.reports.baseline import crop_accuracy_cnn
+from deqnca.reports.nca_view import FRACTIONS
+from deqnca.tasks.cnn import train_cnn
 
 
 def main():
@@ -27,11 +28,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/nca/cnn-baseline.json")
     ap.add_argument("--weights", default="models/baselines/cnn-small")
+    ap.add_argument("--run", default="runs/cnn-baseline", help="the training run's folder")
     args = ap.parse_args()
     x, y = load_mnist(split="train")
     xt, yt = load_mnist(split="test")
     t = time.time()
-    model = train_cnn(x, y, epochs=args.epochs, seed=args.seed)
+    model = train_cnn(x, y, args.run, epochs=args.epochs, seed=args.seed, overwrite=True)
     train_s = time.time() - t
     res = crop_accuracy_cnn(model, xt, yt, FRACTIONS, ANCHORS)
     rec = {"parameters": sum(p.numel() for p in model.parameters()), "epochs": args.epochs, "train_s": train_s,

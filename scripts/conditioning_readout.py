@@ -11,7 +11,7 @@ For each: test accuracy, solver steps and residual, rollout stability from noise
 within 1e-3 of equilibrium after `--rollout-steps` plain steps, and the accuracy there), and
 per-digit accuracy on the panorama benchmark (local read-out).
 
-    python experiments/conditioning_readout.py --train-subset 9600 --out docs/results/nca/conditioning
+    python scripts/conditioning_readout.py --train-subset 9600 --out docs/results/nca/conditioning
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 
 from deqnca.data.idx import load_mnist
-from deqnca.tasks.mnist import preset
-from deqnca.reports.panorama import panorama_accuracy
+from deqnca.evaluation import evaluate, residual_summary
 from deqnca.model import count_parameters
 from deqnca.nca import rollout_curve
-from deqnca.train.loop import TrainConfig, evaluate, residual_summary, train
+from deqnca.reports.panorama import panorama_accuracy
+from deqnca.tasks.mnist import MnistConfig as TrainConfig
+from deqnca.tasks.mnist import preset, train
 
 VARIANTS = {
     "injection": {"conditioning": "injection"},

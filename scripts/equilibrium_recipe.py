@@ -1,7 +1,7 @@
 """Which changes make the equilibrium-faithful model learn: short CPU trainings, one per variant.
 
-    python experiments/equilibrium_recipe.py                       # all variants, 14x14 proxy
-    python experiments/equilibrium_recipe.py --only bn,essay --downsample 1   # full-size images
+    python scripts/equilibrium_recipe.py                       # all variants, 14x14 proxy
+    python scripts/equilibrium_recipe.py --only bn,essay --downsample 1   # full-size images
 
 Each variant trains for one pass over the first --images training images (batch 64 unless the
 variant says otherwise, Adam 2e-3 cosine as the preset) and is tested on the first 1,000 test
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from deqnca.data.idx import load_mnist
-from deqnca.tasks.mnist import preset
-from deqnca.train.loop import TrainConfig, train
+from deqnca.tasks.mnist import MnistConfig as TrainConfig
+from deqnca.tasks.mnist import preset, train
 
 # the first recipe (equilibrium-v0) with Picard in place of Anderson, then one change at a time
 PICARD = {"solver": "fixed_point", "solver_kw": {"max_iter": 100, "tol": 1e-4},

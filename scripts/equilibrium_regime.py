@@ -1,6 +1,6 @@
 """Is the contractive rule's fixed point in tanh's nonlinear regime? (why the equilibrium model starts slowly)
 
-    python experiments/equilibrium_regime.py [--checkpoint models/mnist-equilibrium] [--images 200]
+    python scripts/equilibrium_regime.py [--checkpoint models/mnist-equilibrium] [--images 200]
 
 Prints, at initialisation and for a checkpoint: the raw operator norm σ of K2's state part, the mean
 |pre-activation| of tanh at the fixed point, the share of cells with |pre-activation| > 0.5, and the
@@ -14,9 +14,9 @@ import torch
 
 from deqnca.conditioning import Injection
 from deqnca.data.idx import load_mnist
-from deqnca.tasks.mnist import preset
-from deqnca.model import EquilibriumModel
 from deqnca.engine.checkpoint import load_model
+from deqnca.model import EquilibriumModel
+from deqnca.tasks.mnist import preset
 
 
 @torch.no_grad()

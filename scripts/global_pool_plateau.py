@@ -1,6 +1,6 @@
 """Why CI's tiny training test is 4-class: small global-average-pooled CNNs start on a long plateau.
 
-    python experiments/global_pool_plateau.py     # ~1 min on 2 CPU cores
+    python scripts/global_pool_plateau.py     # ~1 min on 2 CPU cores
 
 Trains plain CNNs (conv 1→16 ReLU, then 1 or 3 conv 16/32→32 tanh layers, global average pool,
 MLP 32→32→10) with Adam 3e-3, batch 32, on the first 3,000 MNIST training images for 3 epochs and

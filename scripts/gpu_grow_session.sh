@@ -2,9 +2,9 @@
 # The growing-NCA comparison in one GPU call: BPTT and the equilibrium trainer with its stability
 # tools, trained side by side (same budget, same GPU, at the same time), then grow show + measure for
 # each. Everything lands in $OUT/grow.tar.gz. RUNS picks the runs (default: all below).
-#   OUT=/tmp/out DEVICE=cuda BUDGET=240 experiments/gpu_grow_session.sh
-#   RUNS="bptt implicit-noise implicit-spectral" OUT=/tmp/out experiments/gpu_grow_session.sh
-#   OUT=/tmp/out DEVICE=cpu BUDGET=5 QUICK=1 experiments/gpu_grow_session.sh    # plumbing check
+#   OUT=/tmp/out DEVICE=cuda BUDGET=240 scripts/gpu_grow_session.sh
+#   RUNS="bptt implicit-noise implicit-spectral" OUT=/tmp/out scripts/gpu_grow_session.sh
+#   OUT=/tmp/out DEVICE=cpu BUDGET=5 QUICK=1 scripts/gpu_grow_session.sh    # plumbing check
 set -uo pipefail
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}

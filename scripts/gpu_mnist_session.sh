@@ -6,11 +6,11 @@
 #     timed 10-epoch trainings of both presets (seed 0, kept as run folders);
 #  3. seeds 1 and 2 of both presets, side by side (accuracies; their times are shared-GPU times).
 # Stops everything at DEADLINE seconds after the start; finished epochs survive (atomic checkpoints).
-#   OUT=/tmp/out experiments/gpu_mnist_session.sh
-#   OUT=/tmp/out PRESETS=equilibrium experiments/gpu_mnist_session.sh   # one preset (+ the baseline)
-#   OUT=/tmp/out PRESETS="equilibrium equilibrium-fixed" experiments/gpu_mnist_session.sh
+#   OUT=/tmp/out scripts/gpu_mnist_session.sh
+#   OUT=/tmp/out PRESETS=equilibrium scripts/gpu_mnist_session.sh   # one preset (+ the baseline)
+#   OUT=/tmp/out PRESETS="equilibrium equilibrium-fixed" scripts/gpu_mnist_session.sh
 #       # the fixed-length equilibrium step, eager and captured as a CUDA graph (docs/speed.md)
-#   OUT=/tmp/out DEVICE=cpu QUICK=1 experiments/gpu_mnist_session.sh     # plumbing check on a CPU
+#   OUT=/tmp/out DEVICE=cpu QUICK=1 scripts/gpu_mnist_session.sh     # plumbing check on a CPU
 set -uo pipefail
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}

@@ -5,8 +5,8 @@
 # Phase 2 measures: grow show + measure + memory, maze eval + show. Everything lands in
 # $OUT/results.tar.gz (runs with checkpoints and metrics, figures, logs). Every measurement has a
 # time limit, so the whole call takes at most about BUDGET + 330 s (about BUDGET + 150 s typically).
-#   OUT=/tmp/out DEVICE=cuda BUDGET=200 experiments/gpu_nca_session.sh
-#   OUT=/tmp/out DEVICE=cpu QUICK=1 experiments/gpu_nca_session.sh     # plumbing check on a CPU
+#   OUT=/tmp/out DEVICE=cuda BUDGET=200 scripts/gpu_nca_session.sh
+#   OUT=/tmp/out DEVICE=cpu QUICK=1 scripts/gpu_nca_session.sh     # plumbing check on a CPU
 set -uo pipefail
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}
@@ -43,7 +43,7 @@ for m in dt deq deq-res; do
   $D maze train --model ${m%-res} --width 32 --batch-size 128 --lr 2e-3 --time-budget "$BUDGET" \
     --train-count $TRAIN_MAZES $extra --device "$DEVICE" --out "$R/runs/maze-$m" > "$R/logs/maze-train-$m.log" 2>&1 &
 done
-timeout $((BUDGET + 240)) python3 experiments/conditioning_readout.py --device "$DEVICE" --variants cell,additive,injection $MNIST \
+timeout $((BUDGET + 240)) python3 scripts/conditioning_readout.py --device "$DEVICE" --variants cell,additive,injection $MNIST \
   --out "$R/conditioning" > "$R/logs/conditioning.log" 2>&1 &
 MNIST_PID=$!
 wait $(jobs -p | grep -v "^$MNIST_PID$")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session: speed benchmark against plain TorchDeq, then every MNIST training run in parallel.
 # Results land in $OUT (bench_gpu.md/json, runs.tar.gz, summary.json, env.txt).
-#   OUT=/tmp/out DEVICE=cuda DEADLINE=420 experiments/gpu_session.sh
-#   OUT=/tmp/out DEVICE=cpu DRY=1 experiments/gpu_session.sh      # plumbing check on a CPU
+#   OUT=/tmp/out DEVICE=cuda DEADLINE=420 scripts/gpu_session.sh
+#   OUT=/tmp/out DEVICE=cpu DRY=1 scripts/gpu_session.sh      # plumbing check on a CPU
 set -uo pipefail
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}
@@ -13,5 +13,5 @@ if [ -n "${DRY:-}" ]; then BATCHES=2; LIMIT=100; EXTRA=--dry; else BATCHES=100; 
 python3 benchmarks/mnist_speed.py --device "$DEVICE" --batches $BATCHES --infer-limit $LIMIT \
   --json-out "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2> "$OUT/bench_gpu.err"
 cat "$OUT/bench_gpu.md"
-python3 experiments/mnist_campaign.py --out /tmp/campaign --pack "$OUT/runs.tar.gz" --device "$DEVICE" \
+python3 scripts/mnist_campaign.py --out /tmp/campaign --pack "$OUT/runs.tar.gz" --device "$DEVICE" \
   --deadline "$DEADLINE" $EXTRA

@@ -3,8 +3,8 @@
 # phantom recipe, trained side by side (one thread each, the same wall-time budget, at the same time),
 # then `grow show` and `grow measure` (replays over 96 steps, 960 for persistence) for each.
 # docs/grow.md, "The windowed phantom gradient".
-#   OUT=/tmp/grow-lizard BUDGET=2400 experiments/grow_lizard_cpu.sh
-#   NAMES=window-stochastic OUT=... experiments/grow_lizard_cpu.sh        # one run only
+#   OUT=/tmp/grow-lizard BUDGET=2400 scripts/grow_lizard_cpu.sh
+#   NAMES=window-stochastic OUT=... scripts/grow_lizard_cpu.sh        # one run only
 set -uo pipefail
 OUT=${OUT:-/tmp/grow-lizard}
 BUDGET=${BUDGET:-2400}

@@ -1,12 +1,12 @@
 """Spectral radius of ∂f/∂z (expected map) for the shipped lizards, after 96 stochastic growth steps from
 one seed cell (2 replays, generator seed 0). docs/grow.md, "Stability tools on the small target".
 
-    PYTHONPATH=src python experiments/grow_spectral_radius.py
+    PYTHONPATH=src python scripts/grow_spectral_radius.py
 """
 import torch
 
-from deqnca.grow.objective import spectral_radius
 from deqnca.engine.checkpoint import load_grow_checkpoint
+from deqnca.grow.objective import spectral_radius
 from deqnca.solvers import rollout
 
 torch.manual_seed(0)    # the power iteration's start vector

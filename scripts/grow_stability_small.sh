@@ -2,7 +2,7 @@
 # The equilibrium trainer's stability tools on the small target (24×24), against BPTT, on a CPU:
 # 600 steps of the persistent variant each (BPTT's run was stopped at 420), then `deqnca grow measure`
 # (replays of the stochastic rule from one seed cell). docs/grow.md, "Stability tools on the small target".
-#   OUT=/tmp/grow-small experiments/grow_stability_small.sh        # ~10 min per run on one core
+#   OUT=/tmp/grow-small scripts/grow_stability_small.sh        # ~10 min per run on one core
 #   JOBS=3 runs three at a time (one thread each); NAMES="growspec1 grownoise" runs only those
 set -uo pipefail
 OUT=${OUT:-/tmp/grow-small}

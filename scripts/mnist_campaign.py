@@ -1,7 +1,7 @@
 """Every MNIST training run behind docs/mnist.md, launched in parallel on one machine.
 
-    python experiments/mnist_campaign.py --out runs/campaign --device cuda --deadline 480
-    python experiments/mnist_campaign.py --out /tmp/dry --device cpu --dry   # smoke test
+    python scripts/mnist_campaign.py --out runs/campaign --device cuda --deadline 480
+    python scripts/mnist_campaign.py --out /tmp/dry --device cpu --dry   # smoke test
 
 Runs are independent `deqnca train` processes (small models leave a GPU mostly idle, so several
 share it well). A packer tars the run folders into <out>/runs.tar.gz every 30 s, so whatever has
@@ -75,12 +75,12 @@ def main():
             pack(out, dest)
             last_pack = time.time()
         if time.time() - t0 > args.deadline:
-            for name, (p, _) in procs.items():
+            for _name, (p, _) in procs.items():
                 if p.poll() is None:
                     p.send_signal(2)          # SIGINT: the trainer saves a usable checkpoint
             time.sleep(10)
             break
-    for name, (p, log) in procs.items():
+    for _name, (_p, log) in procs.items():
         log.close()
     pack(out, dest)
     summary = {}

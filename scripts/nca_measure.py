@@ -2,8 +2,8 @@
 visible fraction), accuracy and residual against rollout steps, and accuracy per solver at equal
 numbers of function evaluations.
 
-    python experiments/nca_measure.py --out docs/results/nca --limit 0          # 0 = full test set
-    python experiments/nca_measure.py --models models/mnist-essay --limit 2000 --max-steps 160
+    python scripts/nca_measure.py --out docs/results/nca --limit 0          # 0 = full test set
+    python scripts/nca_measure.py --models models/mnist-essay --limit 2000 --max-steps 160
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import torch
 
 from deqnca.cli import shipped_models
 from deqnca.data.idx import load_mnist
+from deqnca.engine.checkpoint import load_model
 from deqnca.reports import nca_view
 from deqnca.reports.panorama import panorama_accuracy
-from deqnca.engine.checkpoint import load_model
 
 
 def main():

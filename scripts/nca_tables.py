@@ -1,6 +1,6 @@
 """Markdown tables for docs/nca.md from the JSON written by nca_measure.py and cnn_baseline.py.
 
-    python experiments/nca_tables.py docs/results/nca docs/results/nca-padded
+    python scripts/nca_tables.py docs/results/nca docs/results/nca-padded
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def main():
         if "crops_padded" in r:
             crops.append((name, r["crops_padded"]))
         if "parameters" in r and "crops" in r and "model" not in r:
-            crops.append((f"small CNN ({r['parameters']} params, {r['test_acc']:.2%} full)", {**r["crops"], "mode": "padded"}))
+            label = f"small CNN ({r['parameters']} params, {r['test_acc']:.2%} full)"
+            crops.append((label, {**r["crops"], "mode": "padded"}))
     if crops:
         print(crops_table(crops), "\n")
     steps = [(Path(r["model"]).name, r["steps"]) for _, r in recs if "steps" in r]

@@ -34,8 +34,9 @@ def test_plain_torchdeq_fixed16_is_finite_and_differentiable():
 
 
 def test_preset_variants_name_their_graph_and_precision():
-    from mnist_speed import preset_variant
     import pytest
+
+    from mnist_speed import preset_variant
 
     assert preset_variant("essay") == ("essay", False, "off")
     assert preset_variant("equilibrium-fixed+graph") == ("equilibrium-fixed", True, "off")
@@ -45,8 +46,9 @@ def test_preset_variants_name_their_graph_and_precision():
 
 
 def test_mnist_speed_refuses_to_graph_a_preset_with_an_adaptive_solve(capsys):
-    import mnist_speed
     import pytest
+
+    import mnist_speed
 
     with pytest.raises(SystemExit) as e:
         mnist_speed.main(["--presets", "equilibrium+graph", "--baselines", "fixed16", "--batches", "1"])

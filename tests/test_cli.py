@@ -52,7 +52,7 @@ def test_bad_data_dir_is_one_line_error(tmp_path, capsys):
 
 
 def test_unknown_override_and_usage_errors(capsys):
-    assert main(["train", "--set", "nonsense", "--epochs", "1"]) == 1
+    assert main(["train", "--set", "nonsense", "--epochs", "1"]) == 2
     assert "expected key=value" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["train", "--preset", "nope"])

@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from deqnca.engine.checkpoint import read_checkpoint
 from deqnca.engine.distributed import Shard
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

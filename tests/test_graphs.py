@@ -2,13 +2,12 @@
 import pytest
 import torch
 
-from deqnca.model import EquilibriumModel
-from deqnca.tasks.mnist import preset
 from deqnca.engine.checkpoint import read_checkpoint, save_checkpoint
 from deqnca.engine.graphs import graph_unsupported_reason, step_unsupported_reason
 from deqnca.engine.trainer import make_optimizer
+from deqnca.model import EquilibriumModel
 from deqnca.tasks.mnist import MnistConfig as TrainConfig
-from deqnca.tasks.mnist import train
+from deqnca.tasks.mnist import preset, train
 
 TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rollout",
             solver_kw={"max_iter": 4}, gradient="bptt", gradient_kw={}, input_channels=8, state_channels=16,
@@ -39,7 +38,8 @@ def test_which_steps_have_a_fixed_shape():
     assert "stopping test" in step_unsupported_reason(EquilibriumModel(preset("equilibrium")["model"]), adam_cosine)
     adaptive_adjoint = {**TINY_EQ, "gradient_kw": {"b_solver": "fixed_point", "b_max_iter": 4}}
     assert "adjoint" in step_unsupported_reason(EquilibriumModel(adaptive_adjoint), adam_cosine)
-    assert "constant" in step_unsupported_reason(EquilibriumModel(TINY), TrainConfig(optimizer="sgd", schedule="cosine"))
+    sgd_cosine = TrainConfig(optimizer="sgd", schedule="cosine")
+    assert "constant" in step_unsupported_reason(EquilibriumModel(TINY), sgd_cosine)
     assert "clipping" in step_unsupported_reason(EquilibriumModel(TINY), TrainConfig(grad_clip=1.0))
 
 

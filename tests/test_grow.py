@@ -8,13 +8,18 @@ import torch
 
 from deqnca.cli import main
 from deqnca.data.targets import load_target
-from deqnca.grow.objective import (EquilibriumForward, disc_masks, perturb_live, spectral_radius,
-                                   spectral_radius_estimate)
 from deqnca.engine.checkpoint import load_grow_checkpoint, read_checkpoint
-from deqnca.tasks.grow import GrowConfig as GrowTrainConfig
-from deqnca.tasks.grow import train
+from deqnca.grow.objective import (
+    EquilibriumForward,
+    disc_masks,
+    perturb_live,
+    spectral_radius,
+    spectral_radius_estimate,
+)
 from deqnca.rules.growing import GrowingConfig, GrowingNCARule, target_loss
 from deqnca.solvers import rollout
+from deqnca.tasks.grow import GrowConfig as GrowTrainConfig
+from deqnca.tasks.grow import train
 
 
 def test_parameter_count_matches_the_paper():
@@ -226,7 +231,6 @@ def test_init_from_starts_a_new_stage_from_another_runs_weights(tmp_path):
 
 @pytest.mark.parametrize("trainer", ["bptt", "implicit"])
 def test_a_rule_that_kills_every_pattern_is_undone_and_the_pool_keeps_no_dead_state(tmp_path, trainer):
-    from safetensors.torch import load_file
 
     from deqnca.engine.checkpoint import save_checkpoint
 

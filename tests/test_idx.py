@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from deqnca.data.idx import (
-    MNIST_FILES, MNIST_MD5, DataError, download_mnist, find_file, load_mnist, load_split, read_idx,
+    MNIST_FILES,
+    MNIST_MD5,
+    DataError,
+    download_mnist,
+    find_file,
+    load_mnist,
+    load_split,
+    read_idx,
 )
 
 VENDORED = Path(__file__).resolve().parents[1] / "datasets" / "mnist"

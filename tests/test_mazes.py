@@ -121,8 +121,7 @@ def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
 def test_progressive_loss_uses_both_terms():
     import random
 
-    from deqnca.maze.model import PRESETS, MazeSolverNet
-    from deqnca.maze.model import dt_loss
+    from deqnca.maze.model import PRESETS, MazeSolverNet, dt_loss
 
     model = MazeSolverNet({**PRESETS["dt"], "width": 8, "train_iters": 4})
     x, y = mazes.to_images(mazes.generate_set(5, 4, "train"))
@@ -170,8 +169,7 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
     """DT-recall, width 16, one residual block, 10 iterations, 630 steps: ~50 s of one CPU core.
 
     A step count rather than a time budget, so that the outcome does not depend on machine load."""
-    from deqnca.maze.model import PRESETS
-    from deqnca.maze.model import quick_accuracy
+    from deqnca.maze.model import PRESETS, quick_accuracy
     from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
     from deqnca.tasks.maze import train_maze
 
@@ -189,8 +187,8 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
 def test_shipped_dt_model_solves_9x9_mazes(cache):
     from pathlib import Path
 
-    from deqnca.maze.evaluate import evaluate_size
     from deqnca.engine.checkpoint import load_maze_model
+    from deqnca.maze.evaluate import evaluate_size
 
     model, meta = load_maze_model(Path(__file__).resolve().parents[1] / "models" / "maze" / "dt")
     assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta
@@ -291,7 +289,7 @@ def test_maze_statistics_differ_as_documented():
     """docs/mazes.md, "Maze distributions": depth-first has the fewest dead ends, branch points and
     crossings and by far the longest paths; Prim the most dead ends and the shortest paths."""
     st = {g: mazes.maze_statistics(mazes.generate_set(19, 150, "test", generator=g)) for g in mazes.GENERATORS}
-    for g, s in st.items():
+    for s in st.values():
         # in a tree, leaves = 2 + sum over branching cells of (degree - 2)
         assert s["dead_ends"] == pytest.approx(2 + s["branch_points"] + 2 * s["crossings"])
     dfs = st["dfs"]

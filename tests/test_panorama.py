@@ -3,8 +3,8 @@ gives a label per cell."""
 import torch
 
 from deqnca.data.panoramas import make_panoramas
-from deqnca.reports.panorama import label_maps, panorama_accuracy
 from deqnca.model import EquilibriumModel
+from deqnca.reports.panorama import label_maps, panorama_accuracy
 
 
 def _digits(n=50):

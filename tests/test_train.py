@@ -152,8 +152,8 @@ def test_bf16_amp_training_learns_like_float32(mnist_small, tmp_path):
 
 
 def test_unknown_amp_mode_and_graphed_bf16_are_refused(mnist_small, tmp_path):
-    from deqnca.model import EquilibriumModel
     from deqnca.engine.graphs import step_unsupported_reason
+    from deqnca.model import EquilibriumModel
 
     with pytest.raises(ValueError, match="amp='fp8'"):
         train(TINY, TrainConfig(amp="fp8"), tmp_path, _subset(mnist_small), log=lambda s: None)

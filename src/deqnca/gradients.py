@@ -11,7 +11,7 @@ store and what they approximate.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -23,6 +23,12 @@ GRADIENTS = Registry("gradient", "a class whose instances are called as strategy
 
 
 class BPTT:
+    """Backpropagation through time: differentiate the unrolled rollout (solver "rollout" only).
+
+    Example:
+        >>> z, stats = BPTT()(lambda z: 0.5 * z, rollout, torch.ones(1, 1, 2, 2), max_iter=3)
+    """
+
     name = "bptt"
 
     def __call__(self, f, solver: Callable, z0, **solver_kw):

@@ -14,10 +14,10 @@ from torch import nn
 from .conditioning import make_conditioning
 from .gradients import make_gradient
 from .readout import READOUTS
-from .rules import make_rule
+from .rules import RULES, make_rule
 from .solvers import SolveStats, get_solver
 
-CALIBRATION_IMAGES = 512        # training inputs kept to re-estimate the read-out norm's statistics
+CALIBRATION_IMAGES = 2000       # training inputs kept to re-estimate the read-out norm's statistics
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ModelConfig:
     readout_norm: str = "none"        # "batch": standardise the pooled state before the MLP (readout.py)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """The config from a plain dict (a checkpoint's ``model_config``); unknown keys are an error."""
         from .configs import load_dataclass
 
@@ -80,11 +80,11 @@ class EquilibriumModel(nn.Module):
             config = ModelConfig.from_dict(config)
         self.config = config
         self.K1 = nn.Conv2d(config.in_channels, config.input_channels, 3, padding=1)
-        self.rule = make_rule(config.rule, input_channels=config.input_channels,
-                              state_channels=config.state_channels, **config.rule_kw)
-        if not callable(getattr(self.rule, "bind", None)):
+        if not callable(getattr(RULES.get(config.rule), "bind", None)):
             raise ValueError(f"rule {config.rule!r} does not fit EquilibriumModel (it has no bind(u, conditioning)); "
                              "use contractive_tanh, residual_tanh or a rule you registered with that method")
+        self.rule = make_rule(config.rule, input_channels=config.input_channels,
+                              state_channels=config.state_channels, **config.rule_kw)
         self.readout = READOUTS.build(config.readout, config.state_channels, config.hidden, config.classes,
                                       config.readout_norm)
         self.conditioning = make_conditioning(config.conditioning)

@@ -11,7 +11,9 @@ An unknown name is a one-line error that lists what is registered.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 class Registry:
@@ -47,7 +49,7 @@ class Registry:
             raise ValueError(f"a {self.concept} name must be a non-empty string, got {name!r}")
 
         def add(o):
-            if name in self._entries and self._entries[name] is not o and not replace:
+            if name in self._entries and not replace and not _same_definition(self._entries[name], o):
                 raise ValueError(f"{self.concept} {name!r} is already registered; pick another name "
                                  "or pass replace=True")
             self._entries[name] = o
@@ -83,3 +85,14 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.concept!r}: {', '.join(self.names())})"
+
+
+def _same_definition(a, b) -> bool:
+    """The same class or function defined by the same source (a module imported twice, e.g. a plugin
+    file loaded by path and by name), which may register again."""
+    if a is b:
+        return True
+    try:
+        return a.__qualname__ == b.__qualname__ and inspect.getfile(a) == inspect.getfile(b)
+    except (AttributeError, TypeError):
+        return False

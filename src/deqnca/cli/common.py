@@ -69,12 +69,12 @@ def add_run_flags(p, config_cls, default_out: str) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def options_from_args(args, config_cls, base_train: dict, base_model: dict | None, model_cls=None):
-    """(train options, model options, explicitly given names) from a preset's base, --config, flags and --set.
+def options_from_args(args, config_cls, base_train: dict, model_cls=None):
+    """(train options, model overrides, explicitly given names) from a preset's base, --config, flags and --set.
 
     A --set key is looked up in the training options first, then in the model's; an unknown key is a
     usage error that lists both."""
-    train, model = dict(base_train), dict(base_model or {})
+    train, model = dict(base_train), {}
     given: set = set()
     if getattr(args, "config", None):
         try:
@@ -105,7 +105,8 @@ def options_from_args(args, config_cls, base_train: dict, base_model: dict | Non
                 model[key] = value
             given.add("model")
         else:
-            raise ConfigError(f"--set {key}: not an option; training options: {', '.join(f for f in fields if f != 'model')}"
+            names = ", ".join(f for f in fields if f != "model")
+            raise ConfigError(f"--set {key}: not an option; training options: {names}"
                               + (f"; model options: {', '.join(model_fields)}" if model_fields else ""))
     return train, model, given
 

@@ -16,11 +16,12 @@ def cmd_train(args) -> int:
     from ..tasks.grow import RECIPES, GrowConfig, GrowTask
 
     if args.recipe != "equilibrium" and args.trainer != "implicit":
-        raise ConfigError(f"--recipe {args.recipe} sets the equilibrium trainer's options: use it with --trainer implicit")
+        raise ConfigError(f"--recipe {args.recipe} sets the equilibrium trainer's options: "
+                          "use it with --trainer implicit")
     device = _setup_device(args.device)
     if args.rollout_steps:
         args.min_steps, args.max_steps = args.rollout_steps
-    train, _, given = options_from_args(args, GrowConfig, RECIPES[args.recipe], None)
+    train, _, given = options_from_args(args, GrowConfig, RECIPES[args.recipe])
     cfg = build_config(GrowConfig, train, None)
     target = load_target(cfg.target, pad=cfg.pad)
     out = Path(args.out or f"runs/grow-{cfg.trainer}-{Path(cfg.target).stem}-seed{cfg.seed}")
@@ -31,8 +32,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from ..grow.replay import default_horizon, show
     from ..engine.checkpoint import load_grow_checkpoint
+    from ..grow.replay import default_horizon, show
 
     device = _setup_device(args.device)
     model, meta = load_grow_checkpoint(args.checkpoint, device)
@@ -54,8 +55,8 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def cmd_measure(args) -> int:
-    from ..grow.replay import measure
     from ..engine.checkpoint import load_grow_checkpoint
+    from ..grow.replay import measure
 
     device = _setup_device(args.device)
     rows = []

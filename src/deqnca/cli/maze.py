@@ -37,8 +37,8 @@ def cmd_train(args) -> int:
 
     device = setup_device(args.device)
     base_model = {**PRESETS[args.preset], "width": args.width}
-    train, model, given = options_from_args(args, MazeConfig, {"cache": args.cache or ""}, base_model, MazeNetConfig)
-    cfg = build_config(MazeConfig, train, MazeNetConfig.from_dict(model).to_dict())
+    train, model_over, given = options_from_args(args, MazeConfig, {"cache": args.cache or ""}, MazeNetConfig)
+    cfg = build_config(MazeConfig, train, MazeNetConfig.from_dict({**base_model, **model_over}).to_dict())
     mazes.check_size(cfg.train_size)
     out = Path(args.out or f"runs/maze-{args.preset}-w{args.width}-seed{cfg.seed}")
     result = fit(MazeTask(cfg), out, device=device, resume=args.resume, overwrite=args.overwrite, changed=given,

@@ -21,14 +21,13 @@ def _load_data(args, splits=("train", "test")):
 def cmd_train(args) -> int:
     from ..engine.trainer import fit
     from ..model import ModelConfig
-    from ..tasks.mnist import PRESETS, MnistConfig, MnistTask
+    from ..tasks.mnist import PRESETS, MnistConfig, MnistTask, preset
 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     device = setup_device(args.device)
-    base = PRESETS[args.preset]
-    train, model, given = options_from_args(args, MnistConfig, base["train"], base["model"], ModelConfig)
-    cfg = build_config(MnistConfig, train, ModelConfig.from_dict(model).to_dict())
+    train, model_over, given = options_from_args(args, MnistConfig, PRESETS[args.preset]["train"], ModelConfig)
+    cfg = build_config(MnistConfig, train, preset(args.preset, model_over)["model"])
     (x, y), (xt, yt) = _load_data(args)
     out = Path(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     result = fit(MnistTask(cfg, (x, y, xt, yt)), out, device=device, resume=args.resume, overwrite=args.overwrite,
@@ -102,8 +101,14 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     """Strip a run's checkpoint to a shippable model: weights only, plus config, metrics, provenance."""
-    from ..engine.checkpoint import GROW_KIND, load_grow_checkpoint, load_maze_model, load_model, read_checkpoint, \
-        save_checkpoint
+    from ..engine.checkpoint import (
+        GROW_KIND,
+        load_grow_checkpoint,
+        load_maze_model,
+        load_model,
+        read_checkpoint,
+        save_checkpoint,
+    )
 
     provenance = {"source": str(args.checkpoint), "machine": args.machine, "date": args.date,
                   "command": args.command}

@@ -96,7 +96,8 @@ def find_file(data_dir, stem: str) -> Path:
     for name in names:
         if (data_dir / name).is_file():
             return data_dir / name
-    raise DataError(f"{data_dir}: none of {', '.join(names)} found; pass --data-dir to a folder with the MNIST IDX files")
+    raise DataError(f"{data_dir}: none of {', '.join(names)} found; "
+                    "pass --data-dir to a folder with the MNIST IDX files")
 
 
 def default_data_dir() -> Path:

@@ -324,11 +324,11 @@ def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = 
             meta = (made_by, int(f["version"]), str(f["split"]), int(f["seed"]), int(f["size"]))
             layouts = f["layouts"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}); regenerating it")
+        warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}); regenerating it", stacklevel=2)
         return None
     expected = (generator, GENERATOR_VERSIONS[generator], split, seed, size)
     if meta != expected or layouts.shape[1:] != (layout_side(size),) * 2:
-        warnings.warn(f"{path}: cache holds {meta}, expected {expected}; regenerating it")
+        warnings.warn(f"{path}: cache holds {meta}, expected {expected}; regenerating it", stacklevel=2)
         return None
     return layouts
 

@@ -1,4 +1,4 @@
-"""The two ways to get a differentiable grown pattern from the same rule, and one training step.
+"""The two ways to get a differentiable grown pattern from the same rule.
 
 BPTT (the paper's recipe): roll the stochastic rule out for T steps with autograd on; memory ∝ T.
 
@@ -70,11 +70,13 @@ class EquilibriumForward:
         self.solver_kw = {"max_iter": solver_iter, "tol": solver_tol}
         self.residual_weight, self.jac_weight = residual_weight, jac_weight
         self.restart_noise = restart_noise
-        self.spectral_weight, self.spectral_target, self.spectral_iters = spectral_weight, spectral_target, spectral_iters
+        self.spectral_weight, self.spectral_target = spectral_weight, spectral_target
+        self.spectral_iters = spectral_iters
         if phantom_map not in ("expected", "stochastic"):
             raise ValueError(f"phantom_map {phantom_map!r}: choose expected or stochastic")
         if phantom_map == "stochastic" and gradient != "phantom":
-            raise ValueError("phantom_map 'stochastic' iterates the phantom gradient's steps: it needs gradient 'phantom'")
+            raise ValueError("phantom_map 'stochastic' iterates the phantom gradient's steps: "
+                             "it needs gradient 'phantom'")
         self.phantom_map = phantom_map
 
     def __call__(self, rule: GrowingNCARule, z0, target, steps: int, generator, shard=None):
@@ -178,20 +180,6 @@ def normalise_gradients(params) -> None:
     for p in params:
         if p.grad is not None:
             p.grad.div_(p.grad.norm() + 1e-8)
-
-
-def training_step(rule, forward, optimizer, z0, target, steps: int, generator) -> tuple[StepOutput, bool]:
-    """One single-process step outside the engine (benchmarks): forward, backward, the paper's
-    normalisation, optimizer step; a non-finite loss or gradient skips the update (ok=False)."""
-    total, out = forward(rule, z0, target, steps, generator)
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    grads = [p.grad for p in rule.parameters() if p.grad is not None]
-    ok = bool(torch.stack([torch.isfinite(t).all() for t in [total, *grads]]).all())
-    if ok:
-        normalise_gradients(rule.parameters())
-        optimizer.step()
-    return out, ok
 
 
 @torch.no_grad()

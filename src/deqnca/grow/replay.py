@@ -104,8 +104,10 @@ def measure(model, meta: dict, metrics_path: Path | None, samples: int = 8, seed
     persisted, _ = replay(rule, grown, 9 * horizon, seed + 1)
     damage = disc_masks(samples, H, W, torch.Generator(device=device).manual_seed(seed + 2), device)
     regrown, _ = replay(rule, grown * damage, horizon, seed + 3)
-    row = {"trainer": cfg.get("trainer"), "variant": cfg.get("variant"), "train_steps": meta.get("step", meta.get("progress", {}).get("global_step")),
-           "train_seconds": meta.get("elapsed_s", meta.get("progress", {}).get("elapsed_s")), "horizon": horizon,
+    progress = meta.get("progress", {})
+    row = {"trainer": cfg.get("trainer"), "variant": cfg.get("variant"),
+           "train_steps": meta.get("step", progress.get("global_step")),
+           "train_seconds": meta.get("elapsed_s", progress.get("elapsed_s")), "horizon": horizon,
            "loss_grown": target_loss(grown, target[None]).mean().item(),
            "loss_persist_10x": target_loss(persisted, target[None]).mean().item(),
            "loss_regenerated": target_loss(regrown, target[None]).mean().item(),

@@ -33,7 +33,7 @@ class MazeNetConfig:
     bound: float = 10.0               # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MazeNetConfig":
+    def from_dict(cls, d: dict) -> MazeNetConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown maze model config keys {sorted(unknown)}")

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from ..data import mazes
+from ..engine.checkpoint import load_maze_model
 from ..solvers import rollout
 from .evaluate import default_max_iters
-from ..engine.checkpoint import load_maze_model
 from .model import predict
 
 

@@ -13,9 +13,17 @@ from torch import nn
 from ..nca import crop
 
 
+class _CNNConfig:
+    def to_dict(self) -> dict:
+        return {"model": "cnn-small"}
+
+
 class SmallCNN(nn.Module):
+    """The baseline CNN (15,410 parameters); trained by the `cnn` task (deqnca.tasks.cnn)."""
+
     def __init__(self):
         super().__init__()
+        self.config = _CNNConfig()
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 24, 3, padding=1)
         self.fc = nn.Linear(24 * 7 * 7, 10)
@@ -37,25 +45,6 @@ def pad_in_place(x, fraction, anchor):
     vert, horiz = ("centre", "centre") if anchor == "centre" else anchor.split("-")
     mask[..., r[vert]:r[vert] + h, c[horiz]:c[horiz] + w] = 1
     return x * mask
-
-
-def train_cnn(x, y, epochs=3, batch_size=64, lr=1e-3, seed=0, log=print):
-    torch.manual_seed(seed)
-    model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), lr)
-    g = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        total = 0.0
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        log(f"cnn epoch {epoch + 1}: loss {total / len(x):.4f}")
-    return model
 
 
 @torch.no_grad()

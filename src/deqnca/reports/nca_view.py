@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..nca import ANCHORS, crop, rollout, rollout_curve
 from ..evaluation import evaluate
+from ..nca import ANCHORS, crop, rollout, rollout_curve
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from ..data.idx import load_mnist
+from ..data.panoramas import make_panoramas
 from ..engine.checkpoint import load_model
 from . import nca_view
 from .panorama import label_maps
-from ..data.panoramas import make_panoramas
 
 
 def _model_name(path: Path) -> str:

@@ -42,7 +42,7 @@ class GrowingConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GrowingConfig":
+    def from_dict(cls, d: dict) -> GrowingConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

@@ -129,14 +129,17 @@ class MazeTask(Task):
 
     def postfix(self):
         s = self.sums
-        return {} if not s["n"] else {"loss": f"{s['loss'] / s['n']:.4f}", "steps": f"{s['nstep'] / (s['n'] / self.size):.0f}"}
+        if not s["n"]:
+            return {}
+        return {"loss": f"{s['loss'] / s['n']:.4f}", "steps": f"{s['nstep'] / (s['n'] / self.size):.0f}"}
 
     def bar_label(self, epoch):
         return f"{self.model.config.model} epoch {epoch + 1}"
 
     def end_epoch(self, epoch, global_step, elapsed):
         c, model = self.cfg, self.model
-        val = quick_accuracy(model, self.val, max_iter=model.config.train_iters * (1 if model.config.model == "dt" else 4))
+        iters = model.config.train_iters * (1 if model.config.model == "dt" else 4)
+        val = quick_accuracy(model, self.val, max_iter=iters)
         rec = {"epoch": epoch, "global_step": global_step, "train_loss": self.sums["loss"] / max(self.sums["n"], 1),
                f"val_solved_{c.train_size}": val, "elapsed_s": elapsed, **copy.deepcopy(self.counters)}
         self.log(f"epoch {epoch:.2f}: loss {rec['train_loss']:.4f}  solved {100 * val:.1f}% of {len(self.val)} "

@@ -180,8 +180,10 @@ class MnistTask(Task):
 
     def postfix(self):
         s = self.sums
-        return {} if not s["n"] else {"loss": f"{s['loss'] / s['n']:.3f}", "acc": f"{s['correct'] / s['n']:.3f}",
-                                      "rel": f"{s['rel'] / s['batches']:.2e}", "steps": f"{s['nstep'] / s['batches']:.1f}"}
+        if not s["n"]:
+            return {}
+        return {"loss": f"{s['loss'] / s['n']:.3f}", "acc": f"{s['correct'] / s['n']:.3f}",
+                "rel": f"{s['rel'] / s['batches']:.2e}", "steps": f"{s['nstep'] / s['batches']:.1f}"}
 
     def end_epoch(self, epoch, global_step, elapsed):
         c, s, model = self.cfg, self.sums, self.model

@@ -25,7 +25,7 @@ class Projection:
         return self.mean.shape[0]
 
     @classmethod
-    def fit(cls, states, max_cells: int = 200_000, seed: int = 0) -> "Projection":
+    def fit(cls, states, max_cells: int = 200_000, seed: int = 0) -> Projection:
         """Fit on states (N, C, H, W) or (C, H, W)."""
         s = _as_numpy(states)
         if s.ndim == 3:

@@ -1,0 +1,149 @@
+"""The layout is the architecture: core <- engine <- tasks <- cli, no import cycles, one training loop,
+one version string, and every public symbol documented."""
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import deqnca
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "deqnca"
+# each module's floor; a module may import from its own floor and the floors below it
+FLOORS = [
+    ("core", 0, ("_version", "registry", "configs", "amp", "fileio", "resources", "hardware", "rules", "conditioning",
+                 "solvers", "gradients", "readout", "model", "nca", "evaluation", "data", "grow.objective",
+                 "maze.model", "grow", "maze")),
+    ("viz", 1, ("viz", "grow.replay")),
+    ("engine", 2, ("engine",)),
+    ("tasks", 3, ("tasks", "reports", "maze.evaluate", "maze.pictures")),
+    ("cli", 4, ("cli", "web")),
+]
+
+
+def _modules():
+    mods = {}
+    for f in PACKAGE.rglob("*.py"):
+        name = ".".join(f.relative_to(SRC).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = f
+    return mods
+
+
+def _floor(module: str):
+    rel = module.removeprefix("deqnca").lstrip(".")
+    best = None
+    for name, level, prefixes in FLOORS:
+        for p in prefixes:
+            if rel == p or rel.startswith(p + "."):
+                if best is None or len(p) > best[2]:
+                    best = (name, level, len(p))
+    return best
+
+
+def _imports(mods):
+    graph = {}
+    for m, f in mods.items():
+        is_pkg = f.name == "__init__.py"
+        base = m.split(".") if is_pkg else m.split(".")[:-1]
+        out = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else (node.module or "")
+                names = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            out |= {t for t in names if t in mods and t != m and not m.startswith(t + ".")}
+        graph[m] = out
+    return graph
+
+
+def test_every_module_has_a_floor_and_imports_only_from_below():
+    mods = _modules()
+    graph = _imports(mods)
+    unplaced = [m for m in mods if m != "deqnca" and _floor(m) is None]
+    assert not unplaced, f"modules without a floor (add them to FLOORS): {unplaced}"
+    bad = []
+    for m, targets in graph.items():
+        if m == "deqnca":
+            continue
+        name, level, _ = _floor(m)
+        for t in targets:
+            if t == "deqnca":
+                continue                      # the package root: only __version__ is imported from it
+            tname, tlevel, _ = _floor(t)
+            if tlevel > level or (name == "engine" and tname != "core" and tname != "engine"):
+                bad.append(f"{m} ({name}) imports {t} ({tname})")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    graph = _imports(_modules())
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def test_one_training_loop_and_small_tasks():
+    # optimiser steps and backward passes live in the engine only (the captured CUDA-graph step included)
+    steppers = sorted(str(f.relative_to(SRC)) for f in PACKAGE.rglob("*.py")
+                      if re.search(r"\.backward\(|optimizer\.step\(\)|opt\.step\(\)", f.read_text()))
+    assert all(s.startswith("deqnca/engine/") for s in steppers), steppers
+    for task in (PACKAGE / "tasks").glob("*.py"):
+        if task.name == "__init__.py":
+            continue
+        tree = ast.parse(task.read_text())
+        classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and any(
+            getattr(b, "id", "") == "Task" for b in n.bases)]
+        assert len(classes) == 1, task.name
+        lines = classes[0].end_lineno - classes[0].lineno + 1
+        assert lines <= 150, f"{task.name}: the task class is {lines} lines"
+
+
+def test_one_version_string():
+    pyproject = (SRC.parent / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and "deqnca._version.__version__" in pyproject
+    hits = [f for f in PACKAGE.rglob("*.py") if re.search(r"""['"]\d+\.\d+\.\d+['"]""", f.read_text())
+            and f.name != "_version.py"]
+    assert not hits, hits
+
+
+def test_every_public_symbol_has_a_docstring_with_an_example_or_args():
+    missing = []
+    for name in deqnca.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(deqnca, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj)):
+            assert getattr(obj, "protocol", None) or isinstance(obj, dict), name     # registries, PRESETS
+            continue
+        doc = inspect.getdoc(obj) or ""
+        if len(doc) < 20:
+            missing.append(name)
+    assert not missing, f"public symbols without a docstring: {missing}"
