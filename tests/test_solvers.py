@@ -74,7 +74,8 @@ def test_registry():
     assert "identity" in SOLVERS
     with pytest.raises(ValueError, match="unknown solver"):
         get_solver("newton-raphson-9000")
-    del SOLVERS["identity"]
+    SOLVERS.unregister("identity")
+    assert "identity" not in SOLVERS
 
 
 def test_fixed_point_batched_stop_checks_return_the_same_states():

@@ -57,6 +57,10 @@ class Registry:
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> None:
+        """Remove the entry `name` (e.g. a test's temporary one)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> Any:
         """The factory registered as `name`; a one-line error listing the registered names otherwise."""
         try:

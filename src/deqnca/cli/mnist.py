@@ -125,8 +125,14 @@ def cmd_export(args) -> int:
         info = {"metrics": history[-1] if history else {}, "history": history,
                 "train_config": meta.get("train_config"), "parameters": meta.get("parameters"),
                 "provenance": provenance}
-    save_checkpoint(args.dest, model, None, info)
-    print(f"exported {args.checkpoint} -> {args.dest}.safetensors / .json")
+    from ..engine.checkpoint import checkpoint_base
+
+    dest = checkpoint_base(args.dest)
+    existing = [p for p in (dest.parent / (dest.name + suffix) for suffix in (".json", ".safetensors")) if p.exists()]
+    if existing and not args.overwrite:
+        raise ConfigError(f"{existing[0]} exists; pass --overwrite to replace it, or choose another name")
+    save_checkpoint(dest, model, None, info)
+    print(f"exported {args.checkpoint} -> {dest}.safetensors / .json")
     return 0
 
 
@@ -216,6 +222,7 @@ def add_cli(sub) -> None:
     p.add_argument("--machine", default="unknown", help="where it was trained, for the provenance record")
     p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     p.add_argument("--command", default="", help="the command that trained it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("rollout", help="replay a model's rule on one test image: frames, GIF, curves",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -182,6 +183,52 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
     return tensors, meta
 
 
+MAX_ITERATIONS = 100_000         # a checkpoint asking for more solver steps is refused, not run for hours
+MAX_SIZE = 4096                  # channels, widths, hidden units: far above any model here
+
+
+def check_config(config: dict, path) -> None:
+    """One-line errors for a model config a checkpoint could carry but no model should run: iteration
+    counts and sizes out of range (checked before anything is built)."""
+    def walk(d, where=""):
+        for k, v in d.items():
+            key = f"{where}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            elif not math.isfinite(v):
+                raise CheckpointError(f"{path}: {key} is {v}; the checkpoint's config is corrupt")
+            elif ("iter" in k or k.endswith("steps")) and v > MAX_ITERATIONS:
+                raise CheckpointError(f"{path}: {key} = {v} iterations (at most {MAX_ITERATIONS:,}); pass a "
+                                      "smaller --max-iter or fix the checkpoint's JSON")
+            elif (k.endswith("channels") or k in ("hidden", "width", "classes", "blocks")) and not 0 < v <= MAX_SIZE:
+                raise CheckpointError(f"{path}: {key} = {v} is out of range (1..{MAX_SIZE}); the checkpoint's "
+                                      "config is corrupt")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: model_config is not a JSON object; the checkpoint is corrupt")
+    walk(config)
+
+
+def build_checked(factory, state: dict, path):
+    """`factory()` after checking, on the meta device (no memory), that its tensors have the shapes the
+    checkpoint holds: a config that disagrees with its weights fails before a large model is allocated."""
+    try:
+        with torch.device("meta"):
+            probe = factory()
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its model config is not usable ({e})") from None
+    except Exception:          # a model that cannot be built on the meta device is checked after building
+        probe = None
+    if probe is not None:
+        own = probe.state_dict()
+        for k, v in state.items():
+            if k in own and tuple(v.shape) != tuple(own[k].shape):
+                raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, the config needs "
+                                      f"{tuple(own[k].shape)}; the weights do not fit the model config")
+    return factory()
+
+
 def load_state(model, state: dict, path) -> None:
     """Load `state` into `model` after checking names, shapes, dtypes and finiteness (one-line errors)."""
     own = model.state_dict()
@@ -214,11 +261,10 @@ def load_model(path, device="cpu"):
     tensors, meta = read_checkpoint(path)
     if not isinstance(meta.get("model_config"), dict):
         raise CheckpointError(f"{path}: no model_config in its JSON; not an MNIST model checkpoint")
-    try:
-        model = EquilibriumModel(meta["model_config"])
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: its model config is not usable ({e})") from None
-    load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    check_config(meta["model_config"], path)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model = build_checked(lambda: EquilibriumModel(meta["model_config"]), state, path)
+    load_state(model, state, path)
     return model.to(device), meta
 
 
@@ -236,8 +282,13 @@ def load_grow_checkpoint(path, device="cpu"):
                               "use a checkpoint written by `deqnca grow train`")
     if "model.target" not in tensors or not isinstance(meta.get("model_config"), dict):
         raise CheckpointError(f"{path}: no target image or rule config; not a growing-NCA checkpoint")
-    model = GrowModel(GrowingConfig.from_dict(meta["model_config"]), tensors["model.target"].float())
-    load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    check_config(meta["model_config"], path)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    target = tensors["model.target"]
+    if target.dim() != 3 or not target.is_floating_point() or max(target.shape) > MAX_SIZE:
+        raise CheckpointError(f"{path}: its target image is not a (C, H, W) float tensor of sensible size")
+    model = build_checked(lambda: GrowModel(GrowingConfig.from_dict(meta["model_config"]), target), state, path)
+    load_state(model, state, path)
     return model.to(device), meta
 
 
@@ -248,11 +299,10 @@ def load_maze_model(path, device="cpu"):
     tensors, meta = read_checkpoint(path)
     if "maze" not in meta and meta.get("kind") != "maze":
         raise CheckpointError(f"{path}: not a maze checkpoint (made by `deqnca maze train`)")
-    try:
-        model = MazeSolverNet(meta["model_config"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: its model config is not usable ({e})") from None
-    load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    check_config(meta.get("model_config"), path)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model = build_checked(lambda: MazeSolverNet(meta["model_config"]), state, path)
+    load_state(model, state, path)
     return model.to(device).eval(), meta
 
 

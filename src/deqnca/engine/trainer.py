@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..amp import amp_context
 from ..configs import ConfigError, load_dataclass, option
+from ..fileio import fault_point
 from ..registry import Registry
 from . import distributed
 from .checkpoint import CheckpointError, all_finite, load_optimizer_state, read_checkpoint, save_checkpoint
@@ -267,6 +268,7 @@ def _trim_metrics(path: Path, global_step: int) -> None:
 
 
 def _append(path: Path, rec: dict) -> None:
+    fault_point("metrics", path)
     with open(path, "a") as fh:
         fh.write(json.dumps(rec) + "\n")
         fh.flush()
@@ -287,13 +289,16 @@ def resolve_config(cfg, saved: dict, changed: set | None):
     return load_dataclass(type(cfg), {**known, **{k: new[k] for k in RESUMABLE if k in new}}, "train config")
 
 
-def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """A fresh run needs an empty folder: one that holds a run is refused unless `overwrite`."""
+def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> bool:
+    """A fresh run needs an empty folder: one that holds a run is refused unless `overwrite`. Returns
+    whether there is a checkpoint to resume from (a run killed before its first one starts afresh)."""
     if resume:
-        if not (out / "last.json").exists():
-            raise CheckpointError(f"--resume: {out} holds no checkpoint (last.json); start a run there "
-                                  "without --resume")
-        return
+        if (out / "last.json").exists():
+            return True
+        if not (out / "config.json").exists():
+            raise CheckpointError(f"--resume: {out} holds no run; start one there without --resume")
+        (out / "metrics.jsonl").unlink(missing_ok=True)      # records of steps no checkpoint kept
+        return False
     held = [name for name in RUN_FILES if (out / name).exists()]
     if held and not overwrite:
         raise ConfigError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume or "
@@ -302,6 +307,7 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         for f in out.iterdir():
             if f.name in RUN_FILES or f.name.startswith("last"):
                 f.unlink()
+    return False
 
 
 def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: bool = False,
@@ -333,7 +339,9 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     warn = warnings.warn if main else (lambda *_, **__: None)
     meta = None
     if main:
-        prepare_run_folder(out, resume, overwrite)
+        resume = prepare_run_folder(out, resume, overwrite)
+    if world > 1:       # every process learns whether there is a checkpoint to resume from
+        resume = distributed.all_ok(resume if main else True, device)
     if resume:
         _, meta = read_checkpoint(out / "last", tensors=False)
         if meta.get("kind") != task.name:
@@ -484,6 +492,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
                     if snapshot_due and healthy:
                         good_state, snapshot_due = copy.deepcopy(model.state_dict()), False
                 task.after_step(batch, step_out, ok, global_step)
+                fault_point("step", Path(str(global_step)))
                 global_step += 1
                 step_in_epoch = b + 1
                 now = time.time()
