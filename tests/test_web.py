@@ -230,8 +230,7 @@ def test_a_digit_drawn_with_the_mouse_gets_pytorchs_class(page, site):
         # the per-cell panel's state came from its own noise: compare its vote with PyTorch from that state
         assert cells["N"] == 28 and cells["x"] == duel["x"]
         vote = torch.tensor(cells["vote"])
-        z = torch.from_numpy(browser.unb64(page.evaluate("deqncaTest.cellState()")).copy())
-        z = z.view(28, 28, -1).permute(2, 0, 1)[None]
+        z = torch.from_numpy(browser.unb64(cells["z"]).copy()).view(28, 28, -1).permute(2, 0, 1)[None]
         ref = d.ink_vote(model.readout.local(z, 1), d.ink_mask(x))[0]
         assert rel_err(vote, ref) <= TOL and vote.argmax() == ref.argmax()
 

@@ -241,8 +241,14 @@ function setupCells() {
     for (let i = 0; i < n; i++) if (pad.grid[i] > 0.1) { ink++; counts[argmax(cell.subarray(i * K, i * K + K))]++; }
     frac = counts.map((c) => c / Math.max(ink, 1));
   };
+  // a model trained through a fixed number of rollout steps is a transient: it restarts from noise when
+  // the drawing changes and stops at that number; an equilibrium model keeps its state (path independence)
+  const transient = m.config.solver === "rollout", horizon = m.config.solver_kw.max_iter;
+  $("cell-note").textContent = transient
+    ? `This model was trained through ${horizon} rollout steps: it restarts from noise when the drawing changes and stops at step ${horizon}.`
+    : `This model was trained to its fixed point: its state carries on when the drawing changes.`;
   const p = (panels.cell = new Panel("cell", $("cell-controls"), {
-    rate: 15, limit: 150,
+    rate: 15, limit: transient ? horizon : 150,
     reset() { bind(); z = m.noise(nextRand()); next = new Float32Array(z.length); rel = []; this.steps = 0; },
     step() { rel.push(m.step(z, next)); [z, next] = [next, z]; },
     render() {
@@ -260,7 +266,7 @@ function setupCells() {
   }));
   p.reset();
   pad.listeners.push(() => {
-    if (m.H !== pad.N) { p.reset(); p.render(); return; }      // a new pad size: start from noise
+    if (transient || m.H !== pad.N) { p.reset(); p.setPlaying(true); p.render(); return; }   // from noise
     bind(); p.render();
     if (p.steps >= p.limit) { p.steps = 0; p.setPlaying(true); }
   });
@@ -476,8 +482,10 @@ window.deqncaTest = {
   pauseAll() { for (const p of Object.values(panels)) p.setPlaying(false); },
   panelSteps(name, k) { const p = panels[name]; p.setPlaying(false); p.advance(k); p.render(); return p.steps; },
   duel: () => panels.duel.state(),
-  cells: () => { const s = panels.cell.state(); return { x: Array.from(s.x), N: s.N, vote: Array.from(s.vote) }; },
-  cellState: () => DeqNCA.toBase64(panels.cell.state().z),      // channels-last
+  cells: () => {                              // the per-cell panel now: pad, vote, state (channels-last)
+    const s = panels.cell.state();
+    return { x: Array.from(s.x), N: s.N, vote: Array.from(s.vote), z: DeqNCA.toBase64(s.z) };
+  },
   maze(size, seed) {
     const mz = DeqNCA.generateMaze(size, DeqNCA.rng(seed)), img = DeqNCA.mazeImage(mz);
     return { side: mz.side, layout: Array.from(mz.layout), x: DeqNCA.toBase64(DeqNCA.hwcToChw(img.x, 3, img.H, img.W)), H: img.H };
