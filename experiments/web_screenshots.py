@@ -53,6 +53,7 @@ def main(argv=None) -> int:
             page.evaluate("deqncaTest.panelSteps('grow', 12)")
             page.select_option("#maze-size", "19")
             page.evaluate("deqncaTest.pauseAll()")
+            page.click("#maze-controls button:text-is('reset')")   # from step 0 whatever ran meanwhile
             page.evaluate("deqncaTest.panelSteps('maze', 176)")   # the evaluation's budget for size 19
             for name, section in (("draw", "#draw"), ("duel", "#duel"), ("grow", "#grow"), ("maze", "#maze")):
                 png = page.locator(section).screenshot()

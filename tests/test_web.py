@@ -5,6 +5,7 @@ given input and initial state, and the state is compared with PyTorch's after th
 growing NCA's random fire masks are drawn by torch and handed to the page: PyTorch's own stochastic
 replay (rule.stochastic_map with a seeded generator) draws the same masks from the same seed.
 """
+import argparse
 import math
 import types
 
@@ -13,9 +14,8 @@ import pytest
 import torch
 
 from deqnca.web import browser
-from deqnca.web.export import _load_models, build_bundle, default_models_dir, mnist_spec, write_bundle, write_site
-
-pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
+from deqnca.web.export import (_load_models, add_cli, build_bundle, default_models_dir, mnist_spec, write_bundle,
+                               write_site)
 
 TOL = 1e-4      # relative error, float32 (the page stores float32 and accumulates in float64)
 
@@ -54,6 +54,9 @@ def site(tmp_path_factory, mnist_small):
 
 @pytest.fixture(scope="module")
 def chromium():
+    why = browser.missing()
+    if why:
+        pytest.skip(why)
     with browser.launch() as b:
         yield b
 
@@ -250,3 +253,15 @@ def test_without_a_per_cell_model_the_panel_says_so(chromium, tmp_path):
         assert "cell" not in pg.evaluate("deqncaTest.models()")
         assert math.isfinite(pg.evaluate("deqncaTest.bench('panel:duel', {steps: 2})"))   # the pad still feeds the duel
     assert not log, log
+
+
+def test_web_subcommand_writes_a_page_that_links_to_the_docs(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="deqnca")
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["web", "--out", str(tmp_path / "site"), "--no-examples"])
+    assert args.func(args) == 0 and "index.html" in capsys.readouterr().out
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "@REPO@" not in html
+    docs = [h.split('"')[0] for h in html.split('href="')[1:] if "docs/" in h]
+    assert docs and all((tmp_path / "site" / d).resolve().exists() for d in docs), docs
+    assert {"app.js", "models.js", "style.css", "weights.js"} <= {p.name for p in (tmp_path / "site").iterdir()}

@@ -200,19 +200,23 @@ function setupPad() {
     pad.grid = new Float32Array(pad.N * pad.N);
     padChanged(true);
   };
-  if (BUNDLE.digits) {                    // ten MNIST test digits; on a larger pad one lands at a random place
+  if (BUNDLE.digits) {                    // ten MNIST test digits; a larger pad is filled tile by tile
     const d = DeqNCA.decode(BUNDLE.digits).data;
+    const inkIn = (ox, oy) => {
+      let s = 0;
+      for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) s += pad.grid[(oy + y) * pad.N + ox + x];
+      return s;
+    };
     for (let k = 0; k < 10; k++) {
       const b = document.createElement("button");
       b.textContent = String(k);
       b.title = `an MNIST test image of a ${k}`;
       b.onclick = () => {
-        const N = pad.N, rand = nextRand(), ox = Math.floor(rand() * (N - 27)), oy = Math.floor(rand() * (N - 27));
-        if (N === 28) pad.grid.fill(0);
-        for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
-          const i = (oy + y) * N + ox + x;
-          pad.grid[i] = Math.max(pad.grid[i], d[k * 784 + y * 28 + x] / 255);
-        }
+        const N = pad.N, tiles = [];
+        for (let ty = 0; ty + 28 <= N; ty += 28) for (let tx = 0; tx + 28 <= N; tx += 28) tiles.push([tx, ty, inkIn(tx, ty)]);
+        const [ox, oy] = tiles.reduce((best, t) => (t[2] < best[2] ? t : best));   // the emptiest tile
+        for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++)
+          pad.grid[(oy + y) * N + ox + x] = d[k * 784 + y * 28 + x] / 255;
         padChanged(true);
       };
       $("examples").appendChild(b);
@@ -430,7 +434,7 @@ function setupMaze() {
       $("maze-status").textContent = solvedAt !== null
         ? `the predicted path is exactly the solution (since step ${solvedAt})`
         : `not solved yet (${pred.reduce((a, b) => a + b, 0)} path pixels predicted, ${img.path.reduce((a, b) => a + b, 0)} in the solution)`;
-      this.counter.textContent = `step ${this.steps} of ${this.limit}`;
+      this.counter.textContent = `step ${this.steps} (budget ${this.limit})`;
     },
   }));
   const fresh = () => { newMaze(); p.reset(); p.setPlaying(true); p.render(); };
