@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
+	# the live page's tests drive Debian's chromium (never a downloaded browser); they skip without it
+	command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; } \
+		|| echo "chromium not installed: tests/test_web.py will skip"
 	touch $@
 
 demo: setup

@@ -220,11 +220,13 @@ class GrowTask(Task):
     def state(self):
         self.counters["divergences"] += int(self.divergences)
         self.divergences.zero_()
-        return ({"pool": self.pool} if self.pool is not None else {}), {}
+        window = [float(v) for v in self.window]                  # losses since the last record
+        return ({"pool": self.pool} if self.pool is not None else {}), {"window": window}
 
     def load_state(self, tensors, meta):
         if self.pool is not None:
             self.pool = tensors["pool"].to(self.device)
+        self.window = [torch.tensor(v, device=self.device) for v in meta.get("window", [])]
 
 
 def _gather(out: StepOutput, world: int) -> StepOutput:

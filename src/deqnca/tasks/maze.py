@@ -99,7 +99,8 @@ class MazeTask(Task):
         if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
             g = torch.Generator().manual_seed(c.seed * 1000 + epoch)
             self.perm, self._perm_epoch = torch.randperm(len(self.layouts), generator=g), epoch
-            self.sums = {"loss": 0.0, "n": 0, "nstep": 0.0}
+            resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
+            self.sums = resumed if resumed and index else {"loss": 0.0, "n": 0, "nstep": 0.0}
         # every random choice of a step is seeded by the step: --resume replays it exactly, and every process
         # makes the same choices (random tensors are drawn for the global batch, then sliced)
         self.rng = random.Random(c.seed * 1_000_003 + global_step)
@@ -126,6 +127,12 @@ class MazeTask(Task):
             self.sums["n"] += batch.size
             self.sums["nstep"] += distributed.agree_max(nstep, self.device) if self.world > 1 else nstep
             self.size = batch.size
+
+    def state(self):
+        return {}, {"sums": getattr(self, "sums", None), "size": getattr(self, "size", None)}
+
+    def load_state(self, tensors, meta):
+        self._resumed_sums, self.size = meta.get("sums"), meta.get("size")
 
     def postfix(self):
         s = self.sums

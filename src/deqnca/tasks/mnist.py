@@ -128,7 +128,10 @@ class MnistTask(Task):
         c = self.cfg
         if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
             self.perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(c.seed * 1000 + epoch))
-            self._perm_epoch, self.sums = epoch, dict.fromkeys(("loss", "correct", "n", "rel", "nstep", "batches"), 0)
+            resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
+            self._perm_epoch = epoch
+            self.sums = resumed if resumed and index else dict.fromkeys(("loss", "correct", "n", "rel", "nstep",
+                                                                         "batches"), 0)
         # state noise seeded per batch: a resumed run draws exactly the noise it would have drawn
         self.gen.manual_seed(c.seed * 1_000_003 + epoch * 10_007 + index + 7_919 * self.rank)
         rows = self.perm[index * c.batch_size:(index + 1) * c.batch_size]
@@ -177,6 +180,12 @@ class MnistTask(Task):
             s["rel"] += rel[torch.isfinite(rel)].mean().item() if torch.isfinite(rel).any() else 0
             s["nstep"] += stats.nstep
             s["batches"] += 1
+
+    def state(self):
+        return {}, {"sums": getattr(self, "sums", None)}
+
+    def load_state(self, tensors, meta):
+        self._resumed_sums = meta.get("sums")
 
     def postfix(self):
         s = self.sums

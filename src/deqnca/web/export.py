@@ -1,0 +1,182 @@
+"""Export the live page: the static files of `web/static/` plus `weights.js`, the shipped models'
+weights as the page computes with them (float32, PyTorch layouts, base64).
+
+The page opens from disk (file://): browsers refuse fetch() there, so the weights travel as a script
+that sets `window.DEQNCA`. Every weight is the one the forward pass uses, e.g. the contractive rule's
+W_z after its spectral rescaling, not the raw parameter. What the page computes is documented in
+`static/models.js`, and tests/test_web.py checks it against PyTorch.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..resources import models_dir, repo_root
+
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = ("index.html", "style.css", "models.js", "app.js")
+MNIST_MODELS = {"essay": "mnist-essay", "equilibrium": "mnist-equilibrium"}
+GROW_MODELS = {"lizard-bptt": "grow/lizard-bptt", "lizard-equilibrium": "grow/lizard-equilibrium"}
+MAZE_MODELS = {"maze-dt": "maze/dt", "maze-deq-res": "maze/deq-res", "maze-deq": "maze/deq"}
+
+
+def default_models_dir() -> Path:
+    """The shipped models' folder."""
+    return models_dir()
+
+
+def _load_models(models_dir: Path, cell_checkpoint=None, examples: bool = True) -> dict:
+    """Every torch model the page shows, loaded in eval mode on the CPU, and a few MNIST test digits.
+
+    This is the only function that imports other deqnca modules (the package layout moves)."""
+    from ..data.idx import load_mnist
+    from ..engine.checkpoint import load_grow_checkpoint, load_maze_model, load_model
+
+    out = {"mnist": {}, "grow": {}, "maze": {}, "cell": None, "digits": None}
+    for name, rel in MNIST_MODELS.items():
+        out["mnist"][name] = (load_model(models_dir / rel)[0].eval(), rel)
+    for name, rel in GROW_MODELS.items():
+        out["grow"][name] = (load_grow_checkpoint(models_dir / rel)[0].eval(), rel)
+    for name, rel in MAZE_MODELS.items():
+        out["maze"][name] = (load_maze_model(models_dir / rel)[0].eval(), rel)
+    if cell_checkpoint is not None:
+        model, _ = load_model(cell_checkpoint)
+        if model.config.readout != "cell":
+            raise ValueError(f"{cell_checkpoint}: read-out {model.config.readout!r}; the per-cell panel "
+                             "needs a model trained with readout='cell'")
+        out["cell"] = (model.eval(), str(cell_checkpoint))
+    if examples:
+        try:
+            x, y = load_mnist(split="test")
+        except (OSError, ValueError):       # no MNIST files: the page simply has no example buttons
+            x = None
+        if x is not None:
+            first = [int((y == k).nonzero()[0]) for k in range(10)]
+            out["digits"] = (x[first, 0] * 255).round().to(torch.uint8)
+    return out
+
+
+def _b64(t: torch.Tensor, dtype=np.float32) -> dict:
+    a = np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
+    return {"shape": list(a.shape), "data": base64.b64encode(a.astype("<" + a.dtype.str[1:]).tobytes()).decode()}
+
+
+@torch.no_grad()
+def mnist_spec(model, source: str) -> dict:
+    """An EquilibriumModel as the page runs it: K1 + ReLU, then z' = [z +] tanh(W_z*z + inside) + outside."""
+    cfg = model.config
+    rule = model.rule
+    if cfg.rule not in ("residual_tanh", "contractive_tanh"):
+        raise ValueError(f"{source}: rule {cfg.rule!r}; the page runs residual_tanh and contractive_tanh")
+    if rule.K2.kernel_size != (3, 3) or model.K1.kernel_size != (3, 3):
+        raise ValueError(f"{source}: the page runs 3x3 kernels only")
+    cu = cfg.input_channels
+    # the state half exactly as bind() uses it: the contractive rule rescales it by γ/max(σ, γ) (eval mode)
+    w_z = rule.state_weight() if hasattr(rule, "state_weight") else rule.K2.weight[:, cu:]
+    r = model.readout
+    tensors = {"K1_w": model.K1.weight, "K1_b": model.K1.bias, "W_u": rule.K2.weight[:, :cu], "W_z": w_z,
+               "b": rule.K2.bias, "fc1_w": r.fc1.weight, "fc1_b": r.fc1.bias, "fc2_w": r.fc2.weight,
+               "fc2_b": r.fc2.bias}
+    if r.norm is not None:
+        n = r.norm
+        tensors.update(bn_mean=n.running_mean, bn_var=n.running_var, bn_w=n.weight, bn_b=n.bias)
+    config = {"residual": cfg.rule == "residual_tanh", "conditioning": cfg.conditioning,
+              "readout": cfg.readout, "bn_eps": r.norm.eps if r.norm is not None else None,
+              "in_channels": cfg.in_channels, "input_channels": cu, "state_channels": cfg.state_channels,
+              "classes": cfg.classes, "noise_std": cfg.noise_std, "solver": cfg.solver,
+              "solver_kw": cfg.solver_kw}
+    return {"kind": "mnist", "source": source, "config": config,
+            "tensors": {k: _b64(v) for k, v in tensors.items()}}
+
+
+@torch.no_grad()
+def grow_spec(model, source: str) -> dict:
+    rule = model.rule
+    tensors = {"w1": rule.w1.weight[:, :, 0, 0], "b1": rule.w1.bias, "w2": rule.w2.weight[:, :, 0, 0],
+               "target": model.target}
+    return {"kind": "grow", "source": source, "config": rule.config.to_dict(),
+            "tensors": {k: _b64(v) for k, v in tensors.items()}}
+
+
+@torch.no_grad()
+def maze_spec(model, source: str) -> dict:
+    cfg = model.config
+    rule = model.rule
+    w = rule.recall.weight
+    tensors = {"recall_x": w[:, :rule.input_channels], "recall_z": w[:, rule.input_channels:]}
+    for i, block in enumerate(rule.blocks):
+        tensors[f"block{i}_conv1"] = block.conv1.weight
+        tensors[f"block{i}_conv2"] = block.conv2.weight
+    heads = [m for m in model.head.layers if isinstance(m, torch.nn.Conv2d)]
+    for i, conv in enumerate(heads):
+        tensors[f"head{i}"] = conv.weight
+    if model.projection is not None:
+        tensors["projection"] = model.projection.weight
+    config = {"form": cfg.model, "width": cfg.width, "blocks": len(rule.blocks), "bound": rule.bound,
+              "init": "projection" if model.projection is not None else "zeros", "tol": cfg.tol}
+    return {"kind": "maze", "source": source, "config": config,
+            "tensors": {k: _b64(v) for k, v in tensors.items()}}
+
+
+def build_bundle(loaded: dict) -> dict:
+    models = {name: mnist_spec(m, src) for name, (m, src) in loaded["mnist"].items()}
+    if loaded["cell"] is not None:
+        models["cell"] = mnist_spec(*loaded["cell"])
+    models.update({name: grow_spec(m, src) for name, (m, src) in loaded["grow"].items()})
+    models.update({name: maze_spec(m, src) for name, (m, src) in loaded["maze"].items()})
+    bundle = {"version": 1, "models": models}
+    if loaded["digits"] is not None:
+        bundle["digits"] = _b64(loaded["digits"], np.uint8)
+    return bundle
+
+
+def write_site(out_dir, models_dir=None, cell_checkpoint=None, examples: bool = True) -> Path:
+    """Write the page into `out_dir` (created); returns the path of its index.html.
+
+    `cell_checkpoint`: an EquilibriumModel checkpoint trained with readout='cell' for the per-cell
+    panel (without one the panel says so). `examples`: include ten MNIST test digits (when the MNIST
+    files are there)."""
+    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    return write_bundle(out_dir, build_bundle(_load_models(models_dir, cell_checkpoint, examples)))
+
+
+def write_bundle(out_dir, bundle: dict) -> Path:
+    """The static files plus weights.js holding `bundle` (build_bundle's) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in STATIC_FILES:
+        shutil.copyfile(STATIC / name, out / name)
+    # the page links to the repository's README and docs/: relative to wherever the page is written
+    root = repo_root()
+    repo = os.path.relpath(root, out.resolve()).replace(os.sep, "/") if root else ".."
+    index = out / "index.html"
+    index.write_text(index.read_text().replace("@REPO@/", repo + "/"))
+    (out / "weights.js").write_text("// written by deqnca web (deqnca/web/export.py): weights as the forward "
+                                    "pass uses them\nwindow.DEQNCA = " + json.dumps(bundle) + ";\n")
+    return index
+
+
+def add_cli(subparsers):
+    """Add `deqnca web --out DIR [--cell-model PATH] [--models DIR]` to an argparse sub-parser set."""
+    p = subparsers.add_parser("web", help="write the live page (static HTML + JavaScript, opens from disk)",
+                              description="Write a self-contained static page that runs the shipped models "
+                                          "in the browser: draw a digit, grow the lizard, solve a maze.")
+    p.add_argument("--out", default="site", help="output folder (default: site/)")
+    p.add_argument("--cell-model", default=None, metavar="PATH",
+                   help="checkpoint of a model trained with readout=cell for the per-cell panel")
+    p.add_argument("--models", default=None, metavar="DIR", help="folder of the shipped models (default: models/)")
+    p.add_argument("--no-examples", action="store_true", help="leave out the ten MNIST example digits")
+    p.set_defaults(func=_cmd_web)
+    return p
+
+
+def _cmd_web(args) -> int:
+    index = write_site(args.out, args.models, args.cell_model, examples=not args.no_examples)
+    print(f"wrote {index} (open it in a browser; no server needed)")
+    return 0
