@@ -14,3 +14,30 @@ def mnist_small():
     x, y = load_mnist(split="train")
     xt, yt = load_mnist(split="test")
     return x[:3000].clone(), y[:3000].clone(), xt[:500].clone(), yt[:500].clone()
+
+
+# The fast tier (`make test-fast`, under a minute on 2 cores) leaves out what trains, launches
+# subprocesses or drives a browser; `make test` runs everything.
+SLOW_FILES = {"test_faults.py", "test_distributed.py", "test_distributed_trainers.py", "test_web.py",
+              "test_benchmarks.py"}
+SLOW_TESTS = {
+    "test_tiny_training_learns_past_threshold", "test_tiny_training_run_solves_most_5x5_mazes",
+    "test_bf16_amp_training_learns_like_float32", "test_interrupt_then_resume_equals_uninterrupted_run",
+    "test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine", "test_demo_quick_writes_report_with_existing_files",
+    "test_contractive_rule_is_a_contraction_at_any_size", "test_eval_shipped_equilibrium_model_reaches_its_fixed_point",
+    "test_eval_shipped_essay_model_json", "test_which_steps_have_a_fixed_shape",
+    "test_implicit_gradient_matches_unrolled_autograd", "test_every_option_is_reachable_and_wrong_keys_are_usage_errors",
+    "test_non_finite_steps_are_skipped_and_never_saved", "test_runs_are_never_overwritten_and_resume_keeps_the_run_as_it_was",
+    "test_a_short_phantom_window_over_the_pool_teaches_the_seed_to_grow", "test_train_amp_flag_reaches_the_run_config",
+    "test_a_registered_user_rule_trains_through_the_api_and_the_cli", "test_a_few_training_steps_reduce_the_loss",
+    "test_torchdeq_masking_fix_keeps_broydens_best_iterate_finite", "test_acceleration_beats_picard_on_slow_contraction",
+    "test_implicit_gradient_matches_finite_differences", "test_cli_generate_train_eval_show",
+    "test_additive_conditioning_adds_the_input_after_the_nonlinearity", "test_cli_train_resume_show_measure",
+    "test_shipped_lizards_load_and_both_trainers_grow_the_lizard", "test_eval_under_bf16_autocast_keeps_the_shipped_accuracy",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -71,7 +71,7 @@ class EquilibriumModel(nn.Module):
 
     In training mode the model keeps its most recent inputs, so that after training (in any loop) the
     read-out norm's statistics are re-estimated for the final weights the first time it runs in eval
-    mode: the running averages BatchNorm keeps during training lag the weights (docs/concepts.md).
+    mode: the running averages BatchNorm keeps during training lag the weights (docs/architecture.md).
     """
 
     def __init__(self, config: ModelConfig | dict):

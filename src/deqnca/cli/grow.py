@@ -89,7 +89,7 @@ def add_cli(sub) -> None:
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default="equilibrium",
                    help="the equilibrium trainer's settings: 'equilibrium' (default) or 'window' (the windowed "
-                        "phantom gradient that grows the lizard, docs/results.md); options given explicitly win")
+                        "phantom gradient that grows the lizard, docs/grow.md); options given explicitly win")
     p.add_argument("--rollout-steps", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="steps per batch, drawn in MIN..MAX (= --min-steps MIN --max-steps MAX)")
     add_run_flags(p, GrowConfig, "runs/grow-<trainer>-<target>-seed<seed>")

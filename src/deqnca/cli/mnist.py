@@ -194,7 +194,7 @@ def add_cli(sub) -> None:
     from ..tasks.mnist import PRESETS, MnistConfig
 
     p.add_argument("--preset", default="essay", choices=sorted(PRESETS),
-                   help="essay or equilibrium; the others are variants measured in docs/results.md (default essay)")
+                   help="essay or equilibrium; the others are variants measured in docs/mnist.md (default essay)")
     add_run_flags(p, MnistConfig, "runs/<preset>-seed<seed>")
     data_flags(p)
     p.set_defaults(func=cmd_train)

@@ -21,7 +21,7 @@ from ..rules.growing import GrowingConfig, target_loss
 
 VARIANTS = ("growing", "persistent", "regenerating")
 # named settings of the equilibrium trainer (`--recipe NAME`); explicit options override them. "window":
-# the windowed phantom gradient (docs/results.md): 1..16 undifferentiated steps and one solver step per
+# the windowed phantom gradient (docs/grow.md): 1..16 undifferentiated steps and one solver step per
 # visit of a pool state, then 32 differentiated steps of the stochastic rule
 RECIPES = {"equilibrium": {},
            "window": {"min_steps": 1, "max_steps": 16, "solver_iter": 1, "phantom_k": 32, "residual_weight": 0.0,
@@ -56,7 +56,7 @@ class GrowConfig(TrainConfig):
     solver: str = option("rollout", "solver of the expected map")
     solver_iter: int = option(32, "solver steps")
     solver_tol: float = option(1e-3, "solver tolerance")
-    # phantom, not implicit: at the grown pattern the Jacobian's spectral radius sits at ~1 (docs/results.md)
+    # phantom, not implicit: at the grown pattern the Jacobian's spectral radius sits at ~1 (docs/grow.md)
     gradient: str = option("phantom", "implicit or phantom", choices=("implicit", "phantom"))
     b_solver: str = option("fixed_point", "adjoint solver (implicit gradient)")
     b_max_iter: int = option(32, "adjoint solver steps")

@@ -2,7 +2,7 @@
 
 AdamW with warm-up and a cosine schedule over the epochs or the time budget, whichever ends first
 (Bansal et al.'s settings); DT trains with the progressive loss, the DEQ at the equilibrium reached
-from a mixed zero/noise state within a random iteration budget (docs/results.md).
+from a mixed zero/noise state within a random iteration budget (docs/mazes.md).
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """MNIST classification: the essay's model (eqs. 1-2) and its equilibrium sibling, as a task.
 
-Presets (`PRESETS`, docs/results.md has their numbers):
+Presets (`PRESETS`, docs/mnist.md has their numbers):
 essay          eqs. (1)-(2) with the essay's recipe (SGD 0.005/0.9, batch 64, noise init, 10 epochs);
                the state is the 16-step rollout, trained by BPTT.
 essay-broyden  the same with TorchDeq's Broyden kept as the solver (NaN-safe) and phantom gradients.
 equilibrium    same family, but the rule is a γ-contraction solved by Picard iteration to a relative
                residual of 1e-4 and trained by implicit differentiation; batch-normalised read-out.
-equilibrium-fast / -fixed / -v0   variants measured in docs/results.md.
+equilibrium-fast / -fixed / -v0   variants measured in docs/mnist.md.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ _EQ_MODEL = {"rule": "contractive_tanh", "rule_kw": {"gamma": 0.9, "renormalize"
              "gradient_kw": {"b_solver": "fixed_point", "b_max_iter": 100, "b_tol": 1e-4}, "readout_norm": "batch"}
 PRESETS = {
     # the essay's model and optimiser; the state is the 16-step rollout that TorchDeq's Broyden
-    # degenerates to on eq. (2) (docs/concepts.md), trained by BPTT
+    # degenerates to on eq. (2) (docs/mnist.md), trained by BPTT
     "essay": {"model": {"rule": "residual_tanh", "rule_kw": {"state_init_scale": 0.1}, "conditioning": "injection",
                         "solver": "rollout", "solver_kw": {"max_iter": 16}, "gradient": "bptt", "gradient_kw": {}},
               "train": _ESSAY_TRAIN},
@@ -37,7 +37,7 @@ PRESETS = {
                                 "solver_kw": {"max_iter": 16, "tol": 1e-3, "stop_mode": "abs"},
                                 "gradient": "phantom", "gradient_kw": {"k": 8}},
                       "train": _ESSAY_TRAIN},
-    # Picard, not Anderson: as many steps on this contraction in 2.5x less time (docs/results.md)
+    # Picard, not Anderson: as many steps on this contraction in 2.5x less time (docs/mnist.md)
     "equilibrium": {"model": _EQ_MODEL, "train": _EQ_TRAIN},
     "equilibrium-v0": {"model": {"rule": "contractive_tanh", "rule_kw": {"gamma": 0.9}, "conditioning": "injection",
                                  "solver": "anderson", "solver_kw": {"max_iter": 40, "tol": 1e-4},
