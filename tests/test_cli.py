@@ -12,7 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 ESSAY = ROOT / "models" / "mnist-essay"
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["eval"], ["info"], ["export"], ["demo"]])
+def _commands(parser, prefix=()):
+    """Every command path of the parser, e.g. ("grow", "train")."""
+    import argparse
+
+    yield list(prefix)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("cmd", list(_commands(__import__("deqnca.cli", fromlist=["build_parser"]).build_parser())),
+                         ids=lambda c: " ".join(c) or "deqnca")
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main(cmd + ["--help"])
