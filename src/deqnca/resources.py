@@ -25,7 +25,9 @@ def shipped_model(name: str) -> Path:
     return models_dir() / f"mnist-{name}"
 
 
+MAIN_MODELS = ("mnist-essay", "mnist-equilibrium")     # what `deqnca eval` and the main job evaluate
+
+
 def shipped_models() -> list[Path]:
-    """The shipped MNIST models: the essay's first, then the others by name."""
-    return sorted((p.with_suffix("") for p in models_dir().glob("*.safetensors")),
-                  key=lambda p: (p.name != "mnist-essay", p.name))
+    """The shipped MNIST classifiers of the main job: the essay's model, then the equilibrium model."""
+    return [models_dir() / name for name in MAIN_MODELS]

@@ -176,7 +176,14 @@ def cmd_demo(args) -> int:
     args.solver = args.max_iter = args.tol = None
     args.limit, args.amp = (500 if args.quick else 0), "off"     # the documented float32 numbers
     rc = cmd_eval(args)
-    return rc or report.main(args)
+    if rc:
+        return rc
+    from ..web.export import write_site
+
+    page = write_site(Path(args.out) / "web")
+    print(f"live page: {page}")
+    args.live_page = "web/index.html"
+    return report.main(args)
 
 
 def add_cli(sub) -> None:

@@ -35,7 +35,15 @@ from ..configs import ConfigError, load_dataclass, option
 from ..fileio import fault_point
 from ..registry import Registry
 from . import distributed
-from .checkpoint import CheckpointError, all_finite, load_optimizer_state, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    all_finite,
+    atomic_write,
+    load_optimizer_state,
+    load_state,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 AMP_MODES = ("off", "bf16", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -190,6 +198,10 @@ class Task:
         """A captured training step for full batches, or None (the default: eager steps)."""
         return None
 
+    def checkpoint_interval(self) -> int:
+        """Steps between mid-epoch checkpoints (0: at the end of each epoch only)."""
+        return self.cfg.checkpoint_every
+
     def bar_label(self, epoch: int) -> str:
         return f"{self.name} epoch {epoch + 1}/{self.cfg.epochs}"
 
@@ -262,8 +274,6 @@ def _trim_metrics(path: Path, global_step: int) -> None:
             break                       # a torn last line
         if rec.get("global_step", 0) <= global_step:
             keep.append(line)
-    from .checkpoint import atomic_write
-
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(s + "\n" for s in keep)))
 
 
@@ -346,6 +356,9 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
         _, meta = read_checkpoint(out / "last", tensors=False)
         if meta.get("kind") != task.name:
             raise CheckpointError(f"--resume: {out / 'last'} is a {meta.get('kind')!r} run, not {task.name!r}")
+        if "progress" not in meta:
+            raise CheckpointError(f"--resume: {out / 'last'} was written by an older deqnca and cannot be "
+                                  "continued; start a new run (its weights load with `deqnca export`)")
         task.cfg = resolve_config(task.cfg, meta["train_config"], changed)
     cfg = task.cfg
     cfg.validate()
@@ -365,8 +378,6 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     counters = {"skipped_steps": 0, "restored": 0, **task.counters}
     if resume:
         tensors, meta = read_checkpoint(out / "last")
-        from .checkpoint import load_state
-
         load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out / "last")
         model.to(device)
         load_optimizer_state(optimizer, tensors, meta)
@@ -384,8 +395,6 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     task.counters = counters
     nparams = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if main:
-        from .checkpoint import atomic_write
-
         run = {"task": task.name, "model": getattr(getattr(model, "config", None), "to_dict", dict)(),
                "train": asdict(cfg), "amp_resolved": amp, "amp_reason": amp_reason, "world_size": world}
         atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1) + "\n"))
@@ -395,10 +404,9 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
 
         net = DistributedDataParallel(net, device_ids=[device] if device.startswith("cuda") else None,
                                       find_unused_parameters=task.find_unused_parameters)
-    task.net = net
     steps_per_epoch = task.steps_per_epoch()
     good_state, bad_run, snapshot_due = copy.deepcopy(model.state_dict()), 0, False
-    every = cfg.checkpoint_every
+    every = task.checkpoint_interval()
     captured, use_graph = None, True
 
     def checkpoint():

@@ -143,6 +143,8 @@ def write_site(out_dir, models_dir=None, cell_checkpoint=None, examples: bool = 
     panel (without one the panel says so). `examples`: include ten MNIST test digits (when the MNIST
     files are there)."""
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
+    if cell_checkpoint is None and (models_dir / "mnist-cell.json").exists():
+        cell_checkpoint = models_dir / "mnist-cell"        # the shipped per-cell model
     return write_bundle(out_dir, build_bundle(_load_models(models_dir, cell_checkpoint, examples)))
 
 
