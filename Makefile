@@ -6,30 +6,38 @@ PY := $(VENV)/bin/python
 # the package itself works with torch 2.2-2.14 (pyproject.toml).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint train-essay train-equilibrium bench clean
+.PHONY: setup setup-test demo test test-fast lint browser train-essay train-equilibrium bench clean
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# the test tools (pytest, ruff, playwright) only where the tests run: the main job needs none of them
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
-	# the live page's tests drive Debian's chromium (never a downloaded browser); they skip without it
+	touch $@
+
+# the live page's tests drive Debian's chromium (never a downloaded browser); they skip without it
+browser:
 	command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; } \
 		|| echo "chromium not installed: tests/test_web.py will skip"
-	touch $@
 
 demo: setup
 	$(VENV)/bin/deqnca demo --device cpu --out out/demo
 
-test: setup lint
+test: setup-test lint browser
 	$(PY) -m pytest -q --durations=15
 
 # the fast tier: everything but the tests marked slow (trainings, subprocess runs), under a minute
-test-fast: setup lint
+test-fast: setup-test lint
 	$(PY) -m pytest -q -m "not slow" --durations=10
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 
 train-essay: setup
