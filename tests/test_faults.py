@@ -62,3 +62,26 @@ def test_a_kill_at_any_instant_resumes_to_the_uninterrupted_run(tmp_path, args):
             if k.startswith(("model.", "task.")):
                 assert torch.equal(tensors[k], v), (fault, k)
         assert len(list(out.glob("last*.safetensors"))) == 1, fault       # no file left behind
+
+
+def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
+    import signal
+    import time
+
+    args = ["train", "--train-subset", "12800", "--test-subset", "16", "--epochs", "1", "--batch-size", "32",
+            "--set", "input_channels=4", "--set", "state_channels=8", "--set", 'solver_kw={"max_iter": 4}']
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "deqnca.cli", *args, "--device", "cpu", "--json", "--out", str(tmp_path / "run")]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "run" / "config.json").exists() and p.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2)                                     # into the steps
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "continue with --resume" in err, err[-1000:]
+    stopped = json.loads((tmp_path / "run" / "last.json").read_text())["progress"]["global_step"]
+    assert 0 < stopped < 400
+    assert subprocess.run(cmd + ["--resume"], env=env, capture_output=True).returncode == 0
+    assert subprocess.run(cmd[:-1] + [str(tmp_path / "ref")], env=env, capture_output=True).returncode == 0
+    a, b = read_checkpoint(tmp_path / "ref" / "last")[0], read_checkpoint(tmp_path / "run" / "last")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))

@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -216,6 +218,29 @@ class _TaskLoss(torch.nn.Module):
 
     def forward(self, batch):
         return self._task[0].loss(batch)
+
+
+class _DeferredInterrupt:
+    """Ctrl-C during training is taken at the end of the current step (so the checkpoint it leaves is the
+    state between two steps, and resuming is exact); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -424,7 +449,10 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
         return cfg.time_budget > 0 and elapsed >= cfg.time_budget
 
     t_mark = time.time()
+    dirty = False
+    stop = _DeferredInterrupt()
     try:
+        stop.__enter__()
         while epoch < cfg.epochs and not out_of_time():
             model.train()
             bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=task.bar_label(epoch), initial=step_in_epoch,
@@ -445,6 +473,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
                     captured = task.capture(optimizer, batch)
                     use_graph = captured is not None
                 applied = False
+                dirty = True          # from here until the step's bookkeeping is done, weights and step count disagree
                 if captured is not None and full:
                     # forward, backward and optimiser step in one replay (a ragged last batch runs eagerly)
                     loss, step_out, ok = captured(batch)
@@ -503,6 +532,9 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
                 fault_point("step", Path(str(global_step)))
                 global_step += 1
                 step_in_epoch = b + 1
+                dirty = False
+                if stop.requested:          # Ctrl-C, taken here where the step is complete
+                    raise KeyboardInterrupt
                 now = time.time()
                 elapsed, t_mark = elapsed + now - t_mark, now
                 if world > 1 and cfg.time_budget:   # one clock: every process stops at the same step
@@ -533,8 +565,13 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
             distributed.barrier()
             t_mark = time.time()          # evaluation time (and waiting for it) is not training time
     except KeyboardInterrupt:
-        checkpoint()
-        log(f"interrupted: checkpoint saved to {out / 'last'}; continue with --resume")
+        if dirty:             # a second Ctrl-C in the middle of an update: keep the last complete checkpoint
+            log(f"interrupted in the middle of a step: the last checkpoint in {out} is kept; continue with --resume")
+        else:
+            checkpoint()
+            log(f"interrupted: checkpoint saved to {out / 'last'}; continue with --resume")
         raise
+    finally:
+        stop.__exit__()
     return {"out": str(out), "parameters": nparams, "history": history, "model": model, "counters": counters,
             "global_step": global_step, "elapsed_s": elapsed}
