@@ -50,7 +50,9 @@ def test_a_kill_at_any_instant_resumes_to_the_uninterrupted_run(tmp_path, args):
     ref_tensors, ref_records = _state(tmp_path / "ref")
     steps = [r["global_step"] for r in ref_records]
     assert steps == sorted(set(steps))
-    for i, fault in enumerate(FAULTS + [f"step:{random.Random(len(args)).randint(1, 5)}"]):
+    # every write instant for MNIST; for the other tasks (the same engine and checkpoint code) three
+    faults = FAULTS if args[0] == "train" else FAULTS[::2]
+    for i, fault in enumerate(faults + [f"step:{random.Random(len(args)).randint(1, 5)}"]):
         out = tmp_path / f"run{i}"
         killed = _run(args, out, fault)
         assert killed.returncode == -9, (fault, killed.returncode, killed.stderr[-1500:])
