@@ -256,7 +256,7 @@ def test_the_page_is_fast_enough(page):
 
 
 def test_without_a_per_cell_model_the_panel_says_so(chromium, tmp_path):
-    index = write_site(tmp_path / "site", examples=False)
+    index = write_site(tmp_path / "site", cell_checkpoint=False, examples=False)
     assert not (tmp_path / "site" / "weights.js").read_text().count('"cell"')
     with browser.open_page(chromium, index) as (pg, log):
         assert pg.locator("#cell-missing").is_visible()
