@@ -148,7 +148,7 @@ def conv_table(threads_options, rounds, workloads, backends, amps, peak_core, qu
                             continue
                         cells[key], meta[key] = (t, run), (flops, kernel)
         load0 = os.getloadavg()
-        timed = interleaved(cells, rounds)
+        timed = interleaved(cells, rounds, warmup=not quick)     # --quick: no warm-up call, first calls included
         for key, r in timed.items():
             cl, amp, backend, t = key
             flops, kernel = meta[key]
@@ -309,6 +309,8 @@ def markdown(result) -> str:
                      f"{fmt(r['nstep'], '.0f')} | {r['load']:.1f} |")
     for k in ("choice_eval", "choice_train"):
         ch = result[k]
+        if ch is None:
+            continue
         lines += ["", f"choose_cpu_path({'train=True' if k.endswith('train') else 'eval'}): "
                       f"{'channels-last' if ch['channels_last'] else 'NCHW'}, {ch['threads']} thread(s), "
                       f"amp {ch['amp']} — {ch['reason']}"]
@@ -359,7 +361,7 @@ def main(argv=None):
     models = model_rows(paths, model_rounds, model_batch, MODELS)
     phase["models"] = time.time() - t_start - phase["conv+compile"]
     choice_eval = hardware.choose_cpu_path("cpu", refresh=True)
-    choice_train = hardware.choose_cpu_path("cpu", train=True, refresh=True)
+    choice_train = None if args.quick else hardware.choose_cpu_path("cpu", train=True, refresh=True)
     result = {"date": date.today().isoformat(), "command": "python benchmarks/cpu_paths.py " + " ".join(argv or sys.argv[1:]),
               "cpu": info, "peak": peak, "threads": threads, "rounds": rounds, "load_start": load_start,
               "conv": conv, "compile": {"rows": crow, "note": cnote}, "model_batch": model_batch, "model_rounds": model_rounds,
