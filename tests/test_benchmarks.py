@@ -53,3 +53,15 @@ def test_mnist_speed_refuses_to_graph_a_preset_with_an_adaptive_solve(capsys):
     with pytest.raises(SystemExit) as e:
         mnist_speed.main(["--presets", "equilibrium+graph", "--baselines", "fixed16", "--batches", "1"])
     assert e.value.code == 2 and "stopping test" in capsys.readouterr().err
+
+
+def test_eval_sweep_smoke(tmp_path, capsys):
+    import eval_sweep
+
+    out = tmp_path / "sweep.json"
+    eval_sweep.main(["--images", "20", "--batches", "10", "--threads", "1", "--tols", "1e-3", "--tol-images", "20",
+                     "--tol-amps", "off", "--json-out", str(out)])
+    result = json.loads(out.read_text())
+    assert len(result["timing"]) == 4          # two models x two layouts
+    assert all(r["s_per_1000"] > 0 and r["nstep_mean"] >= 1 for r in result["timing"])
+    assert result["tolerance"][0]["tol"] == 1e-3 and "| essay | off | 10 |" in capsys.readouterr().out
