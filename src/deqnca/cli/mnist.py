@@ -53,6 +53,13 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
     from ..model import count_parameters
 
     model, meta = load_model(path, device)
+    amp_reason = "set explicitly"
+    if amp == "auto":
+        from ..hardware import choose_cpu_path
+
+        # tolerance-solved models need more steps under bfloat16 rounding (docs/speed.md): float32 for them
+        choice = choose_cpu_path(device, allow_bf16=model.solver_name == "rollout")
+        amp, amp_reason = choice["amp"], choice["reason"]
     x, y = load_mnist(data_dir, split="test", verify_md5=False if no_verify else None)
     total = len(x)
     if limit:
@@ -74,7 +81,8 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
         "accuracy_ci95": [low, high], "n": ev["n"], "of": total,
         "subset": "first" if limit else ("evenly spaced" if ev["n"] < total else "all"),
         "solver": model.solver_name, **{k: v for k, v in model.solver_kw.items()},
-        **(solver_kw or {}), "amp": amp, "nstep_mean": ev["nstep_mean"], "fallback": ev["fallback"], **res,
+        **(solver_kw or {}), "amp": amp, "amp_reason": amp_reason, "nstep_mean": ev["nstep_mean"],
+        "fallback": ev["fallback"], **res,
         "seconds": time.time() - t, "documented_accuracy": meta.get("metrics", {}).get("test_acc"),
         "status": meta.get("status", ""),
     }
@@ -242,7 +250,7 @@ def add_cli(sub) -> None:
     p.add_argument("--limit", type=int, default=0, help="only the first N test images")
     p.add_argument("--sample", type=int, default=0,
                    help="only N test images evenly spaced through the set, with a 95%% interval (default 0: all)")
-    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+    p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
                    help="bf16: solve under bfloat16 autocast (convolutions in bfloat16, state in float32)")
     p.set_defaults(func=cmd_eval)
 

@@ -283,8 +283,8 @@ def resolve_amp(amp: str, device: str) -> tuple[str, str]:
         return "off", "auto on CUDA: float32 (bf16 on GPUs not measured here)"
     from ..hardware import choose_cpu_path
 
-    choice = choose_cpu_path(device)
-    return ("bf16" if choice.get("bf16") else "off"), choice.get("reason", "")
+    choice = choose_cpu_path(device, train=True)       # a ~1 s measurement of the rule's training step
+    return choice["amp"], choice["reason"]
 
 
 def _trim_metrics(path: Path, global_step: int) -> None:
@@ -390,6 +390,8 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     distributed.check_batch_split(cfg.batch_size, world)
     amp, amp_reason = resolve_amp(cfg.amp, device)
     amp_context(amp, device)
+    if cfg.amp == "auto":
+        log(f"--amp auto: {'bf16 autocast' if amp == 'bf16' else 'float32'} ({amp_reason})")
     out.mkdir(parents=True, exist_ok=True)
     task.device, task.rank, task.world, task.log = device, rank, world, log
     task.setup()

@@ -140,8 +140,8 @@ def write_site(out_dir, models_dir=None, cell_checkpoint=None, examples: bool = 
     """Write the page into `out_dir` (created); returns the path of its index.html.
 
     `cell_checkpoint`: an EquilibriumModel checkpoint trained with readout='cell' for the per-cell
-    panel (default: the shipped `mnist-cell`; False: none, and the panel says so). `examples`: include ten MNIST test digits (when the MNIST
-    files are there)."""
+    panel (default: the shipped `mnist-cell`; False: none, and the panel says so).
+    `examples`: include ten MNIST test digits (when the MNIST files are there)."""
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     if cell_checkpoint is None and (models_dir / "mnist-cell.json").exists():
         cell_checkpoint = models_dir / "mnist-cell"        # the shipped per-cell model
