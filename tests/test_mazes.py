@@ -262,12 +262,20 @@ def test_cache_keeps_generators_apart(cache):
         assert np.array_equal(mazes.load_set(9, 6, "test", cache=cache), dfs)
     # a depth-first file written before there were other generators (no "generator" entry) is used as is
     with open(dfs_path, "wb") as fh:
-        np.savez_compressed(fh, layouts=dfs, version=1, split="test", seed=0, size=9)
+        np.savez_compressed(fh, layouts=dfs, version=1, split="test", seed=0, size=9,
+                            sha256=mazes.layouts_digest(dfs))
     before = dfs_path.read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.array_equal(mazes.load_set(9, 6, "test", cache=cache), dfs)
     assert dfs_path.read_bytes() == before
+    # one without a content hash cannot be checked: it is regenerated (and then carries one)
+    with open(dfs_path, "wb") as fh:
+        np.savez_compressed(fh, layouts=dfs, version=1, split="test", seed=0, size=9)
+    with pytest.warns(UserWarning, match="without a content hash"):
+        assert np.array_equal(mazes.load_set(9, 6, "test", cache=cache), dfs)
+    with np.load(dfs_path) as f:
+        assert str(f["sha256"]) == mazes.layouts_digest(dfs)
 
 
 def test_maze_statistics_of_a_hand_made_maze(monkeypatch):

@@ -74,4 +74,4 @@ def test_rollout_command(tmp_path, capsys):
     assert main(["rollout", "--device", "cpu", "--index", "3", "--steps", "8", "--out", str(tmp_path),
                  "--json"]) == 0
     assert (tmp_path / "mnist-essay-3.gif").exists()
-    assert main(["rollout", "--device", "cpu", "--index", "99999", "--out", str(tmp_path)]) == 1
+    assert main(["rollout", "--device", "cpu", "--index", "99999", "--out", str(tmp_path)]) == 2     # a usage error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any
 
@@ -18,14 +19,18 @@ class ConfigError(ValueError):
     """A config that does not fit its dataclass (unknown key, wrong type, value out of range)."""
 
 
-def option(default: Any, help: str = "", *, choices: tuple | None = None, flag: bool = True, **meta):
-    """A dataclass field with its help text (and choices) for the derived command-line flag.
+def option(default: Any, help: str = "", *, choices: tuple | None = None, flag: bool = True,
+           min: float | None = None, max: float | None = None, **meta):
+    """A dataclass field with its help text (and choices, range) for the derived command-line flag.
 
     Args:
         default: the default value (a dict or list default is copied per instance).
         help: the flag's help text.
         choices: allowed values (checked by the loader and the flag).
         flag: derive a command-line flag for this field.
+        min, max: the allowed range of a number (inclusive), checked by the loader, the derived flag
+            and `check_ranges`; a field redefined in a subclass keeps the range of the base class's
+            field unless it gives its own. Float fields never take NaN or infinity.
 
     Example:
         >>> @dataclasses.dataclass
@@ -35,6 +40,10 @@ def option(default: Any, help: str = "", *, choices: tuple | None = None, flag: 
         0.1
     """
     metadata = {"help": help, "choices": choices, "flag": flag, **meta}
+    if min is not None:
+        metadata["min"] = min
+    if max is not None:
+        metadata["max"] = max
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -43,6 +52,63 @@ def option(default: Any, help: str = "", *, choices: tuple | None = None, flag: 
 def field_names(cls) -> list[str]:
     """The field names of dataclass `cls`, in declaration order."""
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def field_meta(cls, name: str) -> dict:
+    """The metadata of field `name` of dataclass `cls`, with the range (min, max) and choices that a
+    redefinition in a subclass leaves out taken from the base classes' field of that name."""
+    out: dict = {}
+    for klass in reversed([c for c in getattr(cls, "__mro__", (cls,)) if dataclasses.is_dataclass(c)]):
+        f = klass.__dataclass_fields__.get(name) if "__dataclass_fields__" in vars(klass) else None
+        if f is not None:
+            out.update({k: v for k, v in (f.metadata or {}).items() if v is not None or k not in out})
+    return out
+
+
+def check_value(value, meta: dict, key: str, what: str = "config") -> None:
+    """A one-line `ConfigError` when number `value` is NaN, infinite or outside `meta`'s min..max."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{what} key {key!r}: {value} is not a finite number")
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{what} key {key!r}: {value} is out of range ({_range_text(lo, hi)})")
+
+
+def _range_text(lo, hi) -> str:
+    def text(v):
+        return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
+    if lo is not None and hi is not None:
+        return f"{text(lo)} to {text(hi)}"
+    return f">= {text(lo)}" if lo is not None else f"<= {text(hi)}"
+
+
+def check_ranges(obj, what: str = "config") -> None:
+    """Check every number of dataclass instance `obj` against its field's range (one-line `ConfigError`).
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     n: int = option(1, "count", min=1)
+        >>> check_ranges(C(n=0))
+        Traceback (most recent call last):
+        ...
+        deqnca.configs.ConfigError: config key 'n': 0 is out of range (>= 1)
+    """
+    for f in dataclasses.fields(obj):
+        check_value(getattr(obj, f.name), field_meta(type(obj), f.name), f.name, what)
+
+
+def check_known_ranges(cls, data: dict, what: str = "config") -> None:
+    """Check the numbers of plain dict `data` that are fields of dataclass `cls` against their ranges (keys
+    `cls` does not know are left alone: a record written by an older version)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: expected a JSON object of settings, got {type(data).__name__}")
+    names = set(field_names(cls))
+    for k, v in data.items():
+        if k in names:
+            check_value(v, field_meta(cls, k), k, what)
 
 
 def _types(cls) -> dict:
@@ -128,9 +194,11 @@ def load_dataclass(cls, data: dict | None, what: str = "config"):
         v = json.loads(json.dumps(v)) if isinstance(v, (dict, list)) else v
         if kind is not None:
             v = _coerce(v, kind, f.name, what)
-        choices = f.metadata.get("choices") if f.metadata else None
+        meta = field_meta(cls, f.name)
+        choices = meta.get("choices")
         if choices and v not in choices:
             raise ConfigError(f"{what} key {f.name!r}: {v!r} is not one of {', '.join(map(str, choices))}")
+        check_value(v, meta, f.name, what)
         values[f.name] = v
     return cls(**values)
 
@@ -181,7 +249,7 @@ def add_dataclass_flags(parser, cls, skip: tuple = (), defaults_none: bool = Tru
     hints = _types(cls)
     added = []
     for f in dataclasses.fields(cls):
-        meta = f.metadata or {}
+        meta = field_meta(cls, f.name)
         if f.name in skip or not meta.get("flag", True):
             continue
         kind = hints.get(f.name, type(f.default))
@@ -195,7 +263,10 @@ def add_dataclass_flags(parser, cls, skip: tuple = (), defaults_none: bool = Tru
         kw: dict = {"dest": f.name, "default": None if defaults_none else default, "help": help_text}
         if kind is bool:
             kw.update(type=_bool, metavar="BOOL")
-        elif kind in (int, float, str):
+        elif kind in (int, float):
+            kw["type"] = number_type(kind, meta.get("min"), meta.get("max"))
+            kw["metavar"] = f.name.upper()
+        elif kind is str:
             kw["type"] = kind
         else:
             kw.update(type=_json, metavar="JSON")
@@ -204,6 +275,33 @@ def add_dataclass_flags(parser, cls, skip: tuple = (), defaults_none: bool = Tru
         parser.add_argument(name, **kw)
         added.append(f.name)
     return added
+
+
+def number_type(kind, lo=None, hi=None, name: str | None = None):
+    """An argparse type: `kind` (int or float) parsed from the text, finite and within lo..hi, else a
+    one-line usage error that says the range.
+
+    Example:
+        >>> number_type(int, 1)("3")
+        3
+    """
+    import argparse
+
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: need {what} {_range_text(lo, hi)}")
+        return value
+
+    parse.__name__ = name or kind.__name__
+    return parse
 
 
 def _bool(text: str) -> bool:

@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from .conditioning import make_conditioning
+from .configs import option
 from .gradients import make_gradient
 from .readout import READOUTS
 from .rules import RULES, make_rule
 from .solvers import SolveStats, get_solver
 
 CALIBRATION_IMAGES = 2000       # training inputs kept to re-estimate the read-out norm's statistics
+MAX_WIDTH = 4096                # channels and hidden units (the checkpoint loader's cap too)
 
 
 @dataclass
@@ -32,16 +34,17 @@ class ModelConfig:
     rule: str = "residual_tanh"
     rule_kw: dict = field(default_factory=dict)
     conditioning: str = "injection"
-    in_channels: int = 1
-    input_channels: int = 16          # channels of u = ReLU(K1 * x)
-    state_channels: int = 32
-    hidden: int = 32
-    classes: int = 10
+    in_channels: int = option(1, "channels of the input image", min=1, max=MAX_WIDTH, flag=False)
+    input_channels: int = option(16, "channels of u = ReLU(K1 * x)", min=1, max=MAX_WIDTH, flag=False)
+    state_channels: int = option(32, "channels of the state z", min=1, max=MAX_WIDTH, flag=False)
+    hidden: int = option(32, "hidden units of the read-out", min=1, max=MAX_WIDTH, flag=False)
+    classes: int = option(10, "classes", min=1, max=MAX_WIDTH, flag=False)
     solver: str = "broyden"
     solver_kw: dict = field(default_factory=lambda: {"max_iter": 16, "tol": 1e-3})
     gradient: str = "phantom"
     gradient_kw: dict = field(default_factory=dict)
-    noise_std: float = 1.0            # the state starts from N(0, noise_std²), in training and inference
+    noise_std: float = option(1.0, "the state starts from N(0, noise_std²), in training and inference", min=0,
+                              flag=False)
     readout: str = "global"           # "global": pool then MLP; "cell": MLP per cell, trained per cell
     readout_norm: str = "none"        # "batch": standardise the pooled state before the MLP (readout.py)
 

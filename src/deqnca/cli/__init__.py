@@ -1,13 +1,15 @@
 """The `deqnca` command. Argument parsing only: each command group is one module, its flags derived
 from the config dataclasses, its work done by the tasks and the engine.
 
-Exit codes: 0 success, 1 bad input (missing/corrupt data or checkpoint, a run that cannot go on),
-2 usage error (unknown option, bad value), 130 interrupted (a usable checkpoint is left behind).
-Set DEQNCA_DEBUG=1 (or pass --debug) to see the traceback of an error.
+Exit codes: 0 success, 1 bad input (missing/corrupt data or checkpoint, a run that cannot go on, an
+output that cannot be written), 2 usage error (unknown option, bad value), 130 interrupted (a usable
+checkpoint is left behind). Every error is one line on stderr; set DEQNCA_DEBUG=1 (or pass --debug) to
+see its traceback. docs/guarantees.md lists what is checked.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -16,12 +18,41 @@ from .. import __version__
 EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``deqnca train: error: argument --epochs: ... (see --help)``."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# what to do about a file-system error, by its errno
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or write to another disk (--out)",
+    errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere (--out)",
+    errno.EACCES: "permission denied; choose a folder you can write to (--out) or fix its permissions",
+    errno.EPERM: "permission denied; choose a folder you can write to (--out) or fix its permissions",
+    errno.EROFS: "read-only file system; choose a folder you can write to (--out)",
+    errno.ENOTDIR: "a file is in the way where a folder is needed; choose another --out or move the file",
+    errno.EEXIST: "a file is in the way where a folder is needed; choose another --out or move the file",
+    errno.EISDIR: "a folder is in the way where a file is needed; choose another name",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system error: the path, what went wrong, what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    what = e.strerror or str(e).strip() or type(e).__name__
+    hint = _OS_HINTS.get(e.errno)
+    return f"{where}{what}" + (f" ({hint})" if hint and hint != "no such file or folder" else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`."""
     from ..web.export import add_cli as add_web_cli
     from . import grow, maze, mnist
 
-    parser = argparse.ArgumentParser(prog="deqnca", description=__doc__.splitlines()[0])
+    parser = Parser(prog="deqnca", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"deqnca {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,10 +84,15 @@ def main(argv=None) -> int:
             raise
         print(f"deqnca: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FloatingPointError, OSError, RuntimeError) as e:
+    except (ValueError, FloatingPointError, OSError, RuntimeError, MemoryError) as e:
         if debug:
             raise
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if isinstance(e, OSError) and e.errno is not None:
+            message = os_error_line(e)
+        elif isinstance(e, MemoryError):
+            message = "out of memory; use a smaller model, batch or input"
+        else:
+            message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         print(f"deqnca: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -8,9 +8,32 @@ import os
 import sys
 from pathlib import Path
 
-from ..configs import ConfigError, add_dataclass_flags, field_names, load_dataclass, parse_set_pairs
+from ..configs import ConfigError, add_dataclass_flags, field_names, load_dataclass, number_type, parse_set_pairs
 
 RUN_FLAGS = ("out", "resume", "overwrite", "set", "config", "json", "device", "plugin")
+MAX_STEPS = 100_000          # rollout / replay steps and solver iterations a command accepts
+MAX_SEED = 2**63 - 1
+
+# checked argparse types: a bad value is a one-line usage error (exit 2) that says the range
+positive_int = number_type(int, 1, name="positive_int")
+nonneg_int = number_type(int, 0, name="nonneg_int")
+nonneg_float = number_type(float, 0.0, name="nonneg_float")
+steps_int = number_type(int, 1, MAX_STEPS, name="steps")
+seed_int = number_type(int, 0, MAX_SEED, name="seed")
+
+
+def writable_folder(path, flag: str = "--out") -> Path:
+    """`path`, checked before any work to be a folder this process can write into (or one it can create):
+    a one-line error (exit 1) that says what to do when a file is in the way or the folder is read-only."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OSError(f"{flag} {path}: {probe} is a file, not a folder; choose another {flag} or move the file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OSError(f"{flag} {path}: {probe} is not writable; choose another {flag} or fix its permissions")
+    return path
 
 
 def setup_device(arg: str) -> str:
@@ -79,13 +102,17 @@ def options_from_args(args, config_cls, base_train: dict, model_cls=None):
     if getattr(args, "config", None):
         try:
             data = json.loads(Path(args.config).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--config {args.config}: not a readable JSON file ({e})") from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise ConfigError(f"--config {args.config}: not a readable JSON file ({e or type(e).__name__})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"--config {args.config}: expected a JSON object with 'train' and/or 'model'")
         unknown = set(data) - {"train", "model", "task", "world_size", "amp_resolved", "amp_reason"}
         if unknown:
             raise ConfigError(f"--config {args.config}: unknown sections {sorted(unknown)}; use 'train' and 'model'")
+        for section in ("train", "model"):
+            if not isinstance(data.get(section) or {}, dict):
+                raise ConfigError(f"--config {args.config}: {section!r} must be a JSON object of settings, "
+                                  f"not {type(data[section]).__name__}")
         train.update({k: v for k, v in (data.get("train") or {}).items() if k != "model"})
         model.update(data.get("model") or {})
         given |= set(data.get("train") or {})

@@ -5,8 +5,19 @@ import json
 import sys
 from pathlib import Path
 
-from ..configs import ConfigError
-from .common import add_run_flags, build_config, finish_training, options_from_args
+from ..configs import ConfigError, number_type
+from .common import (
+    MAX_STEPS,
+    add_run_flags,
+    build_config,
+    finish_training,
+    nonneg_float,
+    options_from_args,
+    positive_int,
+    seed_int,
+    steps_int,
+    writable_folder,
+)
 from .common import setup_device as _setup_device
 
 
@@ -23,22 +34,35 @@ def cmd_train(args) -> int:
         args.min_steps, args.max_steps = args.rollout_steps
     train, _, given = options_from_args(args, GrowConfig, RECIPES[args.recipe])
     cfg = build_config(GrowConfig, train, None)
+    out = writable_folder(args.out or f"runs/grow-{cfg.trainer}-{Path(cfg.target).stem}-seed{cfg.seed}")
     target = load_target(cfg.target, pad=cfg.pad)
-    out = Path(args.out or f"runs/grow-{cfg.trainer}-{Path(cfg.target).stem}-seed{cfg.seed}")
     result = fit(GrowTask(cfg, target), out, device=device, resume=args.resume, overwrite=args.overwrite,
                  changed=given, log=lambda s: print(s, file=sys.stderr), progress=not args.json)
     return finish_training(args, out, result, "done: {checkpoint}  {global_step} steps in {seconds:.0f} s  "
                            "skipped {skipped_steps}, restored {restored}, extinctions {extinctions}")
 
 
+def _load(path, device):
+    """A grow checkpoint whose training record is checked too: its numbers set how long a replay runs."""
+    from ..configs import check_known_ranges
+    from ..engine.checkpoint import CheckpointError, load_grow_checkpoint
+    from ..tasks.grow import GrowConfig
+
+    model, meta = load_grow_checkpoint(path, device)
+    try:
+        check_known_ranges(GrowConfig, meta.get("train_config") or {}, f"{path}: train_config")
+    except ConfigError as e:
+        raise CheckpointError(f"{e}; the checkpoint is corrupt") from None
+    return model, meta
+
+
 def cmd_show(args) -> int:
-    from ..engine.checkpoint import load_grow_checkpoint
     from ..grow.replay import default_horizon, show
 
     device = _setup_device(args.device)
-    model, meta = load_grow_checkpoint(args.checkpoint, device)
-    steps = args.steps or default_horizon(meta["train_config"])
-    out = Path(args.out or Path(args.checkpoint).parent / "show")
+    out = writable_folder(args.out or Path(args.checkpoint).parent / "show")
+    model, meta = _load(args.checkpoint, device)
+    steps = args.steps or min(default_horizon(meta.get("train_config") or {}), MAX_STEPS)
     for f in show(model, out, steps, seed=args.seed):
         print(f)
     return 0
@@ -55,23 +79,25 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def cmd_measure(args) -> int:
-    from ..engine.checkpoint import load_grow_checkpoint
     from ..grow.replay import measure
 
     device = _setup_device(args.device)
+    out = writable_folder(args.out)
     rows = []
     for path in args.checkpoint:
-        model, meta = load_grow_checkpoint(path, device)
+        model, meta = _load(path, device)
         metrics = Path(path).parent / "metrics.jsonl"
         rows.append({"checkpoint": str(path), **measure(model, meta, metrics, samples=args.samples,
                                                         seed=args.seed, threshold=args.threshold,
                                                         horizon=args.horizon)})
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "measure.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "measure.md").write_text(_markdown(rows))
     print(json.dumps(rows) if args.json else _markdown(rows), end="")
     return 0
+
+
+horizon_int = number_type(int, 1, MAX_STEPS // 10, name="horizon")    # replayed 10x for persistence
 
 
 def add_cli(sub) -> None:
@@ -90,7 +116,7 @@ def add_cli(sub) -> None:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="equilibrium",
                    help="the equilibrium trainer's settings: 'equilibrium' (default) or 'window' (the windowed "
                         "phantom gradient that grows the lizard, docs/grow.md); options given explicitly win")
-    p.add_argument("--rollout-steps", type=int, nargs=2, metavar=("MIN", "MAX"),
+    p.add_argument("--rollout-steps", type=steps_int, nargs=2, metavar=("MIN", "MAX"),
                    help="steps per batch, drawn in MIN..MAX (= --min-steps MIN --max-steps MAX)")
     add_run_flags(p, GrowConfig, "runs/grow-<trainer>-<target>-seed<seed>")
     p.set_defaults(func=cmd_train)
@@ -99,17 +125,19 @@ def add_cli(sub) -> None:
     common(p)
     p.add_argument("checkpoint")
     p.add_argument("--out", help="folder (default: <checkpoint folder>/show)")
-    p.add_argument("--steps", type=int, help="steps to grow (default: the run's longest rollout, at least 96)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=steps_int, help=f"steps to grow (1..{MAX_STEPS:,}; default: the run's longest "
+                   "rollout, at least 96; the GIFs keep at most 200 evenly spaced frames)")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_show)
 
     p = gsub.add_parser("measure", help="loss after growth, persistence, regeneration, time to threshold")
     common(p)
     p.add_argument("checkpoint", nargs="+")
     p.add_argument("--out", default="out/grow-measure")
-    p.add_argument("--samples", type=int, default=8, help="replays averaged per number")
-    p.add_argument("--threshold", type=float, default=0.01, help="training-loss threshold for time-to-threshold")
-    p.add_argument("--horizon", type=int,
+    p.add_argument("--samples", type=positive_int, default=8, help="replays averaged per number")
+    p.add_argument("--threshold", type=nonneg_float, default=0.01,
+                   help="training-loss threshold for time-to-threshold")
+    p.add_argument("--horizon", type=horizon_int,
                    help="growth steps replayed, 10x for persistence (default: each run's longest rollout, at least 96)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_measure)

@@ -7,15 +7,41 @@ import sys
 import time
 from pathlib import Path
 
+from ..configs import ConfigError, number_type
 from ..data import mazes
 from ..maze.evaluate import DEFAULT_LIMITS, default_max_iters, evaluate_checkpoints, parse_size_map
 from ..maze.model import PRESETS, MazeNetConfig
 from ..maze.pictures import show
-from .common import add_run_flags, build_config, finish_training, options_from_args, setup_device
+from .common import (
+    MAX_STEPS,
+    add_run_flags,
+    build_config,
+    finish_training,
+    nonneg_int,
+    options_from_args,
+    seed_int,
+    setup_device,
+    steps_int,
+    writable_folder,
+)
+
+
+def maze_size(text: str) -> int:
+    """argparse type: an odd maze size 3..MAX_SIZE (a one-line usage error otherwise)."""
+    import argparse
+
+    value = number_type(int, 3, mazes.MAX_SIZE, name="maze size")(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{value} is even: a maze size is odd (9, 13, ..., 201)")
+    return value
+
+
+count_int = number_type(int, 1, mazes.MAX_COUNT, name="count")
 
 
 def _sizes_arg(p, default):
-    p.add_argument("--sizes", type=int, nargs="+", default=list(default), help=f"maze sizes (default {default})")
+    p.add_argument("--sizes", type=maze_size, nargs="+", default=list(default),
+                   help=f"maze sizes, odd, 3..{mazes.MAX_SIZE} (default {default})")
 
 
 def cmd_generate(args) -> int:
@@ -39,8 +65,11 @@ def cmd_train(args) -> int:
     base_model = {**PRESETS[args.preset], "width": args.width}
     train, model_over, given = options_from_args(args, MazeConfig, {"cache": args.cache or ""}, MazeNetConfig)
     cfg = build_config(MazeConfig, train, MazeNetConfig.from_dict({**base_model, **model_over}).to_dict())
-    mazes.check_size(cfg.train_size)
-    out = Path(args.out or f"runs/maze-{args.preset}-w{args.width}-seed{cfg.seed}")
+    try:
+        mazes.check_size(cfg.train_size)
+    except ValueError as e:
+        raise ConfigError(f"--train-size: {e}") from None
+    out = writable_folder(args.out or f"runs/maze-{args.preset}-w{args.width}-seed{cfg.seed}")
     result = fit(MazeTask(cfg), out, device=device, resume=args.resume, overwrite=args.overwrite, changed=given,
                  log=lambda s: print(s, file=sys.stderr), progress=not args.json)
     return finish_training(args, out, result, "done: {checkpoint}  parameters {parameters}  held-out solved "
@@ -51,10 +80,16 @@ def cmd_eval(args) -> int:
     device = setup_device(args.device)
     for s in args.sizes:
         mazes.check_size(s)
-    limits = parse_size_map(args.limit_per_size, args.sizes, DEFAULT_LIMITS)
+    try:
+        limits = parse_size_map(args.limit_per_size, args.sizes, DEFAULT_LIMITS)
+        max_iters = parse_size_map(args.max_iters, args.sizes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check_map("--limit-per-size", limits, 1, mazes.MAX_COUNT)
+    _check_map("--max-iters", max_iters, 1, MAX_STEPS)
     limits = {s: v or 100 for s, v in limits.items()}
-    max_iters = parse_size_map(args.max_iters, args.sizes)
     max_iters = {s: v or default_max_iters(s) for s, v in max_iters.items()}
+    writable_folder(args.out)
     log = (lambda s: print(s, file=sys.stderr))
     res = evaluate_checkpoints(args.checkpoint, args.sizes, limits, max_iters, device, args.out,
                                args.aa_count, args.cache, log, generators=args.generators)
@@ -65,7 +100,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_map(flag, values: dict, lo: int, hi: int) -> None:
+    for s, v in values.items():
+        if v is not None and not lo <= v <= hi:
+            raise ConfigError(f"{flag}: {v} for size {s} is out of range ({lo:,} to {hi:,})")
+
+
 def cmd_show(args) -> int:
+    if args.index >= mazes.DEFAULT_COUNTS["test"]:
+        raise ConfigError(f"--index {args.index}: the test sets hold mazes 0..{mazes.DEFAULT_COUNTS['test'] - 1}")
+    writable_folder(args.out)
     files = show(args.checkpoint, args.size, args.out, args.index, args.max_iters, device=setup_device(args.device),
                  cache=args.cache, log=lambda s: print(s, file=sys.stderr), generator=args.generator)
     for f in files:
@@ -93,9 +137,9 @@ def add_cli(sub) -> None:
     p = msub.add_parser("generate", help="generate (and cache) benchmark maze sets")
     common(p, device=False)
     _sizes_arg(p, mazes.TEST_SIZES)
-    p.add_argument("--count", type=int, help="mazes per size (default: 50000 train, 1000 test)")
+    p.add_argument("--count", type=count_int, help="mazes per size (default: 50000 train, 1000 test)")
     p.add_argument("--split", choices=mazes.SPLITS, default="test")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     generator_flag(p)
     p.set_defaults(func=cmd_generate)
 
@@ -106,7 +150,8 @@ def add_cli(sub) -> None:
     p.add_argument("--cache", default=None, help="maze cache folder (default ~/.cache/deqnca/mazes "
                    "or $DEQNCA_MAZE_CACHE)")
     p.add_argument("--model", dest="preset", choices=sorted(PRESETS), required=True, help="dt or deq")
-    p.add_argument("--width", type=int, default=32, help="channels of the state (default 32)")
+    p.add_argument("--width", type=number_type(int, 1, 4096, name="width"), default=32,
+                   help="channels of the state (1..4096, default 32)")
     add_run_flags(p, MazeConfig, "runs/maze-<model>-w<width>-seed<seed>")
     p.set_defaults(func=cmd_train)
 
@@ -118,7 +163,7 @@ def add_cli(sub) -> None:
                    f"(default {','.join(f'{k}={v}' for k, v in DEFAULT_LIMITS.items())})")
     p.add_argument("--max-iters", help="test-time iteration cap, one number or SIZE=N pairs "
                    "(default max(100, 4 x image side))")
-    p.add_argument("--aa-count", type=int, default=50, help="mazes per size re-solved for the AA score")
+    p.add_argument("--aa-count", type=nonneg_int, default=50, help="mazes per size re-solved for the AA score")
     p.add_argument("--generators", nargs="+", choices=list(mazes.GENERATORS), default=[mazes.DEFAULT_GENERATOR],
                    help="maze distributions to evaluate every checkpoint on (default dfs)")
     p.add_argument("--out", default="out/maze-eval")
@@ -128,9 +173,11 @@ def add_cli(sub) -> None:
     p = msub.add_parser("show", help="figure of a solved maze and the GIF of it being solved")
     common(p)
     p.add_argument("checkpoint")
-    p.add_argument("--size", type=int, default=201)
-    p.add_argument("--index", type=int, default=0, help="which test maze")
-    p.add_argument("--max-iters", type=int)
+    p.add_argument("--size", type=maze_size, default=201)
+    p.add_argument("--index", type=nonneg_int, default=0,
+                   help=f"which test maze (0..{mazes.DEFAULT_COUNTS['test'] - 1})")
+    p.add_argument("--max-iters", type=steps_int,
+                   help=f"iterations (1..{MAX_STEPS:,}; default max(100, 4 x image side))")
     p.add_argument("--out", default="out/maze-show")
     generator_flag(p)
     p.set_defaults(func=cmd_show)

@@ -8,7 +8,19 @@ from pathlib import Path
 
 from ..configs import ConfigError
 from ..resources import shipped_model, shipped_models
-from .common import add_run_flags, build_config, finish_training, options_from_args, setup_device
+from .common import (
+    MAX_STEPS,
+    add_run_flags,
+    build_config,
+    finish_training,
+    nonneg_float,
+    nonneg_int,
+    options_from_args,
+    seed_int,
+    setup_device,
+    steps_int,
+    writable_folder,
+)
 
 
 def _load_data(args, splits=("train", "test")):
@@ -28,8 +40,8 @@ def cmd_train(args) -> int:
     device = setup_device(args.device)
     train, model_over, given = options_from_args(args, MnistConfig, PRESETS[args.preset]["train"], ModelConfig)
     cfg = build_config(MnistConfig, train, preset(args.preset, model_over)["model"])
+    out = writable_folder(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     (x, y), (xt, yt) = _load_data(args)
-    out = Path(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     result = fit(MnistTask(cfg, (x, y, xt, yt)), out, device=device, resume=args.resume, overwrite=args.overwrite,
                  changed=given, log=lambda s: print(s, file=sys.stderr), progress=not args.json)
     return finish_training(args, out, result, "done: {out}  parameters {parameters}  test accuracy {test_acc:.4f}")
@@ -162,6 +174,7 @@ def cmd_export(args) -> int:
     from ..engine.checkpoint import checkpoint_base
 
     dest = checkpoint_base(args.dest)
+    writable_folder(dest.parent, "destination")
     existing = [p for p in (dest.parent / (dest.name + suffix) for suffix in (".json", ".safetensors")) if p.exists()]
     if existing and not args.overwrite:
         raise ConfigError(f"{existing[0]} exists; pass --overwrite to replace it, or choose another name")
@@ -177,12 +190,13 @@ def cmd_rollout(args) -> int:
     from ..reports.nca_view import draw_figure1
 
     device = setup_device(args.device)
+    out = writable_folder(args.out)
     path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay")
     model, _ = load_model(path, device)
     x, y = load_mnist(args.data_dir, split="test", verify_md5=False if args.no_verify else None)
     if not 0 <= args.index < len(x):
-        raise ValueError(f"--index {args.index}: the test set has images 0..{len(x) - 1}")
-    label, out = int(y[args.index]), Path(args.out)
+        raise ConfigError(f"--index {args.index}: the test set has images 0..{len(x) - 1}")
+    label = int(y[args.index])
     stem = f"{path.name}-{args.index}"
     r, files = draw_figure1(model, x[args.index:args.index + 1].to(device), label, out, stem,
                             f"{path.name}: test image {args.index} (label {label})", steps=args.steps,
@@ -206,6 +220,7 @@ def cmd_demo(args) -> int:
     """The README's main job: the essay's result from the shipped models, then the NCA view."""
     from ..reports import report
 
+    writable_folder(args.out)
     args.checkpoint = None
     args.solver = args.max_iter = args.tol = None
     args.limit, args.amp = (500 if args.quick else 0), "off"     # the documented float32 numbers
@@ -226,7 +241,7 @@ def add_cli(sub) -> None:
 
     def common(p):
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-        p.add_argument("--seed", type=int, default=0, help="random seed of the initial states' noise")
+        p.add_argument("--seed", type=seed_int, default=0, help="random seed of the initial states' noise")
         data_flags(p)
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -245,13 +260,14 @@ def add_cli(sub) -> None:
     common(p)
     p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix (default: shipped models)")
     p.add_argument("--solver", choices=SOLVERS.names(), help="a registered solver")
-    p.add_argument("--max-iter", type=int)
-    p.add_argument("--tol", type=float)
-    p.add_argument("--limit", type=int, default=0, help="only the first N test images")
-    p.add_argument("--sample", type=int, default=0,
+    p.add_argument("--max-iter", type=steps_int, help=f"solver iterations (1..{MAX_STEPS:,}; default: the model's)")
+    p.add_argument("--tol", type=nonneg_float, help="solver tolerance (default: the model's)")
+    p.add_argument("--limit", type=nonneg_int, default=0, help="only the first N test images (default 0: all)")
+    p.add_argument("--sample", type=nonneg_int, default=0,
                    help="only N test images evenly spaced through the set, with a 95%% interval (default 0: all)")
     p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
-                   help="bf16: solve under bfloat16 autocast (convolutions in bfloat16, state in float32)")
+                   help="bf16: solve under bfloat16 autocast (convolutions in bfloat16, state in float32); auto: "
+                        "bf16 only where this CPU runs it faster and the model is a fixed-length rollout")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="print a checkpoint's config and metrics")
@@ -272,8 +288,9 @@ def add_cli(sub) -> None:
                        description="Figure 1: the rule iterated from noise as a cellular automaton.")
     common(p)
     p.add_argument("checkpoint", nargs="?", help="checkpoint (default: models/mnist-essay)")
-    p.add_argument("--index", type=int, default=7, help="test image index")
-    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--index", type=nonneg_int, default=7, help="test image index (0..9999)")
+    p.add_argument("--steps", type=steps_int, default=64,
+                   help=f"steps to iterate (1..{MAX_STEPS:,}; the GIF keeps at most 200 evenly spaced frames)")
     p.add_argument("--out", default="out/rollout")
     p.set_defaults(func=cmd_rollout)
 
@@ -281,7 +298,7 @@ def add_cli(sub) -> None:
     common(p)
     p.add_argument("--out", default="out/demo", help="folder for figures and the HTML report")
     p.add_argument("--quick", action="store_true", help="smaller samples (for tests)")
-    p.add_argument("--sample", type=int, default=DEMO_SAMPLE,
+    p.add_argument("--sample", type=nonneg_int, default=DEMO_SAMPLE,
                    help=f"evaluate this many test images, evenly spaced, with a 95%% interval (default {DEMO_SAMPLE}; "
                         "0: all 10,000)")
     p.set_defaults(func=cmd_demo)

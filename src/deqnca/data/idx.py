@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
+import shutil
+import struct
 import tempfile
 import urllib.request
 import zlib
@@ -41,6 +44,7 @@ DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
+CLASSES = 10                  # labels are 0..9
 _HINT = "re-copy the file or pass --data-dir to a folder with the four MNIST IDX files"
 
 
@@ -48,44 +52,123 @@ class DataError(ValueError):
     """A dataset file is missing, malformed, or not the expected file."""
 
 
-def _read_bytes(path: Path) -> bytes:
+MAX_IDX_BYTES = 256 << 20     # the payload an IDX file may declare (MNIST's largest file: 47 MB)
+_MARGIN = 4096                # bytes read past the declared payload, to tell trailing data
+_CHECK_LENGTH_ABOVE = 64 << 20  # larger gzip payloads: their length is checked before any is kept
+
+
+def _open(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found; {_HINT}")
-    return _gunzip(path) if path.suffix == ".gz" else path.read_bytes()
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _gunzip(path) -> bytes:
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{path}: corrupt gzip ({e}); {_HINT}") from None
+def _read_up_to(fh, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = fh.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
-def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+def _read_into(fh, buf: np.ndarray) -> int:
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = fh.readinto(view[got:got + (1 << 20)])     # in chunks: gzip's readinto copies through a buffer
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _gzip_length(path: Path, limit: int) -> int:
+    """The decompressed length of gzip file `path`, counted in chunks (nothing kept), stopping past `limit`."""
+    n = 0
+    with gzip.open(path, "rb") as fh:
+        while n <= limit:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            n += len(chunk)
+    return n
+
+
+def _read_header(fh, path: Path) -> tuple[bytes, tuple[int, ...]]:
+    head = _read_up_to(fh, 4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number); {_HINT}")
-    dtype_code, ndim = raw[2], raw[3]
+    dtype_code, ndim = head[2], head[3]
     if dtype_code != 0x08:
         raise DataError(f"{path}: unsupported IDX type 0x{dtype_code:02x} (only unsigned byte 0x08); {_HINT}")
     if not 1 <= ndim <= 4:
         raise DataError(f"{path}: unsupported IDX rank {ndim} (expected 1..4); {_HINT}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated header (expected {header} bytes, got {len(raw)}); {_HINT}")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(raw) < expected:
-        raise DataError(f"{path}: truncated (expected {expected} bytes, got {len(raw)}); {_HINT}")
-    if len(raw) > expected:
-        raise DataError(f"{path}: {len(raw) - expected} trailing bytes after the IDX payload; {_HINT}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+    head += _read_up_to(fh, 4 * ndim)
+    if len(head) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated header (expected {4 + 4 * ndim} bytes, got {len(head)}); {_HINT}")
+    return head, struct.unpack(f">{ndim}I", head[4:])
+
+
+def _read_idx(path: Path, md5: bool = False) -> tuple[np.ndarray, str | None]:
+    """(array, MD5 of the uncompressed file or None). The header is read first; no more than the payload
+    it declares (plus a small margin to detect trailing bytes) is ever decompressed or kept, and a
+    payload above MAX_IDX_BYTES is refused before reading it, so a crafted file cannot exhaust memory."""
+    gz = path.suffix == ".gz"
+    try:
+        with _open(path) as fh:
+            head, dims = _read_header(fh, path)
+            payload = math.prod(dims)
+            expected = len(head) + payload
+            if payload > MAX_IDX_BYTES:
+                shape = " x ".join(map(str, dims))
+                raise DataError(f"{path}: its header declares a {shape} array ({payload:,} bytes), "
+                                f"more than the {MAX_IDX_BYTES >> 20} MiB an IDX file may hold here; {_HINT}")
+            if not gz:        # a plain file's length is known before reading it
+                size = os.fstat(fh.fileno()).st_size
+                if size < expected:
+                    raise DataError(f"{path}: truncated (expected {expected} bytes, got {size}); {_HINT}")
+                if size > expected:
+                    raise DataError(f"{path}: {size - expected} trailing bytes after the IDX payload; {_HINT}")
+            elif payload > _CHECK_LENGTH_ABOVE:
+                length = _gzip_length(path, expected + _MARGIN)
+                if length > expected:
+                    raise DataError(f"{path}: more data than its header declares ({expected:,} bytes); {_HINT}")
+            buf = np.empty(payload + (_MARGIN if gz else 0), dtype=np.uint8)
+            got = _read_into(fh, buf)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt gzip ({e}); {_HINT}") from None
+    except OSError as e:
+        raise DataError(f"{path}: {'corrupt gzip' if gz else 'cannot read it'} ({e}); {_HINT}") from None
+    if got < payload:
+        raise DataError(f"{path}: truncated (expected {expected} bytes, got {len(head) + got}); {_HINT}")
+    if got > payload:
+        more = "at least " if got == len(buf) else ""
+        raise DataError(f"{path}: {more}{got - payload} trailing bytes after the IDX payload; {_HINT}")
+    array = buf[:payload].reshape(dims)
+    if not md5:
+        return array, None
+    h = hashlib.md5(head)
+    h.update(memoryview(buf)[:payload])
+    return array, h.hexdigest()
+
+
+def _md5_of_gzip(path) -> str:
+    """MD5 of a gzip file's decompressed contents, computed in chunks (a download is checked in constant memory)."""
+    h = hashlib.md5()
+    try:
+        with gzip.open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"{path}: corrupt gzip ({e}); {_HINT}") from None
+    return h.hexdigest()
 
 
 def read_idx(path) -> np.ndarray:
     """Read a raw or ``.gz`` IDX file of unsigned bytes into a uint8 array."""
-    path = Path(path)
-    return _parse_idx(_read_bytes(path), path)
+    return _read_idx(Path(path))[0]
 
 
 def find_file(data_dir, stem: str) -> Path:
@@ -129,11 +212,11 @@ def load_split(data_dir, split: str = "train", verify_md5: bool | None = None):
     arrays = []
     for stem in MNIST_FILES[split]:
         path = find_file(data_dir, stem)
-        raw = _read_bytes(path)
-        if verify_md5 and hashlib.md5(raw).hexdigest() != MNIST_MD5[stem]:
+        array, digest = _read_idx(path, md5=verify_md5)
+        if verify_md5 and digest != MNIST_MD5[stem]:
             raise DataError(f"{path}: MD5 mismatch, not the official MNIST file; re-copy it, "
                             "or pass --no-verify for other datasets such as Fashion-MNIST")
-        arrays.append((path, _parse_idx(raw, path)))
+        arrays.append((path, array))
     (ipath, images), (lpath, labels) = arrays
     if images.ndim != 3:
         raise DataError(f"{ipath}: expected a 3-d image array, got shape {images.shape}; {_HINT}")
@@ -141,7 +224,11 @@ def load_split(data_dir, split: str = "train", verify_md5: bool | None = None):
         raise DataError(f"{lpath}: expected a 1-d label array, got shape {labels.shape}; {_HINT}")
     if len(images) != len(labels):
         raise DataError(f"{lpath}: {len(labels)} labels for {len(images)} images in {ipath.name}; {_HINT}")
-    return images, labels.astype(np.int64)  # uint8 labels are < 256 by construction
+    if labels.size and int(labels.max()) >= CLASSES:
+        where = int(np.argmax(labels >= CLASSES))
+        raise DataError(f"{lpath}: label {int(labels[where])} at position {where}; MNIST-layout labels are "
+                        f"0..{CLASSES - 1}; {_HINT}")
+    return images, labels.astype(np.int64)
 
 
 def load_mnist(data_dir=None, split: str = "train", verify_md5: bool | None = None, device="cpu"):
@@ -169,8 +256,8 @@ def download_mnist(dest, mirrors=DEFAULT_MIRRORS, timeout: float = 30) -> Path:
             fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{stem}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                    out.write(resp.read())
-                got = hashlib.md5(_gunzip(tmp)).hexdigest()
+                    shutil.copyfileobj(resp, out, 1 << 20)
+                got = _md5_of_gzip(tmp)
                 if got != md5:
                     raise DataError(f"MD5 {got} != {md5}")
                 os.replace(tmp, target)

@@ -15,7 +15,8 @@ per-pixel mask of the unique start-to-goal path through the layout, start and go
 
 Storage: a layout is one uint8 per layout pixel (WALL/OPEN/START/GOAL, plus ON_PATH bit), never
 the image; sets are cached as compressed .npz files holding the generator, its version, split,
-seed and size, and regenerated (or extended) when missing, stale or corrupt. Maze i of a set is
+seed and size and the SHA-256 of the layouts, written atomically, and regenerated (or extended) when
+missing, stale or corrupt: layouts that do not match their hash are never used. Maze i of a set is
 drawn from its own random stream keyed by (version, split, seed, size, i), so any prefix of a set
 is the same whatever the set's length; every generator reads the same stream, so maze i has the
 same start and goal in every distribution.
@@ -23,12 +24,14 @@ same start and goal in every distribution.
 from __future__ import annotations
 
 import functools
+import hashlib
 import multiprocessing
 import os
 import random
 import time
 import warnings
 import zipfile
+import zlib
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -45,13 +48,16 @@ TRAIN_SIZE = 9
 TEST_SIZES = (9, 13, 19, 33, 59, 101, 201)
 DEFAULT_COUNTS = {"train": 50_000, "test": 1_000}
 SPLITS = ("train", "test")
+MAX_SIZE = 1001                  # a 2008-pixel image; the benchmark's largest is 201
+MAX_COUNT = 1_000_000            # mazes in one set
+MAX_SET_BYTES = 4 << 30          # layouts of one set in memory
 
 
 def check_size(size: int) -> int:
     """n, the cells per side of a maze of size `size`; one-line error for a size that is not one."""
-    if not isinstance(size, (int, np.integer)) or size < 3 or size % 2 == 0:
-        raise ValueError(f"maze size {size!r}: must be an odd integer >= 3 (size s has (s+1)/2 cells "
-                         "per side and a 2(s+2)+2 pixel image, e.g. 9 -> 24 px)")
+    if not isinstance(size, (int, np.integer)) or size < 3 or size % 2 == 0 or size > MAX_SIZE:
+        raise ValueError(f"maze size {size!r}: must be an odd integer >= 3 and <= {MAX_SIZE} (size s has (s+1)/2 "
+                         "cells per side and a 2(s+2)+2 pixel image, e.g. 9 -> 24 px)")
     return (int(size) + 1) // 2
 
 
@@ -315,20 +321,37 @@ def cache_path(cache, split: str, size: int, seed: int, generator: str = DEFAULT
     return Path(cache) / f"mazes-{tag}v{GENERATOR_VERSIONS[generator]}-{split}-size{size}-seed{seed}.npz"
 
 
+def layouts_digest(layouts: np.ndarray) -> str:
+    """The SHA-256 of a set of layouts (its shape and bytes), as stored in a cache file."""
+    h = hashlib.sha256(f"{layouts.dtype.str}{tuple(layouts.shape)}".encode())
+    h.update(np.ascontiguousarray(layouts).data)
+    return h.hexdigest()
+
+
 def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> np.ndarray | None:
-    """The cached layouts, or None (with a warning) when the file is unreadable or from elsewhere."""
+    """The cached layouts, or None (with a warning) when the file is unreadable, from elsewhere, or its
+    layouts do not match the content hash it stores."""
     try:
         with np.load(path, allow_pickle=False) as f:
             # files written before there were other generators have no "generator" entry: depth-first
             made_by = str(f["generator"]) if "generator" in f.files else "dfs"
             meta = (made_by, int(f["version"]), str(f["split"]), int(f["seed"]), int(f["size"]))
+            digest = str(f["sha256"]) if "sha256" in f.files else None
             layouts = f["layouts"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}); regenerating it", stacklevel=2)
         return None
     expected = (generator, GENERATOR_VERSIONS[generator], split, seed, size)
-    if meta != expected or layouts.shape[1:] != (layout_side(size),) * 2:
+    if meta != expected or layouts.ndim != 3 or layouts.shape[1:] != (layout_side(size),) * 2:
         warnings.warn(f"{path}: cache holds {meta}, expected {expected}; regenerating it", stacklevel=2)
+        return None
+    if digest is None:
+        warnings.warn(f"{path}: maze cache without a content hash (written by an older deqnca); "
+                      "regenerating it", stacklevel=2)
+        return None
+    if layouts.dtype != np.uint8 or layouts_digest(layouts) != digest:
+        warnings.warn(f"{path}: maze cache contents do not match their hash (corrupt); regenerating it",
+                      stacklevel=2)
         return None
     return layouts
 
@@ -338,7 +361,7 @@ def _write_cached(path: Path, layouts: np.ndarray, split: str, size: int, seed: 
     def write(tmp):
         with open(tmp, "wb") as fh:     # a file object: savez would append ".npz" to a path
             np.savez_compressed(fh, layouts=layouts, generator=generator, version=GENERATOR_VERSIONS[generator],
-                                split=split, seed=seed, size=size)
+                                split=split, seed=seed, size=size, sha256=layouts_digest(layouts))
     atomic_write(path, write)
 
 
@@ -347,8 +370,11 @@ def load_set(size: int, count: int, split: str = "test", seed: int = 0, cache=No
     """The first `count` layouts of a benchmark set, from the cache or generated (and cached)."""
     check_size(size)
     check_generator(generator)
-    if count < 1:
-        raise ValueError(f"maze count {count}: must be >= 1")
+    if count < 1 or count > MAX_COUNT:
+        raise ValueError(f"maze count {count}: must be 1 to {MAX_COUNT:,}")
+    if count * layout_side(size) ** 2 > MAX_SET_BYTES:
+        raise ValueError(f"{count:,} mazes of size {size} would take {count * layout_side(size) ** 2 / 2**30:.0f} GiB "
+                         f"(at most {MAX_SET_BYTES >> 30} GiB in one set); ask for fewer")
     path = cache_path(cache or default_cache(), split, size, seed, generator)
     have = _read_cached(path, split, size, seed, generator) if path.exists() else None
     if have is not None and len(have) >= count:

@@ -139,6 +139,12 @@ def _plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
+# the shape of a checkpoint record's parts (a record whose parts have other types is refused on load)
+_META_TYPES = {"model_config": dict, "train_config": dict, "history": list, "metrics": dict, "progress": dict,
+               "optimizer": dict, "counters": dict, "task_state": dict, "maze": dict, "provenance": dict,
+               "kind": str, "weights_file": str, "weights_sha256": str, "status": str}
+
+
 def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[dict, dict]:
     """(tensors, meta) of checkpoint `path` (with or without suffix).
 
@@ -156,11 +162,19 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
         raise CheckpointError(f"{js}: missing; a checkpoint is a .json file naming its .safetensors file")
     try:
         meta = json.loads(js.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{js}: not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{js}: not valid JSON ({getattr(e, 'msg', None) or type(e).__name__}); "
                               "the file is corrupt, restore it from the repository or the run folder") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{js}: not a checkpoint record (a JSON object); restore it")
+    for key, kind in _META_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(r, dict) for r in value)):
+            raise CheckpointError(f"{js}: {key!r} is a {type(meta[key]).__name__}, not a "
+                                  f"{'list of records' if kind is list else kind.__name__}; the checkpoint is "
+                                  "corrupt, restore it")
     # `name.safetensors` beside the JSON (shipped and exported models, whose JSON may carry an older name);
     # otherwise the file the manifest names (run checkpoints, content-addressed)
     name = base.name + ".safetensors"

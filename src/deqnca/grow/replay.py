@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..nca import even_frames
 from ..rules.growing import target_loss
 from ..solvers import get_solver
 from .objective import disc_masks
@@ -26,16 +27,21 @@ def rgb_on_white(z: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def replay(rule, z0, steps: int, seed: int, keep_frames: bool = False):
-    """Run the stochastic rule; returns the final state (and every frame, on the CPU, when asked)."""
+def replay(rule, z0, steps: int, seed: int, keep_frames: bool = False, frames=None):
+    """Run the stochastic rule; returns the final state and, when asked, the frames on the CPU: every step's
+    (T+1 of them), or only those of the steps in `frames` (memory bounded however long the replay)."""
     gen = torch.Generator(device=z0.device).manual_seed(seed)
     f = rule.stochastic_map(gen)
-    z, frames = z0, [z0.cpu()] if keep_frames else None
-    for _ in range(steps):
+    keep = set(range(steps + 1) if frames is None else (int(t) for t in frames)) if keep_frames else set()
+    z, kept = z0, [z0.cpu()] if 0 in keep else []
+    for t in range(1, steps + 1):
         z = f(z)
-        if keep_frames:
-            frames.append(z.cpu())
-    return z, (torch.stack(frames) if keep_frames else None)
+        if t in keep:
+            kept.append(z.cpu())
+    return z, (torch.stack(kept) if keep_frames else None)
+
+
+MAX_GIF_FRAMES = 200
 
 
 def _scale(img: np.ndarray, k: int) -> np.ndarray:
@@ -60,16 +66,21 @@ def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[P
     H, W = target.shape[1:]
     device = target.device
     z0 = rule.seed(1, H, W, device=device)
-    z_grown, growth = replay(rule, z0, steps, seed, keep_frames=True)
+    # the GIFs keep at most MAX_GIF_FRAMES evenly spaced frames, the strip its own few: memory does not grow
+    # with the steps
+    gif_steps, picks = even_frames(steps, MAX_GIF_FRAMES), default_steps(steps, 7)
+    kept = sorted(set(gif_steps) | set(picks))
+    at = {t: i for i, t in enumerate(kept)}
+    z_grown, growth = replay(rule, z0, steps, seed, keep_frames=True, frames=kept)
     damage = disc_masks(1, H, W, torch.Generator(device=device).manual_seed(seed + 1), device)
-    _, regrowth = replay(rule, z_grown * damage, steps, seed + 2, keep_frames=True)
+    _, regrowth = replay(rule, z_grown * damage, steps, seed + 2, keep_frames=True, frames=gif_steps)
     growth_rgb, regrowth_rgb = rgb_on_white(growth[:, 0]), rgb_on_white(regrowth[:, 0])
+    gif_rgb = growth_rgb[[at[t] for t in gif_steps]]
     out.mkdir(parents=True, exist_ok=True)
-    files = [write_gif(growth_rgb, out / "growth.gif"),
-             write_gif(np.concatenate([growth_rgb[-1:].repeat(10, 0), regrowth_rgb]), out / "regeneration.gif")]
-    picks = default_steps(steps, 7)
-    losses = [target_loss(growth[t].to(device), target[None]).item() for t in picks]
-    panels = [growth_rgb[t] for t in picks] + [rgb_on_white(target[None])[0]]
+    files = [write_gif(gif_rgb, out / "growth.gif"),
+             write_gif(np.concatenate([gif_rgb[-1:].repeat(10, 0), regrowth_rgb]), out / "regeneration.gif")]
+    losses = [target_loss(growth[at[t]].to(device), target[None]).item() for t in picks]
+    panels = [growth_rgb[at[t]] for t in picks] + [rgb_on_white(target[None])[0]]
     titles = [f"t={t}\nL2 {loss:.4f}" for t, loss in zip(picks, losses)] + ["target"]
     files.append(image_grid(panels, out / "frames.png", titles=titles, ncols=len(panels)))
     return files
@@ -123,7 +134,7 @@ def measure(model, meta: dict, metrics_path: Path | None, samples: int = 8, seed
                loss_fixed_point_after_stochastic_replay=target_loss(drifted, target[None]).mean().item())
     if metrics_path is not None and metrics_path.exists():
         records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-        hit = next((r for r in records if r["loss"] < threshold), None)
+        hit = next((r for r in records if isinstance(r.get("loss"), (int, float)) and r["loss"] < threshold), None)
         row.update(threshold=threshold, seconds_to_threshold=hit["wall_s"] if hit else None,
                    steps_to_threshold=hit["step"] if hit else None,
                    divergences=records[-1].get("divergences", 0) if records else None,

@@ -107,14 +107,15 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
     out = {s: (default or {}).get(s) for s in sizes}
     if not text:
         return out
-    if "=" not in text:
-        return {s: int(text) for s in sizes}
-    for part in text.split(","):
-        k, _, v = part.partition("=")
-        try:
+    try:
+        if "=" not in text:
+            return {s: int(text) for s in sizes}
+        for part in text.split(","):
+            k, _, v = part.partition("=")
             out[int(k)] = int(v)
-        except ValueError:
-            raise ValueError(f"{text!r}: expected SIZE=N pairs separated by commas, e.g. 9=1000,201=20") from None
+    except ValueError:
+        raise ValueError(f"{text!r}: expected one number or SIZE=N pairs separated by commas, e.g. "
+                         "9=1000,201=20") from None
     return out
 
 

@@ -7,27 +7,47 @@ from __future__ import annotations
 import torch
 
 from ..evaluation import evaluate
-from ..nca import ANCHORS, crop, rollout, rollout_curve
+from ..nca import ANCHORS, crop, even_frames, rollout, rollout_curve
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
-def figure1_data(model, x, steps: int = 64, seed: int = 0):
-    """One rollout from noise with every state kept (x: a single image batch (1, 1, H, W))."""
+MAX_GIF_FRAMES = 200       # a rollout of any length keeps at most this many states for its GIF
+
+
+def figure1_data(model, x, steps: int = 64, seed: int = 0, frames=None):
+    """One rollout from noise (x: a single image batch (1, 1, H, W)), keeping the states at `frames`
+    (default: every step)."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    return rollout(model, x, steps, generator=gen, keep_states=True)
+    return rollout(model, x, steps, generator=gen, keep_states=True, frames=frames)
 
 
 def draw_figure1(model, x, label: int, out, stem: str, title: str, steps: int = 64, seed: int = 0):
-    """Figure 1 for one image x (1, 1, H, W): (rollout, [frames.png, .gif, curves.png])."""
+    """Figure 1 for one image x (1, 1, H, W): (rollout, [frames.png, .gif, curves.png]).
+
+    Memory does not grow with `steps`: the rollout keeps the states of at most MAX_GIF_FRAMES evenly
+    spaced steps (every step of a shorter one) plus those the frame strip shows; the curves keep a few
+    numbers per step."""
     from ..viz import figures
     from ..viz.project import Projection
 
-    r = figure1_data(model, x, steps=steps, seed=seed)
-    proj = Projection.fit(r.states[0, -8:])     # fitted once on the last states: colours fixed across frames
+    strip = figures.default_steps(steps)
+    gif_steps = even_frames(steps, MAX_GIF_FRAMES)
+    r = figure1_data(model, x, steps=steps, seed=seed, frames=sorted(set(gif_steps) | set(strip)))
+    states = r.states[0]
+    proj = Projection.fit(states[-8:])     # fitted once on the last states: colours fixed across frames
     img = x[0, 0].cpu().numpy()
-    files = [figures.frame_strip(r.states[0], proj, out / f"{stem}-frames.png", image=img, title=title),
-             figures.save_gif(r.states[0], proj, out / f"{stem}.gif", image=img),
+    if len(r.frame_steps) == steps + 1:    # every step kept: the index of a state is its step
+        strip_png = figures.frame_strip(states, proj, out / f"{stem}-frames.png", image=img, title=title)
+        gif_states = states
+    else:
+        at = {t: i for i, t in enumerate(r.frame_steps)}
+        panels = [img] + [proj.to_rgb(states[at[t]].numpy()) for t in strip]
+        strip_png = figures.image_grid(panels, out / f"{stem}-frames.png", titles=["input"] + [f"t={t}" for t in strip],
+                                       ncols=len(panels))
+        gif_states = states[[at[t] for t in gif_steps]]
+    files = [strip_png,
+             figures.save_gif(gif_states, proj, out / f"{stem}.gif", image=img),
              figures.rollout_curves(r.rel_residual[0], r.probs[0], out / f"{stem}-curves.png", label=label,
                                     title=title)]
     return r, files

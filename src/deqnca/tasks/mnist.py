@@ -58,9 +58,9 @@ PRESETS["equilibrium-fixed"]["model"]["gradient_kw"].update(b_solver="rollout")
 class MnistConfig(TrainConfig):
     """Training options of the MNIST task (the engine's, plus these)."""
     model: dict = option({}, "model config (ModelConfig fields; a preset fills it)", flag=False)
-    train_subset: int = option(0, "train on the first N training images; 0 = all")
-    test_subset: int = option(0, "evaluate on the first N test images each epoch; 0 = all")
-    eval_batch_size: int = option(500, "images per solve in the per-epoch evaluation")
+    train_subset: int = option(0, "train on the first N training images; 0 = all", min=0)
+    test_subset: int = option(0, "evaluate on the first N test images each epoch; 0 = all", min=0)
+    eval_batch_size: int = option(500, "images per solve in the per-epoch evaluation", min=1)
     channels_last: str = option("auto", "memory layout (auto: channels-last on a CPU)", choices=("auto", "on", "off"))
     cuda_graph: str = option("auto", "capture the training step as one CUDA graph (auto: on a GPU when the model "
                              "allows)", choices=("auto", "on", "off"))
