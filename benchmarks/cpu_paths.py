@@ -92,8 +92,8 @@ def conv_call(batch, channels_last, amp, backend, backward, size=28, channels=32
 
 def interleaved(cells: dict, rounds: int, max_call_s: float = MAX_CALL_S, warmup: bool = True) -> dict:
     """{key: (threads, fn)} -> {key: {"median_s", "n", "load", "slow"}}: one untimed warm-up call each
-    (unless not `warmup`), then `rounds` rounds timing every cell once; a cell whose warm-up and first timed call both took
-    > max_call_s is timed once (a first call can be slow for one-off reasons: kernel generation)."""
+    (unless not `warmup`), then `rounds` rounds timing every cell once; a cell whose warm-up and first
+    timed call both took > max_call_s is timed once (a first call can be slow for one-off reasons)."""
     out, previous = {}, torch.get_num_threads()
 
     def call(key):
@@ -217,7 +217,7 @@ def compile_rows(threads_options, rounds, timeout_s, peak_core):
 def model_rows(paths, rounds, batch, models):
     """One evaluation batch (the first `batch` test images, fixed state noise) of each shipped model per path."""
     from deqnca.data.idx import load_mnist
-    from deqnca.train.checkpoint import load_model
+    from deqnca.engine.checkpoint import load_model
 
     x, _ = load_mnist(split="test")
     x = x[:batch]
@@ -233,7 +233,7 @@ def model_rows(paths, rounds, batch, models):
         for cl, t, amp, backend in paths:
             xb = x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()
 
-            def run(xb=xb, amp=amp, backend=backend, key=(cl, t, amp, backend)):
+            def run(xb=xb, amp=amp, backend=backend, key=(cl, t, amp, backend), model=model, stats=stats):
                 gen = torch.Generator().manual_seed(0)
                 with torch.no_grad(), backend_flags(backend), \
                         torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
@@ -297,7 +297,8 @@ def markdown(result) -> str:
                          f"({100 * r['frac_peak']:.0f}%) | {r['load']:.1f} |")
     lines += ["", f"Whole evaluation batch ({result['model_batch']} test images) of each shipped model, "
                   "oneDNN paths, and NNPACK / native float32 where "
-                  f"their eval-b50 convolution is ≥ 0.8× oneDNN's (median of {result['model_rounds']}, no warm-up):", "",
+                  f"their eval-b50 convolution is ≥ 0.8× oneDNN's (median of {result['model_rounds']}, "
+                  "no warm-up):", "",
               "| model | layout | threads | precision | library | s per batch | img/s | s per 10,000 | steps | load |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
@@ -319,7 +320,8 @@ def markdown(result) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="< 20 s: 1 thread, no batch 500, fewer paths, one round, 10-image model batches")
+    ap.add_argument("--quick", action="store_true",
+                    help="< 20 s: 1 thread, no batch 500, fewer paths, one round, 10-image model batches")
     ap.add_argument("--rounds", type=int, help="timed rounds per convolution cell (default 4, --quick 1)")
     ap.add_argument("--model-batch", type=int, default=50, help="images per timed model batch (default 50)")
     ap.add_argument("--compile-timeout", type=float, default=150, help="seconds for the torch.compile child (0: skip)")
@@ -331,7 +333,6 @@ def main(argv=None):
     info = hardware.cpu_info()
     peak = hardware.peak_fp32(info)
     peak_core = peak["gflops_per_core"]
-    current = torch.get_num_threads()
     load_start = [round(v, 2) for v in os.getloadavg()]
     if args.quick:
         # one thread: on a shared machine it is the least noisy; oneDNN and native only
@@ -362,9 +363,11 @@ def main(argv=None):
     phase["models"] = time.time() - t_start - phase["conv+compile"]
     choice_eval = hardware.choose_cpu_path("cpu", refresh=True)
     choice_train = None if args.quick else hardware.choose_cpu_path("cpu", train=True, refresh=True)
-    result = {"date": date.today().isoformat(), "command": "python benchmarks/cpu_paths.py " + " ".join(argv or sys.argv[1:]),
+    command = "python benchmarks/cpu_paths.py " + " ".join(argv or sys.argv[1:])
+    result = {"date": date.today().isoformat(), "command": command,
               "cpu": info, "peak": peak, "threads": threads, "rounds": rounds, "load_start": load_start,
-              "conv": conv, "compile": {"rows": crow, "note": cnote}, "model_batch": model_batch, "model_rounds": model_rounds,
+              "conv": conv, "compile": {"rows": crow, "note": cnote}, "model_batch": model_batch,
+              "model_rounds": model_rounds,
               "models": models, "choice_eval": choice_eval, "choice_train": choice_train,
               "load_end": [round(v, 2) for v in os.getloadavg()], "seconds": time.time() - t_start, "phase_s": phase}
     print(markdown(result))

@@ -24,8 +24,8 @@ import torch
 
 from deqnca import hardware
 from deqnca.data.idx import load_mnist
-from deqnca.train.checkpoint import load_model
-from deqnca.train.loop import evaluate, residual_summary
+from deqnca.engine.checkpoint import load_model
+from deqnca.evaluation import evaluate, residual_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -103,7 +103,7 @@ def _medians(paths, samples=7, steps=2):
             torch.set_num_threads(paths[k][1])
             runs[k]()
         for _ in range(samples):
-            for k, (cl, threads, amp) in paths.items():
+            for k, (_cl, threads, _amp) in paths.items():
                 torch.set_num_threads(threads)
                 t = time.perf_counter()
                 for _ in range(steps):
@@ -120,7 +120,7 @@ def test_auto_choice_is_never_slower_than_float32_nchw_here():
     paths = {"chosen": (choice["channels_last"], choice["threads"], choice["amp"]),
              "float32 NCHW": (False, current, "off")}
     # one re-measurement on a miss: other jobs share these cores, a real regression misses twice
-    for attempt in range(2):
+    for _attempt in range(2):
         m = _medians(paths)
         if m["chosen"] <= 1.25 * m["float32 NCHW"]:
             break

@@ -202,11 +202,13 @@ def choose_cpu_path(device="cpu", *, measure: bool = True, allow_bf16: bool = Tr
     Allowed paths: NCHW or channels-last; 1 thread or all usable cores; float32, and bfloat16 autocast
     only where the CPU has bfloat16 units (AMX-BF16 or AVX512-BF16) and `allow_bf16` (pass False
     for tolerance-solved models, whose solves need more steps under bfloat16 rounding; docs/speed.md).
-    With `measure`, one step of the essay-sized rule (batch 50 forward, or batch 64 forward and
+    With `measure`, one step of the essay-sized rule (batch 50 forward, or batch 32 forward and
     backward with `train`) is timed on each allowed path within about `budget_s` seconds and the
     fastest is taken; bfloat16 only when it is ≥ 1.1× faster than the best float32 path. The float32
     NCHW path at the current thread count is always among those timed, so the choice is never slower
-    than it by measurement. Without `measure`: float32, channels-last, the current thread count.
+    than it by measurement. The thread count follows the load at that moment (on a shared machine
+    one thread can be several times faster than two) and is kept for the process.
+    Without `measure`: float32, channels-last (the trainer's CPU default), the current thread count.
 
     Returns {"device", "channels_last" (bool), "threads", "amp" ("off" or "bf16"), "reason",
     "measured" (median seconds per path), "speedup" (over float32 NCHW), "gflops",
@@ -272,7 +274,8 @@ def choose_cpu_path(device="cpu", *, measure: bool = True, allow_bf16: bool = Tr
         parts = [f"float32 (bf16 autocast {times[best16] / times[best32]:.2f}× float32's time measured)"]
     else:
         parts = [why_not_bf16 or "bf16 not timed (budget)"]
-    parts.append(f"{'channels-last' if cl else 'NCHW'} " + faster((not cl, threads, amp), "NCHW" if cl else "channels-last"))
+    other_layout = "NCHW" if cl else "channels-last"
+    parts.append(f"{'channels-last' if cl else 'NCHW'} " + faster((not cl, threads, amp), other_layout))
     others = [t for t in thread_options if t != threads]
     if others:
         parts.append(f"{threads} thread{'s' if threads > 1 else ''} "
