@@ -36,12 +36,22 @@ def writable_folder(path, flag: str = "--out") -> Path:
     return path
 
 
-def setup_device(arg: str) -> str:
-    """The device for `--device` with threads set for it."""
+def setup_device(arg: str, measure_threads: bool = False) -> str:
+    """The device for `--device` with threads set for it. With `measure_threads` (evaluation), a CPU run
+    takes the thread count a ~1 s measurement of the rule step finds fastest: on a shared machine one
+    thread can be several times faster than two (docs/speed.md, "Which CPU path, measured")."""
     from ..engine.devices import pick_device, set_threads
 
     device = pick_device(arg)
     set_threads(device)
+    if measure_threads and device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        from ..hardware import choose_cpu_path
+
+        choice = choose_cpu_path("cpu", allow_bf16=False)
+        torch.set_num_threads(choice["threads"])
+        print(f"cpu path: {choice['threads']} thread(s) ({choice['reason']})", file=sys.stderr)
     return device
 
 

@@ -122,7 +122,7 @@ def _print_eval(r, as_json):
 
 
 def cmd_eval(args) -> int:
-    device = setup_device(args.device)
+    device = setup_device(args.device, measure_threads=True)
     solver_kw = {k: v for k, v in {"max_iter": args.max_iter, "tol": args.tol}.items() if v is not None}
     if args.solver:
         solver_kw["solver"] = args.solver

@@ -48,7 +48,7 @@ class ContractiveTanhRule(nn.Module):
         self.K2 = nn.Conv2d(input_channels + state_channels, state_channels, kernel_size,
                             padding=kernel_size // 2)
         if input_init_scale != 1.0:
-            # >1 starts the fixed point in tanh's nonlinear range (experiments/equilibrium_regime.py)
+            # >1 starts the fixed point in tanh's nonlinear range (scripts/equilibrium_regime.py)
             with torch.no_grad():
                 self.K2.weight[:, :input_channels] *= input_init_scale
         v = torch.randn(1, state_channels, norm_grid, norm_grid)
