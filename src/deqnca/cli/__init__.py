@@ -18,7 +18,7 @@ EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`."""
-    from ..web.export import add_cli as add_web_cli
+    from ..web.cli import add_cli as add_web_cli
     from . import grow, maze, mnist
 
     parser = argparse.ArgumentParser(prog="deqnca", description=__doc__.splitlines()[0])

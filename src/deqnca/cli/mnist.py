@@ -21,7 +21,8 @@ def _load_data(args, splits=("train", "test")):
 def cmd_train(args) -> int:
     from ..engine.trainer import fit
     from ..model import ModelConfig
-    from ..tasks.mnist import PRESETS, MnistConfig, MnistTask, preset
+    from ..tasks.mnist import MnistTask
+    from ..tasks.mnist_config import PRESETS, MnistConfig, preset
 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -188,8 +189,6 @@ def cmd_demo(args) -> int:
 
 def add_cli(sub) -> None:
     """`deqnca train | eval | info | export | rollout | demo`."""
-    from ..solvers import SOLVERS
-
     def common(p):
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
         p.add_argument("--seed", type=int, default=0, help="random seed of the initial states' noise")
@@ -198,7 +197,7 @@ def add_cli(sub) -> None:
 
     p = sub.add_parser("train", help="train an MNIST model from a preset",
                        description="Train an MNIST model from a preset; every option is a flag or a --set key.")
-    from ..tasks.mnist import PRESETS, MnistConfig
+    from ..tasks.mnist_config import PRESETS, MnistConfig
 
     p.add_argument("--preset", default="essay", choices=sorted(PRESETS),
                    help="essay or equilibrium; the others are variants measured in docs/mnist.md (default essay)")
@@ -210,7 +209,8 @@ def add_cli(sub) -> None:
                        description="Evaluate checkpoints (default: both shipped models) on the MNIST test set.")
     common(p)
     p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix (default: shipped models)")
-    p.add_argument("--solver", choices=SOLVERS.names(), help="a registered solver")
+    p.add_argument("--solver", type=registered_solver, metavar="NAME",
+                   help="a registered solver: rollout, fixed_point, anderson, broyden or one a --plugin registers")
     p.add_argument("--max-iter", type=int)
     p.add_argument("--tol", type=float)
     p.add_argument("--limit", type=int, default=0, help="only the first N test images")
@@ -246,6 +246,18 @@ def add_cli(sub) -> None:
     p.add_argument("--out", default="out/demo", help="folder for figures and the HTML report")
     p.add_argument("--quick", action="store_true", help="smaller samples (for tests)")
     p.set_defaults(func=cmd_demo)
+
+
+def registered_solver(name: str) -> str:
+    """`--solver NAME`, checked against the solver registry when given (so that --help needs no torch)."""
+    import argparse
+
+    from ..solvers import SOLVERS
+
+    if name not in SOLVERS.names():
+        raise argparse.ArgumentTypeError(f"{name!r} is not a registered solver; choose one of "
+                                         f"{', '.join(SOLVERS.names())}")
+    return name
 
 
 def data_flags(p):
