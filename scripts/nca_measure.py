@@ -3,7 +3,7 @@ visible fraction), accuracy and residual against rollout steps, and accuracy per
 numbers of function evaluations.
 
     python scripts/nca_measure.py --out docs/results/nca --limit 0          # 0 = full test set
-    python scripts/nca_measure.py --models models/mnist-essay --limit 2000 --max-steps 160
+    python scripts/nca_measure.py --models mnist-essay --limit 2000 --max-steps 160
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from deqnca.cli import shipped_models
 from deqnca.data.idx import load_mnist
 from deqnca.engine.checkpoint import load_model
 from deqnca.reports import nca_view
 from deqnca.reports.panorama import panorama_accuracy
+from deqnca.resources import shipped_models
 
 
 def main():

@@ -81,7 +81,7 @@ def cmd_eval(args) -> int:
     solver_kw = {k: v for k, v in {"max_iter": args.max_iter, "tol": args.tol}.items() if v is not None}
     if args.solver:
         solver_kw["solver"] = args.solver
-    paths = args.checkpoint or shipped_models()
+    paths = args.checkpoint or shipped_models(getattr(args, "models_dir", None))
     args.eval_rows = []
     for path in paths:
         r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
@@ -144,7 +144,7 @@ def cmd_rollout(args) -> int:
     from ..reports.nca_view import draw_figure1
 
     device = setup_device(args.device)
-    path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay")
+    path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay", args.models_dir)
     model, _ = load_model(path, device)
     x, y = load_mnist(args.data_dir, split="test", verify_md5=False if args.no_verify else None)
     if not 0 <= args.index < len(x):
@@ -181,7 +181,7 @@ def cmd_demo(args) -> int:
         return rc
     from ..web.export import write_site
 
-    page = write_site(Path(args.out) / "web")
+    page = write_site(Path(args.out) / "web", args.models_dir)
     print(f"live page: {page}")
     args.live_page = "web/index.html"
     return report.main(args)
@@ -193,6 +193,8 @@ def add_cli(sub) -> None:
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
         p.add_argument("--seed", type=int, default=0, help="random seed of the initial states' noise")
         data_flags(p)
+        p.add_argument("--models-dir", default=None, metavar="DIR",
+                       help="folder of the shipped models (default: the ones installed with deqnca)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     p = sub.add_parser("train", help="train an MNIST model from a preset",
@@ -208,7 +210,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("eval", help="evaluate checkpoints on the test set",
                        description="Evaluate checkpoints (default: both shipped models) on the MNIST test set.")
     common(p)
-    p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix (default: shipped models)")
+    p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix, or shipped model names "
+                   "(default: mnist-essay and mnist-equilibrium)")
     p.add_argument("--solver", type=registered_solver, metavar="NAME",
                    help="a registered solver: rollout, fixed_point, anderson, broyden or one a --plugin registers")
     p.add_argument("--max-iter", type=int)
@@ -235,7 +238,7 @@ def add_cli(sub) -> None:
     p = sub.add_parser("rollout", help="replay a model's rule on one test image: frames, GIF, curves",
                        description="Figure 1: the rule iterated from noise as a cellular automaton.")
     common(p)
-    p.add_argument("checkpoint", nargs="?", help="checkpoint (default: models/mnist-essay)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint or shipped model name (default: mnist-essay)")
     p.add_argument("--index", type=int, default=7, help="test image index")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--out", default="out/rollout")
@@ -262,5 +265,5 @@ def registered_solver(name: str) -> str:
 
 def data_flags(p):
     p.add_argument("--data-dir", default=None,
-                   help="folder with the four MNIST-layout IDX files (default: the vendored datasets/mnist)")
+                   help="folder with the four MNIST-layout IDX files (default: the MNIST files installed with deqnca)")
     p.add_argument("--no-verify", action="store_true", help="skip the MNIST MD5 check (for Fashion-MNIST, KMNIST, ...)")

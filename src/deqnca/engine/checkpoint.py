@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_write, fault_point, fsync_dir
+from ..resources import resolve_checkpoint, shipped_names
 
 
 class CheckpointError(ValueError):
@@ -143,17 +144,19 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
     """(tensors, meta) of checkpoint `path` (with or without suffix).
 
     Args:
-        path: the checkpoint, e.g. ``models/mnist-essay`` or ``runs/x/last``.
+        path: the checkpoint, e.g. ``runs/x/last``, or a shipped model's name, e.g. ``mnist-essay``.
         verify: check the tensor file against the SHA-256 its JSON records.
         tensors: also read the tensors (False: only the JSON; tensors is then {}).
 
     Returns:
         (tensors by name, the JSON record).
     """
-    base = checkpoint_base(path)
+    base = resolve_checkpoint(path)              # a path, or the name of a shipped model
     js = _sibling(base, ".json")
     if not js.exists():
-        raise CheckpointError(f"{js}: missing; a checkpoint is a .json file naming its .safetensors file")
+        names = shipped_names()
+        raise CheckpointError(f"{js}: missing; a checkpoint is a .json file naming its .safetensors file"
+                              + (f" (or a shipped model: {', '.join(names)})" if names else ""))
     try:
         meta = json.loads(js.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -254,7 +257,7 @@ def load_model(path, device="cpu"):
     is unpickled, and the weights are checked against the config before use.
 
     Example:
-        >>> model, meta = load_model("models/mnist-essay")  # doctest: +SKIP
+        >>> model, meta = load_model("mnist-essay")  # doctest: +SKIP
     """
     from ..model import EquilibriumModel
 

@@ -131,7 +131,8 @@ def main(args) -> int:
     out = Path(args.out)
     quick = getattr(args, "quick", False)
     t0 = time.time()
-    path = build(shipped_models(), out, device=_device(args.device), data_dir=args.data_dir,
+    models = shipped_models(getattr(args, "models_dir", None))
+    path = build(models, out, device=_device(args.device), data_dir=args.data_dir,
                  n_crops=50 if quick else 200, n_curve=50 if quick else 200, max_steps=32 if quick else 160,
                  fig_steps=16 if quick else 64, eval_rows=getattr(args, "eval_rows", None),
                  live_page=getattr(args, "live_page", None),
