@@ -7,7 +7,7 @@ without the network. This module is the one place that knows where they are. Ove
 read by `deqnca.data.idx`); on the command line `--models-dir` and `--data-dir`.
 
 A shipped model can be named instead of given as a path: ``mnist-essay``, ``grow/lizard-equilibrium``,
-``maze/dt`` (or with the ``models/`` prefix the repository's docs used before 0.2.1); a path that exists
+``maze/dt`` (or with the ``models/`` prefix that earlier docs used); a path that exists
 always wins. `shipped_names()` lists them.
 """
 from __future__ import annotations
