@@ -116,3 +116,13 @@ def test_eval_under_bf16_autocast_keeps_the_shipped_accuracy(capsys):
     rc = main(["eval", "mnist-essay", "--limit", "200", "--amp", "bf16", "--device", "cpu", "--json"])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and row["amp"] == "bf16" and row["accuracy"] >= 0.95, row
+
+
+def test_info_summarises_and_json_prints_the_record(capsys):
+    assert main(["info", "mnist-essay"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mnist-essay: MNIST classifier") and "15,402 parameters" in text
+    assert "rule residual_tanh" in text and "test_acc 0.9819" in text
+    assert main(["info", "grow/lizard-equilibrium", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["kind"] == "grow" and "optimizer" not in record

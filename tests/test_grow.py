@@ -169,7 +169,8 @@ def test_cli_train_resume_show_measure(tmp_path, capsys):
     assert meta["train_config"]["phantom_map"] == "stochastic" and meta["train_config"]["divergence_rel"] == 1e9
     assert main(["grow", "show", str(run / "last"), "--out", str(tmp_path / "show"), "--steps", "6",
                  "--device", "cpu"]) == 0
-    assert {p.name for p in (tmp_path / "show").iterdir()} == {"growth.gif", "regeneration.gif", "frames.png"}
+    assert {p.name for p in (tmp_path / "show").iterdir()} == {"growth.gif", "regeneration.gif", "frames.png",
+                                                              "frames.svg"}
     capsys.readouterr()
     assert main(["grow", "measure", str(run / "last"), "--out", str(tmp_path / "m"), "--samples", "2",
                  "--device", "cpu", "--json"]) == 0

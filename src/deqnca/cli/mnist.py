@@ -93,10 +93,10 @@ def cmd_eval(args) -> int:
 
 def cmd_info(args) -> int:
     from ..engine.checkpoint import read_checkpoint
+    from ..engine.summary import describe_checkpoint, record_json
 
-    _, meta = read_checkpoint(args.checkpoint)
-    meta.pop("optimizer", None)
-    print(json.dumps(meta, indent=1))
+    _, meta = read_checkpoint(args.checkpoint, tensors=False)
+    print(record_json(meta) if args.json else describe_checkpoint(meta, str(args.checkpoint)))
     return 0
 
 
@@ -221,8 +221,9 @@ def add_cli(sub) -> None:
                    help="bf16: solve under bfloat16 autocast (convolutions in bfloat16, state in float32)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("info", help="print a checkpoint's config and metrics")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("info", help="summarise a checkpoint: kind, parameters, config, metrics (--json: all of it)")
+    p.add_argument("checkpoint", help="a checkpoint path, or a shipped model name such as mnist-essay")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("export", help="turn a run checkpoint (MNIST, grow or maze) into a shippable model "
