@@ -8,7 +8,7 @@ The public API, importable from the package root (loaded on first use, so `impor
   `MnistTask`, `GrowTask`, `MazeTask` with their configs and the MNIST `PRESETS`;
 - checkpoints and evaluation: `load_model`, `save_checkpoint`, `read_checkpoint`, `evaluate`.
 
-Example:
+Examples:
     >>> import deqnca
     >>> model = deqnca.EquilibriumModel(deqnca.preset("equilibrium")["model"])
 """

@@ -27,7 +27,7 @@ def option(default: Any, help: str = "", *, choices: tuple | None = None, flag: 
         choices: allowed values (checked by the loader and the flag).
         flag: derive a command-line flag for this field.
 
-    Example:
+    Examples:
         >>> @dataclasses.dataclass
         ... class C:
         ...     lr: float = option(0.1, "learning rate")
@@ -103,7 +103,7 @@ def load_dataclass(cls, data: dict | None, what: str = "config"):
     Returns:
         The instance.
 
-    Example:
+    Examples:
         >>> @dataclasses.dataclass
         ... class C:
         ...     lr: float = 0.1

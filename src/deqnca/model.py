@@ -24,7 +24,7 @@ CALIBRATION_IMAGES = 2000       # training inputs kept to re-estimate the read-o
 class ModelConfig:
     """What an `EquilibriumModel` is made of: every part by its registered name, plus sizes.
 
-    Example:
+    Examples:
         >>> ModelConfig.from_dict({"rule": "contractive_tanh", "solver": "fixed_point"}).state_channels
         32
     """
@@ -63,7 +63,7 @@ class EquilibriumModel(nn.Module):
     Args:
         config: a `ModelConfig` or its dict form (every part named by its registry).
 
-    Example:
+    Examples:
         >>> model = EquilibriumModel({"rule": "contractive_tanh", "solver": "fixed_point",
         ...                           "solver_kw": {"max_iter": 50, "tol": 1e-4}, "gradient": "implicit"})
         >>> model(torch.rand(2, 1, 28, 28)).shape
@@ -228,7 +228,7 @@ def _memory_format(t):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters of `model`.
 
-    Example:
+    Examples:
         >>> count_parameters(torch.nn.Linear(3, 2))
         8
     """

@@ -77,7 +77,7 @@ def shipped_names(root=None) -> list[str]:
 def resolve_checkpoint(path) -> Path:
     """`path` (a checkpoint without suffix) if it exists; otherwise the shipped model of that name.
 
-    Example:
+    Examples:
         >>> resolve_checkpoint("grow/lizard-equilibrium").name
         'lizard-equilibrium'
     """

@@ -256,7 +256,7 @@ def load_model(path, device="cpu"):
     """(model, meta): an `EquilibriumModel` from a checkpoint. Only tensors and JSON are read, nothing
     is unpickled, and the weights are checked against the config before use.
 
-    Example:
+    Examples:
         >>> model, meta = load_model("mnist-essay")  # doctest: +SKIP
     """
     from ..model import EquilibriumModel

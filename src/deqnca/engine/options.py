@@ -16,7 +16,7 @@ SCHEDULES = ("constant", "cosine", "step")
 class TrainConfig:
     """The engine's options, shared by every task (a task's config subclasses it and adds its own).
 
-    Example:
+    Examples:
         >>> TrainConfig(epochs=2, lr=0.01).schedule
         'constant'
     """

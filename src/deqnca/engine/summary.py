@@ -55,7 +55,7 @@ def _last_metrics(meta: dict) -> dict:
 def describe_checkpoint(meta: dict, name: str) -> str:
     """A few lines: what `name` is, its size, its configuration, its last metrics and where it came from.
 
-    Example:
+    Examples:
         >>> print(describe_checkpoint({"kind": "grow", "parameters": 8320, "model_config": {"channels": 16}}, "x"))
         x: growing NCA, 8,320 parameters
           model     channels 16

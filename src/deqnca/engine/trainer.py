@@ -174,7 +174,7 @@ class _TaskLoss(torch.nn.Module):
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser `cfg.optimizer` over `params`.
 
-    Example:
+    Examples:
         >>> opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), TrainConfig(optimizer="adam", lr=1e-3))
     """
     if cfg.optimizer == "sgd":
@@ -189,7 +189,7 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """The learning rate at optimiser step `step`, `progress` (0..1) through the run.
 
-    Example:
+    Examples:
         >>> lr_at(TrainConfig(lr=1.0, schedule="cosine"), 0, 0.5)
         0.5
     """
@@ -290,7 +290,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     Returns:
         {"out", "parameters", "history", "model", "counters", "global_step", "elapsed_s"}.
 
-    Example:
+    Examples:
         >>> from deqnca.tasks.mnist import MnistTask  # doctest: +SKIP
         >>> fit(MnistTask(MnistTask.Config(epochs=1), data), "runs/try")  # doctest: +SKIP
     """

@@ -71,7 +71,7 @@ def pattern_box(target: torch.Tensor, frames: torch.Tensor, margin: int = 3) -> 
 def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[Path]:
     """Growth GIF from one seed, regeneration GIF (grow, erase a disc, regrow), a PNG frame strip, all
     cropped to the pattern; every GIF frame shows its step and the relative residual of that step."""
-    from ..viz.figures import default_steps, image_grid, relative_residuals, step_caption
+    from ..viz.figures import image_grid, relative_residuals, step_caption
 
     rule, target = model.rule, model.target
     H, W = target.shape[1:]
@@ -92,7 +92,8 @@ def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[P
                        scale=scale, captions=[grown_caption] * 10 + [
                            "damaged" if t == 0 else f"regrowing {step_caption(t, r)}"
                            for t, r in enumerate(relative_residuals(regrowth[:, 0]))])]
-    picks = default_steps(steps, 7)
+    # denser late than early: the first steps of growth differ little and show almost nothing
+    picks = sorted({int(round(steps * (k / 6) ** 1.5)) for k in range(7)})
     losses = [target_loss(growth[t].to(device), target[None]).item() for t in picks]
     panels = [growth_rgb[t] for t in picks] + [rgb_on_white(target[None])[0][rows, cols]]
     titles = [f"t={t}\nL2 {loss:.4f}" for t, loss in zip(picks, losses)] + ["target"]

@@ -22,7 +22,7 @@ def train(cfg: GrowConfig, target: torch.Tensor, out, device: str = "cpu", resum
           progress: bool = True, **fit_kw) -> dict:
     """Grow `target` through the engine; the summary of `fit` with "step" (optimizer steps taken).
 
-    Example:
+    Examples:
         >>> train(GrowConfig(target="small", steps=10), load_target("small"), "runs/try")  # doctest: +SKIP
     """
     from ..engine.trainer import fit

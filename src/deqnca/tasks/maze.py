@@ -23,7 +23,7 @@ def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", re
                log=print, **fit_kw) -> dict:
     """Train a maze solver-net of `model_config` through the engine.
 
-    Example:
+    Examples:
         >>> train_maze(PRESETS["dt"], MazeConfig(train_size=5, epochs=1), "runs/try")  # doctest: +SKIP
     """
     from ..engine.trainer import fit

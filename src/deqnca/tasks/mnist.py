@@ -23,7 +23,7 @@ from .mnist_config import PRESETS, MnistConfig, preset  # noqa: F401  (re-export
 def train(model_config: dict, cfg, out, data, device: str = "cpu", resume: bool = False, log=print, **fit_kw) -> dict:
     """Train an `EquilibriumModel` of `model_config` on `data` = (x, y, x_test, y_test) through the engine.
 
-    Example:
+    Examples:
         >>> train(preset("essay")["model"], MnistConfig(epochs=1), "runs/try", data)  # doctest: +SKIP
     """
     from ..engine.trainer import fit

@@ -64,7 +64,7 @@ class MnistConfig(TrainConfig):
 def preset(name: str, model_overrides: dict | None = None, train_overrides: dict | None = None) -> dict:
     """{"model": ..., "train": ...} of preset `name` with overrides merged in (checked against the configs).
 
-    Example:
+    Examples:
         >>> preset("essay", {"solver_kw": {"max_iter": 8}})["model"]["solver_kw"]
         {'max_iter': 8}
     """
