@@ -1,12 +1,7 @@
 """MNIST classification: the essay's model (eqs. 1-2) and its equilibrium sibling, as a task.
 
-Presets (`PRESETS`, docs/mnist.md has their numbers):
-essay          eqs. (1)-(2) with the essay's recipe (SGD 0.005/0.9, batch 64, noise init, 10 epochs);
-               the state is the 16-step rollout, trained by BPTT.
-essay-broyden  the same with TorchDeq's Broyden kept as the solver (NaN-safe) and phantom gradients.
-equilibrium    same family, but the rule is a γ-contraction solved by Picard iteration to a relative
-               residual of 1e-4 and trained by implicit differentiation; batch-normalised read-out.
-equilibrium-fast / -fixed / -v0   variants measured in docs/mnist.md.
+The presets (`PRESETS`: essay, essay-broyden, equilibrium, equilibrium-fast, -fixed, -v0) and the task's
+options (`MnistConfig`) live in the torch-free `mnist_config.py`; docs/mnist.md has their numbers.
 """
 from __future__ import annotations
 
