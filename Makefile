@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the package itself works with torch 2.2-2.14 (pyproject.toml).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup setup-test demo test test-fast lint browser train-essay train-equilibrium bench clean
+.PHONY: setup setup-test demo test test-fast lint browser docs train-essay train-equilibrium bench clean
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
@@ -27,10 +27,15 @@ browser:
 	command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; } \
 		|| echo "chromium not installed: tests/test_web.py will skip"
 
+# the documentation tools (MkDocs, Material, mkdocstrings), from PyPI: `make test` builds the site too
+$(VENV)/.docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
 demo: setup
 	$(VENV)/bin/deqnca demo --device cpu --out out/demo
 
-test: setup-test lint browser
+test: setup-test $(VENV)/.docs lint browser
 	$(PY) -m pytest -q --durations=15
 
 # the fast tier: everything but the tests marked slow (trainings, subprocess runs), under a minute
@@ -39,6 +44,10 @@ test-fast: setup-test lint
 
 lint: setup-test
 	$(VENV)/bin/ruff check .
+
+# the documentation site (MkDocs + Material + mkdocstrings), into site-docs/; tests/test_docs.py builds it too
+docs: setup $(VENV)/.docs
+	$(PY) -m mkdocs build --strict -d site-docs
 
 train-essay: setup
 	$(VENV)/bin/deqnca train --preset essay --seed 0 --out runs/essay-seed0
@@ -50,4 +59,4 @@ bench: setup
 	$(PY) benchmarks/mnist_speed.py --device cpu
 
 clean:
-	rm -rf $(VENV) out runs
+	rm -rf $(VENV) out runs site-docs

@@ -1,6 +1,6 @@
 """What TorchDeq's Broyden does on the essay's eq. (2), z = z + tanh(K2 * [u, z]), from noise.
 
-    python benchmarks/broyden_eq2.py [--checkpoint models/mnist-essay] [--images 16] [--masking-fix]
+    python benchmarks/broyden_eq2.py [--checkpoint mnist-essay] [--images 16] [--masking-fix]
 
 For each setting it prints the state norm ‖z‖ (the noise start has ‖z0‖ ≈ 158), the absolute
 residual ‖f(z) − z‖ and the relative residual ‖f(z) − z‖/‖f(z)‖ of the iterate TorchDeq returns,

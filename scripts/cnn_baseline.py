@@ -1,7 +1,7 @@
 """Train the small-CNN baseline on full MNIST images and measure it on crops (zero-padded in place).
 
-    python scripts/cnn_baseline.py --epochs 3 --out docs/results/nca/cnn-baseline.json
-Also writes the weights to models/baselines/cnn-small.safetensors (+ .json).
+    python scripts/cnn_baseline.py --epochs 3 --out results/nca/cnn-baseline.json
+Also writes the weights to src/deqnca/_data/models/baselines/cnn-small.safetensors (+ .json).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="docs/results/nca/cnn-baseline.json")
-    ap.add_argument("--weights", default="models/baselines/cnn-small")
+    ap.add_argument("--out", default="results/nca/cnn-baseline.json")
+    ap.add_argument("--weights", default="src/deqnca/_data/models/baselines/cnn-small")
     ap.add_argument("--run", default="runs/cnn-baseline", help="the training run's folder")
     args = ap.parse_args()
     x, y = load_mnist(split="train")

@@ -11,7 +11,7 @@ For each: test accuracy, solver steps and residual, rollout stability from noise
 within 1e-3 of equilibrium after `--rollout-steps` plain steps, and the accuracy there), and
 per-digit accuracy on the panorama benchmark (local read-out).
 
-    python scripts/conditioning_readout.py --train-subset 9600 --out docs/results/nca/conditioning
+    python scripts/conditioning_readout.py --train-subset 9600 --out results/nca/conditioning
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def main():
     ap.add_argument("--canvases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="docs/results/nca/conditioning")
+    ap.add_argument("--out", default="results/nca/conditioning")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

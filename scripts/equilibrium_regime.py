@@ -1,6 +1,6 @@
 """Is the contractive rule's fixed point in tanh's nonlinear regime? (why the equilibrium model starts slowly)
 
-    python scripts/equilibrium_regime.py [--checkpoint models/mnist-equilibrium] [--images 200]
+    python scripts/equilibrium_regime.py [--checkpoint mnist-equilibrium] [--images 200]
 
 Prints, at initialisation and for a checkpoint: the raw operator norm σ of K2's state part, the mean
 |pre-activation| of tanh at the fixed point, the share of cells with |pre-activation| > 0.5, and the
@@ -34,7 +34,7 @@ def regime(model, x):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="models/mnist-equilibrium")
+    ap.add_argument("--checkpoint", default="mnist-equilibrium")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--input-scales", default="1", help="comma-separated rule_kw.input_init_scale values at init")

@@ -11,7 +11,7 @@ from deqnca.solvers import rollout
 
 torch.manual_seed(0)    # the power iteration's start vector
 for name in ("bptt", "equilibrium"):
-    rule = load_grow_checkpoint(f"models/grow/lizard-{name}")[0].rule
+    rule = load_grow_checkpoint(f"grow/lizard-{name}")[0].rule
     with torch.no_grad():
         z, _ = rollout(rule.stochastic_map(torch.Generator().manual_seed(0)), rule.seed(2, 72, 72), max_iter=96,
                        measure=False)

@@ -2,8 +2,8 @@
 visible fraction), accuracy and residual against rollout steps, and accuracy per solver at equal
 numbers of function evaluations.
 
-    python scripts/nca_measure.py --out docs/results/nca --limit 0          # 0 = full test set
-    python scripts/nca_measure.py --models models/mnist-essay --limit 2000 --max-steps 160
+    python scripts/nca_measure.py --out results/nca --limit 0          # 0 = full test set
+    python scripts/nca_measure.py --models mnist-essay --limit 2000 --max-steps 160
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from deqnca.cli import shipped_models
 from deqnca.data.idx import load_mnist
 from deqnca.engine.checkpoint import load_model
 from deqnca.reports import nca_view
 from deqnca.reports.panorama import panorama_accuracy
+from deqnca.resources import shipped_models
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--what", default="crops,steps,solvers,panorama")
     ap.add_argument("--canvases", type=int, default=200, help="panoramas per size")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="docs/results/nca")
+    ap.add_argument("--out", default="results/nca")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

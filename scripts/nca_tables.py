@@ -1,6 +1,6 @@
 """Markdown tables for docs/nca.md from the JSON written by nca_measure.py and cnn_baseline.py.
 
-    python scripts/nca_tables.py docs/results/nca docs/results/nca-padded
+    python scripts/nca_tables.py results/nca results/nca-padded
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def panorama_table(rows):
 
 def main():
     recs = []
-    for d in sys.argv[1:] or ["docs/results/nca"]:
+    for d in sys.argv[1:] or ["results/nca"]:
         for f in sorted(Path(d).glob("*.json")):
             recs.append((f, json.loads(f.read_text())))
     crops = []

@@ -19,7 +19,7 @@ def mnist_small():
 # The fast tier (`make test-fast`, under a minute on 2 cores) leaves out what trains, launches
 # subprocesses or drives a browser; `make test` runs everything.
 SLOW_FILES = {"test_faults.py", "test_distributed.py", "test_distributed_trainers.py", "test_web.py",
-              "test_benchmarks.py"}
+              "test_benchmarks.py", "test_install.py", "test_startup.py", "test_examples.py", "test_docs.py"}
 SLOW_TESTS = {
     "test_a_few_training_steps_reduce_the_loss",
     "test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine",

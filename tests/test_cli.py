@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from deqnca.cli import main
+from deqnca.resources import models_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-ESSAY = ROOT / "models" / "mnist-essay"
+ESSAY = models_dir() / "mnist-essay"
 
 
 def _commands(parser, prefix=()):
@@ -42,7 +43,7 @@ def test_eval_shipped_essay_model_json(capsys):
 
 
 def test_eval_shipped_equilibrium_model_reaches_its_fixed_point(capsys):
-    rc = main(["eval", str(ROOT / "models" / "mnist-equilibrium"), "--device", "cpu", "--limit", "300", "--json"])
+    rc = main(["eval", "mnist-equilibrium", "--device", "cpu", "--limit", "300", "--json"])
     assert rc == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["parameters"] == 15466 <= 16000
@@ -112,6 +113,16 @@ def test_train_amp_flag_reaches_the_run_config(tmp_path, capsys):
 def test_eval_under_bf16_autocast_keeps_the_shipped_accuracy(capsys):
     import json
 
-    rc = main(["eval", "models/mnist-essay", "--limit", "200", "--amp", "bf16", "--device", "cpu", "--json"])
+    rc = main(["eval", "mnist-essay", "--limit", "200", "--amp", "bf16", "--device", "cpu", "--json"])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and row["amp"] == "bf16" and row["accuracy"] >= 0.95, row
+
+
+def test_info_summarises_and_json_prints_the_record(capsys):
+    assert main(["info", "mnist-essay"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mnist-essay: MNIST classifier") and "15,402 parameters" in text
+    assert "rule residual_tanh" in text and "test_acc 0.9819" in text
+    assert main(["info", "grow/lizard-equilibrium", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["kind"] == "grow" and "optimizer" not in record

@@ -1,6 +1,5 @@
 """Growing NCA: the rule, targets, the two trainers, checkpoints and the CLI."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from deqnca.grow.objective import (
     spectral_radius,
     spectral_radius_estimate,
 )
+from deqnca.resources import models_dir
 from deqnca.rules.growing import GrowingConfig, GrowingNCARule, target_loss
 from deqnca.solvers import rollout
 from deqnca.tasks.grow import GrowConfig as GrowTrainConfig
@@ -169,7 +169,8 @@ def test_cli_train_resume_show_measure(tmp_path, capsys):
     assert meta["train_config"]["phantom_map"] == "stochastic" and meta["train_config"]["divergence_rel"] == 1e9
     assert main(["grow", "show", str(run / "last"), "--out", str(tmp_path / "show"), "--steps", "6",
                  "--device", "cpu"]) == 0
-    assert {p.name for p in (tmp_path / "show").iterdir()} == {"growth.gif", "regeneration.gif", "frames.png"}
+    assert {p.name for p in (tmp_path / "show").iterdir()} == {"growth.gif", "regeneration.gif", "frames.png",
+                                                              "frames.svg"}
     capsys.readouterr()
     assert main(["grow", "measure", str(run / "last"), "--out", str(tmp_path / "m"), "--samples", "2",
                  "--device", "cpu", "--json"]) == 0
@@ -185,7 +186,7 @@ def test_cli_train_resume_show_measure(tmp_path, capsys):
 def test_shipped_lizards_load_and_both_trainers_grow_the_lizard(tmp_path):
     from deqnca.grow.replay import replay
 
-    root = Path(__file__).resolve().parents[1] / "models" / "grow"
+    root = models_dir() / "grow"
     losses = {}
     for name in ("lizard-bptt", "lizard-equilibrium", "lizard-equilibrium-fixed-point"):
         model, meta = load_grow_checkpoint(root / name)

@@ -1,7 +1,6 @@
 """IDX loader: synthetic files for every failure mode, plus the vendored MNIST."""
 import gzip
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ from deqnca.data.idx import (
     load_split,
     read_idx,
 )
+from deqnca.resources import mnist_dir
 
-VENDORED = Path(__file__).resolve().parents[1] / "datasets" / "mnist"
+VENDORED = mnist_dir()
 needs_vendored = pytest.mark.skipif(
     not all((VENDORED / f"{s}.gz").is_file() for s in MNIST_MD5),
     reason=f"vendored MNIST files not present in {VENDORED}",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deqnca.data import mazes
+from deqnca.resources import models_dir
 
 
 @pytest.fixture
@@ -185,12 +186,11 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
 
 
 def test_shipped_dt_model_solves_9x9_mazes(cache):
-    from pathlib import Path
 
     from deqnca.engine.checkpoint import load_maze_model
     from deqnca.maze.evaluate import evaluate_size
 
-    model, meta = load_maze_model(Path(__file__).resolve().parents[1] / "models" / "maze" / "dt")
+    model, meta = load_maze_model(models_dir() / "maze" / "dt")
     assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta
     r = evaluate_size(model, mazes.load_set(9, 40, "test", cache=cache), max_iters=30, aa_count=4)
     assert r["accuracy"] >= 0.95                                  # docs/mazes.md: 100% of 1,000
@@ -354,11 +354,10 @@ def test_aa_score_is_exactly_one_for_a_path_independent_model():
 
 
 def test_evaluate_checkpoints_on_several_distributions(tmp_path, cache):
-    from pathlib import Path
 
     from deqnca.maze.evaluate import evaluate_checkpoints
 
-    ckpt = Path(__file__).resolve().parents[1] / "models" / "maze" / "dt"
+    ckpt = models_dir() / "maze" / "dt"
     res = evaluate_checkpoints([ckpt], [5], {5: 3}, {5: 3}, "cpu", tmp_path / "eval", aa_count=2, cache=cache,
                                log=lambda s: None, generators=("dfs", "prim"))
     r = res[str(ckpt)]

@@ -75,6 +75,7 @@ def test_figures_written(tmp_path, rollout):
         assert p.is_file() and p.stat().st_size > 0
         with Image.open(p) as im:
             assert im.format == "PNG"
+        assert p.with_suffix(".svg").read_text().lstrip().startswith("<?xml")      # the vector twin
 
 
 def test_gif_has_all_frames(tmp_path, rollout):
@@ -88,7 +89,7 @@ def test_gif_has_all_frames(tmp_path, rollout):
     with Image.open(p) as im:
         assert im.n_frames == states.shape[0]
         assert im.info.get("loop") == 0
-        assert im.size == (12 * 8 * 2 + 8, 12 * 8 + 4)
+        assert im.size == (12 * 8 * 2 + 8, 12 * 8 + 4 + 20)         # frames, progress bar, caption strip
 
 
 def test_report(tmp_path, rollout):
@@ -115,3 +116,25 @@ def test_report(tmp_path, rollout):
     with pytest.raises(ValueError):
         write_report(tmp_path / "other", "bad", [{"title": "x", "images": [("missing.png", "nope")]}])
     assert not (tmp_path / "other" / "index.html").exists()
+
+
+def test_label_maps_have_a_legend_and_markers_sit_on_top(tmp_path):
+    labels = np.arange(100).reshape(10, 10) % 10
+    image_grid([labels, labels], tmp_path / "maps.png", cmap="tab10", vmin=0, vmax=9,
+               legend=[str(d) for d in range(10)], points=[[(1, 2, "tab:green", "S")], None])
+    svg = (tmp_path / "maps.svg").read_text()
+    assert all(f">{d}<" in svg for d in range(10)) and ">S<" in svg     # the legend's digits, the marker label
+
+
+def test_every_gif_frame_is_captioned_with_step_and_residual(tmp_path, rollout):
+    from deqnca.viz.figures import relative_residuals, step_caption
+
+    states = rollout[0]
+    rel = relative_residuals(states)
+    assert rel[0] is None and abs(rel[1] - float((states[1] - states[0]).norm() / states[1].norm())) < 1e-6
+    assert step_caption(3, 0.01234) == "step 3   rel. residual 1.2e-02" and step_caption(0, None) == "step 0"
+    p = save_gif(states, Projection.fit(states), tmp_path / "roll.gif")
+    with Image.open(p) as im:
+        im.seek(5)
+        strip = np.asarray(im.convert("RGB"))[-20:]
+    assert (strip > 200).any() and (strip < 40).mean() > 0.5           # light text on a dark strip

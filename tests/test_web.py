@@ -15,9 +15,9 @@ import torch
 
 from deqnca.nca import rollout as nca_rollout
 from deqnca.web import browser
+from deqnca.web.cli import add_cli
 from deqnca.web.export import (
     _load_models,
-    add_cli,
     build_bundle,
     default_models_dir,
     mnist_spec,

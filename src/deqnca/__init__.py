@@ -8,7 +8,7 @@ The public API, importable from the package root (loaded on first use, so `impor
   `MnistTask`, `GrowTask`, `MazeTask` with their configs and the MNIST `PRESETS`;
 - checkpoints and evaluation: `load_model`, `save_checkpoint`, `read_checkpoint`, `evaluate`.
 
-Example:
+Examples:
     >>> import deqnca
     >>> model = deqnca.EquilibriumModel(deqnca.preset("equilibrium")["model"])
 """
@@ -31,13 +31,15 @@ _EXPORTS = {
     "ConfigError": "configs", "load_dataclass": "configs", "option": "configs",
     "evaluate": "evaluation", "residual_summary": "evaluation",
     "load_mnist": "data.idx",
-    "TASKS": "engine.trainer", "Task": "engine.trainer", "TrainConfig": "engine.trainer", "Batch": "engine.trainer",
+    "TASKS": "engine.trainer", "Task": "engine.trainer", "TrainConfig": "engine.options", "Batch": "engine.trainer",
     "fit": "engine.trainer",
     "CheckpointError": "engine.checkpoint", "load_model": "engine.checkpoint", "save_checkpoint": "engine.checkpoint",
     "read_checkpoint": "engine.checkpoint", "load_grow_checkpoint": "engine.checkpoint",
     "load_maze_model": "engine.checkpoint",
-    "MnistTask": "tasks.mnist", "MnistConfig": "tasks.mnist", "PRESETS": "tasks.mnist", "preset": "tasks.mnist",
-    "GrowTask": "tasks.grow", "GrowConfig": "tasks.grow", "MazeTask": "tasks.maze", "MazeConfig": "tasks.maze",
+    "MnistTask": "tasks.mnist", "MnistConfig": "tasks.mnist_config", "PRESETS": "tasks.mnist_config",
+    "preset": "tasks.mnist_config",
+    "GrowTask": "tasks.grow", "GrowConfig": "tasks.grow_config", "MazeTask": "tasks.maze",
+    "MazeConfig": "tasks.maze_config",
 }
 _REGISTERS = {"register_rule": ("rules", "RULES"), "register_conditioning": ("conditioning", "CONDITIONINGS"),
               "register_gradient": ("gradients", "GRADIENTS"), "register_readout": ("readout", "READOUTS"),
@@ -49,10 +51,12 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
         if _EXPORTS[name] == "engine.trainer":
-            importlib.import_module(".tasks", __name__)        # the built-in tasks register themselves
+            importlib.import_module(".tasks", __name__).load_builtin_tasks()   # they register themselves
         value = getattr(module, name)
     elif name in _REGISTERS:
         module_name, registry = _REGISTERS[name]
+        if module_name == "engine.trainer":
+            importlib.import_module(".tasks", __name__).load_builtin_tasks()
         value = getattr(importlib.import_module(f".{module_name}", __name__), registry).register
     else:
         raise AttributeError(f"module 'deqnca' has no attribute {name!r}")

@@ -11,7 +11,7 @@ def amp_context(amp: str, device):
     bfloat16 while the state, its additions and the loss stay float32 (a rollout then does not
     accumulate bfloat16 rounding); "off": float32.
 
-    Example:
+    Examples:
         >>> with amp_context("off", "cpu"):
         ...     pass
     """

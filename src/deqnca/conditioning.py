@@ -68,7 +68,7 @@ for _cls in (Injection, ReadOnlyChannels, Additive):
 def make_conditioning(name: str):
     """The conditioning registered as `name` (``CONDITIONINGS.names()``), instantiated.
 
-    Example:
+    Examples:
         >>> make_conditioning("injection").name
         'injection'
     """

@@ -32,7 +32,7 @@ def option(default: Any, help: str = "", *, choices: tuple | None = None, flag: 
             and `check_ranges`; a field redefined in a subclass keeps the range of the base class's
             field unless it gives its own. Float fields never take NaN or infinity.
 
-    Example:
+    Examples:
         >>> @dataclasses.dataclass
         ... class C:
         ...     lr: float = option(0.1, "learning rate")
@@ -169,7 +169,7 @@ def load_dataclass(cls, data: dict | None, what: str = "config"):
     Returns:
         The instance.
 
-    Example:
+    Examples:
         >>> @dataclasses.dataclass
         ... class C:
         ...     lr: float = 0.1

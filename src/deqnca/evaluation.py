@@ -32,7 +32,7 @@ def evaluate(model, x, y, batch_size: int = 500, seed: int = 0, channels_last: s
     Returns:
         {"accuracy", "n", "rel_residual" (N,), "nstep_mean", "fallback"}.
 
-    Example:
+    Examples:
         >>> from deqnca import EquilibriumModel
         >>> r = evaluate(EquilibriumModel({"solver": "rollout", "solver_kw": {"max_iter": 2}, "gradient": "bptt"}),
         ...              torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
@@ -59,7 +59,7 @@ def evaluate(model, x, y, batch_size: int = 500, seed: int = 0, channels_last: s
 def residual_summary(rel: torch.Tensor) -> dict:
     """Quantiles of per-sample relative residuals, and the share at or below 1e-3.
 
-    Example:
+    Examples:
         >>> residual_summary(torch.tensor([1e-4, 1e-2]))["frac_below_1e-3"]
         0.5
     """

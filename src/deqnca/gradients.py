@@ -25,7 +25,7 @@ GRADIENTS = Registry("gradient", "a class whose instances are called as strategy
 class BPTT:
     """Backpropagation through time: differentiate the unrolled rollout (solver "rollout" only).
 
-    Example:
+    Examples:
         >>> z, stats = BPTT()(lambda z: 0.5 * z, rollout, torch.ones(1, 1, 2, 2), max_iter=3)
     """
 
@@ -101,7 +101,7 @@ for _cls in (BPTT, Implicit, Phantom):
 def make_gradient(name: str, **kw):
     """The gradient strategy registered as `name` (``GRADIENTS.names()``), built with options `kw`.
 
-    Example:
+    Examples:
         >>> make_gradient("phantom", k=4).k
         4
     """

@@ -26,7 +26,7 @@ MAX_WIDTH = 4096                # channels and hidden units (the checkpoint load
 class ModelConfig:
     """What an `EquilibriumModel` is made of: every part by its registered name, plus sizes.
 
-    Example:
+    Examples:
         >>> ModelConfig.from_dict({"rule": "contractive_tanh", "solver": "fixed_point"}).state_channels
         32
     """
@@ -66,7 +66,7 @@ class EquilibriumModel(nn.Module):
     Args:
         config: a `ModelConfig` or its dict form (every part named by its registry).
 
-    Example:
+    Examples:
         >>> model = EquilibriumModel({"rule": "contractive_tanh", "solver": "fixed_point",
         ...                           "solver_kw": {"max_iter": 50, "tol": 1e-4}, "gradient": "implicit"})
         >>> model(torch.rand(2, 1, 28, 28)).shape
@@ -231,7 +231,7 @@ def _memory_format(t):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters of `model`.
 
-    Example:
+    Examples:
         >>> count_parameters(torch.nn.Linear(3, 2))
         8
     """

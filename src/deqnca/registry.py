@@ -23,7 +23,7 @@ class Registry:
         concept: what the entries are, used in error messages ("rule", "solver", ...).
         protocol: a one-line description of what an entry must provide, shown in errors and docs.
 
-    Example:
+    Examples:
         >>> SHAPES = Registry("shape", "a callable returning an area")
         >>> _ = SHAPES.register("unit", lambda: 1.0)
         >>> SHAPES.build("unit")

@@ -267,7 +267,7 @@ def register_solver(name: str, fn: Callable) -> Callable:
     Returns:
         `fn`.
 
-    Example:
+    Examples:
         >>> register_solver("picard_twice", lambda f, z0, max_iter, tol=0.0, **kw: rollout(f, z0, 2 * max_iter))
         ... # doctest: +ELLIPSIS
         <function ...>
@@ -278,7 +278,7 @@ def register_solver(name: str, fn: Callable) -> Callable:
 def get_solver(name: str) -> Callable:
     """The solver function registered as `name` (``SOLVERS.names()``).
 
-    Example:
+    Examples:
         >>> get_solver("rollout") is rollout
         True
     """

@@ -49,7 +49,7 @@ def os_error_line(e: OSError) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`."""
-    from ..web.export import add_cli as add_web_cli
+    from ..web.cli import add_cli as add_web_cli
     from . import grow, maze, mnist
 
     parser = Parser(prog="deqnca", description=__doc__.splitlines()[0])

@@ -24,7 +24,8 @@ from .common import setup_device as _setup_device
 def cmd_train(args) -> int:
     from ..data.targets import load_target
     from ..engine.trainer import fit
-    from ..tasks.grow import RECIPES, GrowConfig, GrowTask
+    from ..tasks.grow import GrowTask
+    from ..tasks.grow_config import RECIPES, GrowConfig
 
     if args.recipe != "equilibrium" and args.trainer != "implicit":
         raise ConfigError(f"--recipe {args.recipe} sets the equilibrium trainer's options: "
@@ -111,7 +112,7 @@ def add_cli(sub) -> None:
 
     p = gsub.add_parser("train", help="train a growing NCA on a target image",
                         description="Train a growing NCA; every option of the task is a flag or a --set key.")
-    from ..tasks.grow import RECIPES, GrowConfig
+    from ..tasks.grow_config import RECIPES, GrowConfig
 
     p.add_argument("--recipe", choices=sorted(RECIPES), default="equilibrium",
                    help="the equilibrium trainer's settings: 'equilibrium' (default) or 'window' (the windowed "

@@ -9,9 +9,7 @@ from pathlib import Path
 
 from ..configs import ConfigError, number_type
 from ..data import mazes
-from ..maze.evaluate import DEFAULT_LIMITS, default_max_iters, evaluate_checkpoints, parse_size_map
-from ..maze.model import PRESETS, MazeNetConfig
-from ..maze.pictures import show
+from ..maze.config import DEFAULT_LIMITS, PRESETS, MazeNetConfig
 from .common import (
     MAX_STEPS,
     add_run_flags,
@@ -59,7 +57,8 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     from ..engine.trainer import fit
-    from ..tasks.maze import MazeConfig, MazeTask
+    from ..tasks.maze import MazeTask
+    from ..tasks.maze_config import MazeConfig
 
     device = setup_device(args.device)
     base_model = {**PRESETS[args.preset], "width": args.width}
@@ -77,6 +76,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from ..maze.evaluate import default_max_iters, evaluate_checkpoints, parse_size_map
+
     device = setup_device(args.device)
     for s in args.sizes:
         mazes.check_size(s)
@@ -110,6 +111,8 @@ def cmd_show(args) -> int:
     if args.index >= mazes.DEFAULT_COUNTS["test"]:
         raise ConfigError(f"--index {args.index}: the test sets hold mazes 0..{mazes.DEFAULT_COUNTS['test'] - 1}")
     writable_folder(args.out)
+    from ..maze.pictures import show
+
     files = show(args.checkpoint, args.size, args.out, args.index, args.max_iters, device=setup_device(args.device),
                  cache=args.cache, log=lambda s: print(s, file=sys.stderr), generator=args.generator)
     for f in files:
@@ -145,7 +148,7 @@ def add_cli(sub) -> None:
 
     p = msub.add_parser("train", help="train a maze solver on small mazes",
                         description="Train a maze solver; every training option is a flag, every option a --set key.")
-    from ..tasks.maze import MazeConfig
+    from ..tasks.maze_config import MazeConfig
 
     p.add_argument("--cache", default=None, help="maze cache folder (default ~/.cache/deqnca/mazes "
                    "or $DEQNCA_MAZE_CACHE)")

@@ -33,7 +33,8 @@ def _load_data(args, splits=("train", "test")):
 def cmd_train(args) -> int:
     from ..engine.trainer import fit
     from ..model import ModelConfig
-    from ..tasks.mnist import PRESETS, MnistConfig, MnistTask, preset
+    from ..tasks.mnist import MnistTask
+    from ..tasks.mnist_config import PRESETS, MnistConfig, preset
 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -126,7 +127,7 @@ def cmd_eval(args) -> int:
     solver_kw = {k: v for k, v in {"max_iter": args.max_iter, "tol": args.tol}.items() if v is not None}
     if args.solver:
         solver_kw["solver"] = args.solver
-    paths = args.checkpoint or shipped_models()
+    paths = args.checkpoint or shipped_models(getattr(args, "models_dir", None))
     args.eval_rows = []
     for path in paths:
         r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
@@ -138,10 +139,10 @@ def cmd_eval(args) -> int:
 
 def cmd_info(args) -> int:
     from ..engine.checkpoint import read_checkpoint
+    from ..engine.summary import describe_checkpoint, record_json
 
-    _, meta = read_checkpoint(args.checkpoint)
-    meta.pop("optimizer", None)
-    print(json.dumps(meta, indent=1))
+    _, meta = read_checkpoint(args.checkpoint, tensors=False)
+    print(record_json(meta) if args.json else describe_checkpoint(meta, str(args.checkpoint)))
     return 0
 
 
@@ -191,7 +192,7 @@ def cmd_rollout(args) -> int:
 
     device = setup_device(args.device)
     out = writable_folder(args.out)
-    path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay")
+    path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay", args.models_dir)
     model, _ = load_model(path, device)
     x, y = load_mnist(args.data_dir, split="test", verify_md5=False if args.no_verify else None)
     if not 0 <= args.index < len(x):
@@ -229,7 +230,7 @@ def cmd_demo(args) -> int:
         return rc
     from ..web.export import write_site
 
-    page = write_site(Path(args.out) / "web")
+    page = write_site(Path(args.out) / "web", args.models_dir)
     print(f"live page: {page}")
     args.live_page = "web/index.html"
     return report.main(args)
@@ -237,17 +238,17 @@ def cmd_demo(args) -> int:
 
 def add_cli(sub) -> None:
     """`deqnca train | eval | info | export | rollout | demo`."""
-    from ..solvers import SOLVERS
-
     def common(p):
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
         p.add_argument("--seed", type=seed_int, default=0, help="random seed of the initial states' noise")
         data_flags(p)
+        p.add_argument("--models-dir", default=None, metavar="DIR",
+                       help="folder of the shipped models (default: the ones installed with deqnca)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     p = sub.add_parser("train", help="train an MNIST model from a preset",
                        description="Train an MNIST model from a preset; every option is a flag or a --set key.")
-    from ..tasks.mnist import PRESETS, MnistConfig
+    from ..tasks.mnist_config import PRESETS, MnistConfig
 
     p.add_argument("--preset", default="essay", choices=sorted(PRESETS),
                    help="essay or equilibrium; the others are variants measured in docs/mnist.md (default essay)")
@@ -258,8 +259,10 @@ def add_cli(sub) -> None:
     p = sub.add_parser("eval", help="evaluate checkpoints on the test set",
                        description="Evaluate checkpoints (default: both shipped models) on the MNIST test set.")
     common(p)
-    p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix (default: shipped models)")
-    p.add_argument("--solver", choices=SOLVERS.names(), help="a registered solver")
+    p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix, or shipped model names "
+                   "(default: mnist-essay and mnist-equilibrium)")
+    p.add_argument("--solver", type=registered_solver, metavar="NAME",
+                   help="a registered solver: rollout, fixed_point, anderson, broyden or one a --plugin registers")
     p.add_argument("--max-iter", type=steps_int, help=f"solver iterations (1..{MAX_STEPS:,}; default: the model's)")
     p.add_argument("--tol", type=nonneg_float, help="solver tolerance (default: the model's)")
     p.add_argument("--limit", type=nonneg_int, default=0, help="only the first N test images (default 0: all)")
@@ -270,8 +273,9 @@ def add_cli(sub) -> None:
                         "bf16 only where this CPU runs it faster and the model is a fixed-length rollout")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("info", help="print a checkpoint's config and metrics")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("info", help="summarise a checkpoint: kind, parameters, config, metrics (--json: all of it)")
+    p.add_argument("checkpoint", help="a checkpoint path, or a shipped model name such as mnist-essay")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("export", help="turn a run checkpoint (MNIST, grow or maze) into a shippable model "
@@ -287,7 +291,7 @@ def add_cli(sub) -> None:
     p = sub.add_parser("rollout", help="replay a model's rule on one test image: frames, GIF, curves",
                        description="Figure 1: the rule iterated from noise as a cellular automaton.")
     common(p)
-    p.add_argument("checkpoint", nargs="?", help="checkpoint (default: models/mnist-essay)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint or shipped model name (default: mnist-essay)")
     p.add_argument("--index", type=nonneg_int, default=7, help="test image index (0..9999)")
     p.add_argument("--steps", type=steps_int, default=64,
                    help=f"steps to iterate (1..{MAX_STEPS:,}; the GIF keeps at most 200 evenly spaced frames)")
@@ -307,7 +311,19 @@ def add_cli(sub) -> None:
 DEMO_SAMPLE = 2000      # the main job's evaluation sample: its minutes fit any 2-core CPU (docs/speed.md)
 
 
+def registered_solver(name: str) -> str:
+    """`--solver NAME`, checked against the solver registry when given (so that --help needs no torch)."""
+    import argparse
+
+    from ..solvers import SOLVERS
+
+    if name not in SOLVERS.names():
+        raise argparse.ArgumentTypeError(f"{name!r} is not a registered solver; choose one of "
+                                         f"{', '.join(SOLVERS.names())}")
+    return name
+
+
 def data_flags(p):
     p.add_argument("--data-dir", default=None,
-                   help="folder with the four MNIST-layout IDX files (default: the vendored datasets/mnist)")
+                   help="folder with the four MNIST-layout IDX files (default: the MNIST files installed with deqnca)")
     p.add_argument("--no-verify", action="store_true", help="skip the MNIST MD5 check (for Fashion-MNIST, KMNIST, ...)")

@@ -1,6 +1,6 @@
 """MNIST-layout IDX file loading without torchvision.
 
-The repository vendors the four official MNIST files under ``datasets/mnist``,
+deqnca ships the four official MNIST files as package data (``deqnca/_data/mnist``),
 so training never needs the network. ``download_mnist`` exists only as an
 explicit opt-in for setups that lack the vendored copy.
 
@@ -22,6 +22,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ..resources import mnist_dir
 
 __all__ = [
     "DataError", "read_idx", "find_file", "load_split", "load_mnist",
@@ -184,14 +186,11 @@ def find_file(data_dir, stem: str) -> Path:
 
 
 def default_data_dir() -> Path:
-    """``$DEQNCA_DATA`` if set, else the ``datasets/mnist`` folder vendored in the repo."""
+    """``$DEQNCA_DATA`` if set, else the MNIST files installed with deqnca (``deqnca.resources.mnist_dir``)."""
     env = os.environ.get("DEQNCA_DATA")
     if env:
         return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "datasets" / "mnist").is_dir():
-            return parent / "datasets" / "mnist"
-    raise DataError("no datasets/mnist folder found above the deqnca package; pass --data-dir or set DEQNCA_DATA")
+    return mnist_dir()
 
 
 def load_split(data_dir, split: str = "train", verify_md5: bool | None = None):

@@ -1,6 +1,6 @@
 """Target images for growing NCAs: premultiplied RGBA tensors (4, H, W) in 0..1.
 
-Two targets ship as PNGs in `datasets/targets/` so nothing needs a font at run time:
+Two targets ship as PNGs in `deqnca/_data/targets/` so nothing needs a font at run time:
   lizard.png  🦎 (U+1F98E) from Noto Color Emoji, 40×40 padded to 72×72 (`render_emoji`)
   small.png   a 16×16 drawn shape padded to 24×24, for tests and CPU runs (`draw_small_target`)
 `python -m deqnca.data.targets` rewrites both (the lizard only where the font is installed:
@@ -13,17 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..resources import targets_dir
+
 NAMED_TARGETS = ("lizard", "small")
 NOTO_EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 LIZARD = "\U0001F98E"
-
-
-def targets_dir() -> Path:
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "datasets" / "targets").is_dir():
-            return parent / "datasets" / "targets"
-    raise FileNotFoundError("no datasets/targets folder found above the deqnca package; "
-                            "pass --target PATH.png")
 
 
 def premultiply(rgba_uint8: np.ndarray) -> torch.Tensor:

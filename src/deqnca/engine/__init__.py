@@ -1,14 +1,29 @@
 """The engine: the one trainer (`fit`), its `Task` protocol and `TrainConfig`, checkpoints, torchrun/DDP,
-devices, and the task registry. It imports only the core (rules, solvers, model, data)."""
-from .checkpoint import (
-           CheckpointError,
-           load_grow_checkpoint,
-           load_maze_model,
-           load_model,
-           read_checkpoint,
-           save_checkpoint,
-)
-from .trainer import TASKS, Batch, Task, TrainConfig, fit, lr_at, make_optimizer
+devices, and the task registry. It imports only the core (rules, solvers, model, data).
 
-__all__ = ["TASKS", "Batch", "CheckpointError", "Task", "TrainConfig", "fit", "load_grow_checkpoint",
-           "load_maze_model", "load_model", "lr_at", "make_optimizer", "read_checkpoint", "save_checkpoint"]
+Names are loaded on first use, so that `deqnca.engine.options` (the torch-free `TrainConfig`) can be
+imported without torch."""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "load_grow_checkpoint": "checkpoint", "load_maze_model": "checkpoint",
+    "load_model": "checkpoint", "read_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "TrainConfig": "options",
+    "TASKS": "trainer", "Batch": "trainer", "Task": "trainer", "fit": "trainer", "lr_at": "trainer",
+    "make_optimizer": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'deqnca.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(__all__) | set(globals()))

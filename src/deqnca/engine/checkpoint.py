@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..fileio import atomic_write, fault_point, fsync_dir
+from ..resources import resolve_checkpoint, shipped_names
 
 
 class CheckpointError(ValueError):
@@ -149,17 +150,19 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
     """(tensors, meta) of checkpoint `path` (with or without suffix).
 
     Args:
-        path: the checkpoint, e.g. ``models/mnist-essay`` or ``runs/x/last``.
+        path: the checkpoint, e.g. ``runs/x/last``, or a shipped model's name, e.g. ``mnist-essay``.
         verify: check the tensor file against the SHA-256 its JSON records.
         tensors: also read the tensors (False: only the JSON; tensors is then {}).
 
     Returns:
         (tensors by name, the JSON record).
     """
-    base = checkpoint_base(path)
+    base = resolve_checkpoint(path)              # a path, or the name of a shipped model
     js = _sibling(base, ".json")
     if not js.exists():
-        raise CheckpointError(f"{js}: missing; a checkpoint is a .json file naming its .safetensors file")
+        names = shipped_names()
+        raise CheckpointError(f"{js}: missing; a checkpoint is a .json file naming its .safetensors file"
+                              + (f" (or a shipped model: {', '.join(names)})" if names else ""))
     try:
         meta = json.loads(js.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -197,8 +200,7 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
     return tensors, meta
 
 
-MAX_ITERATIONS = 100_000         # a checkpoint asking for more solver steps is refused, not run for hours
-MAX_SIZE = 4096                  # channels, widths, hidden units: far above any model here
+from .options import MAX_ITERATIONS, MAX_SIZE  # noqa: E402  (the same caps as the configs')
 
 
 def check_config(config: dict, path) -> None:
@@ -267,8 +269,8 @@ def load_model(path, device="cpu"):
     """(model, meta): an `EquilibriumModel` from a checkpoint. Only tensors and JSON are read, nothing
     is unpickled, and the weights are checked against the config before use.
 
-    Example:
-        >>> model, meta = load_model("models/mnist-essay")  # doctest: +SKIP
+    Examples:
+        >>> model, meta = load_model("mnist-essay")  # doctest: +SKIP
     """
     from ..model import EquilibriumModel
 

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..amp import amp_context
-from ..configs import ConfigError, check_ranges, load_dataclass, option
+from ..configs import ConfigError, load_dataclass
 from ..fileio import fault_point
 from ..registry import Registry
 from . import distributed
@@ -46,55 +46,12 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .options import AMP_MODES, MAX_COUNT, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401  (re-exported)
 
-AMP_MODES = ("off", "bf16", "auto")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
 # options that may change when a run is resumed: how long it trains; everything else is the run itself
 RESUMABLE = ("epochs", "steps", "time_budget", "checkpoint_every", "max_bad_steps", "cuda_graph")
 RUN_FILES = ("last.json", "metrics.jsonl", "config.json")
-MAX_COUNT = 10**9                # epochs, steps, batch sizes, sample counts: far above any run
 TASKS = Registry("task", "a Task subclass (deqnca.engine.Task) with its Config dataclass")
-
-
-@dataclass
-class TrainConfig:
-    """The engine's options, shared by every task (a task's config subclasses it and adds its own).
-
-    Example:
-        >>> TrainConfig(epochs=2, lr=0.01).schedule
-        'constant'
-    """
-    epochs: int = option(10, "passes over the training set (or over `steps` steps)", min=1, max=MAX_COUNT)
-    batch_size: int = option(64, "samples per optimiser step (split across torchrun processes)", min=1, max=MAX_COUNT)
-    optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
-    lr: float = option(0.005, "learning rate", min=0)
-    momentum: float = option(0.9, "SGD momentum", min=0, max=1)
-    weight_decay: float = option(0.0, "weight decay (AdamW: decoupled)", min=0)
-    schedule: str = option("constant", "learning-rate schedule: constant, cosine (over the run), or step "
-                           "(times lr_decay from step lr_decay_at)", choices=SCHEDULES)
-    warmup_steps: int = option(0, "linear learning-rate warm-up steps", min=0)
-    lr_decay_at: int = option(0, "schedule 'step': the step where the rate drops", min=0)
-    lr_decay: float = option(0.1, "schedule 'step': the factor it drops by", min=0)
-    grad_clip: float = option(0.0, "max gradient norm; 0 = off", min=0)
-    seed: int = option(0, "random seed (initialisation, batch order, every random draw of a step)", min=0,
-                       max=2**63 - 1)
-    time_budget: float = option(0.0, "seconds of training before a clean stop; 0 = none", min=0)
-    max_bad_steps: int = option(50, "consecutive non-finite steps before giving up", min=1)
-    amp: str = option("off", "bf16: forward pass under bfloat16 autocast (state and loss stay float32); auto: "
-                      "bf16 only where this CPU runs it faster (deqnca.hardware)", choices=AMP_MODES)
-    checkpoint_every: int = option(0, "steps between mid-epoch checkpoints; 0 = end of epoch only", min=0)
-    log_every: int = option(0, "steps between progress records in metrics.jsonl; 0 = per epoch only", min=0)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        """The config from a dict; unknown keys and wrong types are one-line errors."""
-        return load_dataclass(cls, d, "train config")
-
-    def validate(self) -> None:
-        """One-line errors for values no run can use: every option against the range its field declares
-        (`option(min=, max=)`, the same check as the loader's and the flags'), a task's as well."""
-        check_ranges(self, "train config")
 
 
 @dataclass
@@ -242,7 +199,7 @@ class _DeferredInterrupt:
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser `cfg.optimizer` over `params`.
 
-    Example:
+    Examples:
         >>> opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), TrainConfig(optimizer="adam", lr=1e-3))
     """
     if cfg.optimizer == "sgd":
@@ -257,7 +214,7 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """The learning rate at optimiser step `step`, `progress` (0..1) through the run.
 
-    Example:
+    Examples:
         >>> lr_at(TrainConfig(lr=1.0, schedule="cosine"), 0, 0.5)
         0.5
     """
@@ -358,7 +315,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     Returns:
         {"out", "parameters", "history", "model", "counters", "global_step", "elapsed_s"}.
 
-    Example:
+    Examples:
         >>> from deqnca.tasks.mnist import MnistTask  # doctest: +SKIP
         >>> fit(MnistTask(MnistTask.Config(epochs=1), data), "runs/try")  # doctest: +SKIP
     """

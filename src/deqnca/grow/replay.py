@@ -27,18 +27,22 @@ def rgb_on_white(z: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def replay(rule, z0, steps: int, seed: int, keep_frames: bool = False, frames=None):
+def replay(rule, z0, steps: int, seed: int, keep_frames: bool = False, frames=None, residuals: bool = False):
     """Run the stochastic rule; returns the final state and, when asked, the frames on the CPU: every step's
-    (T+1 of them), or only those of the steps in `frames` (memory bounded however long the replay)."""
+    (T+1 of them), or only those of the steps in `frames` (memory bounded however long the replay). With
+    `residuals`, also each kept frame's relative residual ‖z_t − z_(t−1)‖ / ‖z_t‖ (None for step 0)."""
     gen = torch.Generator(device=z0.device).manual_seed(seed)
     f = rule.stochastic_map(gen)
     keep = set(range(steps + 1) if frames is None else (int(t) for t in frames)) if keep_frames else set()
     z, kept = z0, [z0.cpu()] if 0 in keep else []
+    rels = [None] if 0 in keep else []
     for t in range(1, steps + 1):
-        z = f(z)
+        prev, z = z, f(z)
         if t in keep:
             kept.append(z.cpu())
-    return z, (torch.stack(kept) if keep_frames else None)
+            rels.append(float((z - prev).norm() / z.norm().clamp_min(1e-12)))
+    frames_out = torch.stack(kept) if keep_frames else None
+    return (z, frames_out, rels) if residuals else (z, frames_out)
 
 
 MAX_GIF_FRAMES = 200
@@ -48,19 +52,36 @@ def _scale(img: np.ndarray, k: int) -> np.ndarray:
     return np.repeat(np.repeat(img, k, axis=-3), k, axis=-2)
 
 
-def write_gif(frames: np.ndarray, path: Path, fps: int = 20, scale: int = 4) -> Path:
+def write_gif(frames: np.ndarray, path: Path, fps: int = 20, scale: int = 4, captions=None) -> Path:
+    """Frames (T, H, W, 3) uint8 as a looping GIF, upscaled by `scale`, each with its caption below."""
     import imageio.v3 as iio
 
+    from ..viz.figures import caption_frames
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, _scale(frames, scale), extension=".gif", plugin="pillow",
-                duration=int(round(1000 / fps)), loop=0)
+    frames = _scale(frames, scale)
+    if captions is not None:
+        frames = caption_frames(frames, captions)
+    iio.imwrite(path, frames, extension=".gif", plugin="pillow", duration=int(round(1000 / fps)), loop=0)
     return path
+
+
+def pattern_box(target: torch.Tensor, frames: torch.Tensor, margin: int = 3) -> tuple[slice, slice]:
+    """(rows, cols) of the box around the target's visible cells and the frames' live ones, plus `margin`."""
+    alive = (target[3] > 0.1) | (frames[:, 3] > 0.1).any(0)
+    rows, cols = alive.any(1).nonzero().flatten(), alive.any(0).nonzero().flatten()
+    if len(rows) == 0:
+        return slice(None), slice(None)
+    H, W = alive.shape
+    return (slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, H)),
+            slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, W)))
 
 
 @torch.no_grad()
 def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[Path]:
-    """Growth GIF from one seed, regeneration GIF (grow, erase a disc, regrow), a PNG frame strip."""
-    from ..viz.figures import default_steps, image_grid
+    """Growth GIF from one seed, regeneration GIF (grow, erase a disc, regrow), a PNG frame strip, all
+    cropped to the pattern; every GIF frame shows its step and the relative residual of that step."""
+    from ..viz.figures import image_grid, step_caption
 
     rule, target = model.rule, model.target
     H, W = target.shape[1:]
@@ -68,21 +89,32 @@ def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[P
     z0 = rule.seed(1, H, W, device=device)
     # the GIFs keep at most MAX_GIF_FRAMES evenly spaced frames, the strip its own few: memory does not grow
     # with the steps
-    gif_steps, picks = even_frames(steps, MAX_GIF_FRAMES), default_steps(steps, 7)
-    kept = sorted(set(gif_steps) | set(picks))
+    # the strip denser late than early: the first steps of growth differ little and show almost nothing
+    gif_steps = even_frames(steps, MAX_GIF_FRAMES)
+    picks = sorted({int(round(steps * (k / 6) ** 1.5)) for k in range(7)})
+    kept = sorted(set(gif_steps) | set(picks) | {steps})
     at = {t: i for i, t in enumerate(kept)}
-    z_grown, growth = replay(rule, z0, steps, seed, keep_frames=True, frames=kept)
+    z_grown, growth, grow_rel = replay(rule, z0, steps, seed, keep_frames=True, frames=kept, residuals=True)
     damage = disc_masks(1, H, W, torch.Generator(device=device).manual_seed(seed + 1), device)
-    _, regrowth = replay(rule, z_grown * damage, steps, seed + 2, keep_frames=True, frames=gif_steps)
-    growth_rgb, regrowth_rgb = rgb_on_white(growth[:, 0]), rgb_on_white(regrowth[:, 0])
+    _, regrowth, regrow_rel = replay(rule, z_grown * damage, steps, seed + 2, keep_frames=True, frames=gif_steps,
+                                     residuals=True)
+    rows, cols = pattern_box(target.cpu(), torch.cat([growth[:, 0], regrowth[:, 0]]))
+    growth_rgb = rgb_on_white(growth[:, 0])[:, rows, cols]
+    regrowth_rgb = rgb_on_white(regrowth[:, 0])[:, rows, cols]
     gif_rgb = growth_rgb[[at[t] for t in gif_steps]]
     out.mkdir(parents=True, exist_ok=True)
-    files = [write_gif(gif_rgb, out / "growth.gif"),
-             write_gif(np.concatenate([gif_rgb[-1:].repeat(10, 0), regrowth_rgb]), out / "regeneration.gif")]
+    scale = max(4, -(-280 // growth_rgb.shape[2]))          # wide enough for the caption
+    grown_caption = f"grown: {step_caption(steps, grow_rel[at[steps]])}"
+    files = [write_gif(gif_rgb, out / "growth.gif", scale=scale,
+                       captions=[step_caption(t, grow_rel[at[t]]) for t in gif_steps]),
+             write_gif(np.concatenate([gif_rgb[-1:].repeat(10, 0), regrowth_rgb]), out / "regeneration.gif",
+                       scale=scale, captions=[grown_caption] * 10 + [
+                           "damaged" if t == 0 else f"regrowing {step_caption(t, r)}"
+                           for t, r in zip(gif_steps, regrow_rel)])]
     losses = [target_loss(growth[at[t]].to(device), target[None]).item() for t in picks]
-    panels = [growth_rgb[at[t]] for t in picks] + [rgb_on_white(target[None])[0]]
+    panels = [growth_rgb[at[t]] for t in picks] + [rgb_on_white(target[None])[0][rows, cols]]
     titles = [f"t={t}\nL2 {loss:.4f}" for t, loss in zip(picks, losses)] + ["target"]
-    files.append(image_grid(panels, out / "frames.png", titles=titles, ncols=len(panels)))
+    files.append(image_grid(panels, out / "frames.png", titles=titles, ncols=len(panels), scale=1.6))
     return files
 
 

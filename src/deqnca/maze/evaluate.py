@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from ..data import mazes
 from ..engine.checkpoint import load_maze_model
 from ..solvers import get_solver, residuals, rollout
+from .config import DEFAULT_LIMITS  # noqa: F401  (re-exported)
 from .model import predict, solve_for_eval
-
-DEFAULT_LIMITS = {9: 1000, 13: 1000, 19: 1000, 33: 500, 59: 200, 101: 50, 201: 20}
 
 
 def iteration_marks(max_iters: int) -> list[int]:

@@ -3,9 +3,7 @@ solved to its fixed point), both a `RecallRule` bound to the maze by input injec
 gradient strategy and the per-pixel `ConvHead` read-out."""
 from __future__ import annotations
 
-import copy
 import random
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,40 +15,7 @@ from ..gradients import make_gradient
 from ..readout import ConvHead
 from ..rules import make_rule
 from ..solvers import get_solver, residuals, rollout
-
-
-@dataclass
-class MazeNetConfig:
-    model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall) or "deq"
-    width: int = 32
-    blocks: int = 2
-    init: str = "projection"          # initial state: "projection" (DT), "zeros" / "mixed" (DEQ)
-    solver: str = "rollout"
-    gradient: str = "bptt"
-    gradient_kw: dict = field(default_factory=dict)
-    train_iters: int = 30             # DT: max iterations; DEQ: centre of the random iteration budget
-    tol: float = 1e-3                 # DEQ: relative residual at which a maze counts as converged
-    bound: float = 10.0               # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MazeNetConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown maze model config keys {sorted(unknown)}")
-        return cls(**copy.deepcopy(d))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PRESETS = {
-    "dt": dict(model="dt", init="projection", solver="rollout", gradient="bptt"),
-    # phantom gradient: 10 unrolled steps from the (detached) equilibrium (5x5 mazes, 630 steps,
-    # 3 seeds: 55-95% solved vs 8-71% with 5); implicit works too (--set gradient=implicit) but its
-    # backward fixed point needs the forward one converged
-    "deq": dict(model="deq", init="mixed", solver="fixed_point", gradient="phantom",
-                gradient_kw={"k": 10, "tau": 1.0}),
-}
+from .config import PRESETS, MazeNetConfig  # noqa: F401  (re-exported)
 
 
 class MazeSolverNet(nn.Module):

@@ -1,22 +1,50 @@
-"""A solved (or not) maze as a figure and the rollout as a GIF."""
+"""A solved (or not) maze as a figure and the rollout as a GIF: the predicted path in blue, the start
+(green, S) and the goal (red, G) drawn on top of it, every GIF frame with its step and relative residual."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data import mazes
 from ..engine.checkpoint import load_maze_model
-from ..solvers import rollout
+from ..solvers import residuals, rollout
 from .evaluate import default_max_iters
 from .model import predict
 
+START, GOAL = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)          # their colours in the image (data/mazes.py)
+
+
+def _is(x, colour):
+    return (x.permute(1, 2, 0) == torch.tensor(colour)).all(-1)
+
 
 def _overlay(x, pred):
-    """RGB uint8 (H, W, 3): the maze, predicted path pixels in blue."""
+    """RGB uint8 (H, W, 3): the maze, predicted path pixels in blue, start and goal painted over them."""
     img = x.permute(1, 2, 0).clone()
     img[pred] = torch.tensor([0.15, 0.35, 1.0])
+    for colour in (START, GOAL):
+        img[_is(x, colour)] = torch.tensor(colour)
     return (img.clamp(0, 1) * 255).round().byte().numpy()
+
+
+def _centre(x, colour) -> tuple[float, float]:
+    rows, cols = _is(x, colour).nonzero(as_tuple=True)
+    return float(rows.float().mean()), float(cols.float().mean())
+
+
+def _mark_ends(frame, ends, scale: int):
+    """Rings around the start and the goal on an upscaled frame (drawn with Pillow)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(frame)
+    draw = ImageDraw.Draw(img)
+    radius = max(5, 2 * scale)
+    for (row, col), colour in zip(ends, ((0, 170, 0), (220, 0, 0))):
+        cy, cx = (row + 0.5) * scale, (col + 0.5) * scale
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), outline=colour, width=max(2, scale // 2))
+    return np.asarray(img)
 
 
 @torch.no_grad()
@@ -25,7 +53,7 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     """A solved maze (input | prediction | target) and a GIF of the path emerging step by step."""
     import imageio.v3 as iio
 
-    from ..viz.figures import image_grid
+    from ..viz.figures import caption_frames, image_grid, step_caption
 
     model, _ = load_maze_model(path, device)
     lay = mazes.load_set(size, index + 1, "test", cache=cache, log=log, generator=generator)[index:index + 1]
@@ -38,9 +66,12 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     for s in shots:
         z, _ = rollout(f, z, s - t, measure=False)
         t = s
-        pictures.append((s, predict(model.head(z), x)[0].cpu()))
+        rel = residuals(f(z), z)[1][0].item() if s > 0 else None
+        pictures.append((s, predict(model.head(z), x)[0].cpu(), rel))
     x0, y0 = x[0].cpu(), y[0].cpu().bool()
     pred = pictures[-1][1]
+    ends = [_centre(x0, START), _centre(x0, GOAL)]
+    marks = [(ends[0][0], ends[0][1], "tab:green", "S"), (ends[1][0], ends[1][1], "tab:red", "G")]
     solved = bool((pred == y0).all())
     out = Path(out)
     # depth-first figures keep their names; other distributions' are told apart by a suffix
@@ -49,9 +80,11 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     fig = image_grid([x0.permute(1, 2, 0).numpy(), _overlay(x0, pred), _overlay(x0, y0)],
                      out / f"{stem}.png", titles=["maze", f"{model.config.model} after {max_iters} it "
                                                   f"({'solved' if solved else 'wrong'})", "target path"],
-                     ncols=3, scale=max(2.5, mazes.image_side(size) / 60))
+                     ncols=3, scale=max(2.5, mazes.image_side(size) / 60), points=[marks, marks, marks])
     scale = max(1, 400 // mazes.image_side(size))
-    gif_frames = [_overlay(x0, p).repeat(scale, 0).repeat(scale, 1) for _, p in pictures]
+    gif_frames = caption_frames(
+        [_mark_ends(_overlay(x0, p).repeat(scale, 0).repeat(scale, 1), ends, scale) for _, p, _ in pictures],
+        [step_caption(s, rel) + ("   solved" if bool((p == y0).all()) else "") for s, p, rel in pictures])
     gif = out / f"{stem}.gif"
     iio.imwrite(gif, gif_frames, extension=".gif", plugin="pillow", duration=100, loop=0)
     log(f"{size}x{size} maze {index}: {'solved' if solved else 'NOT solved'} after {max_iters} iterations")

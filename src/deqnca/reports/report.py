@@ -84,7 +84,8 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
     pan_png = figures.image_grid(pan_maps[:1], out / "panorama-canvas.png", titles=pan_titles[:1], ncols=1,
                                  scale=3)
     map_png = figures.image_grid(pan_maps[1:], out / "panorama-labels.png", titles=pan_titles[1:],
-                                 ncols=len(pan_maps) - 1, scale=3, cmap="tab10", vmin=0, vmax=9)
+                                 ncols=len(pan_maps) - 1, scale=3, cmap="tab10", vmin=0, vmax=9,
+                                 legend=[str(d) for d in range(10)])
     steps = list(range(max_steps + 1))
     acc_png = figures.line_plot(steps, curve_series, out / "test-time-accuracy.png", xlabel="rollout steps",
                                 ylabel="accuracy", title=f"Accuracy after t steps from noise ({n_curve} images)")
@@ -131,7 +132,8 @@ def main(args) -> int:
     out = Path(args.out)
     quick = getattr(args, "quick", False)
     t0 = time.time()
-    path = build(shipped_models(), out, device=_device(args.device), data_dir=args.data_dir,
+    models = shipped_models(getattr(args, "models_dir", None))
+    path = build(models, out, device=_device(args.device), data_dir=args.data_dir,
                  n_crops=50 if quick else 200, n_curve=50 if quick else 200, max_steps=32 if quick else 160,
                  fig_steps=16 if quick else 64, eval_rows=getattr(args, "eval_rows", None),
                  live_page=getattr(args, "live_page", None),

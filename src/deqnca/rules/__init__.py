@@ -31,7 +31,7 @@ def make_rule(name: str, **kw):
     Returns:
         The rule module.
 
-    Example:
+    Examples:
         >>> rule = make_rule("residual_tanh", input_channels=4, state_channels=8)
     """
     cls = RULES.get(name)

@@ -1,8 +1,30 @@
 """Tasks: what is particular to each training problem, one file each, trained by the one engine.
-Importing this package registers the built-in tasks in `deqnca.engine.TASKS`."""
-from . import cnn, grow, maze, mnist  # noqa: F401  (registration)
-from .grow import GrowConfig, GrowTask
-from .maze import MazeConfig, MazeTask
-from .mnist import PRESETS, MnistConfig, MnistTask, preset
 
-__all__ = ["GrowConfig", "GrowTask", "MazeConfig", "MazeTask", "MnistConfig", "MnistTask", "PRESETS", "preset"]
+`load_builtin_tasks()` registers the built-in tasks in `deqnca.engine.TASKS` (the package root does it
+when a training name is first used). Each task's options and presets live in a torch-free
+`*_config.py` module beside it, so the command line builds its flags without importing torch; the
+names below are loaded on first use."""
+from __future__ import annotations
+
+import importlib
+
+BUILTIN_TASKS = ("cnn", "grow", "maze", "mnist")
+_EXPORTS = {"GrowConfig": "grow_config", "GrowTask": "grow", "MazeConfig": "maze_config", "MazeTask": "maze",
+            "MnistConfig": "mnist_config", "MnistTask": "mnist", "PRESETS": "mnist_config",
+            "preset": "mnist_config"}
+__all__ = ["GrowConfig", "GrowTask", "MazeConfig", "MazeTask", "MnistConfig", "MnistTask", "PRESETS", "preset",
+           "load_builtin_tasks"]
+
+
+def load_builtin_tasks() -> None:
+    """Import the built-in task modules, which register themselves in `deqnca.engine.TASKS`."""
+    for name in BUILTIN_TASKS:
+        importlib.import_module(f".{name}", __name__)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'deqnca.tasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

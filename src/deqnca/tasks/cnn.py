@@ -66,7 +66,7 @@ class CnnTask(Task):
 def train_cnn(x, y, out, epochs: int = 3, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, log=print, **fit_kw):
     """Train the baseline CNN on (x, y) through the engine; returns the trained model.
 
-    Example:
+    Examples:
         >>> model = train_cnn(x, y, "runs/cnn", epochs=1)  # doctest: +SKIP
     """
     from ..engine.trainer import fit

@@ -1,4 +1,7 @@
-"""Static figures and GIFs of rollouts. Headless (Agg); every function writes a file and returns its path."""
+"""Static figures and GIFs of rollouts. Headless (Agg); every function writes a file and returns its path.
+
+Every PNG figure gets an SVG twin beside it (same name, `.svg`) for slides and papers; every GIF frame
+carries its step and the relative residual ‖f(z) − z‖ / ‖f(z)‖ of the step that produced it."""
 
 from __future__ import annotations
 
@@ -29,11 +32,57 @@ def _prepare(path) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write `fig` to `path` (a PNG) and its vector twin `path.with_suffix(".svg")`; returns `path`."""
     try:
         fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        if path.suffix.lower() == ".png":
+            with matplotlib.rc_context({"svg.hashsalt": "deqnca", "svg.fonttype": "none"}):
+                fig.savefig(path.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
     finally:
         plt.close(fig)
     return path
+
+
+def relative_residuals(states) -> list[float | None]:
+    """‖s_t − s_(t−1)‖ / ‖s_t‖ for each frame of a rollout (None for the first): the relative residual
+    ‖f(z) − z‖ / ‖f(z)‖ of the step that produced frame t."""
+    s = _np(states).astype(np.float64).reshape(len(_np(states)), -1)
+    out: list[float | None] = [None]
+    for t in range(1, len(s)):
+        den = np.linalg.norm(s[t])
+        out.append(float(np.linalg.norm(s[t] - s[t - 1]) / den) if den > 0 else 0.0)
+    return out
+
+
+def step_caption(step: int, rel: float | None) -> str:
+    """`step 12   rel. residual 3.4e-02` (the residual left out where there is none)."""
+    return f"step {step}" + ("" if rel is None else f"   rel. residual {rel:.1e}")
+
+
+def _font(px: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:                       # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def caption_frames(frames, captions: Sequence[str], px: int = 12) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 with a dark strip below each holding its caption (drawn with Pillow)."""
+    from PIL import Image, ImageDraw
+
+    frames = np.asarray(frames)
+    if len(captions) != len(frames):
+        raise ValueError(f"{len(captions)} captions for {len(frames)} frames")
+    font = _font(px)
+    height = px + 8
+    out = []
+    for frame, text in zip(frames, captions):
+        strip = Image.new("RGB", (frame.shape[1], height), (24, 24, 24))
+        ImageDraw.Draw(strip).text((4, 3), text, fill=(235, 235, 235), font=font)
+        out.append(np.concatenate([frame, np.asarray(strip)], axis=0))
+    return np.stack(out)
 
 
 def _upscale(img: np.ndarray, scale: int) -> np.ndarray:
@@ -105,8 +154,9 @@ def _progress_bar(width: int, height: int, frac: float) -> np.ndarray:
 def save_gif(states, projection: Projection, path, fps: int = 8, scale: int = 8, image=None) -> Path:
     """Animated, looping GIF of every frame (T+1 of them), optional input image on the left.
 
-    A thin progress bar under each frame shows t/T; besides being informative it keeps consecutive
-    frames distinct, since GIF writers merge identical frames (as a converged rollout produces).
+    A thin progress bar under each frame shows t/T, and a caption its step and relative residual;
+    the bar also keeps consecutive frames distinct, since GIF writers merge identical frames (as a
+    converged rollout produces).
     """
     import imageio.v3 as iio
 
@@ -127,6 +177,7 @@ def save_gif(states, projection: Projection, path, fps: int = 8, scale: int = 8,
             img = np.concatenate([left, gap, img], axis=1)
         bar = _progress_bar(img.shape[1], max(3, scale // 2), t / T if T > 0 else 1.0)
         frames.append(np.concatenate([img, bar], axis=0))
+    frames = caption_frames(frames, [step_caption(t, r) for t, r in enumerate(relative_residuals(s))])
     # Pillow's GIF writer takes duration in milliseconds and loop=0 means forever.
     iio.imwrite(path, np.stack(frames), extension=".gif", plugin="pillow",
                 duration=int(round(1000 / fps)), loop=0)
@@ -195,11 +246,15 @@ def line_plot(xs, series: dict[str, Sequence[float]], path, xlabel: str, ylabel:
 
 
 def image_grid(images, path, titles: Sequence[str] | None = None, ncols: int = 8, scale: float = 1.2,
-               cmap: str = "gray", vmin: float | None = None, vmax: float | None = None) -> Path:
+               cmap: str = "gray", vmin: float | None = None, vmax: float | None = None,
+               legend: Sequence[str] | None = None, points: Sequence | None = None) -> Path:
     """Grid of small (H, W) or (H, W, 3) images; `scale` is inches per panel.
 
     2-D images use `cmap` (pass e.g. cmap="tab10", vmin=0, vmax=9 for label maps); floats in
     [0, 1] default to that range so greyscale crops keep their absolute brightness.
+    `legend`: names of the colour indices vmin, vmin+1, ... (e.g. the digits of a label map), drawn
+    as one legend below the grid. `points`: per panel, a list of (row, col, colour, label) markers
+    drawn on top (e.g. a maze's start and goal), or None.
     """
     path = _prepare(path)
     imgs = [np.squeeze(_np(im)) for im in images]
@@ -230,5 +285,21 @@ def image_grid(images, path, titles: Sequence[str] | None = None, ncols: int = 8
             raise ValueError(f"image {i} has shape {im.shape}; expected (H, W) or (H, W, 3)")
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
+        for row, col, colour, label in (points[i] or []) if points is not None else []:
+            ax.scatter([col], [row], s=60, c=[colour], edgecolors="white", linewidths=1.5, zorder=3)
+            ax.annotate(label, (col, row), xytext=(5, 5), textcoords="offset points", fontsize=8,
+                        color="white", fontweight="bold", zorder=4,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": colour, "ec": "none", "alpha": 0.9})
     fig.tight_layout()
+    if legend is not None:
+        from matplotlib.patches import Patch
+
+        colours = plt.get_cmap(cmap)
+        lo = 0 if vmin is None else vmin
+        hi = len(legend) - 1 + lo if vmax is None else vmax
+        handles = [Patch(facecolor=colours((value - lo) / max(hi - lo, 1)), label=str(name))
+                   for value, name in enumerate(legend, start=lo)]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.02), handlelength=1.2, columnspacing=1.0)
+        fig.subplots_adjust(bottom=0.12)
     return _save(fig, path)

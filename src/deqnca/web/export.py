@@ -163,23 +163,3 @@ def write_bundle(out_dir, bundle: dict) -> Path:
     (out / "weights.js").write_text("// written by deqnca web (deqnca/web/export.py): weights as the forward "
                                     "pass uses them\nwindow.DEQNCA = " + json.dumps(bundle) + ";\n")
     return index
-
-
-def add_cli(subparsers):
-    """Add `deqnca web --out DIR [--cell-model PATH] [--models DIR]` to an argparse sub-parser set."""
-    p = subparsers.add_parser("web", help="write the live page (static HTML + JavaScript, opens from disk)",
-                              description="Write a self-contained static page that runs the shipped models "
-                                          "in the browser: draw a digit, grow the lizard, solve a maze.")
-    p.add_argument("--out", default="site", help="output folder (default: site/)")
-    p.add_argument("--cell-model", default=None, metavar="PATH",
-                   help="checkpoint of a model trained with readout=cell for the per-cell panel")
-    p.add_argument("--models", default=None, metavar="DIR", help="folder of the shipped models (default: models/)")
-    p.add_argument("--no-examples", action="store_true", help="leave out the ten MNIST example digits")
-    p.set_defaults(func=_cmd_web)
-    return p
-
-
-def _cmd_web(args) -> int:
-    index = write_site(args.out, args.models, args.cell_model, examples=not args.no_examples)
-    print(f"wrote {index} (open it in a browser; no server needed)")
-    return 0

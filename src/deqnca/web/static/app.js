@@ -351,7 +351,7 @@ function setupGrow() {
   const label = { "lizard-bptt": "trained by BPTT", "lizard-equilibrium": "trained as an equilibrium" };
   for (const n of names) {
     const o = new Option(label[n] || n, n);
-    o.title = `models/${BUNDLE.models[n].source}`;
+    o.title = `shipped model ${BUNDLE.models[n].source}`;
     $("grow-model").add(o);
   }
   let m, z, next, rel, loss, rand;
@@ -403,7 +403,7 @@ function setupMaze() {
   const label = { "maze-dt": "DT-recall", "maze-deq-res": "DEQ + fixed-point penalty", "maze-deq": "DEQ" };
   for (const n of names) {
     const o = new Option(label[n] || n, n);
-    o.title = `models/${BUNDLE.models[n].source}`;
+    o.title = `shipped model ${BUNDLE.models[n].source}`;
     $("maze-model").add(o);
   }
   let maze, img, m, z, next, rel, pred, solvedAt;

@@ -1,0 +1,54 @@
+"""The engine's options (`TrainConfig`), torch-free: the command line derives its flags from them without
+importing torch, and every task's config subclasses `TrainConfig`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..configs import check_ranges, load_dataclass, option
+
+AMP_MODES = ("off", "bf16", "auto")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+MAX_COUNT = 10**9                # epochs, steps, batch sizes, sample counts: far above any run
+MAX_ITERATIONS = 100_000         # solver steps: a config asking for more is refused, not run for hours
+MAX_SIZE = 4096                  # channels, widths, hidden units, image sides: far above any model here
+
+
+@dataclass
+class TrainConfig:
+    """The engine's options, shared by every task (a task's config subclasses it and adds its own).
+
+    Example:
+        >>> TrainConfig(epochs=2, lr=0.01).schedule
+        'constant'
+    """
+    epochs: int = option(10, "passes over the training set (or over `steps` steps)", min=1, max=MAX_COUNT)
+    batch_size: int = option(64, "samples per optimiser step (split across torchrun processes)", min=1, max=MAX_COUNT)
+    optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
+    lr: float = option(0.005, "learning rate", min=0)
+    momentum: float = option(0.9, "SGD momentum", min=0, max=1)
+    weight_decay: float = option(0.0, "weight decay (AdamW: decoupled)", min=0)
+    schedule: str = option("constant", "learning-rate schedule: constant, cosine (over the run), or step "
+                           "(times lr_decay from step lr_decay_at)", choices=SCHEDULES)
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps", min=0)
+    lr_decay_at: int = option(0, "schedule 'step': the step where the rate drops", min=0)
+    lr_decay: float = option(0.1, "schedule 'step': the factor it drops by", min=0)
+    grad_clip: float = option(0.0, "max gradient norm; 0 = off", min=0)
+    seed: int = option(0, "random seed (initialisation, batch order, every random draw of a step)", min=0,
+                       max=2**63 - 1)
+    time_budget: float = option(0.0, "seconds of training before a clean stop; 0 = none", min=0)
+    max_bad_steps: int = option(50, "consecutive non-finite steps before giving up", min=1)
+    amp: str = option("off", "bf16: forward pass under bfloat16 autocast (state and loss stay float32); auto: "
+                      "bf16 only where this CPU runs it faster (deqnca.hardware)", choices=AMP_MODES)
+    checkpoint_every: int = option(0, "steps between mid-epoch checkpoints; 0 = end of epoch only", min=0)
+    log_every: int = option(0, "steps between progress records in metrics.jsonl; 0 = per epoch only", min=0)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config from a dict; unknown keys and wrong types are one-line errors."""
+        return load_dataclass(cls, d, "train config")
+
+    def validate(self) -> None:
+        """One-line errors for values no run can use: every option against the range its field declares
+        (`option(min=, max=)`, the same check as the loader's and the flags'), a task's as well."""
+        check_ranges(self, "train config")

@@ -1,0 +1,98 @@
+"""A checkpoint's record in a few lines for people (`deqnca info`); `deqnca info --json` prints all of it."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+# the training options worth a glance, in this order (the rest is in --json)
+_TRAIN_KEYS = ("trainer", "variant", "target", "optimizer", "lr", "momentum", "batch_size", "epochs", "steps",
+               "time_budget", "schedule", "train_size", "amp", "seed")
+_METRIC_KEYS = ("test_acc", "train_acc", "train_loss", "loss", "test_rel_median", "test_frac_below_1e-3",
+                "test_nstep", "val_solved_9", "loss_grown", "skipped_steps", "restored", "divergences", "extinctions")
+
+
+def _value(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "(" + ", ".join(f"{k}={_value(x)}" for k, x in v.items()) + ")" if v else ""
+    return str(v)
+
+
+def _kind(meta: dict) -> str:
+    kind = meta.get("kind")
+    if kind == "grow":
+        return "growing NCA"
+    if kind == "maze" or "maze" in meta:
+        return "maze solver-net"
+    if kind == "cnn" or "model_config" not in meta and "test_acc" in meta:
+        return "CNN baseline"
+    return "MNIST classifier (EquilibriumModel)" if "rule" in meta.get("model_config", {}) else (kind or "checkpoint")
+
+
+def _model_line(config: dict) -> str:
+    """`rule residual_tanh(state_init_scale=0.1), solver rollout(max_iter=16), ...`: each part with its options."""
+    parts, used = [], set()
+    for part in ("rule", "conditioning", "solver", "gradient", "readout"):
+        if part in config:
+            parts.append(f"{part} {config[part]}{_value(config.get(part + '_kw', {}))}")
+            used |= {part, part + "_kw"}
+    rest = [f"{k} {_value(v)}" for k, v in config.items() if k not in used and _value(v) != ""]
+    return ", ".join(parts + rest)
+
+
+def _last_metrics(meta: dict) -> dict:
+    for history in (meta.get("history"), meta.get("maze", {}).get("history")):
+        if history:
+            return history[-1]
+    if meta.get("metrics"):
+        return meta["metrics"]
+    return {k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def describe_checkpoint(meta: dict, name: str) -> str:
+    """A few lines: what `name` is, its size, its configuration, its last metrics and where it came from.
+
+    Examples:
+        >>> print(describe_checkpoint({"kind": "grow", "parameters": 8320, "model_config": {"channels": 16}}, "x"))
+        x: growing NCA, 8,320 parameters
+          model     channels 16
+    """
+    lines = [f"{name}: {_kind(meta)}" + (f", {meta['parameters']:,} parameters" if "parameters" in meta else "")]
+    if isinstance(meta.get("model_config"), dict):
+        lines.append(f"  model     {_model_line(meta['model_config'])}")
+    train = meta.get("train_config") or {}
+    picked = [f"{k} {_value(train[k])}" for k in _TRAIN_KEYS
+              if train.get(k) not in (None, "") and not (k == "time_budget" and not train[k])]
+    if picked:
+        lines.append(f"  training  {', '.join(picked)}")
+    metrics = _last_metrics(meta)
+    shown = [f"{k} {_value(metrics[k])}" for k in _METRIC_KEYS if k in metrics]
+    if meta.get("counters"):
+        shown += [f"{k} {v}" for k, v in meta["counters"].items() if f"{k} " not in " ".join(shown)]
+    if shown:
+        where = next((f"{k} {_value(metrics[k])}" for k in ("epoch", "global_step", "step") if k in metrics), "")
+        if not where and "step" in meta:
+            where = f"step {meta['step']}"
+        lines.append(f"  metrics   {', '.join(shown)}" + (f" (at {where})" if where else ""))
+    prov = meta.get("provenance") or {k: meta[k] for k in ("machine", "date") if isinstance(meta.get(k), str)}
+    if prov.get("machine") or prov.get("date"):
+        machine, date = prov.get("machine", ""), prov.get("date", "")
+        lines.append(f"  trained   {machine}" + (f", {date}" if date and date not in machine else ""))
+    if prov.get("command"):
+        lines.append(f"  command   {prov['command']}")
+    if meta.get("weights_file"):
+        digest = meta.get("weights_sha256", "")
+        lines.append(f"  weights   {meta['weights_file']}" + (f" (sha256 {digest[:12]}…)" if digest else ""))
+    # wrap between the comma-separated items only (a no-break space holds each item together)
+    lines = [line[:12] + ", ".join(item.replace(" ", "\xa0") for item in line[12:].split(", "))
+             if line[2:12].strip() in ("model", "training", "metrics") else line for line in lines]
+    return "\n".join(textwrap.fill(line, 110, subsequent_indent=" " * 12, break_on_hyphens=False)
+                     for line in lines).replace("\xa0", " ")
+
+
+def record_json(meta: dict) -> str:
+    """The whole record as indented JSON, without the optimizer's state."""
+    return json.dumps({k: v for k, v in meta.items() if k != "optimizer"}, indent=1)
