@@ -36,7 +36,7 @@ def writable_folder(path, flag: str = "--out") -> Path:
     return path
 
 
-def setup_device(arg: str, measure_threads: bool = False) -> str:
+def setup_device(arg: str, measure_threads: bool = False, verbose: bool = False) -> str:
     """The device for `--device` with threads set for it. With `measure_threads` (evaluation), a CPU run
     takes the thread count a ~1 s measurement of the rule step finds fastest: on a shared machine one
     thread can be several times faster than two (docs/speed.md, "Which CPU path, measured")."""
@@ -51,7 +51,8 @@ def setup_device(arg: str, measure_threads: bool = False) -> str:
 
         choice = choose_cpu_path("cpu", allow_bf16=False)
         torch.set_num_threads(choice["threads"])
-        print(f"cpu path: {choice['threads']} thread(s) ({choice['reason']})", file=sys.stderr)
+        if verbose:
+            print(f"cpu path: {choice['threads']} thread(s) ({choice['reason']})", file=sys.stderr)
     return device
 
 

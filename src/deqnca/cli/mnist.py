@@ -123,7 +123,7 @@ def _print_eval(r, as_json):
 
 
 def cmd_eval(args) -> int:
-    device = setup_device(args.device, measure_threads=True)
+    device = setup_device(args.device, measure_threads=True, verbose=getattr(args, "verbose", False))
     solver_kw = {k: v for k, v in {"max_iter": args.max_iter, "tol": args.tol}.items() if v is not None}
     if args.solver:
         solver_kw["solver"] = args.solver
@@ -245,6 +245,7 @@ def add_cli(sub) -> None:
         p.add_argument("--models-dir", default=None, metavar="DIR",
                        help="folder of the shipped models (default: the ones installed with deqnca)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument("--verbose", action="store_true", help="say which CPU path (threads, precision) was chosen")
 
     p = sub.add_parser("train", help="train an MNIST model from a preset",
                        description="Train an MNIST model from a preset; every option is a flag or a --set key.")
