@@ -19,7 +19,7 @@ EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`."""
     from ..web.export import add_cli as add_web_cli
-    from . import grow, maze, mnist
+    from . import cells, grow, maze, mnist
 
     parser = argparse.ArgumentParser(prog="deqnca", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"deqnca {__version__}")
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     mnist.add_cli(sub)
     grow.add_cli(sub)
     maze.add_cli(sub)
+    cells.add_cli(sub)
     add_web_cli(sub)
     return parser
 
