@@ -12,7 +12,7 @@ PACKAGE = SRC / "deqnca"
 # each module's floor; a module may import from its own floor and the floors below it
 FLOORS = [
     ("core", 0, ("_version", "registry", "configs", "amp", "fileio", "resources", "hardware", "rules", "conditioning",
-                 "solvers", "gradients", "readout", "model", "nca", "evaluation", "data", "grow.objective",
+                 "solvers", "gradients", "readout", "model", "nca", "evaluation", "cells", "data", "grow.objective",
                  "maze.model", "grow", "maze")),
     ("viz", 1, ("viz", "grow.replay")),
     ("engine", 2, ("engine",)),                 # engine.options: the torch-free TrainConfig

@@ -50,7 +50,7 @@ def os_error_line(e: OSError) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`."""
     from ..web.cli import add_cli as add_web_cli
-    from . import grow, maze, mnist
+    from . import cells, grow, maze, mnist
 
     parser = Parser(prog="deqnca", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"deqnca {__version__}")
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     mnist.add_cli(sub)
     grow.add_cli(sub)
     maze.add_cli(sub)
+    cells.add_cli(sub)
     add_web_cli(sub)
     return parser
 

@@ -10,15 +10,19 @@ from .contractive import ContractiveTanhRule, conv_operator_norm
 from .growing import GrowingNCARule
 from .recall import RecallRule
 from .seed import ResidualTanhRule
+from .selfclass import SelfClassifyingRule
+from .selfclass_equilibrium import ContractiveCellsRule
 
 RULES = Registry("rule", "an nn.Module(input_channels=, state_channels=, **rule_kw) with bind(u, conditioning)")
 RULES.register("residual_tanh", ResidualTanhRule)
 RULES.register("contractive_tanh", ContractiveTanhRule)
 RULES.register("growing", GrowingNCARule)     # the growing NCA's own rule (grow task), not for EquilibriumModel
 RULES.register("recall", RecallRule)
+RULES.register("selfclass", SelfClassifyingRule)     # self-classifying digits (cells task), the article's rule
+RULES.register("selfclass_contractive", ContractiveCellsRule)   # ... and its contraction (equilibrium model)
 
 __all__ = ["RULES", "make_rule", "conv_operator_norm", "ContractiveTanhRule", "GrowingNCARule", "RecallRule",
-           "ResidualTanhRule"]
+           "ResidualTanhRule", "SelfClassifyingRule", "ContractiveCellsRule"]
 
 
 def make_rule(name: str, **kw):

@@ -1,5 +1,4 @@
 """Tasks: what is particular to each training problem, one file each, trained by the one engine.
-
 `load_builtin_tasks()` registers the built-in tasks in `deqnca.engine.TASKS` (the package root does it
 when a training name is first used). Each task's options and presets live in a torch-free
 `*_config.py` module beside it, so the command line builds its flags without importing torch; the
@@ -8,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_TASKS = ("cnn", "grow", "maze", "mnist")
+BUILTIN_TASKS = ("cells", "cnn", "grow", "maze", "mnist")
 _EXPORTS = {"GrowConfig": "grow_config", "GrowTask": "grow", "MazeConfig": "maze_config", "MazeTask": "maze",
             "MnistConfig": "mnist_config", "MnistTask": "mnist", "PRESETS": "mnist_config",
             "preset": "mnist_config"}

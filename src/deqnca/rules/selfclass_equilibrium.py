@@ -1,0 +1,104 @@
+"""A self-classifying rule with a unique fixed point: the equilibrium counterpart of the article's rule.
+
+The grey channel x is immutable conditioning; the state z (C channels, zero on dead cells) follows
+
+    f(z) = m ⊙ tanh(Ŵ_z * (m ⊙ z) + b(x)),    m = [x > 0.1] the alive cells,
+    b(x) = W_b * [x, relu(W_e * x + c_e)] + c_b   (local features of the cell's 5×5 neighbourhood of ink)
+    Ŵ_z  = W_z · γ / max(σ(W_z), γ)            σ: the convolution's operator norm, γ < 1
+
+and each alive cell reads its label from its own state through a per-cell head (1×1 convolutions).
+
+Why a contraction: tanh is 1-Lipschitz and multiplying by the 0/1 mask m never increases a norm, so
+‖f(z₁) − f(z₂)‖ ≤ ‖Ŵ_z * m⊙(z₁ − z₂)‖ ≤ γ‖z₁ − z₂‖ whatever x is. By Banach's theorem f has exactly one
+fixed point z*(x), every initial state reaches it, and plain iteration gets there at rate γ (tests check
+the geometric fall of the residual and the same z* from different starts). Dead cells are 0 after one
+step whatever they held, and stay 0: f never reads them (m ⊙ z) and never writes them (m ⊙ tanh).
+
+σ is estimated as `rules/contractive.py` does, by power iteration on a periodic grid of side
+`norm_grid` with a persistent vector (one iteration per training step, `eval_power_iters` in eval
+mode). On a 64-grid the sampled frequencies lie within π/64 of every frequency, so for a 3×3 kernel the
+estimate is within a fraction of a percent of the infinite-grid norm that bounds the zero-padded
+convolution on any grid; γ = 0.9 leaves a 10% margin.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .contractive import conv_operator_norm
+
+
+class ContractiveCellsRule(nn.Module):
+    """f(z) = m ⊙ tanh(Ŵ_z * (m ⊙ z) + b(x)) with ‖Ŵ_z‖ ≤ γ < 1, and a per-cell read-out head."""
+
+    def __init__(self, input_channels: int = 1, state_channels: int = 32, embed: int = 16, head_hidden: int = 32,
+                 classes: int = 10, gamma: float = 0.9, alive_threshold: float = 0.1, norm_grid: int = 64,
+                 eval_power_iters: int = 20):
+        super().__init__()
+        if not 0 < gamma < 1:
+            raise ValueError(f"gamma must be in (0, 1) for a contraction, got {gamma}")
+        self.input_channels, self.state_channels, self.classes = input_channels, state_channels, classes
+        self.gamma, self.alive_threshold, self.eval_power_iters = gamma, alive_threshold, eval_power_iters
+        self.embed = nn.Conv2d(input_channels, embed, 3, padding=1)
+        self.inject = nn.Conv2d(input_channels + embed, state_channels, 3, padding=1)
+        self.w_z = nn.Conv2d(state_channels, state_channels, 3, padding=1, bias=False)
+        layers = [nn.Conv2d(state_channels, head_hidden, 1), nn.ReLU(), nn.Conv2d(head_hidden, classes, 1)] \
+            if head_hidden else [nn.Conv2d(state_channels, classes, 1)]
+        self.head = nn.Sequential(*layers)
+        v = torch.randn(1, state_channels, norm_grid, norm_grid)
+        self.register_buffer("power_vector", v / v.norm())
+        self.register_buffer("sigma", torch.ones(()))
+        if v.device.type != "meta":          # a shape-only build (checkpoint validation) needs no norm
+            self._update_norm(50)
+
+    def _update_norm(self, n_iter: int, keep: bool = True):
+        sigma, v = conv_operator_norm(self.w_z.weight, self.power_vector, n_iter)
+        if keep:
+            with torch.no_grad():
+                self.power_vector.copy_(v)
+                self.sigma.copy_(sigma.detach())
+        return sigma
+
+    def state_weight(self) -> torch.Tensor:
+        """Ŵ_z: W_z rescaled to operator norm at most γ (differentiable through σ). In eval mode the kept
+        vector is not moved, so every bind of the same weights gives the same map."""
+        sigma = self._update_norm(1) if self.training else self._update_norm(self.eval_power_iters, keep=False)
+        return self.w_z.weight * (self.gamma / torch.clamp(sigma, min=self.gamma))
+
+    def lipschitz_bound(self) -> float:
+        """The map's Lipschitz constant in z as estimated now: min(σ, γ) (at most γ < 1)."""
+        return float(min(self.sigma.item(), self.gamma))
+
+    def alive(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) bool: the cells on the digit."""
+        return x > self.alive_threshold
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero everywhere (any start reaches the same fixed point; zero keeps dead cells unchanged)."""
+        return x.new_zeros(x.shape[0], self.state_channels, *x.shape[2:])
+
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
+        """b(x): the input's local features, computed once per solve."""
+        return self.inject(torch.cat([x, F.relu(self.embed(x))], dim=1))
+
+    def bind(self, x: torch.Tensor):
+        """The map z -> f(z) on input x (weights normalised and the drive computed once)."""
+        m = self.alive(x).to(x.dtype)
+        b, w = self.drive(x), self.state_weight()
+        return lambda z: m * torch.tanh(F.conv2d(m * z, w, padding=1) + b)
+
+    def step_map(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """What a rollout iterates: f itself (deterministic)."""
+        return self.bind(x)
+
+    expected_map = step_map
+
+    def step(self, z: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None,
+             stochastic: bool = True) -> torch.Tensor:
+        """One application of f (one step of the cellular automaton)."""
+        return self.bind(x)(z)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, classes, H, W): each cell's label scores from its own state."""
+        return self.head(z)
