@@ -193,10 +193,10 @@ def time_cax(steps: int, warmup: int) -> dict:
         key, sub = jax.random.split(key)
         loss, pool = train_step(cs, optimizer, pool, sub)
     jax.block_until_ready(loss)
-    import cax
+    from importlib.metadata import version
 
     s = (time.perf_counter() - t) / steps
-    return {"library": f"CAX {getattr(cax, '__version__', '')}".strip(), "s_per_step": s, "parameters": int(params),
+    return {"library": f"CAX {version('cax')}", "s_per_step": s, "parameters": int(params),
             "jax": jax.__version__, "warmup_and_compile_s": compile_s}
 
 
