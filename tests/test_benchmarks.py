@@ -53,3 +53,13 @@ def test_mnist_speed_refuses_to_graph_a_preset_with_an_adaptive_solve(capsys):
     with pytest.raises(SystemExit) as e:
         mnist_speed.main(["--presets", "equilibrium+graph", "--baselines", "fixed16", "--batches", "1"])
     assert e.value.code == 2 and "stopping test" in capsys.readouterr().err
+
+
+def test_cells_vs_cax_runs_and_says_when_cax_is_skipped(tmp_path, capsys):
+    import cells_vs_cax
+
+    out = tmp_path / "cells.json"
+    assert cells_vs_cax.main(["--steps", "1", "--warmup", "0", "--horizons", "--skip-cax", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["speed"][0]["library"] == "deqnca" and r["speed"][0]["parameters"] == 22_499
+    assert "cax_skipped" in r and "CAX skipped" in capsys.readouterr().err
