@@ -115,7 +115,7 @@ def time_deqnca(steps: int, warmup: int, device: str) -> dict:
     t = time.perf_counter()
     for i in range(warmup, warmup + steps):
         loss = _train_step(task, opt, i)
-    float(loss)
+    float(loss.detach())
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     s = (time.perf_counter() - t) / steps
@@ -193,10 +193,10 @@ def time_cax(steps: int, warmup: int) -> dict:
         key, sub = jax.random.split(key)
         loss, pool = train_step(cs, optimizer, pool, sub)
     jax.block_until_ready(loss)
-    import cax
+    from importlib.metadata import version
 
     s = (time.perf_counter() - t) / steps
-    return {"library": f"CAX {getattr(cax, '__version__', '')}".strip(), "s_per_step": s, "parameters": int(params),
+    return {"library": f"CAX {version('cax')}", "s_per_step": s, "parameters": int(params),
             "jax": jax.__version__, "warmup_and_compile_s": compile_s}
 
 
@@ -246,6 +246,7 @@ def main(argv=None) -> int:
                     help="rollout lengths of the memory part (none: skip it)")
     ap.add_argument("--batch-memory", type=int, default=BATCH, help="batch of the memory part")
     ap.add_argument("--max-gib", type=float, default=4.0, help="CPU: skip BPTT lengths predicted above this")
+    ap.add_argument("--skip-cax", action="store_true", help="time deqnca only")
     ap.add_argument("--out", default="out/cells_vs_cax.json")
     ap.add_argument("--memory-one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -259,6 +260,8 @@ def main(argv=None) -> int:
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; {args.threads} thread(s)")
     result["speed"].append(time_deqnca(args.steps, args.warmup, args.device))
     try:
+        if args.skip_cax:
+            raise ImportError("--skip-cax", name="cax (--skip-cax)")
         import cax  # noqa: F401
         import jax  # noqa: F401
     except ImportError as e:
@@ -269,7 +272,8 @@ def main(argv=None) -> int:
     print(f"\n| library | s / training step ({args.steps} timed) | parameters |\n|---|---|---|")
     for r in result["speed"]:
         print(f"| {r['library']} | {r['s_per_step']:.3f} | {r['parameters']:,} |")
-    print("(CAX's last layer also writes the grey channel, which its step then overwrites: 81 parameters more)")
+    if len(result["speed"]) > 1:
+        print("(CAX's last layer also writes the grey channel, which its step then overwrites: 81 parameters more)")
     for model in ("article", "equilibrium"):
         for length in sorted(args.horizons or []):
             done = [r for r in result["memory"] if r["trainer"].startswith("bptt") and r.get("peak_gib")]

@@ -65,3 +65,13 @@ def test_eval_sweep_smoke(tmp_path, capsys):
     assert len(result["timing"]) == 4          # two models x two layouts
     assert all(r["s_per_1000"] > 0 and r["nstep_mean"] >= 1 for r in result["timing"])
     assert result["tolerance"][0]["tol"] == 1e-3 and "| essay | off | 10 |" in capsys.readouterr().out
+
+
+def test_cells_vs_cax_runs_and_says_when_cax_is_skipped(tmp_path, capsys):
+    import cells_vs_cax
+
+    out = tmp_path / "cells.json"
+    assert cells_vs_cax.main(["--steps", "1", "--warmup", "0", "--horizons", "--skip-cax", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["speed"][0]["library"] == "deqnca" and r["speed"][0]["parameters"] == 22_499
+    assert "cax_skipped" in r and "CAX skipped" in capsys.readouterr().err

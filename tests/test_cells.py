@@ -125,7 +125,7 @@ def test_the_equilibrium_rule_is_a_contraction_with_one_fixed_point():
     with torch.no_grad():
         rule.w_z.weight.mul_(20)               # far past the bound: the normalisation must hold it at gamma
         rule.inject.weight.mul_(5)             # and a drive deep in tanh's nonlinear range
-        f = rule.bind(x)
+        f = rule.step_map(x)
         # Lipschitz in z at most gamma, for arbitrary pairs of states
         for _ in range(5):
             a, b = torch.randn(2, *rule.initial_state(x).shape)

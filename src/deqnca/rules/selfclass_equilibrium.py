@@ -62,7 +62,7 @@ class ContractiveCellsRule(nn.Module):
 
     def state_weight(self) -> torch.Tensor:
         """Ŵ_z: W_z rescaled to operator norm at most γ (differentiable through σ). In eval mode the kept
-        vector is not moved, so every bind of the same weights gives the same map."""
+        vector is not moved, so every map built from the same weights is the same map."""
         sigma = self._update_norm(1) if self.training else self._update_norm(self.eval_power_iters, keep=False)
         return self.w_z.weight * (self.gamma / torch.clamp(sigma, min=self.gamma))
 
@@ -82,22 +82,19 @@ class ContractiveCellsRule(nn.Module):
         """b(x): the input's local features, computed once per solve."""
         return self.inject(torch.cat([x, F.relu(self.embed(x))], dim=1))
 
-    def bind(self, x: torch.Tensor):
-        """The map z -> f(z) on input x (weights normalised and the drive computed once)."""
+    def step_map(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """The map z -> f(z) on input x (weights normalised and the drive computed once); what a rollout
+        or a solver iterates. Not `bind`: this rule conditions on x itself and is not an EquilibriumModel rule."""
         m = self.alive(x).to(x.dtype)
         b, w = self.drive(x), self.state_weight()
         return lambda z: m * torch.tanh(F.conv2d(m * z, w, padding=1) + b)
-
-    def step_map(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """What a rollout iterates: f itself (deterministic)."""
-        return self.bind(x)
 
     expected_map = step_map
 
     def step(self, z: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None,
              stochastic: bool = True) -> torch.Tensor:
         """One application of f (one step of the cellular automaton)."""
-        return self.bind(x)(z)
+        return self.step_map(x)(z)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """(B, classes, H, W): each cell's label scores from its own state."""

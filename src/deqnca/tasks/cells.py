@@ -51,7 +51,8 @@ def load_digits(size: int, train_images: int = 0, eval_images: int = 0):
 
 def _equilibrium_step(task, x):
     c, rule = task.cfg, task.model.rule
-    z, stats = task.strategy(rule.bind(x), task.solve, rule.initial_state(x), max_iter=c.solver_iter, tol=c.solver_tol)
+    z, stats = task.strategy(rule.step_map(x), task.solve, rule.initial_state(x), max_iter=c.solver_iter,
+                             tol=c.solver_tol)
     return z, {"rel_residual": stats.rel_residual.mean().item(), "solver_steps": stats.nstep}
 
 
