@@ -18,7 +18,7 @@ def mnist_small():
 
 # The fast tier (`make test-fast`, under a minute on 2 cores) leaves out what trains, launches
 # subprocesses or drives a browser; `make test` runs everything.
-SLOW_FILES = {"test_faults.py", "test_distributed.py", "test_distributed_trainers.py", "test_web.py",
+SLOW_FILES = {"test_faults.py", "test_hostile.py", "test_distributed.py", "test_distributed_trainers.py", "test_web.py",
               "test_benchmarks.py", "test_install.py", "test_startup.py", "test_examples.py", "test_docs.py"}
 SLOW_TESTS = {
     "test_a_few_training_steps_reduce_the_loss",

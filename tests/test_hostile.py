@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 
 import deqnca
+import deqnca.resources
 from deqnca.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models"
+MODELS = deqnca.resources.models_dir()
 ESSAY = MODELS / "mnist-essay"
 MAX_RSS_MB = 500                      # peak memory of a command given a crafted input under 2 MB
 
