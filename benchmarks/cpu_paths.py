@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from deqnca import hardware
+from deqnca.resources import models_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("mnist-essay", "mnist-equilibrium")
@@ -223,7 +224,7 @@ def model_rows(paths, rounds, batch, models):
     x = x[:batch]
     rows = []
     for name in models:
-        path = ROOT / "models" / name
+        path = models_dir() / name
         if not path.with_suffix(".safetensors").exists():
             rows.append(dict(model=name, note="not found"))
             continue
