@@ -28,9 +28,10 @@ def option(default: Any, help: str = "", *, choices: tuple | None = None, flag: 
         help: the flag's help text.
         choices: allowed values (checked by the loader and the flag).
         flag: derive a command-line flag for this field.
-        min, max: the allowed range of a number (inclusive), checked by the loader, the derived flag
+        min: the smallest allowed value of a number (inclusive), checked by the loader, the derived flag
             and `check_ranges`; a field redefined in a subclass keeps the range of the base class's
             field unless it gives its own. Float fields never take NaN or infinity.
+        max: the largest allowed value (inclusive), likewise.
 
     Examples:
         >>> @dataclasses.dataclass
