@@ -396,6 +396,18 @@ def test_an_image_index_past_the_test_set_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_debug_shows_the_traceback_wherever_it_is_given(tmp_path, capsys, monkeypatch):
+    from deqnca.engine.checkpoint import CheckpointError
+
+    ck = craft(tmp_path, ESSAY, meta=lambda m: m["model_config"].update(hidden=10**6))
+    for argv in (["--debug", "eval", ck], ["eval", ck, "--debug"]):
+        with pytest.raises(CheckpointError, match="hidden = 1000000"):
+            main([str(a) for a in argv] + ["--device", "cpu"])
+    monkeypatch.setenv("DEQNCA_DEBUG", "1")
+    with pytest.raises(CheckpointError):
+        main(["eval", str(ck), "--device", "cpu"])
+
+
 # ---- output paths --------------------------------------------------------------------------------
 
 def test_an_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys, tiny_data):

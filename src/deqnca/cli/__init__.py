@@ -70,6 +70,7 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("DEQNCA_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]         # accepted anywhere on the line, e.g. after the command
     try:
         load_plugins(plugin_specs(argv))
         args = build_parser().parse_args(argv)
