@@ -441,11 +441,12 @@ def test_a_full_disk_during_a_checkpoint_is_a_one_line_error_and_leaves_no_parti
 
     def disk_full(tensors, path, metadata=None):
         Path(path).write_bytes(b"\x00" * 100)                     # a part of the file got written
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))     # as a write() raises it: no file name
     monkeypatch.setattr(checkpoint, "save_file", disk_full)
     out = tmp_path / "run"
     rc, err = run(tiny_train(out, tiny_data, 1), capsys)
-    assert_error(rc, err, 1, "No space left on device", "the disk is full")
+    line = assert_error(rc, err, 1, "last.staging.safetensors: No space left on device", "the disk is full")
+    assert ".tmp" not in line                                     # the file being written, not its temporary
     left = sorted(p.name for p in out.iterdir())
     assert left == ["config.json", "metrics.jsonl"], left          # no partial tensor file, no manifest
     json.loads((out / "config.json").read_text())
