@@ -335,6 +335,24 @@ def test_a_grow_checkpoint_asking_for_a_billion_steps_is_refused(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("change", ["no progress", "global_step a string", "optimizer of another model"])
+def test_resuming_a_run_whose_record_is_malformed_is_a_one_line_error(tmp_path, capsys, tiny_data, change):
+    out = tmp_path / "run"
+    assert run(tiny_train(out, tiny_data, 1), capsys)[0] == 0
+    record = json.loads((out / "last.json").read_text())
+    if change == "no progress":
+        del record["progress"]
+    elif change == "global_step a string":
+        record["progress"]["global_step"] = "4"
+    else:
+        record["optimizer"]["param_groups"] = [{"lr": 0.1}]
+    (out / "last.json").write_text(json.dumps(record))
+    before = listing(out)
+    rc, err = run(tiny_train(out, tiny_data, 2, "--resume"), capsys)
+    assert_error(rc, err, 1, "last")
+    assert listing(out) == before
+
+
 # ---- config files and command-line values --------------------------------------------------------
 
 @pytest.mark.parametrize("config, words", [

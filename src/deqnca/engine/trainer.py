@@ -35,7 +35,14 @@ from ..configs import ConfigError, check_ranges, load_dataclass, option
 from ..fileio import fault_point
 from ..registry import Registry
 from . import distributed
-from .checkpoint import CheckpointError, all_finite, load_optimizer_state, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    all_finite,
+    check_run_record,
+    load_optimizer_state,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 AMP_MODES = ("off", "bf16", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -342,6 +349,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
         _, meta = read_checkpoint(out / "last", tensors=False)
         if meta.get("kind") != task.name:
             raise CheckpointError(f"--resume: {out / 'last'} is a {meta.get('kind')!r} run, not {task.name!r}")
+        check_run_record(meta, out / "last")
         task.cfg = resolve_config(task.cfg, meta["train_config"], changed)
     cfg = task.cfg
     cfg.validate()
@@ -365,7 +373,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
 
         load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out / "last")
         model.to(device)
-        load_optimizer_state(optimizer, tensors, meta)
+        load_optimizer_state(optimizer, tensors, meta, out / "last")
         p = meta["progress"]
         global_step, elapsed = p["global_step"], p["elapsed_s"]
         # the position from the step count: a run resumed with more steps per epoch (a longer grow run)
