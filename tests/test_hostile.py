@@ -5,8 +5,8 @@ memory. Then the regression tests of five problems of the layout before the rede
 commit b034da6 (where `deqnca.train.checkpoint` and `deqnca.train.loop` lived) and passes now; they use
 only the command line, so they run against either code base.
 
-Most cases run in this process (`deqnca.cli.main` with capsys); those that measure memory or could hang
-run in a subprocess with a timeout.
+Most cases run in this process (`deqnca.cli.main` with capsys, under a deadline); the four that measure
+memory run in a subprocess with a timeout (marked slow: `make test-fast` leaves them out).
 """
 import errno
 import gzip
@@ -211,6 +211,7 @@ def _gzip_bomb(path: Path, header: bytes, zeros_mb: int) -> Path:
     return path
 
 
+@pytest.mark.slow                      # a subprocess, to measure its memory
 @pytest.mark.parametrize("declared", ["mnist", "huge"])
 def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path, declared):
     d = write_split(tmp_path / "data", "test", 16)
@@ -261,6 +262,7 @@ def test_checkpoint_with_integer_weights_is_refused(tmp_path, capsys):
     assert_error(rc, err, 1, "K1.weight", "torch.int32")
 
 
+@pytest.mark.slow                      # a subprocess, to measure its memory and stop a hang
 def test_a_million_channels_are_refused_before_allocating(tmp_path):
     """Regression (4): the model config is checked before anything is built (b034da6 tried to allocate)."""
     ck = craft(tmp_path, ESSAY, meta=lambda m: m["model_config"].update(state_channels=10**6))
@@ -270,6 +272,7 @@ def test_a_million_channels_are_refused_before_allocating(tmp_path):
     assert rss < MAX_RSS_MB, f"peak memory {rss:.0f} MB"
 
 
+@pytest.mark.slow                      # a subprocess, to measure its memory and stop a hang
 def test_a_billion_solver_iterations_are_refused_not_run(tmp_path):
     """Regression (4): b034da6 ran them (for days)."""
     ck = craft(tmp_path, ESSAY, meta=lambda m: m["model_config"]["solver_kw"].update(max_iter=10**9))
