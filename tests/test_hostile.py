@@ -5,8 +5,8 @@ memory. Then the regression tests of five problems of the layout before the rede
 commit b034da6 (where `deqnca.train.checkpoint` and `deqnca.train.loop` lived) and passes now; they use
 only the command line, so they run against either code base.
 
-Most cases run in this process (`deqnca.cli.main` with capsys); those that measure memory or could hang
-run in a subprocess with a timeout.
+Most cases run in this process (`deqnca.cli.main` with capsys, under a deadline); the four that measure
+memory run in a subprocess with a timeout (marked slow: `make test-fast` leaves them out).
 """
 import errno
 import gzip
@@ -212,6 +212,7 @@ def _gzip_bomb(path: Path, header: bytes, zeros_mb: int) -> Path:
     return path
 
 
+@pytest.mark.slow                      # a subprocess, to measure its memory
 @pytest.mark.parametrize("declared", ["mnist", "huge"])
 def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path, declared):
     d = write_split(tmp_path / "data", "test", 16)
@@ -262,6 +263,7 @@ def test_checkpoint_with_integer_weights_is_refused(tmp_path, capsys):
     assert_error(rc, err, 1, "K1.weight", "torch.int32")
 
 
+@pytest.mark.slow                      # a subprocess, to measure its memory and stop a hang
 def test_a_million_channels_are_refused_before_allocating(tmp_path):
     """Regression (4): the model config is checked before anything is built (b034da6 tried to allocate)."""
     ck = craft(tmp_path, ESSAY, meta=lambda m: m["model_config"].update(state_channels=10**6))
@@ -271,6 +273,7 @@ def test_a_million_channels_are_refused_before_allocating(tmp_path):
     assert rss < MAX_RSS_MB, f"peak memory {rss:.0f} MB"
 
 
+@pytest.mark.slow                      # a subprocess, to measure its memory and stop a hang
 def test_a_billion_solver_iterations_are_refused_not_run(tmp_path):
     """Regression (4): b034da6 ran them (for days)."""
     ck = craft(tmp_path, ESSAY, meta=lambda m: m["model_config"]["solver_kw"].update(max_iter=10**9))
@@ -336,6 +339,24 @@ def test_a_grow_checkpoint_asking_for_a_billion_steps_is_refused(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("change", ["no progress", "global_step a string", "optimizer of another model"])
+def test_resuming_a_run_whose_record_is_malformed_is_a_one_line_error(tmp_path, capsys, tiny_data, change):
+    out = tmp_path / "run"
+    assert run(tiny_train(out, tiny_data, 1), capsys)[0] == 0
+    record = json.loads((out / "last.json").read_text())
+    if change == "no progress":
+        del record["progress"]
+    elif change == "global_step a string":
+        record["progress"]["global_step"] = "4"
+    else:
+        record["optimizer"]["param_groups"] = [{"lr": 0.1}]
+    (out / "last.json").write_text(json.dumps(record))
+    before = listing(out)
+    rc, err = run(tiny_train(out, tiny_data, 2, "--resume"), capsys)
+    assert_error(rc, err, 1, "last")
+    assert listing(out) == before
+
+
 # ---- config files and command-line values --------------------------------------------------------
 
 @pytest.mark.parametrize("config, words", [
@@ -397,6 +418,18 @@ def test_an_image_index_past_the_test_set_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_debug_shows_the_traceback_wherever_it_is_given(tmp_path, capsys, monkeypatch):
+    from deqnca.engine.checkpoint import CheckpointError
+
+    ck = craft(tmp_path, ESSAY, meta=lambda m: m["model_config"].update(hidden=10**6))
+    for argv in (["--debug", "eval", ck], ["eval", ck, "--debug"]):
+        with pytest.raises(CheckpointError, match="hidden = 1000000"):
+            main([str(a) for a in argv] + ["--device", "cpu"])
+    monkeypatch.setenv("DEQNCA_DEBUG", "1")
+    with pytest.raises(CheckpointError):
+        main(["eval", str(ck), "--device", "cpu"])
+
+
 # ---- output paths --------------------------------------------------------------------------------
 
 def test_an_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys, tiny_data):
@@ -430,11 +463,12 @@ def test_a_full_disk_during_a_checkpoint_is_a_one_line_error_and_leaves_no_parti
 
     def disk_full(tensors, path, metadata=None):
         Path(path).write_bytes(b"\x00" * 100)                     # a part of the file got written
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))     # as a write() raises it: no file name
     monkeypatch.setattr(checkpoint, "save_file", disk_full)
     out = tmp_path / "run"
     rc, err = run(tiny_train(out, tiny_data, 1), capsys)
-    assert_error(rc, err, 1, "No space left on device", "the disk is full")
+    line = assert_error(rc, err, 1, "last.staging.safetensors: No space left on device", "the disk is full")
+    assert ".tmp" not in line                                     # the file being written, not its temporary
     left = sorted(p.name for p in out.iterdir())
     assert left == ["config.json", "metrics.jsonl"], left          # no partial tensor file, no manifest
     json.loads((out / "config.json").read_text())

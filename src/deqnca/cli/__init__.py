@@ -27,15 +27,14 @@ class Parser(argparse.ArgumentParser):
 
 # what to do about a file-system error, by its errno
 _OS_HINTS = {
-    errno.ENOSPC: "the disk is full; free some space or write to another disk (--out)",
-    errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere (--out)",
-    errno.EACCES: "permission denied; choose a folder you can write to (--out) or fix its permissions",
-    errno.EPERM: "permission denied; choose a folder you can write to (--out) or fix its permissions",
-    errno.EROFS: "read-only file system; choose a folder you can write to (--out)",
-    errno.ENOTDIR: "a file is in the way where a folder is needed; choose another --out or move the file",
-    errno.EEXIST: "a file is in the way where a folder is needed; choose another --out or move the file",
-    errno.EISDIR: "a folder is in the way where a file is needed; choose another name",
-    errno.ENOENT: "no such file or folder",
+    errno.ENOSPC: "the disk is full: free some space or write to another disk (--out)",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere (--out)",
+    errno.EACCES: "choose a folder you can write to (--out) or fix its permissions",
+    errno.EPERM: "choose a folder you can write to (--out) or fix its permissions",
+    errno.EROFS: "choose a folder on a writable disk (--out)",
+    errno.ENOTDIR: "a file is in the way where a folder is needed: choose another --out or move the file",
+    errno.EEXIST: "a file is in the way where a folder is needed: choose another --out or move the file",
+    errno.EISDIR: "a folder is in the way where a file is needed: choose another name",
 }
 
 
@@ -44,7 +43,7 @@ def os_error_line(e: OSError) -> str:
     where = f"{e.filename}: " if e.filename else ""
     what = e.strerror or str(e).strip() or type(e).__name__
     hint = _OS_HINTS.get(e.errno)
-    return f"{where}{what}" + (f" ({hint})" if hint and hint != "no such file or folder" else "")
+    return f"{where}{what}" + (f"; {hint}" if hint else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +70,7 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("DEQNCA_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]         # accepted anywhere on the line, e.g. after the command
     try:
         load_plugins(plugin_specs(argv))
         args = build_parser().parse_args(argv)

@@ -322,7 +322,23 @@ def load_maze_model(path, device="cpu"):
     return model.to(device).eval(), meta
 
 
-def load_optimizer_state(optimizer, tensors: dict, meta: dict) -> None:
-    """Restore an optimizer's state saved by `save_checkpoint` (tensors and JSON parts)."""
+def load_optimizer_state(optimizer, tensors: dict, meta: dict, path="the checkpoint") -> None:
+    """Restore an optimizer's state saved by `save_checkpoint` (tensors and JSON parts) from checkpoint `path`."""
     if "optimizer" in meta:
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        try:
+            optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit ({type(e).__name__}: {e}); the "
+                                  "checkpoint is corrupt, or from another model") from None
+
+
+def check_run_record(meta: dict, path) -> None:
+    """One-line errors for a run checkpoint's record that lacks what `--resume` reads (progress, history)."""
+    progress = meta.get("progress")
+    ok = (isinstance(meta.get("train_config"), dict) and isinstance(meta.get("history", []), list)
+          and isinstance(meta.get("counters", {}), dict) and isinstance(progress, dict)
+          and isinstance(progress.get("global_step"), int) and not isinstance(progress.get("global_step"), bool)
+          and progress["global_step"] >= 0 and isinstance(progress.get("elapsed_s"), (int, float)))
+    if not ok:
+        raise CheckpointError(f"{path}: not a run checkpoint that can be resumed (its train_config, progress or "
+                              "history is missing or malformed); start a new run in another --out")

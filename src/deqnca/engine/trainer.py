@@ -41,6 +41,7 @@ from .checkpoint import (
     CheckpointError,
     all_finite,
     atomic_write,
+    check_run_record,
     load_optimizer_state,
     load_state,
     read_checkpoint,
@@ -334,9 +335,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
         _, meta = read_checkpoint(out / "last", tensors=False)
         if meta.get("kind") != task.name:
             raise CheckpointError(f"--resume: {out / 'last'} is a {meta.get('kind')!r} run, not {task.name!r}")
-        if "progress" not in meta:
-            raise CheckpointError(f"--resume: {out / 'last'} was written by an older deqnca and cannot be "
-                                  "continued; start a new run (its weights load with `deqnca export`)")
+        check_run_record(meta, out / "last")
         task.cfg = resolve_config(task.cfg, meta["train_config"], changed)
     cfg = task.cfg
     cfg.validate()
@@ -360,7 +359,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
         tensors, meta = read_checkpoint(out / "last")
         load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out / "last")
         model.to(device)
-        load_optimizer_state(optimizer, tensors, meta)
+        load_optimizer_state(optimizer, tensors, meta, out / "last")
         p = meta["progress"]
         global_step, elapsed = p["global_step"], p["elapsed_s"]
         # the position from the step count: a run resumed with more steps per epoch (a longer grow run)
