@@ -427,9 +427,9 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
                     captured = task.capture(optimizer, batch)
                     use_graph = captured is not None
                 applied = False
-                dirty = True          # from here until the step's bookkeeping is done, weights and step count disagree
                 if captured is not None and full:
                     # forward, backward and optimiser step in one replay (a ragged last batch runs eagerly)
+                    dirty = True      # until the step's bookkeeping is done, weights and step count disagree
                     loss, step_out, ok = captured(batch)
                     applied = True
                     weights_ok = ok
@@ -446,6 +446,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
                         grads = [p.grad for p in model.parameters() if p.grad is not None]
                         ok = distributed.all_ok(all_finite(grads), device)
                     if ok:
+                        dirty = True  # until the step's bookkeeping is done, weights and step count disagree
                         task.prepare_gradients()
                         optimizer.step()
                         after = getattr(getattr(model, "rule", None), "after_step", None)
