@@ -69,6 +69,8 @@ def assert_error(rc, err, code, *words):
     return errors[0]
 
 
+# the peak is read from /proc/self/status (VmHWM, this process's own high-water mark in KiB): getrusage's
+# ru_maxrss keeps the parent's peak across fork and exec, so under a large pytest process it reports that
 CHILD = """
 import resource, sys
 from deqnca.cli import main
@@ -76,7 +78,11 @@ try:
     rc = main(sys.argv[2:])
 except SystemExit as e:
     rc = e.code
-open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+try:
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open(sys.argv[1], "w").write(str(peak))
 sys.exit(rc)
 """
 
