@@ -7,11 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from ..configs import option
-from ..engine.trainer import TASKS, Batch, Task, TrainConfig
+from ..engine.trainer import TASKS, Batch, Task, TrainConfig, epoch_order
 from ..reports.baseline import SmallCNN
 
 
@@ -42,8 +41,7 @@ class CnnTask(Task):
 
     def batch(self, epoch, index, global_step):
         if index == 0 or getattr(self, "_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-            self.perm, self._epoch, self.total = torch.randperm(len(self.x), generator=g), epoch, 0.0
+            self.perm, self._epoch, self.total = epoch_order(len(self.x), self.cfg.seed, epoch), epoch, 0.0
         rows = self.perm[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
         idx = rows[self.rank::self.world]
         return Batch((self.x[idx].to(self.device), self.y[idx].to(self.device)), len(idx), len(rows), index)

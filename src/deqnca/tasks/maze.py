@@ -14,7 +14,7 @@ import torch
 
 from ..data import mazes
 from ..engine import distributed
-from ..engine.trainer import TASKS, Batch, Task
+from ..engine.trainer import TASKS, Batch, Task, epoch_order
 from ..maze.model import MazeSolverNet, deq_loss, dt_loss, quick_accuracy
 from .maze_config import MazeConfig
 
@@ -75,8 +75,7 @@ class MazeTask(Task):
     def batch(self, epoch, index, global_step):
         c = self.cfg
         if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(c.seed * 1000 + epoch)
-            self.perm, self._perm_epoch = torch.randperm(len(self.layouts), generator=g), epoch
+            self.perm, self._perm_epoch = epoch_order(len(self.layouts), c.seed, epoch), epoch
             resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
             self.sums = resumed if resumed and index else {"loss": 0.0, "n": 0, "nstep": 0.0}
         # every random choice of a step is seeded by the step: --resume replays it exactly, and every process

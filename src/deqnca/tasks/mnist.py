@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ..engine.trainer import TASKS, Batch, Task
+from ..engine.trainer import TASKS, Batch, Task, epoch_order
 from ..evaluation import as_layout, evaluate, residual_summary
 from ..model import EquilibriumModel, ModelConfig
 from .mnist_config import PRESETS, MnistConfig, preset  # noqa: F401  (re-exported)
@@ -56,7 +56,7 @@ class MnistTask(Task):
     def batch(self, epoch, index, global_step):
         c = self.cfg
         if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
-            self.perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(c.seed * 1000 + epoch))
+            self.perm = epoch_order(len(self.x), c.seed, epoch)
             resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
             self._perm_epoch = epoch
             self.sums = resumed if resumed and index else dict.fromkeys(("loss", "correct", "n", "rel", "nstep",
