@@ -286,7 +286,7 @@ def write_label_gif(maps: dict, labels, path, x=None, scale: int = 4, fps: float
     rows += [(f"step {t:,}", [label_colours(m) for m in maps[t]]) for t in shown]
     image, xc, yc = _mosaic([r for _, r in rows], 3, 8)
     fig, _, _ = _mosaic_figure(image, xc, yc, [f"label {v}" for v in labels], [name for name, _ in rows], title)
-    png = figures.save_figure(fig, path.with_name(path.stem + "-frames.png"))
+    png = figures.save_figure(fig, path.with_name(path.stem + "-frames.png"), vector=False)
     return path, png
 
 
@@ -350,7 +350,7 @@ def mutation_figure(model, x, labels, new_x, new_labels, path, at: int = 200, af
     ax.set_xlabel("step")
     ax.set_ylabel("cell accuracy (%)", fontsize=9)
     ax.grid(True, alpha=0.3)
-    return figures.save_figure(fig, path)
+    return figures.save_figure(fig, path, vector=False)
 
 
 @torch.no_grad()
@@ -389,7 +389,7 @@ def canvas_figure(model, n_canvases: int, path, seed: int = 0, steps: int = 200,
     fig.suptitle(title or f"Three digits on one canvas, labels after {steps} steps", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _legend(fig, 0.05)
-    return figures.save_figure(fig, path)
+    return figures.save_figure(fig, path, vector=False)
 
 
 def curves_figure(reports: dict, path, title: str | None = None) -> Path:
@@ -500,7 +500,7 @@ def write_figures(models: dict, out_dir, n_digits: int = 64, steps: int = 200, e
         files = list(write_label_gif(maps, y[:k], out / f"cells-labels-{name}.gif", x=x[:k],
                                      title=f"{name}: the label of every alive cell"))
         if n_mutation:
-            x_all, y_all = even_digits(max(n, 2 * n_mutation), data)
+            x_all, y_all = even_digits(max(n, 8 * n_mutation), data)
             x_all, pairs = cells.resize_digits(x_all, size), mutation_pairs(y_all, n_mutation)
             files.append(mutation_figure(model, x_all[:n_mutation], y_all[:n_mutation], x_all[pairs], y_all[pairs],
                                          out / f"cells-mutation-{name}.png", at=steps, after=steps,
