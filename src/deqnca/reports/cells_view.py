@@ -471,9 +471,10 @@ def write_figures(models: dict, out_dir, n_digits: int = 64, steps: int = 200, e
                   data=None, log=print) -> dict:
     """Every figure of the self-classifying digits for `models` ({name: checkpoint path, shipped name or
     (CellsModel, meta)}) into `out_dir`: per model the label-map GIF and strip of `gif_digits` digits,
-    the mutation figure of `n_mutation` and the canvas figure of `n_canvases` (28×28 models only), and one
-    curves figure of all models. The curves are `n_digits` evenly spaced test digits rolled to `steps`
-    (the GIF shows the first of them), or `eval_reports` ({name: evaluate report}) where given.
+    the mutation figure of `n_mutation` and the canvas figure of `n_canvases` (28×28 models only), both at
+    min(steps, 200) steps as the article's, and one curves figure of all models. The curves are `n_digits`
+    evenly spaced test digits rolled to `steps` (the GIF shows the first of them), or `eval_reports`
+    ({name: evaluate report}) where given.
 
     Returns {"reports": {name: report}, "files": {name: [paths]}, "curves": path, "seconds": {name: s}}.
     """
@@ -483,7 +484,7 @@ def write_figures(models: dict, out_dir, n_digits: int = 64, steps: int = 200, e
     out.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else load_mnist(split="test")
     result = {"reports": dict(eval_reports or {}), "files": {}, "seconds": {}}
-    frames = log_steps(steps)
+    frames, short = log_steps(steps), min(steps, cells.MUTATE_AT)
     for name, source in models.items():
         t0 = time.time()
         model, meta = _load(source, device)
@@ -503,12 +504,12 @@ def write_figures(models: dict, out_dir, n_digits: int = 64, steps: int = 200, e
             x_all, y_all = even_digits(max(n, 8 * n_mutation), data)
             x_all, pairs = cells.resize_digits(x_all, size), mutation_pairs(y_all, n_mutation)
             files.append(mutation_figure(model, x_all[:n_mutation], y_all[:n_mutation], x_all[pairs], y_all[pairs],
-                                         out / f"cells-mutation-{name}.png", at=steps, after=steps,
-                                         offsets=[o for o in (1, 10, 50, 200, 1000, 10000) if o <= steps],
-                                         seed=seed, title=f"{name}: a new digit at step {steps}"))
+                                         out / f"cells-mutation-{name}.png", at=short, after=short,
+                                         offsets=[o for o in (1, 10, 50, 200) if o <= short],
+                                         seed=seed, title=f"{name}: a new digit at step {short}"))
         if n_canvases and size == 28:
-            files.append(canvas_figure(model, n_canvases, out / f"cells-canvas-{name}.png", seed=seed, steps=steps,
-                                       data=data, title=f"{name}: three digits on a canvas, after {steps} steps"))
+            files.append(canvas_figure(model, n_canvases, out / f"cells-canvas-{name}.png", seed=seed, steps=short,
+                                       data=data, title=f"{name}: three digits on a canvas, after {short} steps"))
         elif n_canvases:
             log(f"  {name}: no canvases (trained at {size}×{size}; canvases hold 28×28 digits)")
         result["files"][name] = files
@@ -529,8 +530,8 @@ def section(models: dict, out_dir, n_digits: int = 64, steps: int = 200, n_mutat
 
     `models`: {name: checkpoint path, shipped name or (CellsModel, meta)}. `n_digits` evenly spaced test
     digits are rolled to `steps` once per model; the table gives cell accuracy and total agreement at 20,
-    80 and 200 steps (those ≤ `steps`) on them; the first 8 make the GIF. A 28×28 model costs about
-    (n_digits + 2·n_mutation + 9·n_canvases) × steps digit-steps: 0.3–0.7 ms each on one CPU thread.
+    80 and 200 steps (those ≤ `steps`) on them; the first 8 make the GIF. A 28×28 model costs
+    (n_digits + 2·n_mutation + 9·n_canvases) × steps digit-steps (steps ≤ 200; a canvas is 9 digits' area).
     """
     t0 = time.time()
     r = write_figures(models, out_dir, n_digits=n_digits, steps=steps, n_mutation=n_mutation, n_canvases=n_canvases,
@@ -545,8 +546,8 @@ def section(models: dict, out_dir, n_digits: int = 64, steps: int = 200, n_mutat
     for name, files in r["files"].items():
         captions = {"cells-labels": f"{name}: the label of every alive cell over steps 1..{steps} (tab10 colours; "
                                     "white: dead cells)",
-                    "cells-mutation": f"{name}: each digit replaced by another at step {steps}, the state kept "
-                                      "where the new digit is alive",
+                    "cells-mutation": f"{name}: each digit replaced by another at step {min(steps, cells.MUTATE_AT)}, "
+                                      "the state kept where the new digit is alive",
                     "cells-canvas": f"{name}: three digits on an 84×84 canvas, each read by its own cells"}
         for f in files:
             stem = f.stem.removesuffix("-frames").removesuffix(f"-{name}")
