@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 MAIN_MODELS = ("mnist-essay", "mnist-equilibrium")     # what `deqnca eval` and the main job evaluate
+CELLS_MODELS = ("article", "equilibrium")               # the self-classifying digits, under cells/
 _LEGACY_PREFIX = "models/"
 
 
@@ -64,6 +65,13 @@ def shipped_model(name: str, root=None) -> Path:
 def shipped_models(root=None) -> list[Path]:
     """The shipped MNIST classifiers of the main job: the essay's model, then the equilibrium model."""
     return [models_dir(root) / name for name in MAIN_MODELS]
+
+
+def shipped_cells_models(root=None) -> dict[str, Path]:
+    """The shipped self-classifying models that exist, by name: {"article": .../cells/article, "equilibrium":
+    ...}, without those missing ({} for a models folder that has none)."""
+    base = models_dir(root) / "cells"
+    return {name: base / name for name in CELLS_MODELS if (base / f"{name}.json").is_file()}
 
 
 def shipped_names(root=None) -> list[str]:

@@ -1,4 +1,4 @@
-"""`deqnca cells train | eval`: self-classifying MNIST digits (Randazzo et al., Distill 2020), the article's
+"""`deqnca cells train | eval | figures`: self-classifying MNIST digits (Randazzo et al., Distill 2020), the article's
 model trained by BPTT or the equilibrium model trained implicitly."""
 from __future__ import annotations
 
@@ -104,6 +104,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_figures(args) -> int:
+    """The figures of docs/cells.md for some checkpoints: curves, label-map GIFs, the mutation, canvases."""
+    from ..reports.cells_view import write_figures
+    from ..resources import resolve_checkpoint
+    from ..tasks.cells import load_cells_checkpoint
+
+    device = _setup_device(args.device)
+    models = {}
+    for checkpoint in args.checkpoint:
+        model, meta = load_cells_checkpoint(resolve_checkpoint(checkpoint), device)
+        name = base = meta["train_config"].get("model") or Path(checkpoint).name
+        for n in range(2, len(args.checkpoint) + 2):     # two checkpoints of one model: article, article-2
+            if name not in models:
+                break
+            name = f"{base}-{n}"
+        models[name] = (model, meta)
+    reports = {}
+    for f in args.eval_json:
+        result = json.loads(Path(f).read_text())
+        row = (result.get("rows") or [{}])[0]
+        if "curve" not in row:
+            raise ValueError(f"{f}: no curves in it; write it with `deqnca cells eval --curves --out FILE`")
+        reports[result.get("model") or Path(f).stem] = row
+    out = Path(args.out)
+    r = write_figures(models, out, n_digits=args.digits, steps=args.steps, eval_reports=reports,
+                      n_canvases=args.canvases, seed=args.seed, device=device,
+                      log=lambda s: print(s.strip(), file=sys.stderr))
+    for path in [r["curves"], *(f for files in r["files"].values() for f in files)]:
+        print(path)
+    return 0
+
+
 def add_cli(sub) -> None:
     cells = sub.add_parser("cells", help="self-classifying MNIST digits: the article's NCA (BPTT) or an equilibrium",
                            description="Self-classifying MNIST digits (Randazzo et al., Distill 2020).")
@@ -133,3 +165,17 @@ def add_cli(sub) -> None:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=cmd_eval)
+
+    p = csub.add_parser("figures", help="the figures of docs/cells.md: curves, label-map GIFs, mutation, canvases",
+                        description="Draw, for each checkpoint, the label maps over time (GIF and PNG), the mutation "
+                        "and the canvases, and one figure of cell accuracy and total agreement against steps.")
+    p.add_argument("checkpoint", nargs="+", help="checkpoints of `deqnca cells train` or shipped names (cells/article)")
+    p.add_argument("--out", required=True, help="folder for the figures")
+    p.add_argument("--digits", type=int, default=64, help="evenly spaced test digits for the curves (default 64)")
+    p.add_argument("--steps", type=int, default=200, help="steps to roll out (default 200)")
+    p.add_argument("--eval-json", nargs="+", default=[], metavar="FILE",
+                   help="curves from `deqnca cells eval --curves --out FILE` instead of computing them")
+    p.add_argument("--canvases", type=int, default=2, help="canvases of 3 digits (default 2; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the stochastic steps and the canvases")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.set_defaults(func=cmd_figures)

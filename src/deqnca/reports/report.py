@@ -23,7 +23,14 @@ def _model_name(path: Path) -> str:
 
 
 def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=300, n_curve=300,
-          max_steps=160, fig_steps=64, index=7, seed=0, eval_rows=None, live_page=None, log=print) -> Path:
+          max_steps=160, fig_steps=64, index=7, seed=0, eval_rows=None, live_page=None, cells_models=None,
+          cells_digits=64, cells_steps=200, log=print) -> Path:
+    """Draw every figure into `out` and write `out/index.html`.
+
+    `cells_models`: the self-classifying models of their section ({name: checkpoint}; default: the shipped
+    `cells/article` and `cells/equilibrium` that exist); none, and the section is left out with a log line.
+    `cells_digits` test digits are rolled to `cells_steps` steps for it (reports/cells_view.py)."""
+    from ..resources import shipped_cells_models
     from ..viz import figures
     from ..viz.report import write_report
 
@@ -92,6 +99,15 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
     res_png = figures.line_plot(steps, resid_series, out / "test-time-residual.png", xlabel="rollout steps",
                                 ylabel="median relative residual", logy=True,
                                 hline=(1e-3, "1e-3"), title="Distance from equilibrium along the rollout")
+    cells_models = shipped_cells_models() if cells_models is None else cells_models
+    if cells_models:
+        from . import cells_view
+
+        cells_section = [cells_view.section(cells_models, out, n_digits=cells_digits, steps=cells_steps, seed=seed,
+                                            device=device, data=(x, y), log=log)]
+    else:
+        cells_section = []
+        log("  self-classifying digits: no cells/article or cells/equilibrium in the models folder; section left out")
     crop_rows = [[name, anchor] + [f"{100 * a:.1f}%" for a in accs]
                  for name in results for anchor, accs in results[name]["crops"]["accuracy"].items()]
     sections += [
@@ -112,6 +128,7 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
                  "the mean state in its 28×28 window (colours: tab10, 0–9). Per-digit accuracy over many "
                  "canvases is in docs/nca.md.",
          "images": [(pan_png.name, pan_titles[0]), (map_png.name, "label maps")]},
+        *cells_section,
         {"title": "Test-time compute",
          "text": f"Accuracy and distance from equilibrium after t = 0..{max_steps} rollout steps "
                  "(10× the essay model's training length).",
@@ -127,7 +144,7 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
 
 def main(args) -> int:
     from ..engine.devices import pick_device as _device
-    from ..resources import shipped_models
+    from ..resources import shipped_cells_models, shipped_models
 
     out = Path(args.out)
     quick = getattr(args, "quick", False)
@@ -137,6 +154,8 @@ def main(args) -> int:
                  n_crops=50 if quick else 200, n_curve=50 if quick else 200, max_steps=32 if quick else 160,
                  fig_steps=16 if quick else 64, eval_rows=getattr(args, "eval_rows", None),
                  live_page=getattr(args, "live_page", None),
+                 cells_models=shipped_cells_models(getattr(args, "models_dir", None)),
+                 cells_digits=16 if quick else 64, cells_steps=80 if quick else 200,
                  log=lambda s: print(s, flush=True))
     print(f"report: {path}  ({time.time() - t0:.0f} s)")
     return 0

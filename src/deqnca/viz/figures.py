@@ -43,6 +43,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def save_figure(fig, path, vector: bool = True) -> Path:
+    """Write a matplotlib figure as a PNG (creating its folder), plus its SVG twin unless `vector` is False
+    (pictures made of pixels gain nothing from one), close it and return the path: the way figures drawn
+    outside this module (reports/cells_view.py) are saved."""
+    path = _prepare(path)
+    if vector:
+        return _save(fig, path)
+    try:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
 def relative_residuals(states) -> list[float | None]:
     """‖s_t − s_(t−1)‖ / ‖s_t‖ for each frame of a rollout (None for the first): the relative residual
     ‖f(z) − z‖ / ‖f(z)‖ of the step that produced frame t."""
