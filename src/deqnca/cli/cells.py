@@ -59,6 +59,8 @@ def cmd_eval(args) -> int:
 
     device = _setup_device(args.device)
     model, meta = load_cells_checkpoint(args.checkpoint, device)
+    if args.compile:
+        model.rule.compile_for_eval()
     size = meta["train_config"].get("size", 28)
     marks = tuple(sorted(int(m) for m in args.marks.split(",")))
     xt, yt = load_mnist(split="test")
@@ -66,7 +68,8 @@ def cmd_eval(args) -> int:
     x, y = resize_digits(xt[idx], size), yt[idx]
     name = meta["train_config"].get("model", "?")
     kw = {"batch_size": args.batch_size, "seed": args.seed, "device": device}
-    result = {"checkpoint": str(args.checkpoint), "model": name, "size": size, "images": len(x), "marks": marks}
+    result = {"checkpoint": str(args.checkpoint), "model": name, "size": size, "images": len(x), "marks": marks,
+              "compiled": bool(args.compile)}
     rows = [{"name": name, **evaluate(model, x, truth_map(x, y), marks=marks, **kw)}]
     if args.mutation:
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
@@ -162,6 +165,9 @@ def add_cli(sub) -> None:
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--curves", action="store_true", help="keep the per-step curves in the JSON")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the rule first (about 2x faster rollouts on a CPU after ~10 s of compiling; "
+                        "the random draws are the same, the arithmetic differs by float rounding)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=cmd_eval)

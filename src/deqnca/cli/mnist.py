@@ -160,9 +160,13 @@ def cmd_export(args) -> int:
     provenance = {"source": str(args.checkpoint), "machine": args.machine, "date": args.date,
                   "command": args.command}
     _, meta = read_checkpoint(args.checkpoint)
-    if meta.get("kind") in (GROW_KIND, "maze") or "maze" in meta:
-        # growing NCA and maze checkpoints: keep their own records (their loaders read them), drop the optimizer
-        model, _ = (load_grow_checkpoint if meta.get("kind") == GROW_KIND else load_maze_model)(args.checkpoint)
+    if meta.get("kind") in (GROW_KIND, "maze", "cells") or "maze" in meta:
+        # growing NCA, maze and self-classifying checkpoints: keep their own records (their loaders read them),
+        # drop the optimizer and the training state (the article's pool)
+        from ..tasks.cells import load_cells_checkpoint
+
+        loaders = {GROW_KIND: load_grow_checkpoint, "cells": load_cells_checkpoint}
+        model, _ = loaders.get(meta.get("kind"), load_maze_model)(args.checkpoint)
         info = {k: v for k, v in meta.items()
                 if k not in ("optimizer", "weights_sha256", "weights_file", "model_config")}
         info["provenance"] = provenance

@@ -73,6 +73,11 @@ class SelfClassifyingRule(nn.Module):
         """z -> z + p·alive⊙Δ(z): deterministic, with exactly the stochastic step's fixed points."""
         return lambda z: self.step(z, x, stochastic=False)
 
+    def compile_for_eval(self) -> None:
+        """Compile Δ with torch.compile for long evaluations (its random draws stay eager, so the stochastic
+        steps draw the same numbers; the compiled Δ differs from the eager one by float rounding only)."""
+        self.delta = torch.compile(self.delta, dynamic=False)
+
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """(B, classes, H, W): the last `classes` channels of the state are the cell's label scores."""
         return z[:, -self.classes:]

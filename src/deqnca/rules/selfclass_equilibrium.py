@@ -29,6 +29,10 @@ from torch import nn
 from .contractive import conv_operator_norm
 
 
+def _apply(z, m, w, b):
+    return m * torch.tanh(F.conv2d(m * z, w, padding=1) + b)
+
+
 class ContractiveCellsRule(nn.Module):
     """f(z) = m ⊙ tanh(Ŵ_z * (m ⊙ z) + b(x)) with ‖Ŵ_z‖ ≤ γ < 1, and a per-cell read-out head."""
 
@@ -40,6 +44,7 @@ class ContractiveCellsRule(nn.Module):
             raise ValueError(f"gamma must be in (0, 1) for a contraction, got {gamma}")
         self.input_channels, self.state_channels, self.classes = input_channels, state_channels, classes
         self.gamma, self.alive_threshold, self.eval_power_iters = gamma, alive_threshold, eval_power_iters
+        self._compiled = None
         self.embed = nn.Conv2d(input_channels, embed, 3, padding=1)
         self.inject = nn.Conv2d(input_channels + embed, state_channels, 3, padding=1)
         self.w_z = nn.Conv2d(state_channels, state_channels, 3, padding=1, bias=False)
@@ -87,9 +92,14 @@ class ContractiveCellsRule(nn.Module):
         or a solver iterates. Not `bind`: this rule conditions on x itself and is not an EquilibriumModel rule."""
         m = self.alive(x).to(x.dtype)
         b, w = self.drive(x), self.state_weight()
-        return lambda z: m * torch.tanh(F.conv2d(m * z, w, padding=1) + b)
+        apply = self._compiled or _apply
+        return lambda z: apply(z, m, w, b)
 
     expected_map = step_map
+
+    def compile_for_eval(self) -> None:
+        """Compile the map with torch.compile for long evaluations (float rounding differs, nothing else)."""
+        self._compiled = torch.compile(_apply, dynamic=False)
 
     def step(self, z: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None,
              stochastic: bool = True) -> torch.Tensor:
