@@ -21,6 +21,7 @@ def mnist_small():
 SLOW_FILES = {"test_faults.py", "test_hostile.py", "test_distributed.py", "test_distributed_trainers.py", "test_web.py",
               "test_benchmarks.py", "test_install.py", "test_startup.py", "test_examples.py", "test_docs.py"}
 SLOW_TESTS = {
+    "test_a_compiled_rule_evaluates_like_the_eager_one",
     "test_a_few_training_steps_reduce_the_loss",
     "test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine",
     "test_a_registered_user_rule_trains_through_the_api_and_the_cli",

@@ -117,10 +117,11 @@ def test_parameter_counts():
     assert sum(p.numel() for p in equilibrium.parameters()) <= 25_000
 
 
-def test_the_equilibrium_rule_is_a_contraction_with_one_fixed_point():
+@pytest.mark.parametrize("init", ["random", "transport"])
+def test_the_equilibrium_rule_is_a_contraction_with_one_fixed_point(init):
     torch.manual_seed(0)
     x, _ = _digits(4)
-    model = CellsModel({"rule": "selfclass_contractive", "rule_kw": {"gamma": 0.9}}).eval()
+    model = CellsModel({"rule": "selfclass_contractive", "rule_kw": {"gamma": 0.9, "init": init}}).eval()
     rule = model.rule
     with torch.no_grad():
         rule.w_z.weight.mul_(20)               # far past the bound: the normalisation must hold it at gamma
@@ -232,3 +233,38 @@ def test_article_pool_resumes_exactly_and_the_cli_evaluates(tmp_path, mnist_smal
     assert "mutation at 200" in out
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     assert rows[0]["digits"] == 6 and 200 in map(int, rows[0]["at"])
+
+
+def test_an_exported_run_keeps_its_record_and_evaluates_like_the_run(tmp_path, mnist_small, capsys):
+    from deqnca.cli import main
+    from deqnca.engine.checkpoint import read_checkpoint
+    from deqnca.engine.trainer import fit
+    from deqnca.tasks.cells import CellsConfig, CellsTask
+
+    x, y, xt, yt = mnist_small
+    cfg = CellsConfig.for_model("equilibrium", size=14, steps=2, batch_size=4, eval_every=0, eval_images=8,
+                                eval_marks=[3], log_every=1)
+    fit(CellsTask(cfg, (x[:16], y[:16], xt[:8], yt[:8])), tmp_path / "run", progress=False)
+    assert main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "shipped"), "--machine", "test"]) == 0
+    tensors, meta = read_checkpoint(tmp_path / "shipped")
+    assert meta["kind"] == "cells" and meta["train_config"]["model"] == "equilibrium"
+    assert meta["provenance"]["machine"] == "test" and "optimizer" not in meta
+    assert all(k.startswith("model.") for k in tensors)
+    out = []
+    for path in (tmp_path / "run" / "last", tmp_path / "shipped"):
+        capsys.readouterr()
+        assert main(["cells", "eval", str(path), "--images", "5", "--marks", "3", "--device", "cpu", "--json"]) == 0
+        out.append(json.loads(capsys.readouterr().out)["rows"])
+    assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("rule", ["selfclass", "selfclass_contractive"])
+def test_a_compiled_rule_evaluates_like_the_eager_one(rule):
+    x, y = _digits(4)
+    model = _active_article() if rule == "selfclass" else CellsModel({"rule": rule}).eval()
+    truth = truth_map(x, y)
+    eager = evaluate(model, x, truth, marks=(6,), batch_size=4, seed=1)
+    model.rule.compile_for_eval()
+    compiled = evaluate(model, x, truth, marks=(6,), batch_size=4, seed=1)
+    assert eager["curve"]["accuracy"] == compiled["curve"]["accuracy"]      # the same draws, the same labels
+    assert abs(eager["at"][6]["rel_residual"] - compiled["at"][6]["rel_residual"]) < 1e-4

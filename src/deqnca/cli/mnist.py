@@ -283,7 +283,7 @@ def add_cli(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("export", help="turn a run checkpoint (MNIST, grow or maze) into a shippable model "
+    p = sub.add_parser("export", help="turn a run checkpoint (MNIST, grow, maze or cells) into a shippable model "
                        "(weights + JSON, no optimizer)")
     p.add_argument("checkpoint")
     p.add_argument("dest")

@@ -38,8 +38,10 @@ class ContractiveCellsRule(nn.Module):
 
     def __init__(self, input_channels: int = 1, state_channels: int = 32, embed: int = 16, head_hidden: int = 32,
                  classes: int = 10, gamma: float = 0.9, alive_threshold: float = 0.1, norm_grid: int = 64,
-                 eval_power_iters: int = 20):
+                 eval_power_iters: int = 20, init: str = "random"):
         super().__init__()
+        if init not in ("random", "transport"):
+            raise ValueError(f"init {init!r}: choose random or transport")
         if not 0 < gamma < 1:
             raise ValueError(f"gamma must be in (0, 1) for a contraction, got {gamma}")
         self.input_channels, self.state_channels, self.classes = input_channels, state_channels, classes
@@ -48,6 +50,8 @@ class ContractiveCellsRule(nn.Module):
         self.embed = nn.Conv2d(input_channels, embed, 3, padding=1)
         self.inject = nn.Conv2d(input_channels + embed, state_channels, 3, padding=1)
         self.w_z = nn.Conv2d(state_channels, state_channels, 3, padding=1, bias=False)
+        if init == "transport":
+            self._transport_init()
         layers = [nn.Conv2d(state_channels, head_hidden, 1), nn.ReLU(), nn.Conv2d(head_hidden, classes, 1)] \
             if head_hidden else [nn.Conv2d(state_channels, classes, 1)]
         self.head = nn.Sequential(*layers)
@@ -56,6 +60,18 @@ class ContractiveCellsRule(nn.Module):
         self.register_buffer("sigma", torch.ones(()))
         if v.device.type != "meta":          # a shape-only build (checkpoint validation) needs no norm
             self._update_norm(50)
+
+    @torch.no_grad()
+    def _transport_init(self):
+        # channel c copies itself from the neighbour in direction c mod 8 (a shift: operator norm 1, so
+        # Ŵ_z = γ·shift): the fixed point starts as discounted sums of the drive along 8 rays, features
+        # that see across the digit from the first step; the rest of W_z starts small
+        self.w_z.weight.mul_(0.1)
+        dirs = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+        for c in range(self.state_channels - self.state_channels % 8):
+            dy, dx = dirs[c % 8]
+            self.w_z.weight[c, c].zero_()
+            self.w_z.weight[c, c, 1 + dy, 1 + dx] = 1.0
 
     def _update_norm(self, n_iter: int, keep: bool = True):
         sigma, v = conv_operator_norm(self.w_z.weight, self.power_vector, n_iter)

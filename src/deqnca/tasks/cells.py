@@ -83,7 +83,7 @@ class CellsTask(Task):
         c = self.cfg
         if self.world > 1:
             raise ValueError("the cells task trains in one process; run it without torchrun")
-        if c.fresh + c.mutate > c.batch_size:
+        if c.model == "article" and c.pool_size and c.fresh + c.mutate > c.batch_size:
             raise ValueError(f"--fresh {c.fresh} + --mutate {c.mutate}: more than the batch of {c.batch_size}")
         x, y, xt, yt = self.data if self.data is not None else load_digits(28, c.train_images, c.eval_images)
         n = c.train_images or len(x)

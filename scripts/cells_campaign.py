@@ -1,0 +1,134 @@
+"""The self-classifying digits' numbers in docs/cells.md: every evaluation as one `deqnca cells eval` command
+writing results/cells/<model>-<part>.json, and the docs table built from those files.
+
+    python scripts/cells_campaign.py run --model article --checkpoint cells/article --parts full long
+    python scripts/cells_campaign.py run --model equilibrium --checkpoint cells/equilibrium --parts all
+    python scripts/cells_campaign.py table            # the markdown of docs/cells.md, from results/cells/
+
+Parts (each a separate process, so two can run side by side with one thread each):
+- full: the whole test set (10,000 digits) to 200 steps, the article's table (marks 20, 80, 200)
+- long: `--long-images` evenly spaced digits to 10,000 steps (marks 20, 80, 200, 1,000, 10,000)
+- mutation: `--mutation-images` digits, the article's mutation test (a new digit at step 200, 200 more steps)
+- canvases: 100 canvases of 3 digits to 200 steps (per-digit accuracy)
+- solved: the whole test set at the fixed point a solver reaches (deterministic rules: the equilibrium model)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path("results/cells")
+PARTS = ("full", "long", "mutation", "canvases", "solved")
+
+
+def part_args(part: str, a) -> list[str]:
+    """The `deqnca cells eval` flags of one part."""
+    return {"full": ["--images", "10000", "--marks", "20,80,200", "--curves"],
+            "long": ["--images", str(a.long_images), "--marks", "20,80,200,1000,10000", "--curves"],
+            "mutation": ["--images", str(a.mutation_images), "--marks", "200", "--mutation"],
+            "canvases": ["--images", "1", "--marks", "20,80,200", "--canvases", "100"],
+            "solved": ["--images", "10000", "--marks", "1", "--solve", "--max-iter", "300", "--tol", "1e-6"]}[part]
+
+
+def run(a) -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    parts = PARTS if "all" in a.parts else a.parts
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    for part in parts:
+        out = RESULTS / f"{a.model}-{part}.json"
+        cmd = [sys.executable, "-m", "deqnca.cli", "cells", "eval", a.checkpoint, "--device", "cpu",
+               "--batch-size", "250", "--out", str(out), *part_args(part, a)] + (["--compile"] if a.compile else [])
+        t0 = time.time()
+        print("$ " + " ".join(cmd[1:]), flush=True)
+        rc = subprocess.call(cmd, env=env)
+        if rc:
+            return rc
+        record = json.loads(out.read_text())
+        record.update({"command": "deqnca " + " ".join(cmd[3:]), "seconds": round(time.time() - t0, 1),
+                       "threads": a.threads, "date": time.strftime("%Y-%m-%d")})
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"  {part}: {record['seconds']:.0f} s", flush=True)
+    return 0
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _load(model: str, part: str):
+    p = RESULTS / f"{model}-{part}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def table(a) -> int:
+    """Markdown: the article's columns on the whole test set, then the long rollouts, the mutation and
+    the canvases, per model."""
+    lines = ["| model | digits | top cell accuracy | cell accuracy at 200 | top total agreement | "
+             "agreement at 200 | residual at 200 |", "|---|---|---|---|---|---|---|"]
+    long_lines = ["| model | digits | accuracy at 200 | at 1,000 | at 10,000 | agreement at 200 | at 1,000 | "
+                  "at 10,000 | residual at 200 | at 1,000 | at 10,000 |", "|" + "---|" * 11]
+    other = ["| model | test | digits | cell accuracy | total agreement |", "|---|---|---|---|---|"]
+    for model in a.models:
+        full = _load(model, "full")
+        if full:
+            r = full["rows"][0]
+            top, at = r["top"], r["at"]["200"]
+            lines.append(f"| {model} | {r['digits']:,} | {_pct(top['accuracy']['value'])} (step "
+                         f"{top['accuracy']['step']}) | {_pct(at['accuracy'])} | {_pct(top['agreement']['value'])} "
+                         f"(step {top['agreement']['step']}) | {_pct(at['agreement'])} | {at['rel_residual']:.1e} |")
+        long = _load(model, "long")
+        if long:
+            r = long["rows"][0]
+            at = r["at"]
+            marks = ("200", "1000", "10000")
+            long_lines.append(f"| {model} | {r['digits']:,} | " + " | ".join(_pct(at[m]["accuracy"]) for m in marks)
+                              + " | " + " | ".join(_pct(at[m]["agreement"]) for m in marks) + " | "
+                              + " | ".join(f"{at[m]['rel_residual']:.1e}" for m in marks) + " |")
+        mut = _load(model, "mutation")
+        if mut:
+            before, after = mut["rows"][0]["at"]["200"], mut["rows"][1]["at"]["200"]
+            n = mut["rows"][0]["digits"]
+            other.append(f"| {model} | step 200, no mutation | {n:,} | {_pct(before['accuracy'])} | "
+                         f"{_pct(before['agreement'])} |")
+            other.append(f"| {model} | 200 steps after a mutation at 200 | {n:,} | {_pct(after['accuracy'])} | "
+                         f"{_pct(after['agreement'])} |")
+        can = _load(model, "canvases")
+        if can:
+            r = can["rows"][-1]["at"]["200"]
+            other.append(f"| {model} | 100 canvases of 3 digits, step 200 (per-digit accuracy "
+                         f"{_pct(r['digit_accuracy'])}) | {can['rows'][-1]['digits']:,} | {_pct(r['accuracy'])} | "
+                         f"{_pct(r['agreement'])} |")
+        sol = _load(model, "solved")
+        if sol:
+            s = sol["solved"]
+            other.append(f"| {model} | at the fixed point (Anderson, {s['nstep']:.0f} steps, residual "
+                         f"{s['rel_residual']:.1e}) | {sol['images']:,} | {_pct(s['accuracy'])} | "
+                         f"{_pct(s['agreement'])} |")
+    print("\n".join(lines) + "\n\n" + "\n".join(long_lines) + "\n\n" + "\n".join(other))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="evaluate one model (one `deqnca cells eval` per part)")
+    r.add_argument("--model", required=True, help="the name in the results' file names (article, equilibrium)")
+    r.add_argument("--checkpoint", required=True, help="a checkpoint or a shipped name (cells/article)")
+    r.add_argument("--parts", nargs="+", default=["all"], choices=("all", *PARTS))
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--long-images", type=int, default=200)
+    r.add_argument("--mutation-images", type=int, default=1000)
+    r.add_argument("--no-compile", dest="compile", action="store_false", help="eager PyTorch (default: --compile)")
+    t = sub.add_parser("table", help="the docs tables from results/cells/")
+    t.add_argument("--models", nargs="+", default=["article", "equilibrium"])
+    a = ap.parse_args(argv)
+    return run(a) if a.cmd == "run" else table(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
