@@ -4,6 +4,7 @@ writing results/cells/<model>-<part>.json, and the docs table built from those f
     python scripts/cells_campaign.py run --model article --checkpoint cells/article --parts full long
     python scripts/cells_campaign.py run --model equilibrium --checkpoint cells/equilibrium --parts all
     python scripts/cells_campaign.py table            # the markdown of docs/cells.md, from results/cells/
+    python scripts/cells_campaign.py progress runs/cells-article-seed0 runs/cells-equilibrium-seed0
 
 Parts (each a separate process, so two can run side by side with one thread each):
 - full: the whole test set (10,000 digits) to 200 steps, the article's table (marks 20, 80, 200)
@@ -42,7 +43,7 @@ def run(a) -> int:
     for part in parts:
         out = RESULTS / f"{a.model}-{part}.json"
         cmd = [sys.executable, "-m", "deqnca.cli", "cells", "eval", a.checkpoint, "--device", "cpu",
-               "--batch-size", "250", "--out", str(out), *part_args(part, a)] + (["--compile"] if a.compile else [])
+               "--batch-size", "256", "--out", str(out), *part_args(part, a)] + (["--compile"] if a.compile else [])
         t0 = time.time()
         print("$ " + " ".join(cmd[1:]), flush=True)
         rc = subprocess.call(cmd, env=env)
@@ -113,6 +114,24 @@ def table(a) -> int:
     return 0
 
 
+def progress(a) -> int:
+    """Markdown: a run's held-out evaluations (metrics.jsonl: 128 test digits every 1,000 steps) and its
+    training accuracy, per evaluation."""
+    print("| run | step | train cell accuracy (last 50 steps) | held-out cell accuracy at 200 | agreement at 200 | "
+          "residual at 200 |\n|---|---|---|---|---|---|")
+    for run in a.runs:
+        records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line]
+        train = {r["step"]: r for r in records if "train_accuracy" in r}
+        for r in records:
+            if "eval_accuracy@200" not in r:
+                continue
+            step = r.get("step", r.get("global_step"))
+            print(f"| {Path(run).name} | {step:,} | {_pct(train.get(step, {}).get('train_accuracy'))} | "
+                  f"{_pct(r['eval_accuracy@200'])} | "
+                  f"{_pct(r['eval_agreement@200'])} | {r['eval_rel_residual@200']:.1e} |")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -126,8 +145,10 @@ def main(argv=None) -> int:
     r.add_argument("--no-compile", dest="compile", action="store_false", help="eager PyTorch (default: --compile)")
     t = sub.add_parser("table", help="the docs tables from results/cells/")
     t.add_argument("--models", nargs="+", default=["article", "equilibrium"])
+    p = sub.add_parser("progress", help="a training run's held-out evaluations from its metrics.jsonl")
+    p.add_argument("runs", nargs="+", help="run folders")
     a = ap.parse_args(argv)
-    return run(a) if a.cmd == "run" else table(a)
+    return {"run": run, "table": table, "progress": progress}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,21 @@ def test_dead_cells_never_change_and_alive_cells_do(rule):
     assert (z[~dead] != 0).float().mean() > 0.5        # the alive cells did move
 
 
+def test_the_dilated_rule_is_the_sum_of_its_taps_and_its_norm_bounds_them():
+    torch.manual_seed(0)
+    rule = CellsModel({"rule": "selfclass_contractive", "rule_kw": {"dilations": [1, 2, 4]}}).rule
+    z = torch.randn(2, rule.state_channels, 20, 20)
+    with torch.no_grad():
+        whole = F.conv2d(z, rule.operator_kernel(), padding=4)
+        taps = F.conv2d(z, rule.w_z.weight, padding=1) + sum(
+            F.conv2d(z, w.unsqueeze(1), padding=d, dilation=d, groups=rule.state_channels)
+            for w, d in zip(rule.w_far, (2, 4)))
+    assert torch.allclose(whole, taps, atol=1e-5)
+    assert sum(p.numel() for p in rule.parameters()) <= 25_000
+    with pytest.raises(ValueError, match="starting at 1"):
+        CellsModel({"rule": "selfclass_contractive", "rule_kw": {"dilations": [2, 4]}})
+
+
 def test_parameter_counts():
     article = CellsModel({"rule": "selfclass"})
     assert sum(p.numel() for p in article.parameters()) == 22_499       # the article's model
@@ -117,14 +132,16 @@ def test_parameter_counts():
     assert sum(p.numel() for p in equilibrium.parameters()) <= 25_000
 
 
-@pytest.mark.parametrize("init", ["random", "transport"])
-def test_the_equilibrium_rule_is_a_contraction_with_one_fixed_point(init):
+@pytest.mark.parametrize("kw", [{}, {"init": "transport"}, {"dilations": [1, 2, 4]}])
+def test_the_equilibrium_rule_is_a_contraction_with_one_fixed_point(kw):
     torch.manual_seed(0)
     x, _ = _digits(4)
-    model = CellsModel({"rule": "selfclass_contractive", "rule_kw": {"gamma": 0.9, "init": init}}).eval()
+    model = CellsModel({"rule": "selfclass_contractive", "rule_kw": {"gamma": 0.9, **kw}}).eval()
     rule = model.rule
     with torch.no_grad():
         rule.w_z.weight.mul_(20)               # far past the bound: the normalisation must hold it at gamma
+        if kw.get("dilations"):
+            rule.w_far.mul_(20)
         rule.inject.weight.mul_(5)             # and a drive deep in tanh's nonlinear range
         f = rule.step_map(x)
         # Lipschitz in z at most gamma, for arbitrary pairs of states
@@ -268,3 +285,38 @@ def test_a_compiled_rule_evaluates_like_the_eager_one(rule):
     compiled = evaluate(model, x, truth, marks=(6,), batch_size=4, seed=1)
     assert eager["curve"]["accuracy"] == compiled["curve"]["accuracy"]      # the same draws, the same labels
     assert abs(eager["at"][6]["rel_residual"] - compiled["at"][6]["rel_residual"]) < 1e-4
+
+
+def test_the_shipped_equilibrium_model_solves_test_digits_to_a_residual_below_1e_4():
+    from deqnca.cells import evaluate_solved
+    from deqnca.data.idx import load_mnist
+    from deqnca.tasks.cells import load_cells_checkpoint
+
+    model, meta = load_cells_checkpoint("cells/equilibrium")
+    assert meta["train_config"]["model"] == "equilibrium" and meta["provenance"]["machine"]
+    x, y = load_mnist(split="test")
+    x, y = x[:8], y[:8]
+    solved = evaluate_solved(model, x, truth_map(x, y), solver="fixed_point", max_iter=300, tol=1e-5)
+    assert solved["rel_residual"] <= 1e-4
+    # the fixed point does not depend on the start: from noise, the same labels
+    with torch.no_grad():
+        f = model.rule.step_map(x)
+        z = torch.randn(model.rule.initial_state(x).shape, generator=torch.Generator().manual_seed(0))
+        z0 = model.rule.initial_state(x)
+        for _ in range(300):
+            z, z0 = f(z), f(z0)
+        assert (z - z0).abs().max() < 1e-4
+        alive = x[:, 0] > 0.1
+        assert torch.equal(model.rule.logits(z).argmax(1)[alive], model.rule.logits(z0).argmax(1)[alive])
+
+
+def test_the_shipped_article_model_loads_and_runs():
+    from deqnca.data.idx import load_mnist
+    from deqnca.tasks.cells import load_cells_checkpoint
+
+    model, meta = load_cells_checkpoint("cells/article")
+    assert meta["train_config"]["model"] == "article" and model.config.rule == "selfclass"
+    assert sum(p.numel() for p in model.parameters()) == 22_499
+    x, y = load_mnist(split="test")
+    r = evaluate(model, x[:8], truth_map(x[:8], y[:8]), marks=(20,), batch_size=8)
+    assert r["digits"] == 8 and 0 <= r["at"][20]["accuracy"] <= 1

@@ -156,7 +156,7 @@ def add_cli(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--images", type=int, default=1000, help="evenly spaced test digits (default 1000; 10000: all)")
     p.add_argument("--marks", default="20,80,200,1000,10000", help="steps reported (comma-separated)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=256, help="digits per rollout (default 256, as cells.evaluate)")
     p.add_argument("--seed", type=int, default=0, help="seeds the stochastic steps and the mutation pairs")
     p.add_argument("--mutation", action="store_true", help="also the mutation test (a new digit at step 200)")
     p.add_argument("--canvases", type=int, default=0, help="also N 84×84 canvases of 3 digits each")

@@ -33,13 +33,25 @@ def _apply(z, m, w, b):
     return m * torch.tanh(F.conv2d(m * z, w, padding=1) + b)
 
 
+def _apply_dilated(z, m, ws, b, dilations):
+    mz = m * z
+    a = F.conv2d(mz, ws[0], padding=1)
+    for w, d in zip(ws[1:], dilations[1:]):
+        a = a + F.conv2d(mz, w, padding=d, dilation=d, groups=w.shape[0])
+    return m * torch.tanh(a + b)
+
+
 class ContractiveCellsRule(nn.Module):
     """f(z) = m ⊙ tanh(Ŵ_z * (m ⊙ z) + b(x)) with ‖Ŵ_z‖ ≤ γ < 1, and a per-cell read-out head."""
 
     def __init__(self, input_channels: int = 1, state_channels: int = 32, embed: int = 16, head_hidden: int = 32,
                  classes: int = 10, gamma: float = 0.9, alive_threshold: float = 0.1, norm_grid: int = 64,
-                 eval_power_iters: int = 20, init: str = "random"):
+                 eval_power_iters: int = 20, init: str = "random", dilations=(1,)):
         super().__init__()
+        dilations = tuple(int(d) for d in dilations)
+        if dilations[0] != 1 or list(dilations) != sorted(set(dilations)):
+            raise ValueError(f"dilations {list(dilations)}: increasing, starting at 1 (e.g. [1, 2, 4])")
+        self.dilations = dilations
         if init not in ("random", "transport"):
             raise ValueError(f"init {init!r}: choose random or transport")
         if not 0 < gamma < 1:
@@ -50,6 +62,11 @@ class ContractiveCellsRule(nn.Module):
         self.embed = nn.Conv2d(input_channels, embed, 3, padding=1)
         self.inject = nn.Conv2d(input_channels + embed, state_channels, 3, padding=1)
         self.w_z = nn.Conv2d(state_channels, state_channels, 3, padding=1, bias=False)
+        if len(dilations) > 1:
+            # the far taps are per channel (depthwise): they carry each channel's message d cells at a time,
+            # the 3×3 W_z mixes the channels
+            self.w_far = nn.Parameter(torch.empty(len(dilations) - 1, state_channels, 3, 3))
+            nn.init.uniform_(self.w_far, -1 / 3, 1 / 3)
         if init == "transport":
             self._transport_init()
         layers = [nn.Conv2d(state_channels, head_hidden, 1), nn.ReLU(), nn.Conv2d(head_hidden, classes, 1)] \
@@ -73,8 +90,20 @@ class ContractiveCellsRule(nn.Module):
             self.w_z.weight[c, c].zero_()
             self.w_z.weight[c, c, 1 + dy, 1 + dx] = 1.0
 
+    def operator_kernel(self) -> torch.Tensor:
+        """The whole z-convolution as one (C, C, 2r+1, 2r+1) kernel (r the largest dilation): what σ bounds."""
+        if len(self.dilations) == 1:
+            return self.w_z.weight
+        r, c = self.dilations[-1], self.state_channels
+        kernel = self.w_z.weight.new_zeros(c, c, 2 * r + 1, 2 * r + 1)
+        kernel[:, :, r - 1:r + 2, r - 1:r + 2] = self.w_z.weight
+        for w, d in zip(self.w_far, self.dilations[1:]):
+            taps = torch.diag_embed(w.permute(1, 2, 0)).permute(2, 3, 0, 1)       # (C, C, 3, 3), diagonal
+            kernel[:, :, r - d:r + d + 1:d, r - d:r + d + 1:d] = kernel[:, :, r - d:r + d + 1:d, r - d:r + d + 1:d] + taps
+        return kernel
+
     def _update_norm(self, n_iter: int, keep: bool = True):
-        sigma, v = conv_operator_norm(self.w_z.weight, self.power_vector, n_iter)
+        sigma, v = conv_operator_norm(self.operator_kernel(), self.power_vector, n_iter)
         if keep:
             with torch.no_grad():
                 self.power_vector.copy_(v)
@@ -85,7 +114,10 @@ class ContractiveCellsRule(nn.Module):
         """Ŵ_z: W_z rescaled to operator norm at most γ (differentiable through σ). In eval mode the kept
         vector is not moved, so every map built from the same weights is the same map."""
         sigma = self._update_norm(1) if self.training else self._update_norm(self.eval_power_iters, keep=False)
-        return self.w_z.weight * (self.gamma / torch.clamp(sigma, min=self.gamma))
+        scale = self.gamma / torch.clamp(sigma, min=self.gamma)
+        if len(self.dilations) == 1:
+            return self.w_z.weight * scale
+        return [self.w_z.weight * scale, *(w.unsqueeze(1) * scale for w in self.w_far)]
 
     def lipschitz_bound(self) -> float:
         """The map's Lipschitz constant in z as estimated now: min(σ, γ) (at most γ < 1)."""
@@ -108,6 +140,9 @@ class ContractiveCellsRule(nn.Module):
         or a solver iterates. Not `bind`: this rule conditions on x itself and is not an EquilibriumModel rule."""
         m = self.alive(x).to(x.dtype)
         b, w = self.drive(x), self.state_weight()
+        if len(self.dilations) > 1:
+            apply = self._compiled or _apply_dilated
+            return lambda z: apply(z, m, w, b, self.dilations)
         apply = self._compiled or _apply
         return lambda z: apply(z, m, w, b)
 
@@ -115,7 +150,7 @@ class ContractiveCellsRule(nn.Module):
 
     def compile_for_eval(self) -> None:
         """Compile the map with torch.compile for long evaluations (float rounding differs, nothing else)."""
-        self._compiled = torch.compile(_apply, dynamic=False)
+        self._compiled = torch.compile(_apply if len(self.dilations) == 1 else _apply_dilated, dynamic=False)
 
     def step(self, z: torch.Tensor, x: torch.Tensor, generator: torch.Generator | None = None,
              stochastic: bool = True) -> torch.Tensor:
