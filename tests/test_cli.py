@@ -126,3 +126,5 @@ def test_info_summarises_and_json_prints_the_record(capsys):
     assert main(["info", "grow/lizard-equilibrium", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["kind"] == "grow" and "optimizer" not in record
+    assert main(["info", "cells/equilibrium"]) == 0
+    assert capsys.readouterr().out.startswith("cells/equilibrium: self-classifying CA (equilibrium model), 15,690")

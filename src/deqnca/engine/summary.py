@@ -27,6 +27,8 @@ def _kind(meta: dict) -> str:
         return "growing NCA"
     if kind == "maze" or "maze" in meta:
         return "maze solver-net"
+    if kind == "cells":
+        return f"self-classifying CA ({meta.get('train_config', {}).get('model', '?')} model)"
     if kind == "cnn" or "model_config" not in meta and "test_acc" in meta:
         return "CNN baseline"
     return "MNIST classifier (EquilibriumModel)" if "rule" in meta.get("model_config", {}) else (kind or "checkpoint")
