@@ -99,7 +99,8 @@ class ContractiveCellsRule(nn.Module):
         kernel[:, :, r - 1:r + 2, r - 1:r + 2] = self.w_z.weight
         for w, d in zip(self.w_far, self.dilations[1:]):
             taps = torch.diag_embed(w.permute(1, 2, 0)).permute(2, 3, 0, 1)       # (C, C, 3, 3), diagonal
-            kernel[:, :, r - d:r + d + 1:d, r - d:r + d + 1:d] = kernel[:, :, r - d:r + d + 1:d, r - d:r + d + 1:d] + taps
+            at = (slice(None), slice(None), slice(r - d, r + d + 1, d), slice(r - d, r + d + 1, d))
+            kernel[at] = kernel[at] + taps
         return kernel
 
     def _update_norm(self, n_iter: int, keep: bool = True):
