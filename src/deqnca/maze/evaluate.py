@@ -22,8 +22,12 @@ def iteration_marks(max_iters: int) -> list[int]:
     return sorted({m for m in marks if m < max_iters} | {max_iters})
 
 
-def default_max_iters(size: int) -> int:
-    """Enough steps to cross the image a few times (information moves ~5 px per step)."""
+def default_max_iters(size: int, model=None) -> int:
+    """Enough steps to cross the image a few times (information moves ~5 px per step); for the geodesic
+    model, the rule's guaranteed bound (every maze reaches its fixed point exactly within it, and the
+    solver stops there: docs/mazes.md shows how far that is below the bound)."""
+    if model is not None and model.config.model == "geodesic":
+        return model.rule.steps_bound(mazes.image_side(size), mazes.image_side(size))
     return max(100, 4 * mazes.image_side(size))
 
 
@@ -120,7 +124,8 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
 
 def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print,
                          generators=(mazes.DEFAULT_GENERATOR,)) -> dict:
-    """Every checkpoint on every size of every maze distribution in `generators`.
+    """Every checkpoint on every size of every maze distribution in `generators`; `max_iters` {size: cap or
+    None}, None meaning the model's `default_max_iters`.
 
     eval.json holds, per checkpoint, "by_generator" {generator: {size: row}} and "sizes", the rows of
     the first generator (the depth-first benchmark by default, as before there were others)."""
@@ -137,7 +142,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
             rows = {}
             for s in sizes:
                 lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log, generator=g)
-                r = evaluate_size(model, lay, max_iters[s], device, aa_count)
+                r = evaluate_size(model, lay, max_iters.get(s) or default_max_iters(s, model), device, aa_count)
                 rows[s] = r
                 aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
                 mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"
@@ -156,7 +161,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     line_plot(sizes, {name: [rows[s]["accuracy"] for s in sizes] for name, rows in curves},
               out / "accuracy_vs_size.png", "maze size", "fraction fully solved",
               "trained on 9x9; accuracy at the last iteration / at convergence", logx=True)
-    marks = iteration_marks(max(max_iters.values()))
+    marks = iteration_marks(max(row["max_iters"] for _, rows in curves for row in rows.values()))
     series = {}
     for name, rows in curves:
         for s in sizes:
