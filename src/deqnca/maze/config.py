@@ -41,9 +41,10 @@ PRESETS = {
     # max-plus flood (rules/geodesic.py): a unique fixed point for any weights, reached exactly (residual 0)
     # from any state; the cap of the random training budget (T/2 .. 2T) lies above the ~180 steps the largest
     # 13x13 maze needs, so every training solve converges (docs/mazes.md, "An equilibrium solver that
-    # generalises")
+    # generalises"); tol 1e-12 lies below the smallest relative step a float32 state can take, so "converged"
+    # means exactly at the fixed point
     "geodesic": dict(model="geodesic", init="mixed", solver="fixed_point", gradient="phantom",
-                     gradient_kw={"k": 10, "tau": 1.0}, train_iters=200, tol=1e-6),
+                     gradient_kw={"k": 10, "tau": 1.0}, train_iters=200, tol=1e-12),
 }
 # mazes per size evaluated by default (`deqnca maze eval --limit-per-size`)
 DEFAULT_LIMITS = {9: 1000, 13: 1000, 19: 1000, 33: 500, 59: 200, 101: 50, 201: 20}

@@ -86,7 +86,8 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
             # asymptotic alignment: solve maze a again, now starting from maze a+1's final state
             z_other = torch.roll(z[:n_aa], 1, dims=0)
             z2, _ = solve_for_eval(model, x[:n_aa], max_iters, z0=z_other)
-            cos_all.append(F.cosine_similarity(z[:n_aa].flatten(1), z2.flatten(1), dim=1).float().cpu())
+            # in float64: over ~10^5-10^6 entries a float32 cosine is off by ~1e-5 even for identical states
+            cos_all.append(F.cosine_similarity(z[:n_aa].flatten(1).double(), z2.flatten(1).double(), dim=1).cpu())
     n = len(layouts)
     rel = torch.cat(rel_all)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if str(device).startswith("cuda") else None
@@ -96,7 +97,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
         "size": size, "image_px": mazes.image_side(size), "n": n, "max_iters": max_iters,
         "accuracy": curve[-1], "best_accuracy": curve[best], "best_iters": marks[best],
         "curve_iters": marks, "curve_accuracy": curve,
-        "aa_score": torch.cat(cos_all).mean().item() if cos_all else None,
+        "aa_score": torch.cat(cos_all).mean().item() if cos_all else None,     # float64
         "aa_n": sum(len(c) for c in cos_all),
         "mean_iters": torch.cat(steps_all).double().mean().item(),
         "rel_residual_median": rel.median().item(), "converged_frac": (rel < model.config.tol).double().mean().item(),
