@@ -94,7 +94,7 @@ def cmd_converge(a):
     torch.set_num_threads(1)
     model, _ = load_maze_model(a.checkpoint, "cpu")
     for size, it in zip(a.sizes, a.iters):
-        lay = mazes.load_set(size, a.count, "test", generator=a.generator)
+        lay = mazes.load_set(size, a.count, "test", cache=a.cache, generator=a.generator)
         t = time.time()
         r = evaluate_size(model, lay, it, "cpu", aa_count=a.aa)
         aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
@@ -119,6 +119,7 @@ def main(argv=None):
     q.add_argument("--count", type=int, default=20)
     q.add_argument("--iters", type=int, nargs="+", default=[400, 700, 600], help="a cap per size")
     q.add_argument("--aa", type=int, default=0)
+    q.add_argument("--cache", default=None, help="maze cache folder (default ~/.cache/deqnca/mazes)")
     q.add_argument("--generator", default="dfs")
     q.set_defaults(func=cmd_converge)
     a = p.parse_args(argv)
