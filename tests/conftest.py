@@ -59,6 +59,7 @@ SLOW_TESTS = {
     "test_the_window_recipe_sets_the_equilibrium_trainers_options_and_explicit_ones_win",
     "test_tiny_training_beats_chance_per_cell",
     "test_tiny_training_learns_past_threshold",
+    "test_tiny_equilibrium_training_solves_most_5x5_mazes",
     "test_tiny_training_run_solves_most_5x5_mazes",
     "test_torchdeq_masking_fix_keeps_broydens_best_iterate_finite",
     "test_train_amp_flag_reaches_the_run_config",

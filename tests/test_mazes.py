@@ -384,3 +384,111 @@ def test_training_reads_its_generator(tmp_path, cache):
     assert mazes.cache_path(cache, "test", 5, 0, "kruskal").exists()
     assert not mazes.cache_path(cache, "train", 5, 0).exists()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["generator"] == "kruskal"
+
+
+def _pixel_bfs(open_, src):
+    """Hop distances from the pixels of mask `src` through the open pixels of one image (4-neighbours)."""
+    from collections import deque
+
+    dist = np.full(open_.shape, -1)
+    todo = deque(map(tuple, np.argwhere(src)))
+    for p in todo:
+        dist[p] = 0
+    while todo:
+        p = todo.popleft()
+        for d in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            q = (p[0] + d[0], p[1] + d[1])
+            if 0 <= q[0] < open_.shape[0] and 0 <= q[1] < open_.shape[1] and open_[q] and dist[q] < 0:
+                dist[q] = dist[p] + 1
+                todo.append(q)
+    return dist
+
+
+def test_geodesic_rule_fixed_point_is_the_exact_distance_and_is_reached_from_any_state():
+    """rules/geodesic.py: whatever the weights, one fixed point, reached exactly (residual 0, bit for bit)
+    from zeros, from noise and from another maze's fixed point; with unit costs and the start as the only
+    emitter it is Z minus the hop distance to the start, however far (no contraction damps it)."""
+    from deqnca.rules import make_rule
+    from deqnca.solvers import fixed_point
+
+    torch.manual_seed(0)
+    x, _ = mazes.to_images(mazes.generate_set(19, 2, "test"))
+    rule = make_rule("geodesic", input_channels=3, state_channels=3, cost_min=1.0, cost_max=1.0)
+    with torch.no_grad():
+        rule.encode.weight.zero_()
+        rule.encode.weight[0, :, 0, 0] = torch.tensor([-1.0, 1.0, -1.0])      # channel 0: the start (green) emits
+        rule.encode.bias[0] = -0.5
+    f = rule.bind(x)
+    top = rule.ceiling(x)
+    bound = rule.steps_bound(*x.shape[-2:])
+    z0, st = fixed_point(f, torch.zeros(2, 3, *x.shape[-2:]), bound, tol=1e-12)
+    assert st.nstep < bound and (st.rel_residual == 0).all() and torch.equal(f(z0), z0)
+    for start in (top * torch.rand_like(z0), z0.roll(1, 0)):        # noise; the other maze's fixed point
+        z, st = fixed_point(f, start, bound, tol=1e-12)
+        assert (st.rel_residual == 0).all() and torch.equal(z, z0)
+    img = x[0].numpy()
+    open_ = img.max(0) > 0
+    dist = _pixel_bfs(open_, (img[0] == 0) & (img[1] == 1))
+    assert dist.max() > 150                                            # the far end of a 44x44 maze
+    expect = np.where(open_, top - dist, 0.0)
+    assert np.array_equal(z0[0, 0].numpy(), expect.astype(np.float32))
+
+
+def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):
+    """The geodesic preset (width 8), 250 steps of 32 mazes of size 5: ~20 s of one CPU core; every
+    held-out maze reaches its fixed point exactly (residual 0), and from noise reaches the same answer."""
+    from deqnca.maze.model import PRESETS, predict, quick_accuracy
+    from deqnca.solvers import fixed_point
+    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze import train_maze
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = MazeTrainConfig(train_size=5, train_count=1000, epochs=8, batch_size=32, lr=5e-3, warmup_steps=50,
+                          val_count=50)
+    result = train_maze({**PRESETS["geodesic"], "width": 8}, cfg, tmp_path / "run", cache=cache, log=lambda s: None)
+    torch.set_num_threads(threads)
+    model = result["model"]
+    test = mazes.load_set(5, 400, "test", seed=1, cache=cache)      # mazes never seen in training or validation
+    assert quick_accuracy(model, test, max_iter=model.rule.steps_bound(16, 16)) >= 0.8
+    x, _ = mazes.to_images(test[:50])
+    with torch.no_grad():
+        f = model.step_map(x)
+        z, st = fixed_point(f, torch.zeros(50, 8, 16, 16), 500, tol=1e-12)
+        z2, _ = fixed_point(f, model.rule.ceiling(x) * torch.rand_like(z), 2000, tol=1e-12)
+        assert (st.rel_residual == 0).all() and torch.equal(z, z2)
+        assert torch.equal(predict(model.head(z), x), predict(model.head(z2), x))
+
+
+def test_batch_plan_keeps_one_sets_order_and_shuffles_several_sizes_together():
+    from deqnca.engine.trainer import epoch_order
+    from deqnca.tasks.maze import batch_plan
+
+    one = batch_plan([10], 4, 3, 2)              # a single size: the order the task always had
+    assert [k for k, _ in one] == [0, 0, 0]
+    assert torch.equal(torch.cat([r for _, r in one]), epoch_order(10, 3, 2))
+    two = batch_plan([10, 6], 4, 3, 2)
+    assert sorted(k for k, _ in two) == [0, 0, 0, 1, 1]
+    for k, n in ((0, 10), (1, 6)):               # every maze of every set once per epoch
+        assert sorted(torch.cat([r for j, r in two if j == k]).tolist()) == list(range(n))
+    assert [k for k, _ in two] == [0, 0, 1, 1, 0]                            # the sizes interleaved
+    assert [(k, r.tolist()) for k, r in two] == [(k, r.tolist()) for k, r in batch_plan([10, 6], 4, 3, 2)]
+
+
+def test_training_on_several_sizes_and_the_generator_mixture(tmp_path, cache):
+    from deqnca.maze.model import PRESETS
+    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze import load_mixed, train_maze
+
+    mixed = load_mixed(5, 12, "test", "mix", cache)
+    assert len(mixed) == 12
+    for i, g in enumerate(mazes.GENERATORS):      # maze 0 of every generator in turn, then maze 1, ...
+        assert np.array_equal(mixed[i], mazes.load_set(5, 1, "test", cache=cache, generator=g)[0])
+    cfg = MazeTrainConfig(train_size=7, train_sizes=[5], train_count=10, epochs=1, batch_size=5, val_count=5,
+                          generator="mix")
+    result = train_maze({**PRESETS["geodesic"], "width": 2}, cfg, tmp_path / "run", cache=cache, log=lambda s: None)
+    assert result["global_step"] == 4                                        # 2 sizes x 10 mazes / 5
+    for g in mazes.GENERATORS:
+        assert mazes.cache_path(cache, "train", 5, 0, g).exists() and mazes.cache_path(cache, "train", 7, 0, g).exists()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved["train_sizes"] == [5] and saved["generator"] == "mix"

@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..maze.evaluate import default_max_iters, evaluate_checkpoints, parse_size_map
+    from ..maze.evaluate import evaluate_checkpoints, parse_size_map
 
     device = setup_device(args.device)
     for s in args.sizes:
@@ -89,7 +89,6 @@ def cmd_eval(args) -> int:
     _check_map("--limit-per-size", limits, 1, mazes.MAX_COUNT)
     _check_map("--max-iters", max_iters, 1, MAX_STEPS)
     limits = {s: v or 100 for s, v in limits.items()}
-    max_iters = {s: v or default_max_iters(s) for s, v in max_iters.items()}
     writable_folder(args.out)
     log = (lambda s: print(s, file=sys.stderr))
     res = evaluate_checkpoints(args.checkpoint, args.sizes, limits, max_iters, device, args.out,
@@ -152,7 +151,8 @@ def add_cli(sub) -> None:
 
     p.add_argument("--cache", default=None, help="maze cache folder (default ~/.cache/deqnca/mazes "
                    "or $DEQNCA_MAZE_CACHE)")
-    p.add_argument("--model", dest="preset", choices=sorted(PRESETS), required=True, help="dt or deq")
+    p.add_argument("--model", dest="preset", choices=sorted(PRESETS), required=True,
+                   help="dt, deq or geodesic (docs/mazes.md)")
     p.add_argument("--width", type=number_type(int, 1, 4096, name="width"), default=32,
                    help="channels of the state (1..4096, default 32)")
     add_run_flags(p, MazeConfig, "runs/maze-<model>-w<width>-seed<seed>")
@@ -165,7 +165,7 @@ def add_cli(sub) -> None:
     p.add_argument("--limit-per-size", help="mazes per size, e.g. 9=1000,59=200,201=20 or one number "
                    f"(default {','.join(f'{k}={v}' for k, v in DEFAULT_LIMITS.items())})")
     p.add_argument("--max-iters", help="test-time iteration cap, one number or SIZE=N pairs "
-                   "(default max(100, 4 x image side))")
+                   "(default max(100, 4 x image side); geodesic: its guaranteed bound, it stops at its fixed point)")
     p.add_argument("--aa-count", type=nonneg_int, default=50, help="mazes per size re-solved for the AA score")
     p.add_argument("--generators", nargs="+", choices=list(mazes.GENERATORS), default=[mazes.DEFAULT_GENERATOR],
                    help="maze distributions to evaluate every checkpoint on (default dfs)")

@@ -1,4 +1,4 @@
-"""The maze solver-nets' config (`MazeNetConfig`), the two presets and the evaluation's default test
+"""The maze solver-nets' config (`MazeNetConfig`), the presets (dt, deq, geodesic) and the evaluation's default test
 counts, torch-free (the command line reads them without importing torch)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class MazeNetConfig:
-    model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall) or "deq"
+    model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall), "deq" or "geodesic"
     width: int = 32
     blocks: int = 2
     init: str = "projection"          # initial state: "projection" (DT), "zeros" / "mixed" (DEQ)
@@ -18,6 +18,7 @@ class MazeNetConfig:
     train_iters: int = 30             # DT: max iterations; DEQ: centre of the random iteration budget
     tol: float = 1e-3                 # DEQ: relative residual at which a maze counts as converged
     bound: float = 10.0               # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
+    rule_kw: dict = field(default_factory=dict)   # geodesic: GeodesicRule options (cost_min, cost_max)
 
     @classmethod
     def from_dict(cls, d: dict) -> MazeNetConfig:
@@ -37,6 +38,13 @@ PRESETS = {
     # backward fixed point needs the forward one converged
     "deq": dict(model="deq", init="mixed", solver="fixed_point", gradient="phantom",
                 gradient_kw={"k": 10, "tau": 1.0}),
+    # max-plus flood (rules/geodesic.py): a unique fixed point for any weights, reached exactly (residual 0)
+    # from any state; the cap of the random training budget (T/2 .. 2T) lies above the ~180 steps the largest
+    # 13x13 maze needs, so every training solve converges (docs/mazes.md, "An equilibrium solver that
+    # generalises"); tol 1e-12 lies below the smallest relative step a float32 state can take, so "converged"
+    # means exactly at the fixed point
+    "geodesic": dict(model="geodesic", init="mixed", solver="fixed_point", gradient="phantom",
+                     gradient_kw={"k": 10, "tau": 1.0}, train_iters=200, tol=1e-12),
 }
 # mazes per size evaluated by default (`deqnca maze eval --limit-per-size`)
 DEFAULT_LIMITS = {9: 1000, 13: 1000, 19: 1000, 33: 500, 59: 200, 101: 50, 201: 20}

@@ -22,8 +22,12 @@ def iteration_marks(max_iters: int) -> list[int]:
     return sorted({m for m in marks if m < max_iters} | {max_iters})
 
 
-def default_max_iters(size: int) -> int:
-    """Enough steps to cross the image a few times (information moves ~5 px per step)."""
+def default_max_iters(size: int, model=None) -> int:
+    """Enough steps to cross the image a few times (information moves ~5 px per step); for the geodesic
+    model, the rule's guaranteed bound (every maze reaches its fixed point exactly within it, and the
+    solver stops there: docs/mazes.md shows how far that is below the bound)."""
+    if model is not None and model.config.model == "geodesic":
+        return model.rule.steps_bound(mazes.image_side(size), mazes.image_side(size))
     return max(100, 4 * mazes.image_side(size))
 
 
@@ -82,7 +86,8 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
             # asymptotic alignment: solve maze a again, now starting from maze a+1's final state
             z_other = torch.roll(z[:n_aa], 1, dims=0)
             z2, _ = solve_for_eval(model, x[:n_aa], max_iters, z0=z_other)
-            cos_all.append(F.cosine_similarity(z[:n_aa].flatten(1), z2.flatten(1), dim=1).float().cpu())
+            # in float64: over ~10^5-10^6 entries a float32 cosine is off by ~1e-5 even for identical states
+            cos_all.append(F.cosine_similarity(z[:n_aa].flatten(1).double(), z2.flatten(1).double(), dim=1).cpu())
     n = len(layouts)
     rel = torch.cat(rel_all)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if str(device).startswith("cuda") else None
@@ -92,7 +97,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
         "size": size, "image_px": mazes.image_side(size), "n": n, "max_iters": max_iters,
         "accuracy": curve[-1], "best_accuracy": curve[best], "best_iters": marks[best],
         "curve_iters": marks, "curve_accuracy": curve,
-        "aa_score": torch.cat(cos_all).mean().item() if cos_all else None,
+        "aa_score": torch.cat(cos_all).mean().item() if cos_all else None,     # float64
         "aa_n": sum(len(c) for c in cos_all),
         "mean_iters": torch.cat(steps_all).double().mean().item(),
         "rel_residual_median": rel.median().item(), "converged_frac": (rel < model.config.tol).double().mean().item(),
@@ -120,7 +125,8 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
 
 def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print,
                          generators=(mazes.DEFAULT_GENERATOR,)) -> dict:
-    """Every checkpoint on every size of every maze distribution in `generators`.
+    """Every checkpoint on every size of every maze distribution in `generators`; `max_iters` {size: cap or
+    None}, None meaning the model's `default_max_iters`.
 
     eval.json holds, per checkpoint, "by_generator" {generator: {size: row}} and "sizes", the rows of
     the first generator (the depth-first benchmark by default, as before there were others)."""
@@ -137,7 +143,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
             rows = {}
             for s in sizes:
                 lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log, generator=g)
-                r = evaluate_size(model, lay, max_iters[s], device, aa_count)
+                r = evaluate_size(model, lay, max_iters.get(s) or default_max_iters(s, model), device, aa_count)
                 rows[s] = r
                 aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
                 mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"
@@ -156,7 +162,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     line_plot(sizes, {name: [rows[s]["accuracy"] for s in sizes] for name, rows in curves},
               out / "accuracy_vs_size.png", "maze size", "fraction fully solved",
               "trained on 9x9; accuracy at the last iteration / at convergence", logx=True)
-    marks = iteration_marks(max(max_iters.values()))
+    marks = iteration_marks(max(row["max_iters"] for _, rows in curves for row in rows.values()))
     series = {}
     for name, rows in curves:
         for s in sizes:

@@ -1,6 +1,7 @@
-"""The maze solver-nets: DT-recall (rollout + BPTT) and the maze DEQ (the same recall rule, bounded,
-solved to its fixed point), both a `RecallRule` bound to the maze by input injection, a solver, a
-gradient strategy and the per-pixel `ConvHead` read-out."""
+"""The maze solver-nets: DT-recall (rollout + BPTT), the maze DEQ (the same recall rule, bounded,
+solved to its fixed point), both a `RecallRule` bound to the maze by input injection, and the geodesic
+model (a `GeodesicRule` max-plus flood, unique fixed point; its read-out sees neighbour differences);
+each with a solver, a gradient strategy and the per-pixel `ConvHead` read-out."""
 from __future__ import annotations
 
 import random
@@ -14,6 +15,7 @@ from ..data.mazes import to_images
 from ..gradients import make_gradient
 from ..readout import ConvHead
 from ..rules import make_rule
+from ..rules.geodesic import NeighbourFeatures
 from ..solvers import get_solver, residuals, rollout
 from .config import PRESETS, MazeNetConfig  # noqa: F401  (re-exported)
 
@@ -29,10 +31,15 @@ class MazeSolverNet(nn.Module):
             raise ValueError(f"maze model {config.model!r}: choose one of {sorted(PRESETS)}")
         self.config = config
         w = config.width
-        self.rule = make_rule("recall", input_channels=3, state_channels=w, blocks=config.blocks,
-                              form=config.model, bound=config.bound)
+        if config.model == "geodesic":
+            self.rule = make_rule("geodesic", input_channels=3, state_channels=w, **config.rule_kw)
+            # its state grows with the image: the head reads neighbour differences, which do not
+            self.head = nn.Sequential(NeighbourFeatures(self.rule.cost_max), ConvHead(4 * w, classes=2))
+        else:
+            self.rule = make_rule("recall", input_channels=3, state_channels=w, blocks=config.blocks,
+                                  form=config.model, bound=config.bound)
+            self.head = ConvHead(w, classes=2)
         self.conditioning = make_conditioning("injection")
-        self.head = ConvHead(w, classes=2)
         # DT-recall's first "thought" is a projection of the input; the DEQ starts from zeros/noise
         self.projection = nn.Conv2d(3, w, 3, padding=1, bias=False) if config.init == "projection" else None
         self.gradient = make_gradient(config.gradient, **config.gradient_kw)

@@ -9,7 +9,7 @@ import torch
 
 from ..data import mazes
 from ..engine.checkpoint import load_maze_model
-from ..solvers import residuals, rollout
+from ..solvers import get_solver, residuals, rollout
 from .evaluate import default_max_iters
 from .model import predict
 
@@ -58,9 +58,11 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     model, _ = load_maze_model(path, device)
     lay = mazes.load_set(size, index + 1, "test", cache=cache, log=log, generator=generator)[index:index + 1]
     x, y = mazes.to_images(torch.as_tensor(lay).to(device))
-    max_iters = max_iters or default_max_iters(size)
     f = model.step_map(x)
     z = model.inference_state(x)
+    if not max_iters and model.config.model == "geodesic":       # its exact fixed point: show the steps it takes
+        max_iters = max(1, get_solver("fixed_point")(f, z, default_max_iters(size, model), model.config.tol)[1].nstep)
+    max_iters = max_iters or default_max_iters(size)
     shots = sorted(set(round(max_iters ** (k / (frames - 1))) for k in range(frames)) | {0, max_iters})
     pictures, t = [], 0
     for s in shots:

@@ -7,6 +7,7 @@ Register your own with ``@RULES.register("name")``.
 """
 from ..registry import Registry
 from .contractive import ContractiveTanhRule, conv_operator_norm
+from .geodesic import GeodesicRule
 from .growing import GrowingNCARule
 from .recall import RecallRule
 from .seed import ResidualTanhRule
@@ -18,11 +19,12 @@ RULES.register("residual_tanh", ResidualTanhRule)
 RULES.register("contractive_tanh", ContractiveTanhRule)
 RULES.register("growing", GrowingNCARule)     # the growing NCA's own rule (grow task), not for EquilibriumModel
 RULES.register("recall", RecallRule)
+RULES.register("geodesic", GeodesicRule)         # max-plus flood: unique fixed point, no contraction (maze)
 RULES.register("selfclass", SelfClassifyingRule)     # self-classifying digits (cells task), the article's rule
 RULES.register("selfclass_contractive", ContractiveCellsRule)   # ... and its contraction (equilibrium model)
 
-__all__ = ["RULES", "make_rule", "conv_operator_norm", "ContractiveTanhRule", "GrowingNCARule", "RecallRule",
-           "ResidualTanhRule", "SelfClassifyingRule", "ContractiveCellsRule"]
+__all__ = ["RULES", "make_rule", "conv_operator_norm", "ContractiveTanhRule", "GeodesicRule", "GrowingNCARule",
+           "RecallRule", "ResidualTanhRule", "SelfClassifyingRule", "ContractiveCellsRule"]
 
 
 def make_rule(name: str, **kw):

@@ -10,13 +10,14 @@ import copy
 import math
 import random
 
+import numpy as np
 import torch
 
 from ..data import mazes
 from ..engine import distributed
 from ..engine.trainer import TASKS, Batch, Task, epoch_order
 from ..maze.model import MazeSolverNet, deq_loss, dt_loss, quick_accuracy
-from .maze_config import MazeConfig
+from .maze_config import MIX, MazeConfig
 
 
 def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", resume: bool = False, cache=None,
@@ -35,6 +36,27 @@ def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", re
     return fit(MazeTask(cfg), out, device=device, resume=resume, log=log, **fit_kw)
 
 
+def load_mixed(size: int, count: int, split: str, generator: str, cache=None, log=None):
+    """The first `count` layouts of a set; generator "mix" interleaves every generator's sets (maze i of
+    each in turn), so that any prefix holds them in equal shares."""
+    gens = list(mazes.GENERATORS) if generator == MIX else [generator]
+    share = -(-count // len(gens))
+    parts = [mazes.load_set(size, share, split, cache=cache, log=log, generator=g) for g in gens]
+    return np.stack(parts, 1).reshape(-1, *parts[0].shape[1:])[:count]
+
+
+def batch_plan(counts, batch_size: int, seed: int, epoch: int) -> list:
+    """An epoch's batches as (set, rows) pairs: each set (one maze size) in its own seeded order, cut
+    into batches, the batches of all sets shuffled together (one set: the order of a single set)."""
+    plan = []
+    for k, n in enumerate(counts):
+        perm = epoch_order(n, seed + 1_000_003 * k, epoch)
+        plan += [(k, perm[i:i + batch_size]) for i in range(0, n, batch_size)]
+    if len(counts) > 1:
+        plan = [plan[i] for i in epoch_order(len(plan), seed + 7_919, epoch).tolist()]
+    return plan
+
+
 @TASKS.register("maze")
 class MazeTask(Task):
     """Train a maze solver-net (`cfg.model`: a MazeNetConfig dict) on mazes of `cfg.train_size`."""
@@ -47,15 +69,18 @@ class MazeTask(Task):
 
     def setup(self):
         c, main = self.cfg, self.rank == 0
+        sizes = sorted({c.train_size, *c.train_sizes})
+        for size in sizes:
+            mazes.check_size(size)
         if not main:             # the main process generates and caches the maze sets, the others read them
             distributed.barrier()
         cache = c.cache or None
-        self.layouts = torch.as_tensor(mazes.load_set(c.train_size, c.train_count, "train", cache=cache,
-                                                      log=self.log, generator=c.generator)).to(self.device)
-        self.val = mazes.load_set(c.train_size, c.val_count, "test", cache=cache, log=self.log, generator=c.generator)
+        self.sets = [torch.as_tensor(load_mixed(s, c.train_count, "train", c.generator, cache, self.log))
+                     .to(self.device) for s in sizes]
+        self.val = load_mixed(c.train_size, c.val_count, "test", c.generator, cache, self.log)
         if main:
             distributed.barrier()
-        last = len(self.layouts) % c.batch_size
+        last = c.train_count % c.batch_size
         if self.world > 1 and 0 < last < self.world:
             raise ValueError(f"the last batch of an epoch holds {last} mazes, fewer than the {self.world} processes: "
                              "choose a training count or batch size that leaves at least one maze per process")
@@ -70,22 +95,23 @@ class MazeTask(Task):
         return model
 
     def steps_per_epoch(self):
-        return math.ceil(len(self.layouts) / self.cfg.batch_size)
+        return sum(math.ceil(len(lay) / self.cfg.batch_size) for lay in self.sets)
 
     def batch(self, epoch, index, global_step):
         c = self.cfg
         if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
-            self.perm, self._perm_epoch = epoch_order(len(self.layouts), c.seed, epoch), epoch
+            self.plan = batch_plan([len(lay) for lay in self.sets], c.batch_size, c.seed, epoch)
+            self._perm_epoch = epoch
             resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
             self.sums = resumed if resumed and index else {"loss": 0.0, "n": 0, "nstep": 0.0}
         # every random choice of a step is seeded by the step: --resume replays it exactly, and every process
         # makes the same choices (random tensors are drawn for the global batch, then sliced)
         self.rng = random.Random(c.seed * 1_000_003 + global_step)
         self.gen = torch.Generator(device=self.device).manual_seed(c.seed * 7_919 + global_step)
-        rows = self.perm[index * c.batch_size:(index + 1) * c.batch_size]
+        k, rows = self.plan[index]
         idx = rows[self.rank::self.world].to(self.device)
         self.shard = distributed.Shard(self.rank, self.world, len(rows)) if self.world > 1 else None
-        return Batch(mazes.to_images(self.layouts[idx]), len(idx), len(rows), index)
+        return Batch(mazes.to_images(self.sets[k][idx]), len(idx), len(rows), index)
 
     def loss(self, batch):
         x, y = batch.data

@@ -7,12 +7,17 @@ from ..configs import option
 from ..data import mazes
 from ..engine.options import TrainConfig
 
+MIX = "mix"      # MazeConfig.generator: every generator of mazes.GENERATORS in equal shares
+
 
 @dataclass
 class MazeConfig(TrainConfig):
     """Options of the maze task (the engine's with Bansal et al.'s defaults, plus these)."""
     model: dict = option({}, "maze model config (MazeNetConfig fields; a preset fills it)", flag=False)
-    train_size: int = option(mazes.TRAIN_SIZE, "maze size trained on", min=3, max=mazes.MAX_SIZE)
+    train_size: int = option(mazes.TRAIN_SIZE, "maze size trained on (and of the held-out mazes)", min=3,
+                             max=mazes.MAX_SIZE)
+    train_sizes: list = option([], "further maze sizes trained on, each a set of train_count mazes; every batch "
+                               "holds one size (JSON list, e.g. [5, 7, 11, 13])")
     train_count: int = option(mazes.DEFAULT_COUNTS["train"], "training mazes", min=1, max=mazes.MAX_COUNT)
     epochs: int = option(50, "passes over the training mazes")
     optimizer: str = option("adamw", "optimiser", choices=("sgd", "adam", "adamw"))
@@ -27,5 +32,6 @@ class MazeConfig(TrainConfig):
     val_count: int = option(200, "held-out test mazes of the training size evaluated after each epoch",
                            min=1, max=mazes.MAX_COUNT)
     cache: str = option("", "maze cache folder (default ~/.cache/deqnca/mazes)", flag=False)
-    generator: str = option(mazes.DEFAULT_GENERATOR, "maze distribution of the training and held-out mazes",
-                            choices=tuple(mazes.GENERATORS))
+    generator: str = option(mazes.DEFAULT_GENERATOR, "maze distribution of the training and held-out mazes "
+                            "(mix: equal shares of every generator, mixed within each batch)",
+                            choices=(*mazes.GENERATORS, MIX))
