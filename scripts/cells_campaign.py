@@ -132,6 +132,54 @@ def progress(a) -> int:
     return 0
 
 
+def pieces(a) -> int:
+    """How many test digits' alive cells form more than one 8-connected piece (cells that can never hear
+    from the rest of their digit: a local rule's total agreement needs each piece right on its own)."""
+    import torch
+    import torch.nn.functional as F
+
+    from deqnca.data.idx import load_mnist
+
+    x, _ = load_mnist(split="test")
+    alive = x[:, 0] > 0.1
+    ids = (torch.arange(1, 28 * 28 + 1, dtype=torch.float32).view(1, 28, 28) * alive).clone()
+    while True:                       # every alive cell takes the largest id of its 3×3 neighbourhood
+        new = F.max_pool2d(ids[:, None], 3, 1, 1)[:, 0] * alive
+        if torch.equal(new, ids):
+            break
+        ids = new
+    n = torch.tensor([len(torch.unique(i[i > 0])) for i in ids])
+    print(f"{int((n > 1).sum())} of {len(n):,} test digits ({100 * (n > 1).float().mean():.2f}%) have more than one "
+          f"8-connected piece of alive cells (at most {int(n.max())})")
+    return 0
+
+
+def reach(a) -> int:
+    """How far a self-classifying model's cells hear: the right half of `--digits` test digits is erased and
+    the labels of the left half's alive cells compared, by distance from the cut (both rolled `--steps`)."""
+    import torch
+
+    from deqnca.data.idx import load_mnist
+    from deqnca.tasks.cells import load_cells_checkpoint
+
+    torch.set_num_threads(1)
+    model, _ = load_cells_checkpoint(a.checkpoint)
+    x, _ = load_mnist(split="test")
+    x = x[:a.digits]
+    cut = x.clone()
+    cut[..., 14:] = 0
+    with torch.no_grad():
+        labels = [model.rule.logits(model.rollout(v, a.steps, torch.Generator().manual_seed(0))).argmax(1)
+                  for v in (x, cut)]
+    columns = torch.arange(28)
+    for lo, hi in ((10, 14), (6, 10), (0, 6)):
+        cells = (x[:, 0] > 0.1) & (columns >= lo) & (columns < hi)
+        changed = (labels[0] != labels[1])[cells].float().mean().item()
+        print(f"columns {lo}-{hi - 1} ({14 - hi + 1}-{14 - lo} from the cut): {100 * changed:.1f}% of alive cells "
+              f"change their label")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -147,8 +195,13 @@ def main(argv=None) -> int:
     t.add_argument("--models", nargs="+", default=["article", "equilibrium"])
     p = sub.add_parser("progress", help="a training run's held-out evaluations from its metrics.jsonl")
     p.add_argument("runs", nargs="+", help="run folders")
+    sub.add_parser("pieces", help="test digits whose alive cells form several separate pieces")
+    r = sub.add_parser("reach", help="how far a model's cells hear: labels changed by erasing half the digit")
+    r.add_argument("checkpoint")
+    r.add_argument("--digits", type=int, default=64)
+    r.add_argument("--steps", type=int, default=100)
     a = ap.parse_args(argv)
-    return {"run": run, "table": table, "progress": progress}[a.cmd](a)
+    return {"run": run, "table": table, "progress": progress, "pieces": pieces, "reach": reach}[a.cmd](a)
 
 
 if __name__ == "__main__":

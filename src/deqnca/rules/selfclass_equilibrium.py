@@ -46,7 +46,7 @@ class ContractiveCellsRule(nn.Module):
 
     def __init__(self, input_channels: int = 1, state_channels: int = 32, embed: int = 16, head_hidden: int = 32,
                  classes: int = 10, gamma: float = 0.9, alive_threshold: float = 0.1, norm_grid: int = 64,
-                 eval_power_iters: int = 20, init: str = "random", dilations=(1,)):
+                 eval_power_iters: int = 20, init: str = "random", dilations=(1,), renormalize: bool = False):
         super().__init__()
         dilations = tuple(int(d) for d in dilations)
         if dilations[0] != 1 or list(dilations) != sorted(set(dilations)):
@@ -58,6 +58,7 @@ class ContractiveCellsRule(nn.Module):
             raise ValueError(f"gamma must be in (0, 1) for a contraction, got {gamma}")
         self.input_channels, self.state_channels, self.classes = input_channels, state_channels, classes
         self.gamma, self.alive_threshold, self.eval_power_iters = gamma, alive_threshold, eval_power_iters
+        self.renormalize = renormalize
         self._compiled = None
         self.embed = nn.Conv2d(input_channels, embed, 3, padding=1)
         self.inject = nn.Conv2d(input_channels + embed, state_channels, 3, padding=1)
@@ -119,6 +120,21 @@ class ContractiveCellsRule(nn.Module):
         if len(self.dilations) == 1:
             return self.w_z.weight * scale
         return [self.w_z.weight * scale, *(w.unsqueeze(1) * scale for w in self.w_far)]
+
+    @torch.no_grad()
+    def after_step(self):
+        """Rescale the raw W_z (and the far taps) back to norm γ when they have grown past it.
+
+        The map does not change (Ŵ_z = W_z·γ/σ is scale-free); the step size does: Adam's steps of fixed
+        size move a large raw W_z less and less (a 61-minute training without it ended with σ = 27.6).
+        Off by default: in 600 steps it learnt no faster (docs/cells.md). Called after every optimiser
+        step by the cells task."""
+        if not self.renormalize:
+            return
+        shrink = (self.gamma / conv_operator_norm(self.operator_kernel(), self.power_vector, 0)[0]).clamp(max=1.0)
+        self.w_z.weight.mul_(shrink)
+        if len(self.dilations) > 1:
+            self.w_far.mul_(shrink)
 
     def lipschitz_bound(self) -> float:
         """The map's Lipschitz constant in z as estimated now: min(σ, γ) (at most γ < 1)."""

@@ -146,6 +146,8 @@ class CellsTask(Task):
 
     def after_step(self, batch, out, ok, global_step):
         z, counts, loss = out
+        if ok and callable(getattr(self.model.rule, "after_step", None)):
+            self.model.rule.after_step()         # the contraction's renormalisation (rules/selfclass_equilibrium.py)
         if ok:
             self.window["loss"].append(loss.item())
             self.window["correct"] += counts["correct"]
