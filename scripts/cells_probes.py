@@ -41,7 +41,8 @@ def main() -> None:
                     solver_iter=a.solver_iter)
         opts.update(kw)
         out = f"/tmp/cells-probe-{name}"
-        r = fit(CellsTask(CellsConfig.for_model("equilibrium", **opts), data), out, progress=False, overwrite=True)
+        model = opts.pop("model", "equilibrium")
+        r = fit(CellsTask(CellsConfig.for_model(model, **opts), data), out, progress=False, overwrite=True)
         final = r["history"][-1]
         records = [json.loads(line) for line in open(f"{out}/metrics.jsonl") if "solver_steps" in line]
         print(f"{name}: held-out accuracy {final[f'eval_accuracy@{a.mark}']:.3f}, agreement "

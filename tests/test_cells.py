@@ -94,11 +94,11 @@ def test_canvas_batch_marks_each_digit_and_a_perfect_reader_scores_one():
     assert s == {"accuracy": 1.0, "agreement": 1.0, "unanimity": 1.0, "digit_accuracy": 1.0}
 
 
-@pytest.mark.parametrize("rule", ["selfclass", "selfclass_contractive"])
+@pytest.mark.parametrize("rule", ["selfclass", "selfclass_contractive", "selfclass_consensus"])
 def test_dead_cells_never_change_and_alive_cells_do(rule):
     x, _ = _digits(4)
     model = _active_article() if rule == "selfclass" else CellsModel({"rule": rule})
-    dead = (x <= 0.1).expand(-1, model.rule.state_channels, -1, -1)
+    dead = (x <= 0.1).expand(-1, model.rule.initial_state(x).shape[1], -1, -1)
     gen = torch.Generator().manual_seed(0)
     f = model.rule.step_map(x, gen)
     z = z0 = model.rule.initial_state(x)
@@ -108,6 +108,49 @@ def test_dead_cells_never_change_and_alive_cells_do(rule):
             if t % 50 == 0 or t == 299:
                 assert torch.equal(z[dead], z0[dead]), f"a dead cell changed at step {t + 1}"
     assert (z[~dead] != 0).float().mean() > 0.5        # the alive cells did move
+
+
+def test_the_flood_reaches_the_digit_wide_maximum_minus_eps_per_step():
+    from deqnca.rules.selfclass_consensus import _flood
+
+    # an L-shaped piece of alive cells and a separate cell; evidence 0.5 at one end of the L, -0.5 elsewhere
+    alive = torch.zeros(1, 1, 7, 7, dtype=torch.bool)
+    alive[0, 0, 1, 1:6] = True
+    alive[0, 0, 1:6, 5] = True
+    alive[0, 0, 5, 1] = True                                  # cut off from the L
+    s = torch.full((1, 1, 7, 7), -0.5)
+    s[0, 0, 1, 1] = 0.5
+    y = torch.zeros_like(s)
+    for _ in range(30):
+        y = _flood(y, s, alive, 0.02)
+    # along the L, 8-neighbour steps from (1, 1): (1, c) is c - 1 away; (r, 5) is r + 2 away (via (1, 4) diagonally)
+    for c in range(1, 6):
+        assert y[0, 0, 1, c] == pytest.approx(0.5 - 0.02 * (c - 1))
+    for r in range(2, 6):
+        assert y[0, 0, r, 5] == pytest.approx(0.5 - 0.02 * (r + 2))
+    assert y[0, 0, 5, 1] == pytest.approx(-0.5)               # hears nothing from the L
+    assert torch.equal(y[~alive], torch.zeros_like(y[~alive]))
+    assert torch.equal(_flood(y, s, alive, 0.02), y)          # exactly a fixed point
+
+
+def test_the_consensus_rule_has_one_fixed_point_from_any_start():
+    torch.manual_seed(0)
+    x, _ = _digits(3)
+    model = CellsModel({"rule": "selfclass_consensus"}).eval()
+    assert sum(p.numel() for p in model.parameters()) <= 25_000
+    rule = model.rule
+    with torch.no_grad():
+        rule.w_z.weight.mul_(20)                               # the contraction's bound must hold
+        f = rule.step_map(x)
+        finals = []
+        for seed in range(3):
+            z = 3 * torch.randn(rule.initial_state(x).shape, generator=torch.Generator().manual_seed(seed))
+            for _ in range(300):                               # z settles, then y drains within 2/eps = 100
+                z = f(z)
+            finals.append(z)
+        assert (f(finals[0]) - finals[0]).norm() < 1e-5 * finals[0].norm()
+        for other in finals[1:]:
+            assert (other - finals[0]).abs().max() < 1e-5
 
 
 def test_the_dilated_rule_is_the_sum_of_its_taps_and_its_norm_bounds_them():

@@ -33,7 +33,7 @@ CLASSES = 10
 MARKS = (20, 80, 200, 1000, 10000)
 MUTATE_AT = 200
 # the two models: the article's rule (BPTT) and the contraction (equilibrium)
-MODEL_RULES = {"article": "selfclass", "equilibrium": "selfclass_contractive"}
+MODEL_RULES = {"article": "selfclass", "equilibrium": "selfclass_contractive", "consensus": "selfclass_consensus"}
 
 
 @dataclass

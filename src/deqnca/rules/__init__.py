@@ -12,6 +12,7 @@ from .growing import GrowingNCARule
 from .recall import RecallRule
 from .seed import ResidualTanhRule
 from .selfclass import SelfClassifyingRule
+from .selfclass_consensus import ConsensusCellsRule
 from .selfclass_equilibrium import ContractiveCellsRule
 
 RULES = Registry("rule", "an nn.Module(input_channels=, state_channels=, **rule_kw) with bind(u, conditioning)")
@@ -22,6 +23,7 @@ RULES.register("recall", RecallRule)
 RULES.register("geodesic", GeodesicRule)         # max-plus flood: unique fixed point, no contraction (maze)
 RULES.register("selfclass", SelfClassifyingRule)     # self-classifying digits (cells task), the article's rule
 RULES.register("selfclass_contractive", ContractiveCellsRule)   # ... and its contraction (equilibrium model)
+RULES.register("selfclass_consensus", ConsensusCellsRule)       # ... contraction + max-plus flood (consensus)
 
 __all__ = ["RULES", "make_rule", "conv_operator_norm", "ContractiveTanhRule", "GeodesicRule", "GrowingNCARule",
            "RecallRule", "ResidualTanhRule", "SelfClassifyingRule", "ContractiveCellsRule"]

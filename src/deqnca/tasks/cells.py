@@ -97,7 +97,7 @@ class CellsTask(Task):
         c, rule = self.cfg, self.model.rule
         self.window, self.pool = {"loss": [], "correct": 0, "cells": 0}, None
         self.extra = {}
-        if c.model == "equilibrium":
+        if c.model != "article":
             kw = {"b_max_iter": c.b_max_iter, "b_tol": c.b_tol} if c.gradient == "implicit" else {"k": c.phantom_k}
             self.strategy, self.solve = make_gradient(c.gradient, **kw), get_solver(c.solver)
         elif c.pool_size:
@@ -129,7 +129,7 @@ class CellsTask(Task):
         c, rule = self.cfg, self.model.rule
         z0, img, _ = batch.data
         x, truth = self.x[img], truth_map(self.x[img], self.y[img])
-        if c.model == "equilibrium":
+        if c.model != "article":
             z, self.extra = _equilibrium_step(self, x)
         else:
             z = self.model.rollout(x, c.rollout_steps, self.gen, z0)

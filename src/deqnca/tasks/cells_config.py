@@ -11,14 +11,17 @@ from ..engine.options import TrainConfig
 MODEL_DEFAULTS = {"article": {},
                   "equilibrium": {"loss": "ce", "batch_size": 32, "lr": 1e-2, "normalise_gradients": False,
                                   "grad_clip": 1.0, "schedule": "cosine", "steps": 20000}}
+# the consensus model: the equilibrium's, with room for the flood (a digit's width in steps) in both solves
+MODEL_DEFAULTS["consensus"] = {**MODEL_DEFAULTS["equilibrium"], "solver_iter": 120, "b_max_iter": 80}
 
 
 @dataclass
 class CellsConfig(TrainConfig):
     """Options of the self-classifying task (the engine's, with the article's defaults, plus these)."""
     epochs: int = option(1, "passes of `steps` steps (one)", flag=False)
-    model: str = option("article", "article (BPTT, the Distill recipe) or equilibrium (a contraction solved to "
-                        "its fixed point)", choices=("article", "equilibrium"))
+    model: str = option("article", "article (BPTT, the Distill recipe), equilibrium (a contraction solved to "
+                        "its fixed point) or consensus (the contraction plus a max-plus flood of evidence)",
+                        choices=("article", "equilibrium", "consensus"))
     steps: int = option(100000, "optimizer steps")
     batch_size: int = option(16, "digits per step")
     optimizer: str = option("adam", "optimiser", choices=("sgd", "adam", "adamw"))

@@ -1,0 +1,87 @@
+"""A self-classifying rule whose cells reach consensus at a unique fixed point: a contraction for local
+features, and a max-plus flood that carries the strongest evidence across the digit undamped.
+
+The state of an alive cell has two parts: local features z (C channels) and evidence y (E channels).
+
+    z' = m ⊙ tanh(Ŵ_z * (m ⊙ z) + b(x))                       the contraction of rules/selfclass_equilibrium.py
+    s  = tanh(V z + c)                                          each cell's evidence, from its own features
+    y'(p) = clip(max(s(p), max_{q ∈ N(p), alive} y(q) − ε), −1, 1)   on alive cells (0 on dead cells)
+
+and each cell reads its label from its own y through a per-cell head (1×1 convolutions).
+
+**Unique fixed point, reached from any state.** z has one fixed point z* (Banach: ‖Ŵ_z‖ ≤ γ < 1, tanh
+1-Lipschitz, the mask never increases a norm); it fixes s* = tanh(V z* + c). Given s*, the flood has one
+fixed point, y*(p) = max over the alive cells q of p's 8-connected piece of s*(q) − ε·d(p, q) (d the
+number of steps from q to p through alive cells): where two fixed points differ most, the larger must
+come from a neighbour with a gap as large and a value larger by ε, a chain that cannot go on in a finite
+grid (rules/geodesic.py has the same argument). From any state, y's excess over y* drains by ε per step
+once z has settled (at most 2/ε steps: y is clipped to [−1, 1], where y* lies), and a deficit fills at
+one cell per step.
+
+**Why the flood escapes the contraction's reach.** A γ-contraction passes at most γ^d of what a cell d
+steps away says (docs/cells.md measured this model family's reach: a few cells). The flood passes it
+exactly, minus ε·d: every cell of a digit sees (almost) the digit-wide maximum of each evidence channel —
+a global max-pool of learned local features, computed by a local rule, which is what a per-cell label
+needs; and the cells of one piece see nearly the same y, so they agree. A piece cut off from the rest
+of its digit (2.95% of the test digits have one) sees only its own evidence.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .selfclass_equilibrium import ContractiveCellsRule, _apply, _apply_dilated
+
+_DEAD = -10.0      # what a dead neighbour offers the flood: below any evidence (s ∈ (−1, 1))
+
+
+def _flood(y, s, alive, eps: float):
+    neighbours = F.max_pool2d(torch.where(alive, y, torch.full_like(y, _DEAD)), 3, 1, 1)
+    # clamped to [-1, 1], where y* lies (s does): the fixed point is unchanged and a state from anywhere
+    # drains to it within 2/eps steps
+    return torch.where(alive, torch.maximum(s, neighbours - eps).clamp(-1.0, 1.0), torch.zeros_like(y))
+
+
+def _apply_consensus(state, m, w, b, v, c, eps: float, channels: int, dilations):
+    z, y = state[:, :channels], state[:, channels:]
+    z_next = _apply_dilated(z, m, w, b, dilations) if len(dilations) > 1 else _apply(z, m, w, b)
+    s = torch.tanh(F.conv2d(z, v, c))
+    return torch.cat([z_next, _flood(y, s, m > 0, eps)], dim=1)
+
+
+class ConsensusCellsRule(ContractiveCellsRule):
+    """Local features by a contraction, evidence spread by a max-plus flood (module docstring)."""
+
+    def __init__(self, evidence: int = 32, eps: float = 0.02, head_hidden: int = 32, classes: int = 10, **kw):
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0 (the flood's fixed point is unique only then), got {eps}")
+        super().__init__(head_hidden=0, classes=classes, **kw)
+        self.evidence, self.eps = evidence, eps
+        self.head = None
+        self.to_evidence = nn.Conv2d(self.state_channels, evidence, 1)
+        layers = [nn.Conv2d(evidence, head_hidden, 1), nn.ReLU(), nn.Conv2d(head_hidden, classes, 1)] \
+            if head_hidden else [nn.Conv2d(evidence, classes, 1)]
+        self.read = nn.Sequential(*layers)
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero everywhere: features 0, evidence 0 (any start reaches the same fixed point)."""
+        return x.new_zeros(x.shape[0], self.state_channels + self.evidence, *x.shape[2:])
+
+    def step_map(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """The map (z, y) -> (z', y') on input x; deterministic, so also the expected map."""
+        m = self.alive(x).to(x.dtype)
+        b, w = self.drive(x), self.state_weight()
+        apply = self._compiled or _apply_consensus
+        v, c = self.to_evidence.weight, self.to_evidence.bias
+        return lambda state: apply(state, m, w, b, v, c, self.eps, self.state_channels, self.dilations)
+
+    expected_map = step_map
+
+    def compile_for_eval(self) -> None:
+        """Compile the map with torch.compile for long evaluations (float rounding differs, nothing else)."""
+        self._compiled = torch.compile(_apply_consensus, dynamic=False)
+
+    def logits(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, classes, H, W): each cell's label scores from its own evidence y."""
+        return self.read(state[:, self.state_channels:])
