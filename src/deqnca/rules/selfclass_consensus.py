@@ -65,8 +65,12 @@ class ConsensusCellsRule(ContractiveCellsRule):
         self.read = nn.Sequential(*layers)
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero everywhere: features 0, evidence 0 (any start reaches the same fixed point)."""
-        return x.new_zeros(x.shape[0], self.state_channels + self.evidence, *x.shape[2:])
+        """Features 0; evidence −1 on the alive cells, y's lower bound, so that the flood only rises, one
+        cell per step (from 0 it would first drain by ε per step towards a negative y*); dead cells 0.
+        Any start reaches the same fixed point; this one in the fewest steps."""
+        z = x.new_zeros(x.shape[0], self.state_channels + self.evidence, *x.shape[2:])
+        z[:, self.state_channels:] = -self.alive(x).to(x.dtype)
+        return z
 
     def step_map(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """The map (z, y) -> (z', y') on input x; deterministic, so also the expected map."""
