@@ -17,14 +17,7 @@ from deqnca.cells import (
     truth_map,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: one thread is as fast, and far faster on a loaded 2-core machine (no spinning)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scores(labels):

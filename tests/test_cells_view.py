@@ -12,14 +12,7 @@ from deqnca.cells import CellsModel, evaluate, mutation_test, resize_digits, sum
 from deqnca.reports import cells_view
 from deqnca.reports.cells_view import BACKGROUND, PALETTE
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: one thread is as fast, and far faster on a loaded 2-core machine (no spinning)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
