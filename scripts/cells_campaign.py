@@ -36,21 +36,56 @@ def part_args(part: str, a) -> list[str]:
             "solved": ["--images", "10000", "--marks", "1", "--solve", "--max-iter", "300", "--tol", "1e-6"]}[part]
 
 
+def _merge_rows(rows: list[dict]) -> dict:
+    """One evaluation row from the same row of several shards: shares weighted by cells (accuracy) or
+    digits (the rest), the best step recomputed from the merged curves (absent without curves)."""
+    cells, digits = sum(r["cells"] for r in rows), sum(r["digits"] for r in rows)
+
+    def weight(key, r):
+        return r["cells"] / cells if key == "accuracy" else r["digits"] / digits
+
+    merged = {"name": rows[0]["name"], "steps": rows[0]["steps"], "cells": cells, "digits": digits, "at": {}}
+    for m in rows[0]["at"]:
+        merged["at"][m] = {k: sum(weight(k, r) * r["at"][m][k] for r in rows) for k in rows[0]["at"][m]}
+    if all("curve" in r for r in rows):
+        merged["curve"] = {k: [sum(weight(k, r) * r["curve"][k][t] for r in rows) for t in range(merged["steps"])]
+                           for k in rows[0]["curve"]}
+        merged["top"] = {}
+        for k in ("accuracy", "agreement"):
+            best = max(range(merged["steps"]), key=lambda t: (merged["curve"][k][t], -t))
+            merged["top"][k] = {"value": merged["curve"][k][best], "step": best + 1}
+    return merged
+
+
 def run(a) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     parts = PARTS if "all" in a.parts else a.parts
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     for part in parts:
         out = RESULTS / f"{a.model}-{part}.json"
+        shards = a.shards if part in ("full", "long", "mutation") else 1
         cmd = [sys.executable, "-m", "deqnca.cli", "cells", "eval", a.checkpoint, "--device", "cpu",
-               "--batch-size", "256", "--out", str(out), *part_args(part, a)] + (["--compile"] if a.compile else [])
+               "--batch-size", "256", *part_args(part, a)] + (["--compile"] if a.compile else [])
         t0 = time.time()
-        print("$ " + " ".join(cmd[1:]), flush=True)
-        rc = subprocess.call(cmd, env=env)
-        if rc:
-            return rc
+        outs = [out] if shards == 1 else [out.with_suffix(f".shard{k}of{shards}.json") for k in range(shards)]
+        procs = []
+        for k, o in enumerate(outs):
+            one = cmd + ["--out", str(o)] + ([] if shards == 1 else ["--shard", f"{k}/{shards}"])
+            print("$ " + " ".join(one[1:]), flush=True)
+            procs.append(subprocess.Popen(one, env=env))
+        rcs = [p.wait() for p in procs]
+        if any(rcs):
+            return max(rcs)
+        if shards > 1:          # one file, as one process would have written it (its own random draws aside)
+            pieces = [json.loads(o.read_text()) for o in outs]
+            record = {**pieces[0], "images": sum(p["images"] for p in pieces), "shard": f"merged from {shards}",
+                      "rows": [_merge_rows([p["rows"][i] for p in pieces]) for i in range(len(pieces[0]["rows"]))]}
+            out.write_text(json.dumps(record, indent=1) + "\n")
+            for o in outs:
+                o.unlink()
         record = json.loads(out.read_text())
-        record.update({"command": "deqnca " + " ".join(cmd[3:]), "seconds": round(time.time() - t0, 1),
+        sharded = f" (in {shards} shards, --shard K/{shards})" if shards > 1 else ""
+        record.update({"command": "deqnca " + " ".join(cmd[3:]) + sharded, "seconds": round(time.time() - t0, 1),
                        "threads": a.threads, "date": time.strftime("%Y-%m-%d")})
         out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"  {part}: {record['seconds']:.0f} s", flush=True)
@@ -188,6 +223,8 @@ def main(argv=None) -> int:
     r.add_argument("--checkpoint", required=True, help="a checkpoint or a shipped name (cells/article)")
     r.add_argument("--parts", nargs="+", default=["all"], choices=("all", *PARTS))
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--shards", type=int, default=1, help="processes side by side for the parts full, long and "
+                   "mutation (each --threads threads; their results merged into one file)")
     r.add_argument("--long-images", type=int, default=200)
     r.add_argument("--mutation-images", type=int, default=1000)
     r.add_argument("--no-compile", dest="compile", action="store_false", help="eager PyTorch (default: --compile)")

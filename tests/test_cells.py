@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from deqnca.cells import (
+    LOSSES,
     CellsModel,
     canvas_batch,
     count,
@@ -144,6 +145,52 @@ def test_the_consensus_rule_has_one_fixed_point_from_any_start():
         assert (f(finals[0]) - finals[0]).norm() < 1e-5 * finals[0].norm()
         for other in finals[1:]:
             assert (other - finals[0]).abs().max() < 1e-5
+
+
+def test_the_flood_remembers_where_each_maximum_came_from():
+    from deqnca.rules.selfclass_consensus import flood_with_sources
+
+    alive = torch.zeros(1, 1, 7, 7, dtype=torch.bool)
+    alive[0, 0, 1, 1:6] = True
+    alive[0, 0, 1:6, 5] = True
+    alive[0, 0, 5, 1] = True
+    s = torch.full((1, 1, 7, 7), -0.5)
+    s[0, 0, 1, 1] = 0.5
+    y, src, steps = flood_with_sources(s, alive, 0.02)
+    assert steps <= 1 + 7 * 7
+    lit = alive[0, 0] & (torch.arange(49).view(7, 7) != 5 * 7 + 1)
+    assert torch.all(src[0, 0][lit] == 1 * 7 + 1)              # the whole L reads the one source at (1, 1)
+    assert src[0, 0, 5, 1] == 5 * 7 + 1                        # the cut-off cell reads itself
+    assert y[0, 0, 5, 5] == pytest.approx(0.5 - 0.02 * 7)
+
+
+def test_the_consensus_rule_solved_by_blocks_is_the_joint_fixed_point_and_its_gradient():
+    from deqnca.gradients import make_gradient
+    from deqnca.solvers import get_solver
+
+    torch.manual_seed(0)
+    x, labels = _digits(2)
+    truth = truth_map(x, labels)
+    model = CellsModel({"rule": "selfclass_consensus"}).eval()
+    rule = model.rule
+
+    def loss_of(state):
+        return LOSSES["ce"](rule.logits(state), truth).mean()
+
+    # reference: the joint map unrolled far past convergence, differentiated by autograd
+    f, z = rule.step_map(x), rule.initial_state(x)
+    for _ in range(250):
+        z = f(z)
+    unrolled = torch.autograd.grad(loss_of(z), list(model.parameters()), allow_unused=True)
+    state, stats = rule.equilibrium(x, get_solver("fixed_point"), make_gradient("implicit", b_max_iter=200,
+                                    b_tol=1e-8), max_iter=200, tol=1e-7)
+    assert (state.detach() - z.detach()).abs().max() < 1e-4
+    assert stats.rel_residual.max() < 1e-5
+    blocks = torch.autograd.grad(loss_of(state), list(model.parameters()), allow_unused=True)
+    g_u = torch.cat([g.flatten() for g in unrolled if g is not None])
+    g_b = torch.cat([g.flatten() for g in blocks if g is not None])
+    assert g_u.norm() > 0
+    assert (g_b - g_u).norm() < 1e-3 * g_u.norm()
 
 
 def test_the_dilated_rule_is_the_sum_of_its_taps_and_its_norm_bounds_them():
@@ -356,3 +403,25 @@ def test_the_shipped_article_model_loads_and_runs():
     x, y = load_mnist(split="test")
     r = evaluate(model, x[:8], truth_map(x[:8], y[:8]), marks=(20,), batch_size=8)
     assert r["digits"] == 8 and 0 <= r["at"][20]["accuracy"] <= 1
+
+
+def test_shards_merged_give_the_whole_sets_numbers():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cells_campaign", Path(__file__).resolve().parents[1] / "scripts" / "cells_campaign.py")
+    campaign = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(campaign)
+    torch.manual_seed(0)
+    x, labels = _digits(6)
+    model = CellsModel({"rule": "selfclass_contractive"}).eval()     # deterministic: shards draw nothing
+    whole = evaluate(model, x, truth_map(x, labels), marks=(2, 5), batch_size=4)
+    shards = [evaluate(model, x[k::2], truth_map(x[k::2], labels[k::2]), marks=(2, 5), batch_size=4) for k in (0, 1)]
+    as_json = [{"name": "m", **json.loads(json.dumps(s))} for s in shards]       # keys as in the files
+    merged = campaign._merge_rows(as_json)
+    assert merged["cells"] == whole["cells"] and merged["digits"] == whole["digits"]
+    for k in ("accuracy", "agreement", "rel_residual"):
+        assert merged["at"]["5"][k] == pytest.approx(whole["at"][5][k], rel=1e-5, abs=1e-9)
+    assert merged["curve"]["accuracy"] == pytest.approx(whole["curve"]["accuracy"])
+    assert merged["top"]["accuracy"]["value"] == pytest.approx(whole["top"]["accuracy"]["value"])

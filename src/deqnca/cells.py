@@ -361,7 +361,10 @@ def evaluate_solved(model: CellsModel, x, truth, segments=None, solver: str = "a
     for sl in _batches(len(x), batch_size):
         xb, tb = x[sl].to(device), truth[sl].to(device)
         sb = None if segments is None else segments[sl].to(device)
-        z, stats = solve(model.rule.expected_map(xb), model.rule.initial_state(xb), max_iter=max_iter, tol=tol)
+        if callable(getattr(model.rule, "equilibrium", None)):        # solved by blocks (the consensus rule)
+            z, stats = model.rule.equilibrium(xb, solve, max_iter=max_iter, tol=tol)
+        else:
+            z, stats = solve(model.rule.expected_map(xb), model.rule.initial_state(xb), max_iter=max_iter, tol=tol)
         c = count(model.rule.logits(z), tb, sb)
         totals = {k: totals.get(k, 0) + v for k, v in c.items()}
         res.append(stats.rel_residual.float().cpu())

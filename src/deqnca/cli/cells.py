@@ -50,6 +50,16 @@ def table(rows: list[dict], marks) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/2 (the first of two halves)") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise ValueError(f"--shard {text!r}: K/N with 0 <= K < N")
+    return k, n
+
+
 def cmd_eval(args) -> int:
     import torch
 
@@ -65,11 +75,14 @@ def cmd_eval(args) -> int:
     marks = tuple(sorted(int(m) for m in args.marks.split(",")))
     xt, yt = load_mnist(split="test")
     idx = torch.linspace(0, len(xt) - 1, min(args.images, len(xt))).long()      # evenly spaced test digits
+    shard, shards = _shard(args.shard)
+    idx = idx[shard::shards]                  # one of `shards` interleaved slices (scripts/cells_campaign.py merges)
     x, y = resize_digits(xt[idx], size), yt[idx]
     name = meta["train_config"].get("model", "?")
     kw = {"batch_size": args.batch_size, "seed": args.seed, "device": device}
     result = {"checkpoint": str(args.checkpoint), "model": name, "size": size, "images": len(x), "marks": marks,
-              "compiled": bool(args.compile)}
+              "compiled": bool(args.compile),
+              "shard": f"{shard}/{shards}"}
     rows = [{"name": name, **evaluate(model, x, truth_map(x, y), marks=marks, **kw)}]
     if args.mutation:
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
@@ -158,6 +171,8 @@ def add_cli(sub) -> None:
     p.add_argument("--marks", default="20,80,200,1000,10000", help="steps reported (comma-separated)")
     p.add_argument("--batch-size", type=int, default=256, help="digits per rollout (default 256, as cells.evaluate)")
     p.add_argument("--seed", type=int, default=0, help="seeds the stochastic steps and the mutation pairs")
+    p.add_argument("--shard", default="0/1", help="K/N: only every N-th of the chosen digits, from the K-th (to "
+                   "run N processes side by side; scripts/cells_campaign.py merges them)")
     p.add_argument("--mutation", action="store_true", help="also the mutation test (a new digit at step 200)")
     p.add_argument("--canvases", type=int, default=0, help="also N 84×84 canvases of 3 digits each")
     p.add_argument("--solve", action="store_true", help="also the metrics at the fixed point a solver reaches")

@@ -51,8 +51,11 @@ def load_digits(size: int, train_images: int = 0, eval_images: int = 0):
 
 def _equilibrium_step(task, x):
     c, rule = task.cfg, task.model.rule
-    z, stats = task.strategy(rule.step_map(x), task.solve, rule.initial_state(x), max_iter=c.solver_iter,
-                             tol=c.solver_tol)
+    if callable(getattr(rule, "equilibrium", None)):       # a rule that solves itself by blocks (consensus)
+        z, stats = rule.equilibrium(x, task.solve, task.strategy, max_iter=c.solver_iter, tol=c.solver_tol)
+    else:
+        z, stats = task.strategy(rule.step_map(x), task.solve, rule.initial_state(x), max_iter=c.solver_iter,
+                                 tol=c.solver_tol)
     return z, {"rel_residual": stats.rel_residual.mean().item(), "solver_steps": stats.nstep}
 
 
