@@ -370,13 +370,14 @@ def test_a_compiled_rule_evaluates_like_the_eager_one(rule):
     assert abs(eager["at"][6]["rel_residual"] - compiled["at"][6]["rel_residual"]) < 1e-4
 
 
-def test_the_shipped_equilibrium_model_solves_test_digits_to_a_residual_below_1e_4():
+@pytest.mark.parametrize("name", ["consensus", "equilibrium"])
+def test_the_shipped_equilibrium_models_solve_test_digits_to_a_residual_below_1e_4(name):
     from deqnca.cells import evaluate_solved
     from deqnca.data.idx import load_mnist
     from deqnca.tasks.cells import load_cells_checkpoint
 
-    model, meta = load_cells_checkpoint("cells/equilibrium")
-    assert meta["train_config"]["model"] == "equilibrium" and meta["provenance"]["machine"]
+    model, meta = load_cells_checkpoint(f"cells/{name}")
+    assert meta["train_config"]["model"] == name and meta["provenance"]["machine"]
     x, y = load_mnist(split="test")
     x, y = x[:8], y[:8]
     solved = evaluate_solved(model, x, truth_map(x, y), solver="fixed_point", max_iter=300, tol=1e-5)
@@ -425,3 +426,20 @@ def test_shards_merged_give_the_whole_sets_numbers():
         assert merged["at"]["5"][k] == pytest.approx(whole["at"][5][k], rel=1e-5, abs=1e-9)
     assert merged["curve"]["accuracy"] == pytest.approx(whole["curve"]["accuracy"])
     assert merged["top"]["accuracy"]["value"] == pytest.approx(whole["top"]["accuracy"]["value"])
+
+
+def test_the_records_carry_the_learning_rate_in_use(tmp_path, mnist_small):
+    import json
+
+    from deqnca import fit
+    from deqnca.engine.trainer import lr_at
+    from deqnca.tasks.cells import CellsConfig, CellsTask
+
+    x, y, xt, yt = mnist_small
+    cfg = CellsConfig.for_model("consensus", size=14, steps=4, batch_size=4, train_images=16, eval_images=4,
+                                eval_every=0, eval_marks=[2], log_every=1)
+    fit(CellsTask(cfg, (x[:16], y[:16], xt[:4], yt[:4])), tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs == pytest.approx([lr_at(cfg, s, s / 4) for s in range(4)])     # the cosine's, falling
+    assert lrs[-1] < lrs[0]

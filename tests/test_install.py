@@ -69,7 +69,7 @@ def test_the_installed_wheel_evaluates_and_grows_from_an_empty_folder(installed,
     assert any(f.suffix == ".png" for f in (work / "maze").iterdir())
     r = _run([bin_ / "deqnca", "info", "grow/lizard-bptt"], work, env)
     assert "parameters" in r.stdout
-    r = _run([bin_ / "deqnca", "cells", "eval", "cells/equilibrium", "--images", "4", "--marks", "5", "--device",
+    r = _run([bin_ / "deqnca", "cells", "eval", "cells/consensus", "--images", "4", "--marks", "5", "--device",
               "cpu", "--json"], work, env)
     assert json.loads(r.stdout)["rows"][0]["digits"] == 4
     record_property("seconds", round(time.perf_counter() - t, 1))

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 MAIN_MODELS = ("mnist-essay", "mnist-equilibrium")     # what `deqnca eval` and the main job evaluate
-CELLS_MODELS = ("article", "equilibrium")               # the self-classifying digits, under cells/
+CELLS_MODELS = ("article", "consensus")                 # the self-classifying digits of the main job, under cells/
 _LEGACY_PREFIX = "models/"
 
 
@@ -68,8 +68,9 @@ def shipped_models(root=None) -> list[Path]:
 
 
 def shipped_cells_models(root=None) -> dict[str, Path]:
-    """The shipped self-classifying models that exist, by name: {"article": .../cells/article, "equilibrium":
-    ...}, without those missing ({} for a models folder that has none)."""
+    """The main job's shipped self-classifying models that exist, by name: {"article": .../cells/article,
+    "consensus": ...}, without those missing ({} for a models folder that has none). cells/equilibrium (the
+    plain contraction, docs/cells.md) is shipped too but not shown."""
     base = models_dir(root) / "cells"
     return {name: base / name for name in CELLS_MODELS if (base / f"{name}.json").is_file()}
 

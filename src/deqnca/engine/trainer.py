@@ -103,6 +103,10 @@ class Task:
     def after_build(self, optimizer) -> None:
         """Everything built after the model and the optimiser (e.g. a pool of states)."""
 
+    def current_lr(self) -> float:
+        """The learning rate of the step just taken (the schedule's, set by the engine before each step)."""
+        return self.optimizer.param_groups[0]["lr"]
+
     # --- per epoch / step ---
     def steps_per_epoch(self) -> int:
         raise NotImplementedError
@@ -362,6 +366,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     torch.manual_seed(cfg.seed)
     model = task.model = task.build_model().to(device)
     optimizer = make_optimizer(task.parameters(), cfg)
+    task.optimizer = optimizer             # tasks read the rate in use (current_lr) for their records
     task.after_build(optimizer)
     epoch = step_in_epoch = global_step = 0
     elapsed, history = 0.0, []

@@ -28,7 +28,7 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
     """Draw every figure into `out` and write `out/index.html`.
 
     `cells_models`: the self-classifying models of their section ({name: checkpoint}; default: the shipped
-    `cells/article` and `cells/equilibrium` that exist); none, and the section is left out with a log line.
+    `cells/article` and `cells/consensus` that exist); none, and the section is left out with a log line.
     `cells_digits` test digits are rolled to `cells_steps` steps for it (reports/cells_view.py)."""
     from ..resources import shipped_cells_models
     from ..viz import figures
@@ -107,7 +107,7 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
                                             device=device, data=(x, y), log=log)]
     else:
         cells_section = []
-        log("  self-classifying digits: no cells/article or cells/equilibrium in the models folder; section left out")
+        log("  self-classifying digits: no cells/article or cells/consensus in the models folder; section left out")
     crop_rows = [[name, anchor] + [f"{100 * a:.1f}%" for a in accs]
                  for name in results for anchor, accs in results[name]["crops"]["accuracy"].items()]
     sections += [

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..cells import LOSSES, MODEL_RULES, CellsModel, alive_mask, count, evaluate, resize_digits, truth_map
-from ..engine.trainer import TASKS, Batch, Task, lr_at
+from ..engine.trainer import TASKS, Batch, Task
 from ..gradients import make_gradient
 from ..grow.objective import normalise_gradients
 from ..solvers import get_solver
@@ -167,7 +167,7 @@ class CellsTask(Task):
         if global_step % c.log_every == 0 or global_step == c.steps:
             w = self.window
             loss = sum(w["loss"]) / len(w["loss"]) if w["loss"] else float("nan")
-            rec = {"step": global_step, "loss": loss, "lr": lr_at(c, global_step - 1, 0.0),
+            rec = {"step": global_step, "loss": loss, "lr": self.current_lr(),
                    "train_accuracy": w["correct"] / max(w["cells"], 1), **self.extra}
             self.window, self.last = {"loss": [], "correct": 0, "cells": 0}, rec
         if c.eval_every and global_step % c.eval_every == 0 and global_step < c.steps:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import distributed
-from ..engine.trainer import TASKS, Batch, Task, lr_at
+from ..engine.trainer import TASKS, Batch, Task
 from ..grow.objective import GrowModel, StepOutput, disc_masks, make_forward, normalise_gradients, spectral_radius
 from ..rules.growing import GrowingConfig, target_loss
 from .grow_config import _EQUILIBRIUM_KEYS, RECIPES, VARIANTS, GrowConfig  # noqa: F401  (re-exported)
@@ -140,7 +140,7 @@ class GrowTask(Task):
         if not (global_step % c.log_every == 0 or global_step == c.steps):
             return None
         rec = {"step": global_step, "loss": torch.stack(self.window).mean().item() if self.window else float("nan"),
-               "lr": lr_at(c, global_step - 1, 0.0), **self.counters,
+               "lr": self.current_lr(), **self.counters,
                "divergences": self.counters["divergences"] + int(self.divergences)}
         if "rel_residual" in out.extra:
             rec.update(rel_residual=out.extra["rel_residual"].mean().item(),
