@@ -105,7 +105,7 @@ class Task:
 
     def current_lr(self) -> float:
         """The learning rate of the step just taken (the schedule's, set by the engine before each step)."""
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])      # a tensor where a CUDA graph captures the step
 
     # --- per epoch / step ---
     def steps_per_epoch(self) -> int:
