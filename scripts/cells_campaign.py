@@ -2,7 +2,7 @@
 writing results/cells/<model>-<part>.json, and the docs table built from those files.
 
     python scripts/cells_campaign.py run --model article --checkpoint cells/article --parts full long
-    python scripts/cells_campaign.py run --model equilibrium --checkpoint cells/equilibrium --parts all
+    python scripts/cells_campaign.py run --model consensus --checkpoint cells/consensus --parts all --shards 2
     python scripts/cells_campaign.py table            # the markdown of docs/cells.md, from results/cells/
     python scripts/cells_campaign.py progress runs/cells-article-seed0 runs/cells-equilibrium-seed0
 
@@ -11,7 +11,10 @@ Parts (each a separate process, so two can run side by side with one thread each
 - long: `--long-images` evenly spaced digits to 10,000 steps (marks 20, 80, 200, 1,000, 10,000)
 - mutation: `--mutation-images` digits, the article's mutation test (a new digit at step 200, 200 more steps)
 - canvases: 100 canvases of 3 digits to 200 steps (per-digit accuracy)
-- solved: the whole test set at the fixed point a solver reaches (deterministic rules: the equilibrium model)
+- solved: the whole test set at the fixed point a solver reaches (deterministic rules: the equilibrium models)
+
+`--shards N` runs the parts full, long and mutation as N processes side by side (`cells eval --shard K/N`) and
+merges their files into one.
 """
 from __future__ import annotations
 
@@ -102,12 +105,13 @@ def _load(model: str, part: str):
 
 
 def table(a) -> int:
-    """Markdown: the article's columns on the whole test set, then the long rollouts, the mutation and
-    the canvases, per model."""
+    """Markdown: the article's columns on the whole test set; every step count (20, 80, 200 on the whole
+    set, 200, 1,000 and 10,000 on the long rollouts' digits, the solver's fixed point on the whole set)
+    with the relative residual; then the mutation and the canvases, per model."""
     lines = ["| model | digits | top cell accuracy | cell accuracy at 200 | top total agreement | "
-             "agreement at 200 | residual at 200 |", "|---|---|---|---|---|---|---|"]
-    long_lines = ["| model | digits | accuracy at 200 | at 1,000 | at 10,000 | agreement at 200 | at 1,000 | "
-                  "at 10,000 | residual at 200 | at 1,000 | at 10,000 |", "|" + "---|" * 11]
+             "agreement at 200 |", "|---|---|---|---|---|---|"]
+    steps = ["| model | step | digits | cell accuracy | total agreement | relative residual |",
+             "|---|---|---|---|---|---|"]
     other = ["| model | test | digits | cell accuracy | total agreement |", "|---|---|---|---|---|"]
     for model in a.models:
         full = _load(model, "full")
@@ -116,15 +120,23 @@ def table(a) -> int:
             top, at = r["top"], r["at"]["200"]
             lines.append(f"| {model} | {r['digits']:,} | {_pct(top['accuracy']['value'])} (step "
                          f"{top['accuracy']['step']}) | {_pct(at['accuracy'])} | {_pct(top['agreement']['value'])} "
-                         f"(step {top['agreement']['step']}) | {_pct(at['agreement'])} | {at['rel_residual']:.1e} |")
+                         f"(step {top['agreement']['step']}) | {_pct(at['agreement'])} |")
+            for m, row in r["at"].items():
+                steps.append(f"| {model} | {int(m):,} | {r['digits']:,} | {_pct(row['accuracy'])} | "
+                             f"{_pct(row['agreement'])} | {row['rel_residual']:.1e} |")
         long = _load(model, "long")
         if long:
             r = long["rows"][0]
-            at = r["at"]
-            marks = ("200", "1000", "10000")
-            long_lines.append(f"| {model} | {r['digits']:,} | " + " | ".join(_pct(at[m]["accuracy"]) for m in marks)
-                              + " | " + " | ".join(_pct(at[m]["agreement"]) for m in marks) + " | "
-                              + " | ".join(f"{at[m]['rel_residual']:.1e}" for m in marks) + " |")
+            for m in ("200", "1000", "10000"):
+                row = r["at"][m]
+                steps.append(f"| {model} | {int(m):,} | {r['digits']:,} | {_pct(row['accuracy'])} | "
+                             f"{_pct(row['agreement'])} | {row['rel_residual']:.1e} |")
+        sol = _load(model, "solved")
+        if sol:
+            s = sol["solved"]
+            steps.append(f"| {model} | the fixed point ({sol.get('solver', 'solver')}, {s['nstep']:.0f} steps) | "
+                         f"{sol['images']:,} | {_pct(s['accuracy'])} | {_pct(s['agreement'])} | "
+                         f"{s['rel_residual']:.1e} |")
         mut = _load(model, "mutation")
         if mut:
             before, after = mut["rows"][0]["at"]["200"], mut["rows"][1]["at"]["200"]
@@ -139,13 +151,7 @@ def table(a) -> int:
             other.append(f"| {model} | 100 canvases of 3 digits, step 200 (per-digit accuracy "
                          f"{_pct(r['digit_accuracy'])}) | {can['rows'][-1]['digits']:,} | {_pct(r['accuracy'])} | "
                          f"{_pct(r['agreement'])} |")
-        sol = _load(model, "solved")
-        if sol:
-            s = sol["solved"]
-            other.append(f"| {model} | at the fixed point (Anderson, {s['nstep']:.0f} steps, residual "
-                         f"{s['rel_residual']:.1e}) | {sol['images']:,} | {_pct(s['accuracy'])} | "
-                         f"{_pct(s['agreement'])} |")
-    print("\n".join(lines) + "\n\n" + "\n".join(long_lines) + "\n\n" + "\n".join(other))
+    print("\n".join(lines) + "\n\n" + "\n".join(steps) + "\n\n" + "\n".join(other))
     return 0
 
 
@@ -229,7 +235,7 @@ def main(argv=None) -> int:
     r.add_argument("--mutation-images", type=int, default=1000)
     r.add_argument("--no-compile", dest="compile", action="store_false", help="eager PyTorch (default: --compile)")
     t = sub.add_parser("table", help="the docs tables from results/cells/")
-    t.add_argument("--models", nargs="+", default=["article", "equilibrium"])
+    t.add_argument("--models", nargs="+", default=["article", "consensus"])
     p = sub.add_parser("progress", help="a training run's held-out evaluations from its metrics.jsonl")
     p.add_argument("runs", nargs="+", help="run folders")
     sub.add_parser("pieces", help="test digits whose alive cells form several separate pieces")

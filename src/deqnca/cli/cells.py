@@ -97,6 +97,7 @@ def cmd_eval(args) -> int:
         rows.append({"name": f"{name}, {args.canvases} canvases of 3 digits", **evaluate(
             model, cx, ct, cs, marks=tuple(m for m in marks if m <= 1000), **kw)})
     if args.solve:
+        result["solver"] = args.solver
         result["solved"] = evaluate_solved(model, x, truth_map(x, y), solver=args.solver, max_iter=args.max_iter,
                                            tol=args.tol, batch_size=args.batch_size, device=device)
     for r in rows:
