@@ -443,3 +443,12 @@ def test_the_records_carry_the_learning_rate_in_use(tmp_path, mnist_small):
     lrs = [r["lr"] for r in records if "lr" in r]
     assert lrs == pytest.approx([lr_at(cfg, s, s / 4) for s in range(4)])     # the cosine's, falling
     assert lrs[-1] < lrs[0]
+
+
+def test_a_bad_shard_is_refused_with_the_form_to_use():
+    from deqnca.cli.cells import _shard
+
+    assert _shard("1/3") == (1, 3)
+    for bad in ("3/2", "1", "a/b", "-1/2"):
+        with pytest.raises(ValueError, match="K/N"):
+            _shard(bad)
