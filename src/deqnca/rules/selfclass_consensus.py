@@ -29,8 +29,8 @@ of its digit (2.95% of the test digits have one) sees only its own evidence.
 solve spent most of its ~90 on y draining by ε per step while s settled), computes s*, then floods once
 from y = −1, exactly, remembering for each cell and channel the cell its maximum came from. Then
 y*(p) = s*(src(p)) − ε·d(p, src(p)), so the exact gradient of y* with respect to s* is a gather, and only
-z needs the implicit backward. Same fixed point and gradient as the joint solve (tests), ~4.6× less time
-per training step (docs/cells.md).
+z needs the implicit backward. Same fixed point and gradient as the joint solve (tests), ~4× less time
+per training step (benchmarks/consensus_solve.py, docs/cells.md).
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def flood_with_sources(s, alive, eps: float, max_iter: int | None = None):
     alive = alive.expand_as(s)
     own = torch.arange(h * w, device=s.device).view(1, 1, h, w).expand(b, e, h, w)
     y, src = torch.where(alive, torch.full_like(s, -1.0), torch.zeros_like(s)), own
-    for k in range(max_iter or h * w + 1):
+    max_iter = max_iter or h * w + 1
+    for k in range(max_iter):
         neighbours, at = F.max_pool2d(torch.where(alive, y, torch.full_like(y, _DEAD)), 3, 1, 1,
                                       return_indices=True)
         carried = torch.gather(src.flatten(2), 2, at.flatten(2)).view_as(src)
