@@ -167,6 +167,8 @@ def progress(a) -> int:
             if "eval_accuracy@200" not in r:
                 continue
             step = r.get("step", r.get("global_step"))
+            if a.every and step % a.every:
+                continue
             print(f"| {Path(run).name} | {step:,} | {_pct(train.get(step, {}).get('train_accuracy'))} | "
                   f"{_pct(r['eval_accuracy@200'])} | "
                   f"{_pct(r['eval_agreement@200'])} | {r['eval_rel_residual@200']:.1e} |")
@@ -238,6 +240,7 @@ def main(argv=None) -> int:
     t.add_argument("--models", nargs="+", default=["article", "consensus"])
     p = sub.add_parser("progress", help="a training run's held-out evaluations from its metrics.jsonl")
     p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--every", type=int, default=0, help="only the evaluations at multiples of this step")
     sub.add_parser("pieces", help="test digits whose alive cells form several separate pieces")
     r = sub.add_parser("reach", help="how far a model's cells hear: labels changed by erasing half the digit")
     r.add_argument("checkpoint")
