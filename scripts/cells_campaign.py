@@ -50,6 +50,11 @@ def _merge_rows(rows: list[dict]) -> dict:
     merged = {"name": rows[0]["name"], "steps": rows[0]["steps"], "cells": cells, "digits": digits, "at": {}}
     for m in rows[0]["at"]:
         merged["at"][m] = {k: sum(weight(k, r) * r["at"][m][k] for r in rows) for k in rows[0]["at"][m]}
+        if "nonfinite" in rows[0]["at"][m]:         # a count, and the residual is a mean over the finite ones
+            finite = [r["digits"] - r["at"][m]["nonfinite"] for r in rows]
+            merged["at"][m]["nonfinite"] = digits - sum(finite)
+            merged["at"][m]["rel_residual"] = sum(f * r["at"][m]["rel_residual"] for f, r in zip(finite, rows)
+                                                  if f) / max(sum(finite), 1)
     if all("curve" in r for r in rows):
         merged["curve"] = {k: [sum(weight(k, r) * r["curve"][k][t] for r in rows) for t in range(merged["steps"])]
                            for k in rows[0]["curve"]}
@@ -99,6 +104,11 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
 
 
+def _res(row: dict) -> str:
+    n = row.get("nonfinite", 0)
+    return f"{row['rel_residual']:.1e}" + (f" ({n} states not finite)" if n else "")
+
+
 def _load(model: str, part: str):
     p = RESULTS / f"{model}-{part}.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -123,14 +133,14 @@ def table(a) -> int:
                          f"(step {top['agreement']['step']}) | {_pct(at['agreement'])} |")
             for m, row in r["at"].items():
                 steps.append(f"| {model} | {int(m):,} | {r['digits']:,} | {_pct(row['accuracy'])} | "
-                             f"{_pct(row['agreement'])} | {row['rel_residual']:.1e} |")
+                             f"{_pct(row['agreement'])} | {_res(row)} |")
         long = _load(model, "long")
         if long:
             r = long["rows"][0]
             for m in ("200", "1000", "10000"):
                 row = r["at"][m]
                 steps.append(f"| {model} | {int(m):,} | {r['digits']:,} | {_pct(row['accuracy'])} | "
-                             f"{_pct(row['agreement'])} | {row['rel_residual']:.1e} |")
+                             f"{_pct(row['agreement'])} | {_res(row)} |")
         sol = _load(model, "solved")
         if sol:
             s = sol["solved"]

@@ -452,3 +452,15 @@ def test_a_bad_shard_is_refused_with_the_form_to_use():
     for bad in ("3/2", "1", "a/b", "-1/2"):
         with pytest.raises(ValueError, match="K/N"):
             _shard(bad)
+
+
+def test_an_overflowed_state_is_counted_and_left_out_of_the_mean_residual():
+    from deqnca.cells import _Accumulator
+
+    acc = _Accumulator(2, (2,))
+    curves = {k: torch.zeros(2, dtype=torch.float64 if k == "digit_accuracy_sum" else torch.long)
+              for k in ("correct", "agree", "unanimous", "digit_accuracy_sum")}
+    acc.add(curves, {2: torch.tensor([1e-3, float("nan"), 3e-3, float("inf")])}, {"cells": 40, "digits": 4})
+    at = acc.report()["at"][2]
+    assert at["nonfinite"] == 2
+    assert at["rel_residual"] == pytest.approx(2e-3)

@@ -263,7 +263,9 @@ class _Accumulator:
         for m in self.marks:
             at[m] = {k: v[m - 1] for k, v in curve.items()}
             res = torch.cat(self.residual[m])
-            at[m]["rel_residual"] = res.mean().item()
+            finite = torch.isfinite(res)          # a state that overflowed (the article's rule can) is counted
+            at[m]["rel_residual"] = res[finite].mean().item() if finite.any() else float("nan")
+            at[m]["nonfinite"] = int((~finite).sum())
         top = {}
         for k in ("accuracy", "agreement"):
             best = max(range(self.steps), key=lambda t: (curve[k][t], -t))
@@ -293,13 +295,14 @@ def evaluate(model: CellsModel, x, truth, segments=None, marks=MARKS, steps: int
 
     Returns:
         {"steps", "cells", "digits", "at": {mark: {accuracy, agreement, unanimity, digit_accuracy,
-        rel_residual}}, "top": {accuracy|agreement: {value, step}}, "curve": {metric: [per step]}}.
+        rel_residual (the mean over the digits whose state is finite), nonfinite (how many are not)}},
+        "top": {accuracy|agreement: {value, step}}, "curve": {metric: [per step]}}.
 
     Example:
         >>> x = torch.rand(4, 1, 14, 14)
         >>> r = evaluate(CellsModel({"rule": "selfclass"}), x, truth_map(x, torch.arange(4)), marks=(2,))
         >>> sorted(r["at"][2])
-        ['accuracy', 'agreement', 'digit_accuracy', 'rel_residual', 'unanimity']
+        ['accuracy', 'agreement', 'digit_accuracy', 'nonfinite', 'rel_residual', 'unanimity']
     """
     device = device or next(model.parameters()).device
     steps = steps or max(marks)

@@ -45,7 +45,8 @@ def table(rows: list[dict], marks) -> str:
                  f"{_pct(top['agreement']['value'])} (step {top['agreement']['step']})",
                  _pct(at.get(200, {}).get("agreement"))]
         cells += [_pct(at.get(m, {}).get(k)) for m in later for k in ("accuracy", "agreement")]
-        cells += [f"{at[m]['rel_residual']:.2e}" if m in at else "—" for m in marks if m >= 200]
+        cells += [(f"{at[m]['rel_residual']:.2e}" + (f" ({at[m]['nonfinite']} not finite)" if at[m].get("nonfinite")
+                                                      else "")) if m in at else "—" for m in marks if m >= 200]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
