@@ -420,7 +420,8 @@ def curves_figure(reports: dict, path, title: str | None = None) -> Path:
         ax.set_xscale("log")
         ax.set_xlim(1, longest * 1.25)
         ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")
+        # 1k, 10k: a log axis to 10,000 leaves no room for "2,000" beside "1,000"
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1000:g}k" if v >= 1000 else f"{v:.0f}")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0, 101)
         ax.set_xlabel("CA steps (log scale)")
