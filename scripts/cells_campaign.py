@@ -49,12 +49,14 @@ def _merge_rows(rows: list[dict]) -> dict:
 
     merged = {"name": rows[0]["name"], "steps": rows[0]["steps"], "cells": cells, "digits": digits, "at": {}}
     for m in rows[0]["at"]:
-        merged["at"][m] = {k: sum(weight(k, r) * r["at"][m][k] for r in rows) for k in rows[0]["at"][m]}
-        if "nonfinite" in rows[0]["at"][m]:         # a count, and the residual is a mean over the finite ones
-            finite = [r["digits"] - r["at"][m]["nonfinite"] for r in rows]
+        merged["at"][m] = {k: sum(weight(k, r) * r["at"][m][k] for r in rows) for k in rows[0]["at"][m]
+                           if k not in ("rel_residual", "nonfinite")}
+        # the residual is a mean over the digits whose state is finite (all of them in files without the count)
+        finite = [r["digits"] - r["at"][m].get("nonfinite", 0) for r in rows]
+        merged["at"][m]["rel_residual"] = sum(f * r["at"][m]["rel_residual"] for f, r in zip(finite, rows)
+                                              if f) / max(sum(finite), 1)
+        if "nonfinite" in rows[0]["at"][m]:
             merged["at"][m]["nonfinite"] = digits - sum(finite)
-            merged["at"][m]["rel_residual"] = sum(f * r["at"][m]["rel_residual"] for f, r in zip(finite, rows)
-                                                  if f) / max(sum(finite), 1)
     if all("curve" in r for r in rows):
         merged["curve"] = {k: [sum(weight(k, r) * r["curve"][k][t] for r in rows) for t in range(merged["steps"])]
                            for k in rows[0]["curve"]}
@@ -105,8 +107,9 @@ def _pct(v) -> str:
 
 
 def _res(row: dict) -> str:
-    n = row.get("nonfinite", 0)
-    return f"{row['rel_residual']:.1e}" + (f" ({n} states not finite)" if n else "")
+    from deqnca.cli.cells import residual_text
+
+    return residual_text(row, digits=1)
 
 
 def _load(model: str, part: str):

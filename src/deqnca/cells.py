@@ -349,6 +349,18 @@ def mutation_test(model: CellsModel, x, labels, new_x, new_labels, at: int = MUT
     return {"before": before.report(), "after": later.report()}
 
 
+def solve_equilibrium(rule, x, solve, strategy=None, max_iter: int = 60, tol: float = 1e-4):
+    """(state, SolveStats): the fixed point of a deterministic rule on input x, by the rule's own
+    `equilibrium` where it has one (the consensus rule solves by blocks), else by `solve` on its map from
+    its initial state; differentiable through `strategy` (a gradient strategy, gradients.py) when given."""
+    if callable(getattr(rule, "equilibrium", None)):
+        return rule.equilibrium(x, solve, strategy, max_iter=max_iter, tol=tol)
+    f, z0 = rule.expected_map(x), rule.initial_state(x)
+    if strategy is None:
+        return solve(f, z0, max_iter=max_iter, tol=tol)
+    return strategy(f, solve, z0, max_iter=max_iter, tol=tol)
+
+
 @torch.no_grad()
 def evaluate_solved(model: CellsModel, x, truth, segments=None, solver: str = "anderson", max_iter: int = 200,
                     tol: float = 1e-5, batch_size: int = 256, device=None) -> dict:
@@ -364,10 +376,7 @@ def evaluate_solved(model: CellsModel, x, truth, segments=None, solver: str = "a
     for sl in _batches(len(x), batch_size):
         xb, tb = x[sl].to(device), truth[sl].to(device)
         sb = None if segments is None else segments[sl].to(device)
-        if callable(getattr(model.rule, "equilibrium", None)):        # solved by blocks (the consensus rule)
-            z, stats = model.rule.equilibrium(xb, solve, max_iter=max_iter, tol=tol)
-        else:
-            z, stats = solve(model.rule.expected_map(xb), model.rule.initial_state(xb), max_iter=max_iter, tol=tol)
+        z, stats = solve_equilibrium(model.rule, xb, solve, max_iter=max_iter, tol=tol)
         c = count(model.rule.logits(z), tb, sb)
         totals = {k: totals.get(k, 0) + v for k, v in c.items()}
         res.append(stats.rel_residual.float().cpu())

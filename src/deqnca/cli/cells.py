@@ -45,10 +45,15 @@ def table(rows: list[dict], marks) -> str:
                  f"{_pct(top['agreement']['value'])} (step {top['agreement']['step']})",
                  _pct(at.get(200, {}).get("agreement"))]
         cells += [_pct(at.get(m, {}).get(k)) for m in later for k in ("accuracy", "agreement")]
-        cells += [(f"{at[m]['rel_residual']:.2e}" + (f" ({at[m]['nonfinite']} not finite)" if at[m].get("nonfinite")
-                                                      else "")) if m in at else "—" for m in marks if m >= 200]
+        cells += [residual_text(at[m]) if m in at else "—" for m in marks if m >= 200]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def residual_text(row: dict, digits: int = 2) -> str:
+    """An evaluation row's mean relative residual, and how many states were not finite where any."""
+    n = row.get("nonfinite", 0)
+    return f"{row['rel_residual']:.{digits}e}" + (f" ({n} states not finite)" if n else "")
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from ..cells import LOSSES, MODEL_RULES, CellsModel, alive_mask, count, evaluate, resize_digits, truth_map
+from ..cells import (
+    LOSSES,
+    MODEL_RULES,
+    CellsModel,
+    alive_mask,
+    count,
+    evaluate,
+    resize_digits,
+    solve_equilibrium,
+    truth_map,
+)
 from ..engine.trainer import TASKS, Batch, Task
 from ..gradients import make_gradient
 from ..grow.objective import normalise_gradients
@@ -51,11 +61,7 @@ def load_digits(size: int, train_images: int = 0, eval_images: int = 0):
 
 def _equilibrium_step(task, x):
     c, rule = task.cfg, task.model.rule
-    if callable(getattr(rule, "equilibrium", None)):       # a rule that solves itself by blocks (consensus)
-        z, stats = rule.equilibrium(x, task.solve, task.strategy, max_iter=c.solver_iter, tol=c.solver_tol)
-    else:
-        z, stats = task.strategy(rule.step_map(x), task.solve, rule.initial_state(x), max_iter=c.solver_iter,
-                                 tol=c.solver_tol)
+    z, stats = solve_equilibrium(rule, x, task.solve, task.strategy, max_iter=c.solver_iter, tol=c.solver_tol)
     return z, {"rel_residual": stats.rel_residual.mean().item(), "solver_steps": stats.nstep}
 
 
