@@ -8,6 +8,7 @@ import torch
 
 from deqnca.data import mazes
 from deqnca.resources import models_dir
+from deqnca.solvers import get_solver
 
 
 @pytest.fixture
@@ -355,6 +356,45 @@ def test_aa_score_is_exactly_one_for_a_path_independent_model():
     assert aa == pytest.approx(sum(same) / 6)
 
 
+@pytest.mark.parametrize("name", ["geodesic"])
+def test_shipped_geodesic_models_reach_their_exact_fixed_point_and_solve_9x9_mazes(name, cache):
+    """The shipped equilibrium solvers (trained on <= 13x13, docs/mazes.md): every maze solved exactly to its
+    fixed point (relative residual 0) within the rule's bound, AA 1, and the 9x9 mazes solved
+    (docs: 100% of 1,000 on each generator)."""
+    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca.maze.evaluate import default_max_iters, evaluate_size
+
+    model, meta = load_maze_model(models_dir() / "maze" / name)
+    assert meta["provenance"]["machine"].startswith("AMD EPYC") and "optimizer" not in meta
+    for generator in ("dfs", "kruskal"):
+        r = evaluate_size(model, mazes.load_set(9, 40, "test", cache=cache, generator=generator),
+                          max_iters=default_max_iters(9, model), aa_count=4)
+        assert r["accuracy"] == 1.0 and r["rel_residual_median"] == 0.0 and r["converged_frac"] == 1.0
+        assert 20 < r["mean_iters"] <= r["most_iters"] < r["max_iters"] and r["aa_score"] == pytest.approx(1, abs=1e-12)
+
+
+def test_evaluation_names_the_mazes_it_failed(cache):
+    """`failed` lists the wrong mazes by their index in the test set (what `maze show --index` takes), across
+    batches; checked against each maze solved on its own."""
+    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca.maze.evaluate import evaluate_size
+    from deqnca.maze.model import predict
+    from deqnca.solvers import rollout
+
+    model, _ = load_maze_model(models_dir() / "maze" / "dt")
+    layouts = mazes.load_set(9, 12, "test", cache=cache)
+    r = evaluate_size(model, layouts, max_iters=20, aa_count=0, batch=5)
+    wrong = []
+    for i in range(len(layouts)):
+        x, y = mazes.to_images(torch.as_tensor(layouts[i:i + 1]))
+        z, _ = rollout(model.step_map(x), model.inference_state(x), 20, measure=False)
+        if not bool((predict(model.head(z), x) == y.bool()).all()):
+            wrong.append(i)
+    assert 0 < len(wrong) < len(layouts), "20 steps should solve some 9x9 mazes and not others"
+    assert r["failed"] == wrong and r["n_failed"] == len(wrong)
+    assert r["accuracy"] == pytest.approx(1 - len(wrong) / len(layouts))
+
+
 def test_evaluate_checkpoints_on_several_distributions(tmp_path, cache):
 
     from deqnca.maze.evaluate import evaluate_checkpoints
@@ -432,6 +472,23 @@ def test_geodesic_rule_fixed_point_is_the_exact_distance_and_is_reached_from_any
     assert dist.max() > 150                                            # the far end of a 44x44 maze
     expect = np.where(open_, top - dist, 0.0)
     assert np.array_equal(z0[0, 0].numpy(), expect.astype(np.float32))
+
+
+def test_sparse_residual_checks_reach_the_same_geodesic_fixed_point(cache):
+    """`check_every` (the geodesic model's test-time solve): the same states bit for bit as checking every
+    step, each maze's step count rounded up to a check, never below the exact one."""
+    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca.maze.evaluate import default_max_iters
+
+    model, _ = load_maze_model(models_dir() / "maze" / "geodesic")
+    x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 6, "test", cache=cache)))
+    f, z0, cap = model.step_map(x), model.inference_state(x), default_max_iters(13, model)
+    every, e_stats = get_solver("fixed_point")(f, z0, cap, tol=model.config.tol)
+    sparse, s_stats = get_solver("fixed_point")(f, z0, cap, tol=model.config.tol, check_every=8)
+    assert torch.equal(every, sparse) and (s_stats.rel_residual == 0).all()
+    exact, rounded = e_stats.sample_steps, s_stats.sample_steps
+    assert (exact > 0).all() and len(set(exact.tolist())) > 1
+    assert ((rounded >= exact) & (rounded < exact + 8) & (rounded % 8 == 0)).all()
 
 
 def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):

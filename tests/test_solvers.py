@@ -53,6 +53,23 @@ def test_fixed_point_stops_per_sample():
     assert (stats.rel_residual < 1e-6).all()
 
 
+def test_fixed_point_counts_each_samples_own_steps():
+    """`sample_steps`: in a batch of contractions of different rates, each sample's count is the one it takes
+    solved alone, and the batch's nstep is the slowest's."""
+    rates = torch.tensor([0.1, 0.5, 0.8]).view(3, 1, 1, 1)
+    c = torch.ones(3, 2, 4, 4)
+
+    def f(z, r=rates):
+        return r * z + c[: len(z)]
+
+    _, batch = get_solver("fixed_point")(f, torch.zeros(3, 2, 4, 4), max_iter=200, tol=1e-6)
+    alone = [get_solver("fixed_point")(lambda z, r=rates[k:k + 1]: r * z + c[:1], torch.zeros(1, 2, 4, 4),
+                                       max_iter=200, tol=1e-6)[1].nstep for k in range(3)]
+    assert batch.sample_steps.tolist() == alone and alone[0] < alone[1] < alone[2] == batch.nstep
+    _, short = get_solver("fixed_point")(f, torch.zeros(3, 2, 4, 4), max_iter=alone[1], tol=1e-6)
+    assert short.sample_steps.tolist() == alone[:2] + [-1]          # the slowest never got there
+
+
 def test_broyden_contains_divergence():
     # a map with no fixed point: z -> z + 1 pushes Broyden's iterates away; the wrapper must return
     # finite states no larger than a rollout could reach, and count the fallbacks.

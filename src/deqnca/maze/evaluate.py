@@ -13,7 +13,9 @@ from ..data import mazes
 from ..engine.checkpoint import load_maze_model
 from ..solvers import get_solver, residuals, rollout
 from .config import DEFAULT_LIMITS  # noqa: F401  (re-exported)
-from .model import predict, solve_for_eval
+from .model import eval_solver_kw, predict, solve_for_eval
+
+MAX_FAILED = 50      # failing maze indices kept per row (for pictures of failures: `deqnca maze show --index`)
 
 
 def iteration_marks(max_iters: int) -> list[int]:
@@ -51,6 +53,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
     batch = batch or _batch_for(size, device)
     solved_at = torch.zeros(len(marks), dtype=torch.long)
     cos_all, rel_all, steps_all = [], [], []
+    failed = []                                   # indices (in `layouts`) of mazes wrong at the last mark
     seconds = 0.0
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
@@ -67,15 +70,19 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
             if is_dt:
                 z, _ = rollout(f, z, m - prev, measure=False)
             else:
-                z, st = get_solver("fixed_point")(f, z, max_iter=m - prev, tol=model.config.tol)
+                z, st = get_solver("fixed_point")(f, z, max_iter=m - prev, tol=model.config.tol,
+                                                  **eval_solver_kw(model))
                 converged = (st.rel_residual < model.config.tol).cpu()
-                done_at = torch.where(converged & (done_at == max_iters), torch.full_like(done_at, m), done_at)
+                # the iteration each maze first reached tol (not the mark after it): iterations against size
+                met = prev + st.sample_steps.cpu().clamp(min=1)
+                done_at = torch.where(converged & (done_at == max_iters), met, done_at)
             prev = m
             ok = (predict(model.head(z), x) == y.bool()).flatten(1).all(1)
             solved_at[j] += int(ok.sum())
             if not is_dt and bool((done_at < max_iters).all()):
                 solved_at[j + 1:] += int(ok.sum())      # converged: the answer can no longer change
                 break
+        failed += [i + k for k in torch.nonzero(~ok.cpu()).flatten().tolist()]
         _sync(device)
         seconds += time.perf_counter() - t
         fz = f(z)
@@ -99,9 +106,9 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
         "curve_iters": marks, "curve_accuracy": curve,
         "aa_score": torch.cat(cos_all).mean().item() if cos_all else None,     # float64
         "aa_n": sum(len(c) for c in cos_all),
-        "mean_iters": torch.cat(steps_all).double().mean().item(),
+        "mean_iters": torch.cat(steps_all).double().mean().item(), "most_iters": int(torch.cat(steps_all).max()),
         "rel_residual_median": rel.median().item(), "converged_frac": (rel < model.config.tol).double().mean().item(),
-        "ms_per_maze": 1000 * seconds / n, "batch": batch,
+        "ms_per_maze": 1000 * seconds / n, "batch": batch, "failed": failed[:MAX_FAILED], "n_failed": len(failed),
         "peak_mb_per_batch": peak, "peak_mb_per_maze": peak / batch if peak is not None else None,
     }
 

@@ -1,0 +1,207 @@
+"""The maze solvers' numbers in docs/mazes.md ("Path independence: results"): every evaluation as one
+`deqnca maze eval` command writing results/mazes/campaign/<name>-<generator>-<size>.json, and the docs'
+tables, the accuracy-against-iterations figure and the pictures of failures built from those files.
+
+    python scripts/maze_campaign.py run --name geo-mix --checkpoint maze/geodesic-mix \\
+        --generators dfs prim kruskal wilson division --sizes 9 19 33 59 --limit 9=1000,19=1000,33=300,59=100
+    python scripts/maze_campaign.py run --name geo-mix --checkpoint maze/geodesic-mix --sizes 201 --limit 201=10 \\
+        --aa-count 2
+    python scripts/maze_campaign.py table                 # markdown for docs/mazes.md, from results/mazes/campaign
+    python scripts/maze_campaign.py figures --out docs/figures/mazes   # accuracy vs iterations, failures
+
+Each part (one model, one generator, one size) is its own process and its own file: a part already on
+disk is skipped, so a campaign stopped at any point goes on where it was, and two campaigns can run side by
+side on two cores (one thread each).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path("results/mazes/campaign")
+GENERATORS = ("dfs", "prim", "kruskal", "wilson", "division")
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _size_map(text: str) -> dict[int, int]:
+    return {int(k): int(v) for k, v in (p.split("=") for p in text.split(","))} if text else {}
+
+
+def part_file(name: str, generator: str, size: int) -> Path:
+    return RESULTS / f"{name}-{generator}-{size}.json"
+
+
+def run(a) -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    limits, caps = _size_map(a.limit), _size_map(a.max_iters)
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    for g in a.generators:
+        for s in a.sizes:
+            out = part_file(a.name, g, s)
+            if out.exists():
+                print(f"{out}: done already", file=sys.stderr)
+                continue
+            cmd = ["deqnca", "maze", "eval", a.checkpoint, "--sizes", str(s), "--generators", g, "--device", "cpu",
+                   "--limit-per-size", str(limits.get(s, 100)), "--aa-count", str(a.aa_count),
+                   "--out", f"out/maze-campaign/{a.name}-{g}-{s}", "--json"]
+            if s in caps:
+                cmd += ["--max-iters", str(caps[s])]
+            t0 = time.time()
+            proc = subprocess.run([sys.executable, "-m", "deqnca.cli", *cmd[1:]], env=env, capture_output=True,
+                                  text=True)
+            if proc.returncode:
+                print(proc.stderr, file=sys.stderr)
+                return proc.returncode
+            (res,) = json.loads(proc.stdout.strip().splitlines()[-1]).values()
+            record = {"name": a.name, "checkpoint": a.checkpoint, "model": res["model"], "generator": g,
+                      "size": s, "row": res["by_generator"][g][str(s)],
+                      "command": " ".join(cmd), "threads": a.threads, "seconds": round(time.time() - t0, 1),
+                      "date": time.strftime("%Y-%m-%d"), "machine": _machine()}
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            os.replace(tmp, out)                    # a part on disk is always whole
+            r = record["row"]
+            print(f"{a.name} {g} {s}x{s}: {100 * r['accuracy']:.1f}% of {r['n']}, {record['seconds']:.0f} s",
+                  file=sys.stderr)
+    return 0
+
+
+def load_all() -> dict:
+    """{name: {generator: {size: record}}} from every part file."""
+    out: dict = {}
+    for f in sorted(RESULTS.glob("*.json")):
+        rec = json.loads(f.read_text())
+        out.setdefault(rec["name"], {}).setdefault(rec["generator"], {})[rec["size"]] = rec
+    return out
+
+
+def _cell(rec) -> str:
+    if rec is None:
+        return "–"
+    r = rec["row"]
+    return f"{100 * r['accuracy']:.1f}% ({r['n']})"
+
+
+def table(a) -> int:
+    data = load_all()
+    names = a.names or sorted(data)
+    sizes = sorted({s for n in names for g in data.get(n, {}).values() for s in g})
+    print("Solved (every pixel right), % of the first N test mazes (N in brackets):\n")
+    print("| model | generator | " + " | ".join(f"{s}×{s}" for s in sizes) + " |")
+    print("|---|---|" + "---|" * len(sizes))
+    for n in names:
+        for g in GENERATORS:
+            if g in data.get(n, {}):
+                print(f"| {n} | {g} | " + " | ".join(_cell(data[n][g].get(s)) for s in sizes) + " |")
+    print("\nOther generators against depth-first (points; the goal: within 2 at 9, 19, 33 and 59):\n")
+    print("| model | generator | " + " | ".join(f"{s}×{s}" for s in (9, 19, 33, 59)) + " |")
+    print("|---|---|---|---|---|---|")
+    for n in names:
+        dfs = data.get(n, {}).get("dfs", {})
+        for g in GENERATORS[1:]:
+            if g not in data.get(n, {}):
+                continue
+            cells = []
+            for s in (9, 19, 33, 59):
+                if s in dfs and s in data[n][g]:
+                    cells.append(f"{100 * (data[n][g][s]['row']['accuracy'] - dfs[s]['row']['accuracy']):+.1f}")
+                else:
+                    cells.append("–")
+            print(f"| {n} | {g} | " + " | ".join(cells) + " |")
+    print("\nDepth-first mazes: AA, iterations, residual, time (one thread):\n")
+    print("| model | size | solved | best (at it) | AA (mazes) | iterations: mean, most (cap) | median rel. residual | "
+          "s per maze | part's seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in names:
+        for s, rec in sorted(data.get(n, {}).get("dfs", {}).items()):
+            r = rec["row"]
+            aa = f"{r['aa_score']:.6f} ({r['aa_n']})" if r["aa_score"] is not None else "–"
+            print(f"| {n} | {s} | {100 * r['accuracy']:.1f}% of {r['n']} | {100 * r['best_accuracy']:.1f}% "
+                  f"({r['best_iters']}) | {aa} | {r['mean_iters']:.0f}, {r['most_iters']} ({r['max_iters']}) | "
+                  f"{r['rel_residual_median']:.1e} | {r['ms_per_maze'] / 1000:.2f} | {rec['seconds']:.0f} |")
+    recs = [rec for n in names for g in data.get(n, {}).values() for rec in g.values()]
+    if recs:
+        print(f"\nMachine: {recs[0]['machine']}; dates {min(r['date'] for r in recs)} to "
+              f"{max(r['date'] for r in recs)}; commands in each file's `command`.")
+    return 0
+
+
+def figures(a) -> int:
+    """Accuracy against test-time iterations (depth-first, every size) and the first failure of each model
+    at each size and generator (`deqnca maze show --index`)."""
+    sys.path.insert(0, "src")
+    from deqnca.viz.figures import line_plot
+
+    data = load_all()
+    names = a.names or sorted(data)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    series, marks = {}, set()
+    for n in names:
+        for s, rec in sorted(data.get(n, {}).get("dfs", {}).items()):
+            r = rec["row"]
+            marks |= set(r["curve_iters"])
+            series[f"{n} {s}×{s}"] = r
+    marks = sorted(marks)
+    ys = {k: [dict(zip(r["curve_iters"], r["curve_accuracy"])).get(m, r["accuracy"] if m > r["curve_iters"][-1]
+                                                                     else None) for m in marks]
+          for k, r in series.items()}
+    for ext in ("png", "svg"):
+        line_plot(marks, ys, out / f"accuracy_vs_iters.{ext}", "test-time iterations", "fraction fully solved",
+                  "depth-first test mazes: solved against iterations (trained on ≤ 13×13)", logx=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    shown = 0
+    for n in names:
+        for g, by_size in data.get(n, {}).items():
+            for s, rec in sorted(by_size.items()):
+                if not rec["row"].get("failed") or s > a.max_size:
+                    continue
+                i = rec["row"]["failed"][0]
+                cmd = [sys.executable, "-m", "deqnca.cli", "maze", "show", rec["checkpoint"], "--size", str(s),
+                       "--index", str(i), "--generator", g, "--device", "cpu", "--out", str(out / "failures")]
+                if rec["model"] == "dt":            # the geodesic model's show stops at its exact fixed point
+                    cmd += ["--max-iters", str(rec["row"]["max_iters"])]
+                subprocess.run(cmd, env=env, check=True, capture_output=True)
+                for f in (out / "failures").glob(f"*-size{s}-{i}*.gif"):
+                    f.unlink()                      # the docs show the still; the GIF is `maze show`'s to make
+                shown += 1
+    print(f"wrote {out / 'accuracy_vs_iters.png'} and {shown} failure pictures under {out / 'failures'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--name", required=True, help="the model's name in the tables")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--generators", nargs="+", default=["dfs"], choices=GENERATORS)
+    r.add_argument("--sizes", nargs="+", type=int, required=True)
+    r.add_argument("--limit", default="", help="mazes per size, SIZE=N pairs (default 100)")
+    r.add_argument("--max-iters", default="", help="test-time caps, SIZE=N pairs (default: the model's)")
+    r.add_argument("--aa-count", type=int, default=10)
+    r.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("table")
+    t.add_argument("names", nargs="*")
+    f = sub.add_parser("figures")
+    f.add_argument("names", nargs="*")
+    f.add_argument("--out", default="docs/figures/mazes")
+    f.add_argument("--max-size", type=int, default=59, help="no failure pictures above this size")
+    f.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    return {"run": run, "table": table, "figures": figures}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
