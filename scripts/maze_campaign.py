@@ -57,6 +57,8 @@ def run(a) -> int:
                    "--out", f"out/maze-campaign/{a.name}-{g}-{s}", "--json"]
             if s in caps:
                 cmd += ["--max-iters", str(caps[s])]
+            if a.compile:
+                cmd += ["--compile"]
             t0 = time.time()
             proc = subprocess.run([sys.executable, "-m", "deqnca.cli", *cmd[1:]], env=env, capture_output=True,
                                   text=True)
@@ -192,6 +194,7 @@ def main(argv=None) -> int:
     r.add_argument("--max-iters", default="", help="test-time caps, SIZE=N pairs (default: the model's)")
     r.add_argument("--aa-count", type=int, default=10)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--compile", action="store_true", help="`maze eval --compile` (the geodesic models)")
     t = sub.add_parser("table")
     t.add_argument("names", nargs="*")
     f = sub.add_parser("figures")

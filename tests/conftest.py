@@ -32,6 +32,7 @@ def mnist_small():
 SLOW_FILES = {"test_faults.py", "test_hostile.py", "test_distributed.py", "test_distributed_trainers.py", "test_web.py",
               "test_benchmarks.py", "test_install.py", "test_startup.py", "test_examples.py", "test_docs.py"}
 SLOW_TESTS = {
+    "test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit",
     "test_a_compiled_rule_evaluates_like_the_eager_one",
     "test_a_few_training_steps_reduce_the_loss",
     "test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine",

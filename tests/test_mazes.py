@@ -491,6 +491,20 @@ def test_sparse_residual_checks_reach_the_same_geodesic_fixed_point(cache):
     assert ((rounded >= exact) & (rounded < exact + 8) & (rounded % 8 == 0)).all()
 
 
+def test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit(cache):
+    """`maze eval --compile`: the fused step rounds like the eager one, so the solve is the same."""
+    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca.maze.model import solve_for_eval
+
+    eager, _ = load_maze_model(models_dir() / "maze" / "geodesic")
+    compiled, _ = load_maze_model(models_dir() / "maze" / "geodesic")
+    assert compiled.compile_for_eval() and compiled.rule._compiled is not None
+    x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 4, "test", cache=cache, generator="prim")))
+    z1, s1 = solve_for_eval(eager, x, 2000)
+    z2, s2 = solve_for_eval(compiled, x, 2000)
+    assert torch.equal(z1, z2) and torch.equal(s1.sample_steps, s2.sample_steps) and (s2.rel_residual == 0).all()
+
+
 def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):
     """The geodesic preset (width 8), 250 steps of 32 mazes of size 5: ~20 s of one CPU core; every
     held-out maze reaches its fixed point exactly (residual 0), and from noise reaches the same answer."""

@@ -131,7 +131,7 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
 
 
 def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print,
-                         generators=(mazes.DEFAULT_GENERATOR,)) -> dict:
+                         generators=(mazes.DEFAULT_GENERATOR,), compile: bool = False) -> dict:
     """Every checkpoint on every size of every maze distribution in `generators`; `max_iters` {size: cap or
     None}, None meaning the model's `default_max_iters`.
 
@@ -145,12 +145,14 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     results = {}
     for path in paths:
         model, meta = load_maze_model(path, device)
+        compiled = compile and model.compile_for_eval()
         by_generator = {}
         for g in generators:
             rows = {}
             for s in sizes:
                 lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log, generator=g)
                 r = evaluate_size(model, lay, max_iters.get(s) or default_max_iters(s, model), device, aa_count)
+                r["compiled"] = compiled
                 rows[s] = r
                 aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
                 mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"

@@ -47,6 +47,14 @@ class MazeSolverNet(nn.Module):
     def step_map(self, x):
         return self.rule.bind(x, self.conditioning)
 
+    def compile_for_eval(self) -> bool:
+        """torch.compile the rule's step for test-time solves where the rule offers it (the geodesic rule, whose
+        states stay the same bit for bit); False where it does not."""
+        if not hasattr(self.rule, "compile_for_eval"):
+            return False
+        self.rule.compile_for_eval()
+        return True
+
     def initial_state(self, x, kind: str | None = None, generator=None, shard=None):
         """`shard` (train/distributed.Shard): x is this process's slice of a global batch; random
         states are drawn for the global batch, as one process draws them, and sliced."""
