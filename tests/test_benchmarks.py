@@ -75,3 +75,14 @@ def test_cells_vs_cax_runs_and_says_when_cax_is_skipped(tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["speed"][0]["library"] == "deqnca" and r["speed"][0]["parameters"] == 22_499
     assert "cax_skipped" in r and "CAX skipped" in capsys.readouterr().err
+
+
+def test_geodesic_solve_benchmark_ends_in_the_same_state_every_way(tmp_path, capsys):
+    import geodesic_solve
+
+    out = tmp_path / "geo.json"
+    assert geodesic_solve.main(["--size", "9", "--mazes", "2", "--json-out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["same_states"] and set(rec["rows"]) == {"checked every step", "checked every 8 steps",
+                                                       "compiled, checked every 8"}
+    assert all(r["seconds_per_maze"] > 0 and r["steps"] > 10 for r in rec["rows"].values())
