@@ -123,15 +123,17 @@ def table(a) -> int:
             print(f"| {n} | {g} | " + " | ".join(cells) + " |")
     print("\nDepth-first mazes: AA, iterations, residual, time (one thread):\n")
     print("| model | size | solved | best (at it) | AA (mazes) | iterations: mean, most (cap) | median rel. residual | "
-          "s per maze | part's seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "wrong px in a failed maze: median, most | s per maze | part's seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in names:
         for s, rec in sorted(data.get(n, {}).get("dfs", {}).items()):
             r = rec["row"]
             aa = f"{r['aa_score']:.6f} ({r['aa_n']})" if r["aa_score"] is not None else "–"
+            px = sorted(r.get("failed_pixels") or [])
+            px = f"{px[len(px) // 2]}, {px[-1]}" if px else "–"
             print(f"| {n} | {s} | {100 * r['accuracy']:.1f}% of {r['n']} | {100 * r['best_accuracy']:.1f}% "
                   f"({r['best_iters']}) | {aa} | {r['mean_iters']:.0f}, {r['most_iters']} ({r['max_iters']}) | "
-                  f"{r['rel_residual_median']:.1e} | {r['ms_per_maze'] / 1000:.2f} | {rec['seconds']:.0f} |")
+                  f"{r['rel_residual_median']:.1e} | {px} | {r['ms_per_maze'] / 1000:.2f} | {rec['seconds']:.0f} |")
     recs = [rec for n in names for g in data.get(n, {}).values() for rec in g.values()]
     if recs:
         print(f"\nMachine: {recs[0]['machine']}; dates {min(r['date'] for r in recs)} to "
@@ -175,8 +177,9 @@ def figures(a) -> int:
                 if rec["model"] == "dt":            # the geodesic model's show stops at its exact fixed point
                     cmd += ["--max-iters", str(rec["row"]["max_iters"])]
                 subprocess.run(cmd, env=env, check=True, capture_output=True)
-                for f in (out / "failures").glob(f"*-size{s}-{i}*.gif"):
-                    f.unlink()                      # the docs show the still; the GIF is `maze show`'s to make
+                for ext in ("gif", "svg"):          # the docs show the still; the rest is `maze show`'s to make
+                    for f in (out / "failures").glob(f"*-size{s}-{i}*.{ext}"):
+                        f.unlink()
                 shown += 1
     print(f"wrote {out / 'accuracy_vs_iters.png'} and {shown} failure pictures under {out / 'failures'}")
     return 0

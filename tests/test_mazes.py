@@ -384,15 +384,27 @@ def test_evaluation_names_the_mazes_it_failed(cache):
     model, _ = load_maze_model(models_dir() / "maze" / "dt")
     layouts = mazes.load_set(9, 12, "test", cache=cache)
     r = evaluate_size(model, layouts, max_iters=20, aa_count=0, batch=5)
-    wrong = []
+    wrong, pixels = [], []
     for i in range(len(layouts)):
         x, y = mazes.to_images(torch.as_tensor(layouts[i:i + 1]))
         z, _ = rollout(model.step_map(x), model.inference_state(x), 20, measure=False)
-        if not bool((predict(model.head(z), x) == y.bool()).all()):
+        bad = int((predict(model.head(z), x) != y.bool()).sum())
+        if bad:
             wrong.append(i)
+            pixels.append(bad)
     assert 0 < len(wrong) < len(layouts), "20 steps should solve some 9x9 mazes and not others"
-    assert r["failed"] == wrong and r["n_failed"] == len(wrong)
+    assert r["failed"] == wrong and r["n_failed"] == len(wrong) and r["failed_pixels"] == pixels
     assert r["accuracy"] == pytest.approx(1 - len(wrong) / len(layouts))
+
+
+def test_error_spots_group_the_wrong_pixels_largest_first():
+    from deqnca.maze.pictures import error_spots
+
+    wrong = torch.zeros(40, 40, dtype=torch.bool)
+    wrong[5, 5] = wrong[5, 6] = wrong[6, 5] = True           # one group of 3
+    wrong[30, 20] = True                                      # one of 1
+    assert error_spots(wrong, radius=3) == [(16 / 3, 16 / 3, 3), (30.0, 20.0, 1)]
+    assert error_spots(torch.zeros(4, 4, dtype=torch.bool), radius=3) == []
 
 
 def test_evaluate_checkpoints_on_several_distributions(tmp_path, cache):

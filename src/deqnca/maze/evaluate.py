@@ -53,7 +53,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
     batch = batch or _batch_for(size, device)
     solved_at = torch.zeros(len(marks), dtype=torch.long)
     cos_all, rel_all, steps_all = [], [], []
-    failed = []                                   # indices (in `layouts`) of mazes wrong at the last mark
+    failed, failed_px = [], []                    # indices (in `layouts`) of mazes wrong at the last mark; wrong pixels
     seconds = 0.0
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
@@ -77,12 +77,15 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
                 met = prev + st.sample_steps.cpu().clamp(min=1)
                 done_at = torch.where(converged & (done_at == max_iters), met, done_at)
             prev = m
-            ok = (predict(model.head(z), x) == y.bool()).flatten(1).all(1)
+            right = (predict(model.head(z), x) == y.bool()).flatten(1)
+            ok = right.all(1)
             solved_at[j] += int(ok.sum())
             if not is_dt and bool((done_at < max_iters).all()):
                 solved_at[j + 1:] += int(ok.sum())      # converged: the answer can no longer change
                 break
-        failed += [i + k for k in torch.nonzero(~ok.cpu()).flatten().tolist()]
+        bad = torch.nonzero(~ok.cpu()).flatten().tolist()
+        failed += [i + k for k in bad]
+        failed_px += (~right[bad]).sum(1).tolist()
         _sync(device)
         seconds += time.perf_counter() - t
         fz = f(z)
@@ -108,7 +111,8 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
         "aa_n": sum(len(c) for c in cos_all),
         "mean_iters": torch.cat(steps_all).double().mean().item(), "most_iters": int(torch.cat(steps_all).max()),
         "rel_residual_median": rel.median().item(), "converged_frac": (rel < model.config.tol).double().mean().item(),
-        "ms_per_maze": 1000 * seconds / n, "batch": batch, "failed": failed[:MAX_FAILED], "n_failed": len(failed),
+        "ms_per_maze": 1000 * seconds / n, "batch": batch,
+        "failed": failed[:MAX_FAILED], "failed_pixels": failed_px[:MAX_FAILED], "n_failed": len(failed),
         "peak_mb_per_batch": peak, "peak_mb_per_maze": peak / batch if peak is not None else None,
     }
 

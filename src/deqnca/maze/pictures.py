@@ -20,13 +20,35 @@ def _is(x, colour):
     return (x.permute(1, 2, 0) == torch.tensor(colour)).all(-1)
 
 
-def _overlay(x, pred):
-    """RGB uint8 (H, W, 3): the maze, predicted path pixels in blue, start and goal painted over them."""
+EXTRA, MISSED = (1.0, 0.55, 0.0), (0.85, 0.0, 0.85)     # wrong pixels: marked path but not on it / on it, not marked
+
+
+def _overlay(x, pred, truth=None):
+    """RGB uint8 (H, W, 3): the maze, predicted path pixels in blue, start and goal painted over them; with
+    `truth`, the wrong pixels in orange (marked, not on the path) and magenta (on the path, not marked)."""
     img = x.permute(1, 2, 0).clone()
     img[pred] = torch.tensor([0.15, 0.35, 1.0])
+    if truth is not None:
+        img[pred & ~truth] = torch.tensor(EXTRA)
+        img[~pred & truth] = torch.tensor(MISSED)
     for colour in (START, GOAL):
         img[_is(x, colour)] = torch.tensor(colour)
     return (img.clamp(0, 1) * 255).round().byte().numpy()
+
+
+def error_spots(wrong, radius: float, most: int = 8) -> list[tuple[float, float, int]]:
+    """(row, col, pixels) of the groups of wrong pixels (a pixel joins the first group whose first pixel is
+    within `radius`), largest first: where to point on a picture where a 2-pixel error is invisible."""
+    groups: list[list] = []
+    for r, c in wrong.nonzero().tolist():
+        for g in groups:
+            if abs(g[0][0] - r) <= radius and abs(g[0][1] - c) <= radius:
+                g.append((r, c))
+                break
+        else:
+            groups.append([(r, c)])
+    groups.sort(key=len, reverse=True)
+    return [(sum(p[0] for p in g) / len(g), sum(p[1] for p in g) / len(g), len(g)) for g in groups[:most]]
 
 
 def _centre(x, colour) -> tuple[float, float]:
@@ -76,14 +98,25 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     ends = [_centre(x0, START), _centre(x0, GOAL)]
     marks = [(ends[0][0], ends[0][1], "tab:green", "S"), (ends[1][0], ends[1][1], "tab:red", "G")]
     solved = bool((pred == y0).all())
+    wrong = pred != y0
+    spots = [(r, c, "tab:purple", f"{n} px") for r, c, n in error_spots(wrong, max(3.0, mazes.image_side(size) / 25))]
     out = Path(out)
     # depth-first figures keep their names; other distributions' are told apart by a suffix
     tag = "" if generator == mazes.DEFAULT_GENERATOR else f"-{generator}"
     stem = f"{Path(path).name}-{model.config.model}-size{size}-{index}{tag}"
-    fig = image_grid([x0.permute(1, 2, 0).numpy(), _overlay(x0, pred), _overlay(x0, y0)],
-                     out / f"{stem}.png", titles=["maze", f"{model.config.model} after {max_iters} it "
-                                                  f"({'solved' if solved else 'wrong'})", "target path"],
-                     ncols=3, scale=max(2.5, mazes.image_side(size) / 60), points=[marks, marks, marks])
+    verdict = "solved" if solved else f"wrong: {int(wrong.sum())} px"
+    panels = [x0.permute(1, 2, 0).numpy(), _overlay(x0, pred, y0), _overlay(x0, y0)]
+    titles = ["maze", f"{model.config.model} after {max_iters} it ({verdict})", "target path"]
+    points = [marks, marks + spots, marks]
+    if spots:                       # the largest group of wrong pixels, close up (orange: extra, magenta: missed)
+        half = 8
+        r0 = min(max(0, round(spots[0][0]) - half), x0.shape[1] - 2 * half)
+        c0 = min(max(0, round(spots[0][1]) - half), x0.shape[2] - 2 * half)
+        panels.append(panels[1][r0:r0 + 2 * half, c0:c0 + 2 * half])
+        titles.append(f"close-up ({r0}:{r0 + 2 * half}, {c0}:{c0 + 2 * half})")
+        points.append([])
+    fig = image_grid(panels, out / f"{stem}.png", titles=titles, ncols=len(panels),
+                     scale=max(2.5, mazes.image_side(size) / 60), points=points)
     scale = max(1, 400 // mazes.image_side(size))
     gif_frames = caption_frames(
         [_mark_ends(_overlay(x0, p).repeat(scale, 0).repeat(scale, 1), ends, scale) for _, p, _ in pictures],
