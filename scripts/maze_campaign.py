@@ -169,7 +169,7 @@ def figures(a) -> int:
     for n in names:
         for g, by_size in data.get(n, {}).items():
             for s, rec in sorted(by_size.items()):
-                if not rec["row"].get("failed") or s > a.max_size:
+                if not rec["row"].get("failed") or s not in a.sizes or g not in a.generators:
                     continue
                 i = rec["row"]["failed"][0]
                 cmd = [sys.executable, "-m", "deqnca.cli", "maze", "show", rec["checkpoint"], "--size", str(s),
@@ -203,7 +203,8 @@ def main(argv=None) -> int:
     f = sub.add_parser("figures")
     f.add_argument("names", nargs="*")
     f.add_argument("--out", default="docs/figures/mazes")
-    f.add_argument("--max-size", type=int, default=59, help="no failure pictures above this size")
+    f.add_argument("--sizes", type=int, nargs="+", default=[9, 19, 33, 59], help="failure pictures at these sizes")
+    f.add_argument("--generators", nargs="+", default=list(GENERATORS), help="... and of these distributions")
     f.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     return {"run": run, "table": table, "figures": figures}[a.cmd](a)

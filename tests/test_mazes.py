@@ -356,7 +356,7 @@ def test_aa_score_is_exactly_one_for_a_path_independent_model():
     assert aa == pytest.approx(sum(same) / 6)
 
 
-@pytest.mark.parametrize("name", ["geodesic"])
+@pytest.mark.parametrize("name", ["geodesic", "geodesic-mix"])
 def test_shipped_geodesic_models_reach_their_exact_fixed_point_and_solve_9x9_mazes(name, cache):
     """The shipped equilibrium solvers (trained on <= 13x13, docs/mazes.md): every maze solved exactly to its
     fixed point (relative residual 0) within the rule's bound, AA 1, and the 9x9 mazes solved
