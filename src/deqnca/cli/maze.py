@@ -171,8 +171,8 @@ def add_cli(sub) -> None:
                    help="maze distributions to evaluate every checkpoint on (default dfs)")
     p.add_argument("--out", default="out/maze-eval")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the geodesic rule's step first (same states bit for bit; a fused step is "
-                        "several times faster on large mazes after seconds of compiling; other models ignore it)")
+                   help="torch.compile the geodesic rule's step first (same states bit for bit; not faster at 59x59 "
+                        "on a CPU: benchmarks/geodesic_solve.py; other models ignore it)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

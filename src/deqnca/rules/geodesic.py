@@ -128,9 +128,9 @@ class GeodesicRule(nn.Module):
     _compiled = None
 
     def compile_for_eval(self) -> None:
-        """torch.compile the step for long test-time solves: one fused pass instead of ~8 passes over the state
-        (the eager step is memory-bound); max, subtract and clip round alike, so the states are the same bit for
-        bit (tests/test_mazes.py). Not for training (the eager step keeps its autograd graph simple)."""
+        """torch.compile the step for long test-time solves: one fused pass instead of ~8 passes over the state;
+        max, subtract and clip round alike, so the states are the same bit for bit (tests/test_mazes.py). Not
+        faster at 59x59 on a CPU (benchmarks/geodesic_solve.py); not for training."""
         self._compiled = torch.compile(_step, dynamic=False)
 
     def features(self, y):
