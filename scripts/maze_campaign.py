@@ -34,17 +34,16 @@ def _machine() -> str:
     return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
 
 
-def _size_map(text: str) -> dict[int, int]:
-    return {int(k): int(v) for k, v in (p.split("=") for p in text.split(","))} if text else {}
-
-
 def part_file(name: str, generator: str, size: int) -> Path:
     return RESULTS / f"{name}-{generator}-{size}.json"
 
 
 def run(a) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    limits, caps = _size_map(a.limit), _size_map(a.max_iters)
+    sys.path.insert(0, "src")
+    from deqnca.maze.evaluate import parse_size_map
+
+    limits, caps = parse_size_map(a.limit, a.sizes), parse_size_map(a.max_iters, a.sizes)
     # glibc's dynamic mmap threshold lets the freed buffers of large mazes fragment the heap: a 201x201 solve grew
     # to 17 GB and was killed; a fixed 4 MiB threshold keeps it at ~0.5 GB
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MALLOC_MMAP_THRESHOLD_": "4194304"}
@@ -55,9 +54,9 @@ def run(a) -> int:
                 print(f"{out}: done already", file=sys.stderr)
                 continue
             cmd = ["deqnca", "maze", "eval", a.checkpoint, "--sizes", str(s), "--generators", g, "--device", "cpu",
-                   "--limit-per-size", str(limits.get(s, 100)), "--aa-count", str(a.aa_count),
+                   "--limit-per-size", str(limits[s] or 100), "--aa-count", str(a.aa_count),
                    "--out", f"out/maze-campaign/{a.name}-{g}-{s}", "--json"]
-            if s in caps:
+            if caps[s]:
                 cmd += ["--max-iters", str(caps[s])]
             if a.compile:
                 cmd += ["--compile"]

@@ -9,9 +9,9 @@ import torch
 
 from ..data import mazes
 from ..engine.checkpoint import load_maze_model
-from ..solvers import get_solver, residuals, rollout
+from ..solvers import residuals, rollout
 from .evaluate import default_max_iters
-from .model import eval_solver_kw, predict
+from .model import predict, solve_for_eval
 
 START, GOAL = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)          # their colours in the image (data/mazes.py)
 
@@ -83,8 +83,7 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     f = model.step_map(x)
     z = model.inference_state(x)
     if not max_iters and model.config.model == "geodesic":       # its exact fixed point: show the steps it takes
-        max_iters = max(1, int(get_solver("fixed_point")(f, z, default_max_iters(size, model), model.config.tol,
-                                                         **eval_solver_kw(model))[1].sample_steps.max()))
+        max_iters = max(1, int(solve_for_eval(model, x, default_max_iters(size, model))[1].sample_steps.max()))
     max_iters = max_iters or default_max_iters(size)
     shots = sorted(set(round(max_iters ** (k / (frames - 1))) for k in range(frames)) | {0, max_iters})
     pictures, t = [], 0
