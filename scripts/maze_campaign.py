@@ -60,6 +60,10 @@ def run(a) -> int:
                 cmd += ["--max-iters", str(caps[s])]
             if a.compile:
                 cmd += ["--compile"]
+            if a.readout_symmetry:
+                cmd += ["--readout-symmetry", a.readout_symmetry]
+            if a.no_curve:
+                cmd += ["--no-curve"]
             t0 = time.time()
             proc = subprocess.run([sys.executable, "-m", "deqnca.cli", *cmd[1:]], env=env, capture_output=True,
                                   text=True)
@@ -208,6 +212,8 @@ def figures(a) -> int:
                        "--index", str(i), "--generator", g, "--device", "cpu", "--out", str(out / "failures")]
                 if rec["model"] == "dt":            # the geodesic model's show stops at its exact fixed point
                     cmd += ["--max-iters", str(rec["row"]["max_iters"])]
+                if rec["row"].get("readout_symmetry"):
+                    cmd += ["--readout-symmetry", rec["row"]["readout_symmetry"]]
                 subprocess.run(cmd, env=env, check=True, capture_output=True)
                 for ext in ("gif", "svg"):          # the docs show the still; the rest is `maze show`'s to make
                     for f in (out / "failures").glob(f"*-size{s}-{i}*.{ext}"):
@@ -230,6 +236,8 @@ def main(argv=None) -> int:
     r.add_argument("--aa-count", type=int, default=10)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--compile", action="store_true", help="`maze eval --compile` (the geodesic models)")
+    r.add_argument("--readout-symmetry", choices=["none", "d4"], help="`maze eval --readout-symmetry` (geodesic)")
+    r.add_argument("--no-curve", action="store_true", help="`maze eval --no-curve`: no accuracy-against-iterations")
     t = sub.add_parser("table")
     t.add_argument("names", nargs="*")
     f = sub.add_parser("figures")

@@ -140,3 +140,44 @@ def test_cpu_paths_quick_prints_a_table(tmp_path, capsys):
     timed = [r for r in result["conv"] if r.get("gflops")]
     assert timed and all(r["gflops"] > 0 and r["load"] >= 0 for r in timed)
     assert {r["model"] for r in result["models"]} == {"mnist-essay", "mnist-equilibrium"}
+
+
+_MALLOC_PROBE = """
+import ctypes, sys
+from deqnca import hardware
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes, libc.mallinfo2.restype = ctypes.c_void_p, [ctypes.c_void_p], Info
+fixed = hardware.fix_mmap_threshold() if sys.argv[1] == "fix" else None
+libc.free(libc.malloc(24 << 20))            # glibc's dynamic threshold now lies above 16 MiB ...
+libc.malloc(16 << 20)                       # ... so this block comes from the heap, unless the threshold is fixed
+info = libc.mallinfo2()
+print(fixed, info.hblkhd >> 20, info.arena >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_fixed_mmap_threshold_keeps_large_blocks_off_the_heap(tmp_path):
+    """What `maze eval` relies on for long solves: after a large block is freed, a 16 MiB one still comes from mmap."""
+    import ctypes
+    import os
+    import subprocess
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("no mallinfo2 (glibc < 2.33 or not glibc)")
+    script = tmp_path / "probe.py"
+    script.write_text(_MALLOC_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1] / "src")
+
+    def probe(mode, **extra):
+        out = subprocess.run([sys.executable, str(script), mode], env={**env, **extra}, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], int(out[1]), int(out[2])
+
+    assert probe("fix")[:2] == ("True", 16)                    # mmapped
+    fixed, mapped, heap = probe("default")
+    assert mapped == 0 and heap >= 16                            # the dynamic threshold: on the heap
+    assert probe("fix", MALLOC_MMAP_THRESHOLD_="4194304")[0] == "False"

@@ -395,6 +395,10 @@ def test_evaluation_names_the_mazes_it_failed(cache):
     assert 0 < len(wrong) < len(layouts), "20 steps should solve some 9x9 mazes and not others"
     assert r["failed"] == wrong and r["n_failed"] == len(wrong) and r["failed_pixels"] == pixels
     assert r["accuracy"] == pytest.approx(1 - len(wrong) / len(layouts))
+    end_only = evaluate_size(model, layouts, max_iters=20, aa_count=0, batch=5, curve=False)
+    assert end_only["curve_iters"] == [20] and len(r["curve_iters"]) > 3
+    assert {k: end_only[k] for k in ("failed", "failed_pixels", "accuracy")} == \
+        {k: r[k] for k in ("failed", "failed_pixels", "accuracy")}
 
 
 def test_error_spots_group_the_wrong_pixels_largest_first():
@@ -515,6 +519,83 @@ def test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit(cac
     z1, s1 = solve_for_eval(eager, x, 2000)
     z2, s2 = solve_for_eval(compiled, x, 2000)
     assert torch.equal(z1, z2) and torch.equal(s1.sample_steps, s2.sample_steps) and (s2.rel_residual == 0).all()
+
+
+def _d4(t, k, flip):
+    t = torch.rot90(t, k, (-2, -1))
+    return t.flip(-1) if flip else t
+
+
+def test_dihedral_mean_is_equivariant_for_any_map():
+    """g·S(z) = S(g·z) for the 8 rotations/reflections g, for a map that is not equivariant itself."""
+    from deqnca.readout import dihedral_mean
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+    z = torch.randn(2, 3, 7, 9)
+    sym = dihedral_mean(conv, z)
+    assert sym.shape == (2, 2, 7, 9)
+    assert not torch.allclose(conv(_d4(z, 1, False)), _d4(conv(z), 1, False), atol=1e-3)
+    for k in range(4):
+        for flip in (False, True):
+            assert torch.allclose(dihedral_mean(conv, _d4(z, k, flip)), _d4(sym, k, flip), atol=1e-5)
+
+
+def test_symmetrised_geodesic_read_out_makes_the_whole_model_equivariant(cache):
+    """The geodesic rule is equivariant (rotating a maze rotates its exact fixed point, bit for bit); with the d4
+    read-out, so is the answer; the learned read-out alone is not."""
+    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca.maze.model import solve_for_eval
+
+    model, _ = load_maze_model(models_dir() / "maze" / "geodesic")
+    assert model.config.readout_symmetry == "d4"                # as shipped (docs/mazes.md)
+    model.set_readout_symmetry("none")
+    x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 3, "test", cache=cache, generator="prim")))
+    z, _ = solve_for_eval(model, x, 4000)
+    zr, _ = solve_for_eval(model, _d4(x, 1, True), 4000)
+    assert torch.equal(zr, _d4(z, 1, True))
+    assert not torch.allclose(model.head(zr), _d4(model.head(z), 1, True), atol=1e-3)
+    model.set_readout_symmetry("d4")
+    assert model.config.readout_symmetry == "d4"
+    assert torch.allclose(model.head(zr), _d4(model.head(z), 1, True), atol=1e-4)
+
+
+def test_readout_symmetry_is_checked():
+    from deqnca.maze.model import PRESETS, MazeSolverNet
+
+    with pytest.raises(ValueError, match="choose one of none, d4"):
+        MazeSolverNet({**PRESETS["geodesic"], "width": 2, "readout_symmetry": "c4"})
+    dt = MazeSolverNet({**PRESETS["dt"], "width": 4})
+    with pytest.raises(ValueError, match="equivariant"):
+        dt.set_readout_symmetry("d4")
+    assert dt.config.readout_symmetry == "none"
+
+
+def test_cli_eval_and_show_with_the_symmetrised_read_out(tmp_path, cache, capsys):
+    from deqnca.cli import main
+
+    geo, args = str(models_dir() / "maze" / "geodesic"), ["--device", "cpu", "--cache", str(cache)]
+    assert main(["maze", "eval", geo, "--sizes", "9", "--limit-per-size", "5", "--aa-count", "0",
+                 "--readout-symmetry", "d4", "--out", str(tmp_path / "eval"), *args]) == 0
+    row = json.loads((tmp_path / "eval" / "eval.json").read_text())[geo]["sizes"]["9"]
+    assert row["readout_symmetry"] == "d4" and row["accuracy"] == 1.0
+    assert main(["maze", "show", geo, "--size", "5", "--readout-symmetry", "d4", "--out", str(tmp_path / "show"),
+                 *args]) == 0
+    assert [f.name for f in (tmp_path / "show").glob("*.png")] == ["geodesic-geodesic-d4-size5-0.png"]
+    capsys.readouterr()
+    assert main(["maze", "eval", str(models_dir() / "maze" / "dt"), "--sizes", "5", "--limit-per-size", "2",
+                 "--readout-symmetry", "d4", "--out", str(tmp_path / "eval"), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is for the geodesic model" in err[0]
+    # shipping a model with or without the symmetrised read-out: the weights unchanged, the config says which
+    from deqnca.engine.checkpoint import load_maze_model
+    assert main(["export", geo, str(tmp_path / "plain"), "--readout-symmetry", "none"]) == 0
+    plain, meta = load_maze_model(tmp_path / "plain")
+    assert plain.config.readout_symmetry == "none"
+    assert meta["weights_sha256"] == json.loads((models_dir() / "maze" / "geodesic.json").read_text())["weights_sha256"]
+    capsys.readouterr()
+    assert main(["export", str(models_dir() / "mnist-essay"), str(tmp_path / "m"), "--readout-symmetry", "d4"]) == 2
+    assert "only maze checkpoints" in capsys.readouterr().err
 
 
 def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):

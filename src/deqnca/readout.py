@@ -107,6 +107,22 @@ class CellReadout(MLPReadout):
         return per_cell_loss(cells, y, mask), ink_vote(cells.detach(), mask)
 
 
+DIHEDRAL = ("none", "d4")
+
+
+def dihedral_mean(fn, z):
+    """The mean of g⁻¹·fn(g·z) over the 8 rotations and reflections g of the square grid (the group D4), for a
+    map `fn` from (B, C, H, W) to (B, K, H, W): the symmetrised map is equivariant by construction (an
+    equivariant solve followed by it makes the whole model so), whatever `fn` learned."""
+    out = 0
+    for k in range(4):
+        for flip in (False, True):
+            t = torch.rot90(z, k, (2, 3))
+            y = fn((t.flip(3) if flip else t).contiguous())     # rot90 is a strided view: convolutions on it are slower
+            out = out + torch.rot90(y.flip(3) if flip else y, -k, (2, 3))
+    return out / 8
+
+
 class ConvHead(nn.Module):
     """Per-cell read-out of a spatial answer (DT-recall's head): three bias-free 3x3 convolutions
     C -> 32 -> 8 -> classes with ReLUs, giving class logits (B, classes, H, W) for every pixel."""

@@ -167,10 +167,16 @@ def cmd_export(args) -> int:
 
         loaders = {GROW_KIND: load_grow_checkpoint, "cells": load_cells_checkpoint}
         model, _ = loaders.get(meta.get("kind"), load_maze_model)(args.checkpoint)
+        if args.readout_symmetry is not None:
+            if not hasattr(model, "set_readout_symmetry"):
+                raise ConfigError("--readout-symmetry: only maze checkpoints (the geodesic model) have it")
+            model.set_readout_symmetry(args.readout_symmetry)
         info = {k: v for k, v in meta.items()
                 if k not in ("optimizer", "weights_sha256", "weights_file", "model_config")}
         info["provenance"] = provenance
     else:
+        if args.readout_symmetry is not None:
+            raise ConfigError("--readout-symmetry: only maze checkpoints (the geodesic model) have it")
         model, meta = load_model(args.checkpoint)
         history = meta.get("history", [])
         info = {"metrics": history[-1] if history else {}, "history": history,
@@ -291,6 +297,8 @@ def add_cli(sub) -> None:
     p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     p.add_argument("--command", default="", help="the command that trained it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    p.add_argument("--readout-symmetry", choices=["none", "d4"],
+                   help="geodesic maze models: ship with this read-out symmetrisation (docs/mazes.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("rollout", help="replay a model's rule on one test image: frames, GIF, curves",

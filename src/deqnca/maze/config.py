@@ -19,6 +19,8 @@ class MazeNetConfig:
     tol: float = 1e-3                 # DEQ: relative residual at which a maze counts as converged
     bound: float = 10.0               # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
     rule_kw: dict = field(default_factory=dict)   # geodesic: GeodesicRule options (cost_min, cost_max)
+    # geodesic: "d4" reads out the mean over the 8 rotations/reflections of the (equivariant) fixed point
+    readout_symmetry: str = "none"
 
     @classmethod
     def from_dict(cls, d: dict) -> MazeNetConfig:

@@ -45,10 +45,12 @@ def _sync(device):
 
 
 @torch.no_grad()
-def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 50, batch: int | None = None):
-    """Accuracy (every pixel right) vs iterations, AA score, residuals, time and memory per maze."""
+def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 50, batch: int | None = None,
+                  curve: bool = True):
+    """Accuracy (every pixel right) vs iterations, AA score, residuals, time and memory per maze. `curve` False:
+    the read-out only at the end (the fixed point, or DT's last step), not at every mark on the way."""
     model.eval()
-    marks = iteration_marks(max_iters)
+    marks = iteration_marks(max_iters) if curve else [max_iters]
     size = layouts.shape[1] - 2
     batch = batch or _batch_for(size, device)
     solved_at = torch.zeros(len(marks), dtype=torch.long)
@@ -135,12 +137,14 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
 
 
 def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print,
-                         generators=(mazes.DEFAULT_GENERATOR,), compile: bool = False) -> dict:
+                         generators=(mazes.DEFAULT_GENERATOR,), compile: bool = False,
+                         readout_symmetry: str | None = None, curve: bool = True) -> dict:
     """Every checkpoint on every size of every maze distribution in `generators`; `max_iters` {size: cap or
     None}, None meaning the model's `default_max_iters`.
 
     eval.json holds, per checkpoint, "by_generator" {generator: {size: row}} and "sizes", the rows of
-    the first generator (the depth-first benchmark by default, as before there were others)."""
+    the first generator (the depth-first benchmark by default, as before there were others). `readout_symmetry`
+    (geodesic models) overrides the checkpoint's read-out symmetrisation (None: keep it)."""
     from ..viz.figures import line_plot
 
     generators = tuple(mazes.check_generator(g) for g in generators)
@@ -149,14 +153,18 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     results = {}
     for path in paths:
         model, meta = load_maze_model(path, device)
+        if readout_symmetry is not None:
+            model.set_readout_symmetry(readout_symmetry)
         compiled = compile and model.compile_for_eval()
         by_generator = {}
         for g in generators:
             rows = {}
             for s in sizes:
                 lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log, generator=g)
-                r = evaluate_size(model, lay, max_iters.get(s) or default_max_iters(s, model), device, aa_count)
+                r = evaluate_size(model, lay, max_iters.get(s) or default_max_iters(s, model), device, aa_count,
+                                  curve=curve)
                 r["compiled"] = compiled
+                r["readout_symmetry"] = model.config.readout_symmetry
                 rows[s] = r
                 aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
                 mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"

@@ -13,11 +13,36 @@ from torch import nn
 from ..conditioning import make_conditioning
 from ..data.mazes import to_images
 from ..gradients import make_gradient
-from ..readout import ConvHead
+from ..readout import DIHEDRAL, ConvHead, dihedral_mean
 from ..rules import make_rule
 from ..rules.geodesic import NeighbourFeatures
 from ..solvers import get_solver, residuals, rollout
 from .config import PRESETS, MazeNetConfig  # noqa: F401  (re-exported)
+
+
+def check_readout_symmetry(model: str, symmetry: str) -> None:
+    if symmetry not in DIHEDRAL:
+        raise ValueError(f"readout_symmetry {symmetry!r}: choose one of {', '.join(DIHEDRAL)}")
+    if symmetry != "none" and model != "geodesic":
+        raise ValueError(f"readout_symmetry {symmetry!r} is for the geodesic model, whose rule is equivariant; the "
+                         f"{model} model's convolutions are not: use none")
+
+
+class GeodesicHead(nn.Sequential):
+    """The geodesic model's read-out: neighbour differences of the state -> per-pixel `ConvHead` logits. With
+    `symmetry` "d4", the mean of its logits over the 8 rotations and reflections of the state. The geodesic rule
+    is equivariant to them (a 4-neighbour max and a per-pixel encoder), so this is the mean of the answers to the
+    8 rotated and reflected mazes at the price of one solve; a learned head is not equivariant, and its rare
+    wrong answers (a junction seen in one orientation) are outvoted (docs/mazes.md)."""
+
+    def __init__(self, width: int, cost_max: float, symmetry: str = "none"):
+        super().__init__(NeighbourFeatures(cost_max), ConvHead(4 * width, classes=2))
+        self.symmetry = symmetry
+
+    def forward(self, z):
+        if self.symmetry == "d4":
+            return dihedral_mean(super().forward, z)
+        return super().forward(z)
 
 
 class MazeSolverNet(nn.Module):
@@ -31,10 +56,11 @@ class MazeSolverNet(nn.Module):
             raise ValueError(f"maze model {config.model!r}: choose one of {sorted(PRESETS)}")
         self.config = config
         w = config.width
+        check_readout_symmetry(config.model, config.readout_symmetry)
         if config.model == "geodesic":
             self.rule = make_rule("geodesic", input_channels=3, state_channels=w, **config.rule_kw)
             # its state grows with the image: the head reads neighbour differences, which do not
-            self.head = nn.Sequential(NeighbourFeatures(self.rule.cost_max), ConvHead(4 * w, classes=2))
+            self.head = GeodesicHead(w, self.rule.cost_max, config.readout_symmetry)
         else:
             self.rule = make_rule("recall", input_channels=3, state_channels=w, blocks=config.blocks,
                                   form=config.model, bound=config.bound)
@@ -43,6 +69,11 @@ class MazeSolverNet(nn.Module):
         # DT-recall's first "thought" is a projection of the input; the DEQ starts from zeros/noise
         self.projection = nn.Conv2d(3, w, 3, padding=1, bias=False) if config.init == "projection" else None
         self.gradient = make_gradient(config.gradient, **config.gradient_kw)
+
+    def set_readout_symmetry(self, symmetry: str) -> None:
+        """Switch the geodesic read-out's symmetrisation (`GeodesicHead`) on a built or loaded model."""
+        check_readout_symmetry(self.config.model, symmetry)
+        self.config.readout_symmetry = self.head.symmetry = symmetry
 
     def step_map(self, x):
         return self.rule.bind(x, self.conditioning)

@@ -71,13 +71,17 @@ def _mark_ends(frame, ends, scale: int):
 
 @torch.no_grad()
 def show(path, size: int, out, index: int = 0, max_iters: int | None = None, frames: int = 60, device="cpu",
-         cache=None, log=print, generator: str = mazes.DEFAULT_GENERATOR) -> list[Path]:
-    """A solved maze (input | prediction | target) and a GIF of the path emerging step by step."""
+         cache=None, log=print, generator: str = mazes.DEFAULT_GENERATOR,
+         readout_symmetry: str | None = None) -> list[Path]:
+    """A solved maze (input | prediction | target) and a GIF of the path emerging step by step;
+    `readout_symmetry` (geodesic models) overrides the checkpoint's (None: keep it)."""
     import imageio.v3 as iio
 
     from ..viz.figures import caption_frames, image_grid, step_caption
 
     model, _ = load_maze_model(path, device)
+    if readout_symmetry is not None:
+        model.set_readout_symmetry(readout_symmetry)
     lay = mazes.load_set(size, index + 1, "test", cache=cache, log=log, generator=generator)[index:index + 1]
     x, y = mazes.to_images(torch.as_tensor(lay).to(device))
     f = model.step_map(x)
@@ -102,10 +106,13 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     out = Path(out)
     # depth-first figures keep their names; other distributions' are told apart by a suffix
     tag = "" if generator == mazes.DEFAULT_GENERATOR else f"-{generator}"
-    stem = f"{Path(path).name}-{model.config.model}-size{size}-{index}{tag}"
+    symmetric = getattr(model.config, "readout_symmetry", "none") != "none"
+    stem = f"{Path(path).name}-{model.config.model}{'-' + model.config.readout_symmetry if symmetric else ''}" \
+           f"-size{size}-{index}{tag}"
     verdict = "solved" if solved else f"wrong: {int(wrong.sum())} px"
     panels = [x0.permute(1, 2, 0).numpy(), _overlay(x0, pred, y0), _overlay(x0, y0)]
-    titles = ["maze", f"{model.config.model} after {max_iters} it ({verdict})", "target path"]
+    label = f"{model.config.model}{' (' + model.config.readout_symmetry + ' read-out)' if symmetric else ''}"
+    titles = ["maze", f"{label} after {max_iters} it ({verdict})", "target path"]
     points = [marks, marks + spots, marks]
     if spots:                       # the largest group of wrong pixels, close up (orange: extra, magenta: missed)
         half = 8
