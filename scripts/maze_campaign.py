@@ -34,8 +34,8 @@ def _machine() -> str:
     return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
 
 
-def part_file(name: str, generator: str, size: int) -> Path:
-    return RESULTS / f"{name}-{generator}-{size}.json"
+def part_file(name: str, generator: str, size: int, first: int = 0) -> Path:
+    return RESULTS / f"{name}-{generator}-{size}{f'-from{first}' if first else ''}.json"
 
 
 def run(a) -> int:
@@ -49,7 +49,7 @@ def run(a) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MALLOC_MMAP_THRESHOLD_": "4194304"}
     for g in a.generators:
         for s in a.sizes:
-            out = part_file(a.name, g, s)
+            out = part_file(a.name, g, s, a.first)
             if out.exists():
                 print(f"{out}: done already", file=sys.stderr)
                 continue
@@ -64,6 +64,8 @@ def run(a) -> int:
                 cmd += ["--readout-symmetry", a.readout_symmetry]
             if a.no_curve:
                 cmd += ["--no-curve"]
+            if a.first:
+                cmd += ["--first", str(a.first)]
             t0 = time.time()
             proc = subprocess.run([sys.executable, "-m", "deqnca.cli", *cmd[1:]], env=env, capture_output=True,
                                   text=True)
@@ -84,12 +86,45 @@ def run(a) -> int:
     return 0
 
 
+def merge(a: dict, b: dict) -> dict:
+    """Two parts of one (model, generator, size) on consecutive mazes (`run --first`) as one record: counts and
+    failures added, means weighted by mazes, the most iterations the larger; the residual median is the larger of
+    the parts' medians, and the accuracy curve is kept only where both parts drew it at the same marks."""
+    ra, rb = a["row"], b["row"]
+    if ra.get("first", 0) + ra["n"] != rb.get("first", 0):
+        raise ValueError(f"{a['name']} {a['generator']} {a['size']}: parts do not follow each other")
+    n = ra["n"] + rb["n"]
+
+    def mean(key, wa=ra["n"], wb=rb["n"]):
+        if ra[key] is None or rb[key] is None or not wa + wb:
+            return ra[key] if rb[key] is None else rb[key]
+        return (ra[key] * wa + rb[key] * wb) / (wa + wb)
+
+    row = {**ra, "n": n, "accuracy": mean("accuracy"), "mean_iters": mean("mean_iters"),
+           "ms_per_maze": mean("ms_per_maze"), "aa_score": mean("aa_score", ra["aa_n"], rb["aa_n"]),
+           "aa_n": ra["aa_n"] + rb["aa_n"], "most_iters": max(ra["most_iters"], rb["most_iters"]),
+           "rel_residual_median": max(ra["rel_residual_median"], rb["rel_residual_median"]),
+           "failed": ra["failed"] + rb["failed"], "failed_pixels": ra["failed_pixels"] + rb["failed_pixels"],
+           "n_failed": ra["n_failed"] + rb["n_failed"]}
+    if ra["curve_iters"] == rb["curve_iters"]:
+        row["curve_accuracy"] = [(x * ra["n"] + y * rb["n"]) / n
+                                 for x, y in zip(ra["curve_accuracy"], rb["curve_accuracy"])]
+    else:
+        row["curve_iters"], row["curve_accuracy"] = [ra["max_iters"]], [row["accuracy"]]
+    best = max(range(len(row["curve_iters"])), key=lambda j: row["curve_accuracy"][j])
+    row["best_accuracy"], row["best_iters"] = row["curve_accuracy"][best], row["curve_iters"][best]
+    return {**a, "row": row, "seconds": a["seconds"] + b["seconds"], "command": f"{a['command']}; {b['command']}",
+            "date": max(a["date"], b["date"])}
+
+
 def load_all() -> dict:
-    """{name: {generator: {size: record}}} from every part file."""
+    """{name: {generator: {size: record}}} from every part file; parts extending another (`run --first`) merged."""
     out: dict = {}
-    for f in sorted(RESULTS.glob("*.json")):
-        rec = json.loads(f.read_text())
-        out.setdefault(rec["name"], {}).setdefault(rec["generator"], {})[rec["size"]] = rec
+    recs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
+    for rec in sorted(recs, key=lambda r: r["row"].get("first", 0)):
+        by_size = out.setdefault(rec["name"], {}).setdefault(rec["generator"], {})
+        size = rec["size"]
+        by_size[size] = merge(by_size[size], rec) if size in by_size else rec
     return out
 
 
@@ -238,6 +273,7 @@ def main(argv=None) -> int:
     r.add_argument("--compile", action="store_true", help="`maze eval --compile` (the geodesic models)")
     r.add_argument("--readout-symmetry", choices=["none", "d4"], help="`maze eval --readout-symmetry` (geodesic)")
     r.add_argument("--no-curve", action="store_true", help="`maze eval --no-curve`: no accuracy-against-iterations")
+    r.add_argument("--first", type=int, default=0, help="`maze eval --first`: mazes N.. (a part extending another)")
     t = sub.add_parser("table")
     t.add_argument("names", nargs="*")
     f = sub.add_parser("figures")

@@ -428,6 +428,38 @@ def test_evaluate_checkpoints_on_several_distributions(tmp_path, cache):
     assert saved["sizes"] == saved["by_generator"]["dfs"]
 
 
+def test_an_evaluation_extended_in_parts_is_the_whole_evaluation(tmp_path, cache):
+    """`maze eval --first N` evaluates the next mazes; the campaign's merge of the parts gives the whole set's row."""
+    import importlib.util
+    from pathlib import Path
+
+    from deqnca.maze.evaluate import evaluate_checkpoints
+
+    spec = importlib.util.spec_from_file_location("maze_campaign", Path(__file__).parents[1] / "scripts" /
+                                                  "maze_campaign.py")
+    campaign = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(campaign)
+    ckpt = models_dir() / "maze" / "dt"
+
+    def part(first, n):
+        res = evaluate_checkpoints([ckpt], [9], {9: n}, {9: 20}, "cpu", tmp_path / f"e{first}", aa_count=2,
+                                   cache=cache, log=lambda s: None, first=first)
+        return {"name": "dt", "generator": "dfs", "size": 9, "row": res[str(ckpt)]["sizes"][9], "seconds": 1.0,
+                "command": f"part {first}", "date": "2026-12-02"}
+
+    whole, a, b = part(0, 12), part(0, 5), part(5, 7)
+    assert b["row"]["first"] == 5 and all(i >= 5 for i in b["row"]["failed"])
+    merged = campaign.merge(a, b)["row"]
+    assert 0 < whole["row"]["n_failed"] < 12, "20 steps should solve some 9x9 mazes and not others"
+    for key in ("n", "failed", "failed_pixels", "n_failed", "most_iters", "curve_iters"):
+        assert merged[key] == whole["row"][key], key
+    for key in ("accuracy", "best_accuracy", "mean_iters"):
+        assert merged[key] == pytest.approx(whole["row"][key]), key
+    assert merged["curve_accuracy"] == pytest.approx(whole["row"]["curve_accuracy"])
+    with pytest.raises(ValueError, match="do not follow"):
+        campaign.merge(a, part(6, 2))
+
+
 def test_training_reads_its_generator(tmp_path, cache):
     from deqnca.maze.model import PRESETS
     from deqnca.tasks.maze import MazeConfig as MazeTrainConfig

@@ -91,11 +91,15 @@ def cmd_eval(args) -> int:
     _check_map("--limit-per-size", limits, 1, mazes.MAX_COUNT)
     _check_map("--max-iters", max_iters, 1, MAX_STEPS)
     limits = {s: v or 100 for s, v in limits.items()}
+    for s, v in limits.items():
+        if args.first + v > mazes.MAX_COUNT:
+            raise ConfigError(f"--first {args.first} + {v} mazes of size {s}: the test sets hold at most "
+                              f"{mazes.MAX_COUNT:,}")
     writable_folder(args.out)
     log = (lambda s: print(s, file=sys.stderr))
     res = evaluate_checkpoints(args.checkpoint, args.sizes, limits, max_iters, device, args.out,
                                args.aa_count, args.cache, log, generators=args.generators, compile=args.compile,
-                               readout_symmetry=args.readout_symmetry, curve=not args.no_curve)
+                               readout_symmetry=args.readout_symmetry, curve=not args.no_curve, first=args.first)
     if args.json:
         print(json.dumps(res))
     else:
@@ -187,6 +191,9 @@ def add_cli(sub) -> None:
                    help="torch.compile the geodesic rule's step first (same states bit for bit; not faster at 59x59 "
                         "on a CPU: benchmarks/geodesic_solve.py; other models ignore it)")
     symmetry_flag(p)
+    p.add_argument("--first", type=nonneg_int, default=0,
+                   help="skip the first N mazes of every set: evaluate mazes N .. N + limit - 1 (to extend an "
+                        "evaluation in parts; failed mazes keep their index in the whole set)")
     p.add_argument("--no-curve", action="store_true",
                    help="read out only at the end (the fixed point), not at every mark of the accuracy-against-"
                         "iterations curve: ~15-20 fewer read-outs per maze (what d4 costs on small mazes)")

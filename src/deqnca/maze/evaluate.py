@@ -138,13 +138,15 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
 
 def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print,
                          generators=(mazes.DEFAULT_GENERATOR,), compile: bool = False,
-                         readout_symmetry: str | None = None, curve: bool = True) -> dict:
+                         readout_symmetry: str | None = None, curve: bool = True, first: int = 0) -> dict:
     """Every checkpoint on every size of every maze distribution in `generators`; `max_iters` {size: cap or
     None}, None meaning the model's `default_max_iters`.
 
     eval.json holds, per checkpoint, "by_generator" {generator: {size: row}} and "sizes", the rows of
     the first generator (the depth-first benchmark by default, as before there were others). `readout_symmetry`
-    (geodesic models) overrides the checkpoint's read-out symmetrisation (None: keep it)."""
+    (geodesic models) overrides the checkpoint's read-out symmetrisation (None: keep it). `first` skips the first
+    mazes of every set (mazes first .. first + limit − 1: an evaluation extended in parts); `failed` holds indices
+    in the whole set."""
     from ..viz.figures import line_plot
 
     generators = tuple(mazes.check_generator(g) for g in generators)
@@ -160,11 +162,12 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
         for g in generators:
             rows = {}
             for s in sizes:
-                lay = mazes.load_set(s, limits[s], "test", cache=cache, log=log, generator=g)
+                lay = mazes.load_set(s, first + limits[s], "test", cache=cache, log=log, generator=g)[first:]
                 r = evaluate_size(model, lay, max_iters.get(s) or default_max_iters(s, model), device, aa_count,
                                   curve=curve)
                 r["compiled"] = compiled
                 r["readout_symmetry"] = model.config.readout_symmetry
+                r["first"], r["failed"] = first, [first + i for i in r["failed"]]
                 rows[s] = r
                 aa = f"{r['aa_score']:.4f}" if r["aa_score"] is not None else "n/a"
                 mem = f"{r['peak_mb_per_maze']:.1f} MB" if r["peak_mb_per_maze"] is not None else "n/a (CPU)"
