@@ -33,6 +33,8 @@ SLOW_FILES = {"test_faults.py", "test_hostile.py", "test_distributed.py", "test_
               "test_benchmarks.py", "test_install.py", "test_startup.py", "test_examples.py", "test_docs.py"}
 SLOW_TESTS = {
     "test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit",
+    "test_an_evaluation_extended_in_parts_is_the_whole_evaluation",
+    "test_cli_eval_and_show_with_the_symmetrised_read_out",
     "test_a_compiled_rule_evaluates_like_the_eager_one",
     "test_a_few_training_steps_reduce_the_loss",
     "test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine",
