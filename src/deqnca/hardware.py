@@ -309,9 +309,9 @@ MMAP_THRESHOLD = 4 << 20
 
 def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold at `nbytes`. The dynamic threshold rises to the largest block freed, after which
-    the large per-step buffers of a long solve (a 201×201 geodesic maze: ~14,000 steps) come from the heap and
-    fragment it — one such solve grew to 17 GB and was killed (docs/mazes.md); with 4 MiB it stays at ~0.5 GB.
-    True where it was set; False off glibc, or where MALLOC_MMAP_THRESHOLD_ is set (the user's choice wins)."""
+    the large per-step buffers of a long solve (a 201×201 geodesic maze) come from the heap and fragment it until
+    the process is killed (docs/mazes.md, "Evaluation"). True where it was set; False off glibc, or where
+    MALLOC_MMAP_THRESHOLD_ is set (the user's choice wins)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
