@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, "src")
 from deqnca.data import mazes  # noqa: E402
 from deqnca.engine.checkpoint import load_maze_model  # noqa: E402
+from deqnca.hardware import cpu_info  # noqa: E402
 from deqnca.maze.evaluate import default_max_iters  # noqa: E402
 from deqnca.maze.model import predict, solve_for_eval  # noqa: E402
 from deqnca.tasks.maze import load_mixed  # noqa: E402
@@ -43,15 +44,14 @@ def training_errors(model, generator, sizes, count, batch=500, cache=None):
     rows = {}
     for size in sizes:
         lay = load_mixed(size, count, "train", generator, cache)
-        t0, tot = time.time(), {s: [0, 0] for s in ("none", "d4")}
+        t0, tot, open_px = time.time(), {s: [0, 0] for s in ("none", "d4")}, 0
         for i in range(0, len(lay), batch):
             x, y = mazes.to_images(torch.as_tensor(lay[i:i + batch]))
+            open_px += int((x.amax(1) > 0).sum())
             z, _ = solve_for_eval(model, x, default_max_iters(size, model))
             for s, w in wrong(model, x, y, z).items():
                 tot[s][0] += int((w > 0).sum())
                 tot[s][1] += int(w.sum())
-        open_px = int(sum((mazes.to_images(torch.as_tensor(lay[i:i + batch]))[0].amax(1) > 0).sum()
-                          for i in range(0, len(lay), batch)))
         rows[size] = {"mazes": len(lay), "open_px": open_px, "seconds": round(time.time() - t0, 1),
                       **{f"{s}_wrong_mazes": v[0] for s, v in tot.items()},
                       **{f"{s}_wrong_px": v[1] for s, v in tot.items()}}
@@ -93,10 +93,9 @@ def main(argv=None) -> int:
         size, idx = a.float64.split("=")
         test_gen = "dfs" if a.generator == "mix" else a.generator
         record["float64"] = float64_check(model, test_gen, int(size), [int(i) for i in idx.split(",")], a.cache)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    cpu = cpu_info()
     record.update(command="python scripts/maze_readout_check.py " + " ".join(argv or sys.argv[1:]),
-                  machine=f"{cpu}, {os.cpu_count()} cores", date=time.strftime("%Y-%m-%d"),
+                  machine=f"{cpu['model']}, {cpu['cores']} cores", date=time.strftime("%Y-%m-%d"),
                   torch=torch.__version__)
     out = Path(a.out or f"results/mazes/readout-check-{Path(a.checkpoint).name}.json")
     tmp = out.with_suffix(".tmp")

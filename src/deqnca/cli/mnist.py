@@ -167,21 +167,19 @@ def cmd_export(args) -> int:
 
         loaders = {GROW_KIND: load_grow_checkpoint, "cells": load_cells_checkpoint}
         model, _ = loaders.get(meta.get("kind"), load_maze_model)(args.checkpoint)
-        if args.readout_symmetry is not None:
-            if not hasattr(model, "set_readout_symmetry"):
-                raise ConfigError("--readout-symmetry: only maze checkpoints (the geodesic model) have it")
-            model.set_readout_symmetry(args.readout_symmetry)
         info = {k: v for k, v in meta.items()
                 if k not in ("optimizer", "weights_sha256", "weights_file", "model_config")}
         info["provenance"] = provenance
     else:
-        if args.readout_symmetry is not None:
-            raise ConfigError("--readout-symmetry: only maze checkpoints (the geodesic model) have it")
         model, meta = load_model(args.checkpoint)
         history = meta.get("history", [])
         info = {"metrics": history[-1] if history else {}, "history": history,
                 "train_config": meta.get("train_config"), "parameters": meta.get("parameters"),
                 "provenance": provenance}
+    if args.readout_symmetry is not None:
+        if not hasattr(model, "set_readout_symmetry"):
+            raise ConfigError("--readout-symmetry: only maze checkpoints (the geodesic model) have it")
+        model.set_readout_symmetry(args.readout_symmetry)      # saved with the model's config
     from ..engine.checkpoint import checkpoint_base
 
     dest = checkpoint_base(args.dest)

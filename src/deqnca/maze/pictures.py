@@ -106,7 +106,7 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     out = Path(out)
     # depth-first figures keep their names; other distributions' are told apart by a suffix
     tag = "" if generator == mazes.DEFAULT_GENERATOR else f"-{generator}"
-    symmetric = getattr(model.config, "readout_symmetry", "none") != "none"
+    symmetric = model.config.readout_symmetry != "none"
     stem = f"{Path(path).name}-{model.config.model}{'-' + model.config.readout_symmetry if symmetric else ''}" \
            f"-size{size}-{index}{tag}"
     verdict = "solved" if solved else f"wrong: {int(wrong.sum())} px"
