@@ -21,6 +21,9 @@ GROW = ["grow", "train", "--target", "small", "--variant", "regenerating", "--st
         "--batch-size", "4", "--rollout-steps", "8", "12", "--seed", "1", "--log-every", "2", "--device", "cpu"]
 MAZE = ["maze", "train", "--width", "8", "--train-size", "5", "--batch-size", "16", "--lr", "0.05",
         "--set", "train_iters=4", "--seed", "0", "--device", "cpu", "--train-count", "69", "--epochs", "2"]
+CELLS = ["cells", "train", "--size", "14", "--train-images", "256", "--steps", "6", "--batch-size", "4",
+         "--checkpoint-every", "3", "--log-every", "2", "--eval-every", "3", "--eval-images", "8", "--eval-marks",
+         "[4, 8]", "--seed", "0", "--device", "cpu"]
 RUNS = {
     "mnist-essay": ["train", "--preset", "essay", "--epochs", "2", *MNIST],
     "mnist-equilibrium": ["train", "--preset", "equilibrium", "--epochs", "1", *MNIST],
@@ -28,6 +31,8 @@ RUNS = {
     "grow-implicit-window": [*GROW, "--trainer", "implicit", "--recipe", "window"],
     "maze-dt": [*MAZE, "--model", "dt"],
     "maze-deq": [*MAZE, "--model", "deq"],
+    "cells-article": [*CELLS, "--model", "article", "--rollout-steps", "6", "--pool-size", "8", "--fresh", "1", "--mutate", "1"],
+    "cells-consensus": [*CELLS, "--model", "consensus", "--set", "solver_iter=20", "--set", "b_max_iter=10"],
 }
 TIMING = {"epoch_time_s", "elapsed_s", "wall_s", "seconds"}
 # the one engine stamps every record with its step (the record is trimmed to the checkpoint on resume):
