@@ -8,7 +8,7 @@ and how many samples are non-finite. On a residual rule with a bounded update |t
 that blows up has a *small relative residual* (‖f(z) − z‖ ≤ √D while ‖f(z)‖ grows), so Broyden in
 'rel' mode is rewarded for diverging; in 'abs' mode it returns its lowest-residual iterate, which
 stays close to the noise it started from. `--masking-fix` applies deqnca's fix of TorchDeq's
-best-iterate selection (`deqnca.solvers.patch_torchdeq_masking`), which separates the library bug
+best-iterate selection (`deqnca.core.solvers.patch_torchdeq_masking`), which separates the library bug
 (NaN leaking into the kept iterate) from the divergence itself.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ import argparse
 import torch
 from torchdeq.solver import broyden_solver
 
+from deqnca.core.solvers import residuals
 from deqnca.data.idx import load_mnist
-from deqnca.model import EquilibriumModel
-from deqnca.solvers import residuals
-from deqnca.tasks.mnist import preset
+from deqnca.tasks.mnist.model import EquilibriumModel
+from deqnca.tasks.mnist.task import preset
 
 
 def main():
@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--masking-fix", action="store_true", help="patch TorchDeq's NaN-leaking iterate selection")
     args = ap.parse_args()
     if args.masking_fix:
-        from deqnca.solvers import patch_torchdeq_masking
+        from deqnca.core.solvers import patch_torchdeq_masking
         patch_torchdeq_masking()
     torch.manual_seed(args.seed)
     x, _ = load_mnist(split="test")

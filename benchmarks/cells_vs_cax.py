@@ -79,7 +79,7 @@ def _task(model: str, batch: int, rollout: int, images: int, synthetic: bool = F
     import torch
 
     from deqnca.engine.trainer import make_optimizer
-    from deqnca.tasks.cells import CellsConfig, CellsTask
+    from deqnca.tasks.cells.task import CellsConfig, CellsTask
 
     x, y = _digits(images, synthetic)
     cfg = CellsConfig.for_model(model, batch_size=batch, rollout_steps=rollout, eval_images=1, fresh=batch // 4,

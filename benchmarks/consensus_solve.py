@@ -30,11 +30,11 @@ def main(argv=None) -> int:
     ap.add_argument("--b-max-iter", type=int, default=80)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from deqnca.cells import LOSSES, truth_map
-    from deqnca.gradients import make_gradient
-    from deqnca.resources import resolve_checkpoint
-    from deqnca.solvers import get_solver
-    from deqnca.tasks.cells import load_cells_checkpoint, load_digits
+    from deqnca.core.gradients import make_gradient
+    from deqnca.core.resources import resolve_checkpoint
+    from deqnca.core.solvers import get_solver
+    from deqnca.tasks.cells.model import LOSSES, truth_map
+    from deqnca.tasks.cells.task import load_cells_checkpoint, load_digits
 
     model, _ = load_cells_checkpoint(resolve_checkpoint(a.checkpoint))
     model.train()

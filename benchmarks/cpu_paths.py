@@ -6,13 +6,13 @@ batch of 64, forward and backward — across NCHW / channels-last, 1 thread / al
 bfloat16 autocast, and the kernel libraries torch can be switched between: oneDNN (its default),
 NNPACK (what it picks with oneDNN switched off) and its native im2col + BLAS path (both off). Then a
 torch.compile'd rule step (time-boxed, in a child process), one whole evaluation batch of each
-shipped MNIST model on each viable path, and the path `deqnca.hardware.choose_cpu_path` picks.
+shipped MNIST model on each viable path, and the path `deqnca.engine.hardware.choose_cpu_path` picks.
 
     python benchmarks/cpu_paths.py --json-out /tmp/cpu_paths.json
     python benchmarks/cpu_paths.py --quick            # < 20 s: fewer paths, one round
 
 GFLOP/s count the convolution only (2·C_in·C_out·9 per output cell; forward + backward = 3×) and
-"% peak" divides by the estimated float32 peak of the threads used (deqnca.hardware.peak_fp32:
+"% peak" divides by the estimated float32 peak of the threads used (deqnca.engine.hardware.peak_fp32:
 FMA width from the ISA × the clock /proc/cpuinfo reports; the assumption is printed). Every cell is
 a median over interleaved rounds (each round times every path once, so that a change in load hits
 all alike), and the load average is recorded with each workload.
@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from deqnca import hardware
-from deqnca.resources import models_dir
+from deqnca.core.resources import models_dir
+from deqnca.engine import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("mnist-essay", "mnist-equilibrium")

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deqnca.data.idx import load_mnist  # noqa: E402
-from deqnca.model import EquilibriumModel  # noqa: E402
-from deqnca.tasks.mnist import preset  # noqa: E402
+from deqnca.tasks.mnist.model import EquilibriumModel  # noqa: E402
+from deqnca.tasks.mnist.task import preset  # noqa: E402
 from mnist_speed import PlainTorchDEQ, baseline_solvers, preset_variant, timed_step  # noqa: E402
 
 

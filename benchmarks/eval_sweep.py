@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from deqnca import hardware
+from deqnca.core.resources import models_dir
 from deqnca.data.idx import load_mnist
+from deqnca.engine import hardware
 from deqnca.engine.checkpoint import load_model
-from deqnca.evaluation import evaluate, residual_summary
-from deqnca.resources import models_dir
+from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 

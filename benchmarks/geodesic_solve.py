@@ -28,10 +28,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json-out")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from deqnca.data import mazes
+    from deqnca.core.solvers import get_solver
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.evaluate import default_max_iters
-    from deqnca.solvers import get_solver
+    from deqnca.tasks.maze import generate as mazes
+    from deqnca.tasks.maze.evaluate import default_max_iters
 
     model, _ = load_maze_model(a.checkpoint)
     x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(a.size, a.mazes, "test")))

@@ -39,10 +39,10 @@ def one_step(trainer: str, steps: int, device: str, batch: int, equilibrium: dic
     """`equilibrium`: GrowConfig settings of the equilibrium trainer (gradient, phantom_k, ...)."""
     import torch
 
-    from deqnca.data.targets import load_target
-    from deqnca.grow.objective import make_forward, normalise_gradients
-    from deqnca.rules.growing import GrowingNCARule
-    from deqnca.tasks.grow import _EQUILIBRIUM_KEYS, GrowConfig
+    from deqnca.tasks.grow.model import make_forward, normalise_gradients
+    from deqnca.tasks.grow.rule import GrowingNCARule
+    from deqnca.tasks.grow.targets import load_target
+    from deqnca.tasks.grow.task import _EQUILIBRIUM_KEYS, GrowConfig
 
     def training_step(rule, forward, optimizer, z0, target, steps, gen):
         """The grow task's step as the engine runs it (forward, backward, normalisation, Adam)."""

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deqnca.amp import amp_context
+from deqnca.core.amp import amp_context
 from deqnca.data.idx import load_mnist
-from deqnca.model import EquilibriumModel
-from deqnca.tasks.mnist import preset
+from deqnca.tasks.mnist.model import EquilibriumModel
+from deqnca.tasks.mnist.task import preset
 
 
 class PlainTorchDEQ(nn.Module):
@@ -52,7 +52,7 @@ class PlainTorchDEQ(nn.Module):
     1-step phantom gradient.
 
     Both run with deqnca's one-line fix of TorchDeq's best-iterate selection
-    (`deqnca.solvers.patch_torchdeq_masking`); unpatched, Broyden returns NaN for most samples at
+    (`deqnca.core.solvers.patch_torchdeq_masking`); unpatched, Broyden returns NaN for most samples at
     initialisation (12 of 16 in `broyden_eq2.py`), and a NaN loss skips the backward pass, so the
     baseline would be timed on forward passes only.
     """
@@ -64,7 +64,7 @@ class PlainTorchDEQ(nn.Module):
         super().__init__()
         from torchdeq import get_deq
 
-        from deqnca.solvers import patch_torchdeq_masking
+        from deqnca.core.solvers import patch_torchdeq_masking
 
         patch_torchdeq_masking()
         self.K1 = nn.Conv2d(1, 16, 3, padding=1)
@@ -191,8 +191,8 @@ def full_training(name, device, seed=0, out=None, **train_over):
     With `out` the run folder (checkpoint, metrics.jsonl) is kept there."""
     import tempfile
 
-    from deqnca.tasks.mnist import MnistConfig as TrainConfig
-    from deqnca.tasks.mnist import train
+    from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
+    from deqnca.tasks.mnist.task import train
 
     p = preset(name, None, {"seed": seed, **train_over})
     data = (*load_mnist(split="train"), *load_mnist(split="test"))
@@ -244,7 +244,7 @@ def main(argv=None):
     for name, (base_name, graphed, amp) in zip(args.presets.split(","), variants):
         if graphed:       # refused before anything is timed, on any device
             from deqnca.engine.graphs import step_unsupported_reason
-            from deqnca.tasks.mnist import MnistConfig as TrainConfig
+            from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
 
             why_not = step_unsupported_reason(EquilibriumModel(preset(base_name)["model"]),
                                               TrainConfig(amp=amp))   # timed with SGD at a constant rate

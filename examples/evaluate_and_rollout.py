@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 import deqnca
-from deqnca.reports.nca_view import draw_figure1
+from deqnca.tasks.mnist.figures import draw_figure1
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default="mnist-equilibrium", help="a shipped model's name or a checkpoint path")

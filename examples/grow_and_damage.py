@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 import deqnca
-from deqnca.grow.replay import pattern_box, replay, rgb_on_white, write_gif
-from deqnca.rules.growing import target_loss
+from deqnca.tasks.grow.replay import pattern_box, replay, rgb_on_white, write_gif
+from deqnca.tasks.grow.rule import target_loss
 from deqnca.viz.figures import image_grid, relative_residuals, step_caption
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -107,7 +107,7 @@ def _pct(v) -> str:
 
 
 def _res(row: dict) -> str:
-    from deqnca.cli.cells import residual_text
+    from deqnca.tasks.cells.cli import residual_text
 
     return residual_text(row, digits=1)
 
@@ -216,7 +216,7 @@ def reach(a) -> int:
     import torch
 
     from deqnca.data.idx import load_mnist
-    from deqnca.tasks.cells import load_cells_checkpoint
+    from deqnca.tasks.cells.task import load_cells_checkpoint
 
     torch.set_num_threads(1)
     model, _ = load_cells_checkpoint(a.checkpoint)

@@ -18,7 +18,7 @@ import time
 import torch
 
 from deqnca import fit
-from deqnca.tasks.cells import CellsConfig, CellsTask, load_digits
+from deqnca.tasks.cells.task import CellsConfig, CellsTask, load_digits
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from deqnca.core.nca import ANCHORS
 from deqnca.data.idx import load_mnist
-from deqnca.nca import ANCHORS
-from deqnca.reports.baseline import crop_accuracy_cnn
-from deqnca.reports.nca_view import FRACTIONS
-from deqnca.tasks.cnn import train_cnn
+from deqnca.tasks.cnn.model import crop_accuracy_cnn
+from deqnca.tasks.cnn.task import train_cnn
+from deqnca.tasks.mnist.figures import FRACTIONS
 
 
 def main():

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
+from deqnca.core.nca import rollout_curve
 from deqnca.data.idx import load_mnist
-from deqnca.evaluation import evaluate, residual_summary
-from deqnca.model import count_parameters
-from deqnca.nca import rollout_curve
-from deqnca.reports.panorama import panorama_accuracy
-from deqnca.tasks.mnist import MnistConfig as TrainConfig
-from deqnca.tasks.mnist import preset, train
+from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
+from deqnca.tasks.mnist.label_maps import panorama_accuracy
+from deqnca.tasks.mnist.model import count_parameters
+from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
+from deqnca.tasks.mnist.task import preset, train
 
 VARIANTS = {
     "injection": {"conditioning": "injection"},
@@ -41,7 +41,7 @@ VARIANTS = {
 
 def step_time(model, x, conditioning: str, repeats: int = 20) -> float:
     """Seconds per rule evaluation with the given conditioning (same weights)."""
-    from deqnca.conditioning import make_conditioning
+    from deqnca.core.conditioning import make_conditioning
 
     with torch.no_grad():
         f = model.rule.bind(model.encode(x), make_conditioning(conditioning))

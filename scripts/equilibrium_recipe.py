@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from deqnca.data.idx import load_mnist
-from deqnca.tasks.mnist import MnistConfig as TrainConfig
-from deqnca.tasks.mnist import preset, train
+from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
+from deqnca.tasks.mnist.task import preset, train
 
 # the first recipe (equilibrium-v0) with Picard in place of Anderson, then one change at a time
 PICARD = {"solver": "fixed_point", "solver_kw": {"max_iter": 100, "tol": 1e-4},

@@ -12,11 +12,11 @@ import argparse
 
 import torch
 
-from deqnca.conditioning import Injection
+from deqnca.core.conditioning import Injection
 from deqnca.data.idx import load_mnist
 from deqnca.engine.checkpoint import load_model
-from deqnca.model import EquilibriumModel
-from deqnca.tasks.mnist import preset
+from deqnca.tasks.mnist.model import EquilibriumModel
+from deqnca.tasks.mnist.task import preset
 
 
 @torch.no_grad()

@@ -5,9 +5,9 @@ one seed cell (2 replays, generator seed 0). docs/grow.md, "Stability tools on t
 """
 import torch
 
+from deqnca.core.solvers import rollout
 from deqnca.engine.checkpoint import load_grow_checkpoint
-from deqnca.grow.objective import spectral_radius
-from deqnca.solvers import rollout
+from deqnca.tasks.grow.model import spectral_radius
 
 torch.manual_seed(0)    # the power iteration's start vector
 for name in ("bptt", "equilibrium"):

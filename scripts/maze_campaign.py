@@ -41,7 +41,7 @@ def part_file(name: str, generator: str, size: int, first: int = 0) -> Path:
 def run(a) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, "src")
-    from deqnca.maze.evaluate import parse_size_map
+    from deqnca.tasks.maze.evaluate import parse_size_map
 
     limits, caps = parse_size_map(a.limit, a.sizes), parse_size_map(a.max_iters, a.sizes)
     # glibc's dynamic mmap threshold lets the freed buffers of large mazes fragment the heap: a 201x201 solve grew

@@ -17,7 +17,7 @@ from collections import deque
 
 import numpy as np
 
-from deqnca.data import mazes
+from deqnca.tasks.maze import generate as mazes
 
 
 def _bfs(open_, src):
@@ -66,7 +66,7 @@ def lengths(layout) -> dict:
 
 
 def cmd_lengths(a):
-    from deqnca.maze.evaluate import default_max_iters
+    from deqnca.tasks.maze.evaluate import default_max_iters
 
     print("| generator | size | image px | cap (4 x side) | path | farthest from S | max(d_S, d_G) | "
           "min(d_S, d_G) | dead-end depth |")
@@ -89,7 +89,7 @@ def cmd_converge(a):
     import torch
 
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.evaluate import evaluate_size
+    from deqnca.tasks.maze.evaluate import evaluate_size
 
     torch.set_num_threads(1)
     model, _ = load_maze_model(a.checkpoint, "cpu")

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, "src")
-from deqnca.data import mazes  # noqa: E402
 from deqnca.engine.checkpoint import load_maze_model  # noqa: E402
-from deqnca.hardware import cpu_info  # noqa: E402
-from deqnca.maze.evaluate import default_max_iters  # noqa: E402
-from deqnca.maze.model import predict, solve_for_eval  # noqa: E402
-from deqnca.tasks.maze import load_mixed  # noqa: E402
+from deqnca.engine.hardware import cpu_info  # noqa: E402
+from deqnca.tasks.maze import generate as mazes  # noqa: E402
+from deqnca.tasks.maze.evaluate import default_max_iters  # noqa: E402
+from deqnca.tasks.maze.model import predict, solve_for_eval  # noqa: E402
+from deqnca.tasks.maze.task import load_mixed  # noqa: E402
 
 
 def wrong(model, x, y, z):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from deqnca.core.resources import shipped_models
 from deqnca.data.idx import load_mnist
 from deqnca.engine.checkpoint import load_model
-from deqnca.reports import nca_view
-from deqnca.reports.panorama import panorama_accuracy
-from deqnca.resources import shipped_models
+from deqnca.tasks.mnist import figures as nca_view
+from deqnca.tasks.mnist.label_maps import panorama_accuracy
 
 
 def main():

@@ -31,7 +31,8 @@ RUNS = {
     "grow-implicit-window": [*GROW, "--trainer", "implicit", "--recipe", "window"],
     "maze-dt": [*MAZE, "--model", "dt"],
     "maze-deq": [*MAZE, "--model", "deq"],
-    "cells-article": [*CELLS, "--model", "article", "--rollout-steps", "6", "--pool-size", "8", "--fresh", "1", "--mutate", "1"],
+    "cells-article": [*CELLS, "--model", "article", "--rollout-steps", "6", "--pool-size", "8", "--fresh", "1",
+                      "--mutate", "1"],
     "cells-consensus": [*CELLS, "--model", "consensus", "--set", "solver_iter=20", "--set", "b_max_iter=10"],
 }
 TIMING = {"epoch_time_s", "elapsed_s", "wall_s", "seconds"}

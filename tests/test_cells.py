@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deqnca.cells import (
+from deqnca.tasks.cells.model import (
     LOSSES,
     CellsModel,
     canvas_batch,
@@ -75,7 +75,7 @@ def test_several_digits_on_one_canvas_are_each_read_by_their_own_cells():
 
 def test_canvas_batch_marks_each_digit_and_a_perfect_reader_scores_one():
     from deqnca.data.idx import load_mnist
-    from deqnca.data.panoramas import make_panoramas
+    from deqnca.tasks.mnist.panoramas import make_panoramas
 
     x, y = load_mnist(split="test")
     pans = make_panoramas(x[:50], y[:50], 2, size=84, per_canvas=3, seed=1)
@@ -105,7 +105,7 @@ def test_dead_cells_never_change_and_alive_cells_do(rule):
 
 
 def test_the_flood_reaches_the_digit_wide_maximum_minus_eps_per_step():
-    from deqnca.rules.selfclass_consensus import _flood
+    from deqnca.tasks.cells.rule_consensus import _flood
 
     # an L-shaped piece of alive cells and a separate cell; evidence 0.5 at one end of the L, -0.5 elsewhere
     alive = torch.zeros(1, 1, 7, 7, dtype=torch.bool)
@@ -148,7 +148,7 @@ def test_the_consensus_rule_has_one_fixed_point_from_any_start():
 
 
 def test_the_flood_remembers_where_each_maximum_came_from():
-    from deqnca.rules.selfclass_consensus import flood_with_sources
+    from deqnca.tasks.cells.rule_consensus import flood_with_sources
 
     alive = torch.zeros(1, 1, 7, 7, dtype=torch.bool)
     alive[0, 0, 1, 1:6] = True
@@ -165,8 +165,8 @@ def test_the_flood_remembers_where_each_maximum_came_from():
 
 
 def test_the_consensus_rule_solved_by_blocks_is_the_joint_fixed_point_and_its_gradient():
-    from deqnca.gradients import make_gradient
-    from deqnca.solvers import get_solver
+    from deqnca.core.gradients import make_gradient
+    from deqnca.core.solvers import get_solver
 
     torch.manual_seed(0)
     x, labels = _digits(2)
@@ -294,7 +294,7 @@ def test_tiny_training_beats_chance_per_cell(tmp_path, mnist_small):
     EPYC): measured 0.342 held-out cell accuracy on 200 test digits (2026-12-01, one thread); chance is 0.1 and
     one label everywhere scores at most ~0.14 (the most-inked class). At lr 0.03 this run collapses to one label."""
     from deqnca import fit
-    from deqnca.tasks.cells import CellsConfig, CellsTask
+    from deqnca.tasks.cells.task import CellsConfig, CellsTask
 
     x, y, xt, yt = mnist_small
     cfg = CellsConfig.for_model("equilibrium", size=14, steps=300, lr=0.02, schedule="constant", train_images=400,
@@ -310,7 +310,7 @@ def test_article_pool_resumes_exactly_and_the_cli_evaluates(tmp_path, mnist_smal
     from deqnca.cli import main
     from deqnca.engine.checkpoint import read_checkpoint
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.cells import CellsConfig, CellsTask, load_cells_checkpoint
+    from deqnca.tasks.cells.task import CellsConfig, CellsTask, load_cells_checkpoint
 
     x, y, xt, yt = mnist_small
     data = (x[:64], y[:64], xt[:16], yt[:16])
@@ -339,7 +339,7 @@ def test_an_exported_run_keeps_its_record_and_evaluates_like_the_run(tmp_path, m
     from deqnca.cli import main
     from deqnca.engine.checkpoint import read_checkpoint
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.cells import CellsConfig, CellsTask
+    from deqnca.tasks.cells.task import CellsConfig, CellsTask
 
     x, y, xt, yt = mnist_small
     cfg = CellsConfig.for_model("equilibrium", size=14, steps=2, batch_size=4, eval_every=0, eval_images=8,
@@ -372,9 +372,9 @@ def test_a_compiled_rule_evaluates_like_the_eager_one(rule):
 
 @pytest.mark.parametrize("name", ["consensus", "equilibrium"])
 def test_the_shipped_equilibrium_models_solve_test_digits_to_a_residual_below_1e_4(name):
-    from deqnca.cells import evaluate_solved
     from deqnca.data.idx import load_mnist
-    from deqnca.tasks.cells import load_cells_checkpoint
+    from deqnca.tasks.cells.model import evaluate_solved
+    from deqnca.tasks.cells.task import load_cells_checkpoint
 
     model, meta = load_cells_checkpoint(f"cells/{name}")
     assert meta["train_config"]["model"] == name and meta["provenance"]["machine"]
@@ -396,7 +396,7 @@ def test_the_shipped_equilibrium_models_solve_test_digits_to_a_residual_below_1e
 
 def test_the_shipped_article_model_loads_and_runs():
     from deqnca.data.idx import load_mnist
-    from deqnca.tasks.cells import load_cells_checkpoint
+    from deqnca.tasks.cells.task import load_cells_checkpoint
 
     model, meta = load_cells_checkpoint("cells/article")
     assert meta["train_config"]["model"] == "article" and model.config.rule == "selfclass"
@@ -433,7 +433,7 @@ def test_the_records_carry_the_learning_rate_in_use(tmp_path, mnist_small):
 
     from deqnca import fit
     from deqnca.engine.trainer import lr_at
-    from deqnca.tasks.cells import CellsConfig, CellsTask
+    from deqnca.tasks.cells.task import CellsConfig, CellsTask
 
     x, y, xt, yt = mnist_small
     cfg = CellsConfig.for_model("consensus", size=14, steps=4, batch_size=4, train_images=16, eval_images=4,
@@ -446,7 +446,7 @@ def test_the_records_carry_the_learning_rate_in_use(tmp_path, mnist_small):
 
 
 def test_a_bad_shard_is_refused_with_the_form_to_use():
-    from deqnca.cli.cells import _shard
+    from deqnca.tasks.cells.cli import _shard
 
     assert _shard("1/3") == (1, 3)
     for bad in ("3/2", "1", "a/b", "-1/2"):
@@ -455,7 +455,7 @@ def test_a_bad_shard_is_refused_with_the_form_to_use():
 
 
 def test_an_overflowed_state_is_counted_and_left_out_of_the_mean_residual():
-    from deqnca.cells import _Accumulator
+    from deqnca.tasks.cells.model import _Accumulator
 
     acc = _Accumulator(2, (2,))
     curves = {k: torch.zeros(2, dtype=torch.float64 if k == "digit_accuracy_sum" else torch.long)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from deqnca.cells import CellsModel, evaluate, mutation_test, resize_digits, summarise, truth_map
-from deqnca.reports import cells_view
-from deqnca.reports.cells_view import BACKGROUND, PALETTE
+from deqnca.tasks.cells import figures as cells_view
+from deqnca.tasks.cells.figures import BACKGROUND, PALETTE
+from deqnca.tasks.cells.model import CellsModel, evaluate, mutation_test, resize_digits, summarise, truth_map
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,8 +136,8 @@ def test_the_section_table_is_evaluate_on_the_same_digits(tmp_path, test_digits)
 
 
 def test_the_report_leaves_the_section_out_without_cells_models(tmp_path, capsys):
+    from deqnca.core.resources import shipped_cells_models, shipped_models
     from deqnca.reports.report import build
-    from deqnca.resources import shipped_cells_models, shipped_models
 
     assert shipped_cells_models(tmp_path / "nowhere") == {}
     page = build(shipped_models()[:1], tmp_path / "out", n_crops=2, n_curve=2, max_steps=1, fig_steps=1,
@@ -148,8 +148,8 @@ def test_the_report_leaves_the_section_out_without_cells_models(tmp_path, capsys
 
 
 def test_the_report_has_the_section_after_the_panorama_given_cells_models(tmp_path):
+    from deqnca.core.resources import shipped_models
     from deqnca.reports.report import build
-    from deqnca.resources import shipped_models
 
     page = build(shipped_models()[:1], tmp_path, n_crops=2, n_curve=2, max_steps=1, fig_steps=1,
                  cells_models={"equilibrium": (_equilibrium(), _meta(14))}, cells_digits=8, cells_steps=20,
@@ -163,7 +163,7 @@ def test_the_report_has_the_section_after_the_panorama_given_cells_models(tmp_pa
 def test_cli_figures_from_a_checkpoint_and_an_eval_json(tmp_path, test_digits, capsys):
     from deqnca.cli import main
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.cells import CellsConfig, CellsTask
+    from deqnca.tasks.cells.task import CellsConfig, CellsTask
 
     xt, yt = test_digits
     cfg = CellsConfig(model="equilibrium", size=14, steps=1, batch_size=4, fresh=0, mutate=0, eval_every=0,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deqnca.engine.checkpoint import CheckpointError, load_model, load_optimizer_state, read_checkpoint, save_checkpoint
-from deqnca.model import EquilibriumModel
+from deqnca.tasks.mnist.model import EquilibriumModel
 
 CFG = dict(rule="contractive_tanh", solver="fixed_point", gradient="phantom", gradient_kw={"k": 1},
            solver_kw={"max_iter": 5, "tol": 1e-3}, input_channels=4, state_channels=6, hidden=8)

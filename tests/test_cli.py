@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deqnca.cli import main
-from deqnca.resources import models_dir
+from deqnca.core.resources import models_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 ESSAY = models_dir() / "mnist-essay"

@@ -49,8 +49,8 @@ def _assert_same_tensors(a, b, prefix="", atol=1e-5, rtol=1e-4):
 def test_sharded_random_draws_are_slices_of_the_global_draw():
     """What makes W processes see one process's numbers: fire masks and initial noise drawn for the
     global batch, then rows [rank::world]."""
-    from deqnca.maze.model import PRESETS, MazeSolverNet
-    from deqnca.rules.growing import GrowingNCARule
+    from deqnca.tasks.grow.rule import GrowingNCARule
+    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet
 
     rule = GrowingNCARule({"channels": 8, "hidden": 16})
     torch.nn.init.normal_(rule.w2.weight, std=0.1)

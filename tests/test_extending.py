@@ -20,7 +20,7 @@ def _cli_train(tmp_path, *extra):
 
 
 def test_a_registered_user_rule_trains_through_the_api_and_the_cli(mnist_small, tmp_path, capsys):
-    from deqnca.cli.common import load_plugins
+    from deqnca.engine.commandline import load_plugins
 
     load_plugins([str(PLUGIN)])                       # registers "leaky_tanh", as --plugin does
 
@@ -103,12 +103,21 @@ def test_runs_are_never_overwritten_and_resume_keeps_the_run_as_it_was(tmp_path,
 
 
 def test_compositions_that_do_not_fit_say_what_does():
-    with pytest.raises(ValueError, match="does not fit EquilibriumModel.*contractive_tanh"):
-        deqnca.EquilibriumModel({"rule": "growing", "rule_kw": {}})
+    with pytest.raises(ValueError, match="unknown rule 'growing'; choose one of contractive_tanh"):
+        deqnca.EquilibriumModel({"rule": "growing", "rule_kw": {}})      # the growing NCA's rule is its own
+    deqnca.RULES.register("no_bind_rule", torch.nn.Identity)
+    try:
+        with pytest.raises(ValueError, match="does not fit EquilibriumModel.*contractive_tanh"):
+            deqnca.EquilibriumModel({"rule": "no_bind_rule"})
+    finally:
+        deqnca.RULES.unregister("no_bind_rule")
     with pytest.raises(ValueError, match="unknown solver 'newton'; choose one of anderson, broyden"):
         deqnca.EquilibriumModel({"solver": "newton"})
     with pytest.raises(ValueError, match="valid keys: rule, rule_kw"):
         deqnca.ModelConfig.from_dict({"rulez": "x"})
+    from deqnca.tasks.maze import model as _maze_model  # noqa: F401  (registers the maze rules)
+
+    assert all(callable(getattr(deqnca.RULES.get(n), "bind", None)) for n in deqnca.RULES), "one rule protocol"
     for registry in (deqnca.RULES, deqnca.CONDITIONINGS, deqnca.SOLVERS, deqnca.GRADIENTS, deqnca.READOUTS,
                      deqnca.TASKS):
         assert len(registry) >= 2 and registry.protocol

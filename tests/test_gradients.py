@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deqnca.conditioning import Additive, Injection, ReadOnlyChannels
-from deqnca.gradients import BPTT, Phantom
-from deqnca.model import EquilibriumModel
-from deqnca.rules import ContractiveTanhRule, ResidualTanhRule, conv_operator_norm
-from deqnca.solvers import get_solver
+from deqnca.core.conditioning import Additive, Injection, ReadOnlyChannels
+from deqnca.core.gradients import BPTT, Phantom
+from deqnca.core.rules import ContractiveTanhRule, ResidualTanhRule, conv_operator_norm
+from deqnca.core.solvers import get_solver
+from deqnca.tasks.mnist.model import EquilibriumModel
 
 
 def _loss_grads(model, x, seed=0, **kw):

@@ -5,9 +5,9 @@ import torch
 from deqnca.engine.checkpoint import read_checkpoint, save_checkpoint
 from deqnca.engine.graphs import graph_unsupported_reason, step_unsupported_reason
 from deqnca.engine.trainer import make_optimizer
-from deqnca.model import EquilibriumModel
-from deqnca.tasks.mnist import MnistConfig as TrainConfig
-from deqnca.tasks.mnist import preset, train
+from deqnca.tasks.mnist.model import EquilibriumModel
+from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
+from deqnca.tasks.mnist.task import preset, train
 
 TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rollout",
             solver_kw={"max_iter": 4}, gradient="bptt", gradient_kw={}, input_channels=8, state_channels=16,

@@ -6,20 +6,20 @@ import pytest
 import torch
 
 from deqnca.cli import main
-from deqnca.data.targets import load_target
+from deqnca.core.resources import models_dir
+from deqnca.core.solvers import rollout
 from deqnca.engine.checkpoint import load_grow_checkpoint, read_checkpoint
-from deqnca.grow.objective import (
+from deqnca.tasks.grow.model import (
     EquilibriumForward,
     disc_masks,
     perturb_live,
     spectral_radius,
     spectral_radius_estimate,
 )
-from deqnca.resources import models_dir
-from deqnca.rules.growing import GrowingConfig, GrowingNCARule, target_loss
-from deqnca.solvers import rollout
-from deqnca.tasks.grow import GrowConfig as GrowTrainConfig
-from deqnca.tasks.grow import train
+from deqnca.tasks.grow.rule import GrowingConfig, GrowingNCARule, target_loss
+from deqnca.tasks.grow.targets import load_target
+from deqnca.tasks.grow.task import GrowConfig as GrowTrainConfig
+from deqnca.tasks.grow.task import train
 
 
 def test_parameter_count_matches_the_paper():
@@ -184,7 +184,7 @@ def test_cli_train_resume_show_measure(tmp_path, capsys):
 
 
 def test_shipped_lizards_load_and_both_trainers_grow_the_lizard(tmp_path):
-    from deqnca.grow.replay import replay
+    from deqnca.tasks.grow.replay import replay
 
     root = models_dir() / "grow"
     losses = {}
@@ -325,7 +325,7 @@ def test_a_short_phantom_window_over_the_pool_teaches_the_seed_to_grow(tmp_path)
                           divergence_rel=1e9, phantom_map="stochastic", spectral_every=0)
     r = train(cfg, small, tmp_path, progress=False)
     assert r["counters"]["skipped_steps"] == 0 and r["counters"]["restored"] == 0
-    from deqnca.grow.replay import replay
+    from deqnca.tasks.grow.replay import replay
 
     rule = r["model"].rule
     with torch.no_grad():
@@ -336,7 +336,7 @@ def test_a_short_phantom_window_over_the_pool_teaches_the_seed_to_grow(tmp_path)
 
 
 def test_the_window_recipe_sets_the_equilibrium_trainers_options_and_explicit_ones_win(tmp_path):
-    from deqnca.tasks.grow import RECIPES
+    from deqnca.tasks.grow.task import RECIPES
 
     run = tmp_path / "run"
     assert main(["grow", "train", "--trainer", "implicit", "--recipe", "window", "--target", "small", "--steps", "2",

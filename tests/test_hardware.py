@@ -1,4 +1,4 @@
-"""The CPU description and the measured choice of path (deqnca.hardware), and the CPU-path benchmark."""
+"""The CPU description and the measured choice of path (deqnca.engine.hardware), and the CPU-path benchmark."""
 import json
 import statistics
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deqnca import hardware
+from deqnca.engine import hardware
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -144,7 +144,7 @@ def test_cpu_paths_quick_prints_a_table(tmp_path, capsys):
 
 _MALLOC_PROBE = """
 import ctypes, sys
-from deqnca import hardware
+from deqnca.engine import hardware
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]

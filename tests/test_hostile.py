@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 import deqnca
-import deqnca.resources
+import deqnca.core.resources
 from deqnca.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = deqnca.resources.models_dir()
+MODELS = deqnca.core.resources.models_dir()
 ESSAY = MODELS / "mnist-essay"
 MAX_RSS_MB = 500                      # peak memory of a command given a crafted input under 2 MB
 
@@ -483,7 +483,7 @@ def test_a_full_disk_during_a_checkpoint_is_a_one_line_error_and_leaves_no_parti
 # ---- maze caches ---------------------------------------------------------------------------------
 
 def test_a_maze_cache_with_right_metadata_and_corrupt_layouts_is_regenerated_not_scored(tmp_path, capsys):
-    from deqnca.data import mazes
+    from deqnca.tasks.maze import generate as mazes
 
     cache = tmp_path / "cache"
     assert run(["maze", "generate", "--sizes", "9", "--count", "6", "--cache", cache], capsys)[0] == 0
@@ -506,10 +506,10 @@ def test_a_maze_cache_with_right_metadata_and_corrupt_layouts_is_regenerated_not
 def test_rollouts_keep_at_most_200_frames_however_many_steps():
     import torch
 
-    from deqnca.grow.replay import replay
-    from deqnca.model import EquilibriumModel
-    from deqnca.nca import even_frames, rollout
-    from deqnca.rules.growing import GrowingConfig, GrowingNCARule
+    from deqnca.core.nca import even_frames, rollout
+    from deqnca.tasks.grow.replay import replay
+    from deqnca.tasks.grow.rule import GrowingConfig, GrowingNCARule
+    from deqnca.tasks.mnist.model import EquilibriumModel
 
     frames = even_frames(100_000)
     assert len(frames) == 200 and frames[0] == 0 and frames[-1] == 100_000 and frames == sorted(set(frames))

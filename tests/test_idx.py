@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 
+from deqnca.core.resources import mnist_dir
 from deqnca.data.idx import (
     MNIST_FILES,
     MNIST_MD5,
@@ -15,7 +16,6 @@ from deqnca.data.idx import (
     load_split,
     read_idx,
 )
-from deqnca.resources import mnist_dir
 
 VENDORED = mnist_dir()
 needs_vendored = pytest.mark.skipif(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from deqnca.data import mazes
-from deqnca.resources import models_dir
-from deqnca.solvers import get_solver
+from deqnca.core.resources import models_dir
+from deqnca.core.solvers import get_solver
+from deqnca.tasks.maze import generate as mazes
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_cache_roundtrip_extension_and_corruption(cache):
 
 
 def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
-    from deqnca.maze.model import PRESETS, MazeSolverNet
+    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet
 
     torch.manual_seed(0)
     model = MazeSolverNet({**PRESETS["deq"], "width": 8})
@@ -123,7 +123,7 @@ def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
 def test_progressive_loss_uses_both_terms():
     import random
 
-    from deqnca.maze.model import PRESETS, MazeSolverNet, dt_loss
+    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet, dt_loss
 
     model = MazeSolverNet({**PRESETS["dt"], "width": 8, "train_iters": 4})
     x, y = mazes.to_images(mazes.generate_set(5, 4, "train"))
@@ -173,9 +173,9 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
     """DT-recall, width 16, one residual block, 10 iterations, 630 steps: ~50 s of one CPU core.
 
     A step count rather than a time budget, so that the outcome does not depend on machine load."""
-    from deqnca.maze.model import PRESETS, quick_accuracy
-    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
-    from deqnca.tasks.maze import train_maze
+    from deqnca.tasks.maze.model import PRESETS, quick_accuracy
+    from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze.task import train_maze
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)        # deterministic, and faster than 2 threads for these small convolutions
@@ -191,7 +191,7 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
 def test_shipped_dt_model_solves_9x9_mazes(cache):
 
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.evaluate import evaluate_size
+    from deqnca.tasks.maze.evaluate import evaluate_size
 
     model, meta = load_maze_model(models_dir() / "maze" / "dt")
     assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta
@@ -342,7 +342,7 @@ class _FakeDT(torch.nn.Module):
 
 
 def test_aa_score_is_exactly_one_for_a_path_independent_model():
-    from deqnca.maze.evaluate import evaluate_size
+    from deqnca.tasks.maze.evaluate import evaluate_size
 
     layouts = mazes.generate_set(9, 6, "test")
     r = evaluate_size(_FakeDT(), layouts, max_iters=3, aa_count=6)
@@ -362,7 +362,7 @@ def test_shipped_geodesic_models_reach_their_exact_fixed_point_and_solve_9x9_maz
     fixed point (relative residual 0) within the rule's bound, AA 1, and the 9x9 mazes solved
     (docs: 100% of 1,000 on each generator)."""
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.evaluate import default_max_iters, evaluate_size
+    from deqnca.tasks.maze.evaluate import default_max_iters, evaluate_size
 
     model, meta = load_maze_model(models_dir() / "maze" / name)
     assert meta["provenance"]["machine"].startswith("AMD EPYC") and "optimizer" not in meta
@@ -376,10 +376,10 @@ def test_shipped_geodesic_models_reach_their_exact_fixed_point_and_solve_9x9_maz
 def test_evaluation_names_the_mazes_it_failed(cache):
     """`failed` lists the wrong mazes by their index in the test set (what `maze show --index` takes), across
     batches; checked against each maze solved on its own."""
+    from deqnca.core.solvers import rollout
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.evaluate import evaluate_size
-    from deqnca.maze.model import predict
-    from deqnca.solvers import rollout
+    from deqnca.tasks.maze.evaluate import evaluate_size
+    from deqnca.tasks.maze.model import predict
 
     model, _ = load_maze_model(models_dir() / "maze" / "dt")
     layouts = mazes.load_set(9, 12, "test", cache=cache)
@@ -402,7 +402,7 @@ def test_evaluation_names_the_mazes_it_failed(cache):
 
 
 def test_error_spots_group_the_wrong_pixels_largest_first():
-    from deqnca.maze.pictures import error_spots
+    from deqnca.tasks.maze.pictures import error_spots
 
     wrong = torch.zeros(40, 40, dtype=torch.bool)
     wrong[5, 5] = wrong[5, 6] = wrong[6, 5] = True           # one group of 3
@@ -413,7 +413,7 @@ def test_error_spots_group_the_wrong_pixels_largest_first():
 
 def test_evaluate_checkpoints_on_several_distributions(tmp_path, cache):
 
-    from deqnca.maze.evaluate import evaluate_checkpoints
+    from deqnca.tasks.maze.evaluate import evaluate_checkpoints
 
     ckpt = models_dir() / "maze" / "dt"
     res = evaluate_checkpoints([ckpt], [5], {5: 3}, {5: 3}, "cpu", tmp_path / "eval", aa_count=2, cache=cache,
@@ -433,7 +433,7 @@ def test_an_evaluation_extended_in_parts_is_the_whole_evaluation(tmp_path, cache
     import importlib.util
     from pathlib import Path
 
-    from deqnca.maze.evaluate import evaluate_checkpoints
+    from deqnca.tasks.maze.evaluate import evaluate_checkpoints
 
     spec = importlib.util.spec_from_file_location("maze_campaign", Path(__file__).parents[1] / "scripts" /
                                                   "maze_campaign.py")
@@ -461,9 +461,9 @@ def test_an_evaluation_extended_in_parts_is_the_whole_evaluation(tmp_path, cache
 
 
 def test_training_reads_its_generator(tmp_path, cache):
-    from deqnca.maze.model import PRESETS
-    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
-    from deqnca.tasks.maze import train_maze
+    from deqnca.tasks.maze.model import PRESETS
+    from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze.task import train_maze
 
     cfg = MazeTrainConfig(train_size=5, train_count=8, epochs=1, batch_size=8, val_count=4, generator="kruskal")
     train_maze({**PRESETS["dt"], "width": 4, "blocks": 1, "train_iters": 2}, cfg, tmp_path / "run", cache=cache,
@@ -496,8 +496,8 @@ def test_geodesic_rule_fixed_point_is_the_exact_distance_and_is_reached_from_any
     """rules/geodesic.py: whatever the weights, one fixed point, reached exactly (residual 0, bit for bit)
     from zeros, from noise and from another maze's fixed point; with unit costs and the start as the only
     emitter it is Z minus the hop distance to the start, however far (no contraction damps it)."""
-    from deqnca.rules import make_rule
-    from deqnca.solvers import fixed_point
+    from deqnca.core.rules import make_rule
+    from deqnca.core.solvers import fixed_point
 
     torch.manual_seed(0)
     x, _ = mazes.to_images(mazes.generate_set(19, 2, "test"))
@@ -526,7 +526,7 @@ def test_sparse_residual_checks_reach_the_same_geodesic_fixed_point(cache):
     """`check_every` (the geodesic model's test-time solve): the same states bit for bit as checking every
     step, each maze's step count rounded up to a check, never below the exact one."""
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.evaluate import default_max_iters
+    from deqnca.tasks.maze.evaluate import default_max_iters
 
     model, _ = load_maze_model(models_dir() / "maze" / "geodesic")
     x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 6, "test", cache=cache)))
@@ -542,7 +542,7 @@ def test_sparse_residual_checks_reach_the_same_geodesic_fixed_point(cache):
 def test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit(cache):
     """`maze eval --compile`: the fused step rounds like the eager one, so the solve is the same."""
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.model import solve_for_eval
+    from deqnca.tasks.maze.model import solve_for_eval
 
     eager, _ = load_maze_model(models_dir() / "maze" / "geodesic")
     compiled, _ = load_maze_model(models_dir() / "maze" / "geodesic")
@@ -560,7 +560,7 @@ def _d4(t, k, flip):
 
 def test_dihedral_mean_is_equivariant_for_any_map():
     """g·S(z) = S(g·z) for the 8 rotations/reflections g, for a map that is not equivariant itself."""
-    from deqnca.readout import dihedral_mean
+    from deqnca.core.readout import dihedral_mean
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 2, 3, padding=1)
@@ -577,7 +577,7 @@ def test_symmetrised_geodesic_read_out_makes_the_whole_model_equivariant(cache):
     """The geodesic rule is equivariant (rotating a maze rotates its exact fixed point, bit for bit); with the d4
     read-out, so is the answer; the learned read-out alone is not."""
     from deqnca.engine.checkpoint import load_maze_model
-    from deqnca.maze.model import solve_for_eval
+    from deqnca.tasks.maze.model import solve_for_eval
 
     model, _ = load_maze_model(models_dir() / "maze" / "geodesic")
     assert model.config.readout_symmetry == "d4"                # as shipped (docs/mazes.md)
@@ -593,7 +593,7 @@ def test_symmetrised_geodesic_read_out_makes_the_whole_model_equivariant(cache):
 
 
 def test_readout_symmetry_is_checked():
-    from deqnca.maze.model import PRESETS, MazeSolverNet
+    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet
 
     with pytest.raises(ValueError, match="choose one of none, d4"):
         MazeSolverNet({**PRESETS["geodesic"], "width": 2, "readout_symmetry": "c4"})
@@ -633,10 +633,10 @@ def test_cli_eval_and_show_with_the_symmetrised_read_out(tmp_path, cache, capsys
 def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):
     """The geodesic preset (width 8), 250 steps of 32 mazes of size 5: ~20 s of one CPU core; every
     held-out maze reaches its fixed point exactly (residual 0), and from noise reaches the same answer."""
-    from deqnca.maze.model import PRESETS, predict, quick_accuracy
-    from deqnca.solvers import fixed_point
-    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
-    from deqnca.tasks.maze import train_maze
+    from deqnca.core.solvers import fixed_point
+    from deqnca.tasks.maze.model import PRESETS, predict, quick_accuracy
+    from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze.task import train_maze
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -658,7 +658,7 @@ def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):
 
 def test_batch_plan_keeps_one_sets_order_and_shuffles_several_sizes_together():
     from deqnca.engine.trainer import epoch_order
-    from deqnca.tasks.maze import batch_plan
+    from deqnca.tasks.maze.task import batch_plan
 
     one = batch_plan([10], 4, 3, 2)              # a single size: the order the task always had
     assert [k for k, _ in one] == [0, 0, 0]
@@ -672,9 +672,9 @@ def test_batch_plan_keeps_one_sets_order_and_shuffles_several_sizes_together():
 
 
 def test_training_on_several_sizes_and_the_generator_mixture(tmp_path, cache):
-    from deqnca.maze.model import PRESETS
-    from deqnca.tasks.maze import MazeConfig as MazeTrainConfig
-    from deqnca.tasks.maze import load_mixed, train_maze
+    from deqnca.tasks.maze.model import PRESETS
+    from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
+    from deqnca.tasks.maze.task import load_mixed, train_maze
 
     mixed = load_mixed(5, 12, "test", "mix", cache)
     assert len(mixed) == 12

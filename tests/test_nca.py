@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from deqnca.cli import main
-from deqnca.model import EquilibriumModel
-from deqnca.nca import ANCHORS, crop, rollout, rollout_curve
+from deqnca.core.nca import ANCHORS, crop, rollout, rollout_curve
+from deqnca.tasks.mnist.model import EquilibriumModel
 from deqnca.viz.report import referenced_files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,9 +2,9 @@
 gives a label per cell."""
 import torch
 
-from deqnca.data.panoramas import make_panoramas
-from deqnca.model import EquilibriumModel
-from deqnca.reports.panorama import label_maps, panorama_accuracy
+from deqnca.tasks.mnist.label_maps import label_maps, panorama_accuracy
+from deqnca.tasks.mnist.model import EquilibriumModel
+from deqnca.tasks.mnist.panoramas import make_panoramas
 
 
 def _digits(n=50):

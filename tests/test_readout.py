@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deqnca.model import EquilibriumModel, count_parameters
-from deqnca.readout import ink_mask, ink_vote, per_cell_loss
-from deqnca.reports.panorama import panorama_accuracy
+from deqnca.core.readout import ink_mask, ink_vote, per_cell_loss
+from deqnca.tasks.mnist.label_maps import panorama_accuracy
+from deqnca.tasks.mnist.model import EquilibriumModel, count_parameters
 
 CELL = dict(rule="contractive_tanh", solver="fixed_point", solver_kw={"max_iter": 30, "tol": 1e-4},
             gradient="implicit", gradient_kw={"b_max_iter": 30})

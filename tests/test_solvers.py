@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from deqnca.solvers import SOLVERS, get_solver, register_solver, residuals
+from deqnca.core.solvers import SOLVERS, get_solver, register_solver, residuals
 
 
 def affine_contraction(B=4, C=3, H=5, W=5, rho=0.6, seed=0):
@@ -109,7 +109,7 @@ def test_torchdeq_masking_fix_keeps_broydens_best_iterate_finite(monkeypatch):
     import torchdeq.solver.utils as utils
     from torchdeq.solver import broyden_solver
 
-    from deqnca.solvers import _TORCHDEQ_ORIGINAL, patch_torchdeq_masking
+    from deqnca.core.solvers import _TORCHDEQ_ORIGINAL, patch_torchdeq_masking
 
     patch_torchdeq_masking()
     torch.manual_seed(0)

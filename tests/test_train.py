@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deqnca import readout
-from deqnca.amp import amp_context
+from deqnca.core import readout
+from deqnca.core.amp import amp_context
 from deqnca.engine.checkpoint import load_model, read_checkpoint
-from deqnca.tasks.mnist import MnistConfig as TrainConfig
-from deqnca.tasks.mnist import train
+from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
+from deqnca.tasks.mnist.task import train
 
 TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rollout",
             solver_kw={"max_iter": 4}, gradient="bptt", gradient_kw={}, input_channels=8, state_channels=16,
@@ -22,7 +22,7 @@ def test_tiny_training_learns_past_threshold(tmp_path):
     # downsampled to 14x14, 2 epochs: 65.0% then 71.7% on 1,000 test images (AMD EPYC, 2026-12-01).
     # The batch-normalised read-out is what makes this possible in CI time (docs/mnist.md).
     from deqnca.data.idx import load_mnist
-    from deqnca.tasks.mnist import preset
+    from deqnca.tasks.mnist.task import preset
 
     x, y = load_mnist(split="train")
     xt, yt = load_mnist(split="test")
@@ -91,7 +91,7 @@ def test_persistent_divergence_stops_with_clear_error(mnist_small, tmp_path):
 def test_readout_norm_statistics_are_recalibrated_for_the_current_weights(mnist_small):
     # the running average lags the weights; recalibration replaces it by the plain average of the
     # batch statistics over the given images, weights untouched
-    from deqnca.model import EquilibriumModel
+    from deqnca.tasks.mnist.model import EquilibriumModel
 
     x = mnist_small[0][:200]
     model = EquilibriumModel({**TINY, "readout_norm": "batch"})
@@ -116,7 +116,7 @@ def test_readout_norm_statistics_are_recalibrated_for_the_current_weights(mnist_
 
 
 def test_bf16_amp_runs_the_convolutions_in_bfloat16_and_keeps_the_state_float32(mnist_small, monkeypatch):
-    from deqnca.model import EquilibriumModel
+    from deqnca.tasks.mnist.model import EquilibriumModel
 
     model = EquilibriumModel(TINY)
     x = mnist_small[0][:8]
@@ -153,7 +153,7 @@ def test_bf16_amp_training_learns_like_float32(mnist_small, tmp_path):
 
 def test_unknown_amp_mode_and_graphed_bf16_are_refused(mnist_small, tmp_path):
     from deqnca.engine.graphs import step_unsupported_reason
-    from deqnca.model import EquilibriumModel
+    from deqnca.tasks.mnist.model import EquilibriumModel
 
     with pytest.raises(ValueError, match="amp='fp8'"):
         train(TINY, TrainConfig(amp="fp8"), tmp_path, _subset(mnist_small), log=lambda s: None)

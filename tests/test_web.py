@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from deqnca.nca import rollout as nca_rollout
+from deqnca.core.nca import rollout as nca_rollout
 from deqnca.web import browser
 from deqnca.web.cli import add_cli
 from deqnca.web.export import (
@@ -30,10 +30,10 @@ TOL = 1e-4      # relative error, float32 (the page stores float32 and accumulat
 
 def _deqnca():
     """The deqnca modules these tests use besides the exporter, in one place."""
-    from deqnca.data import mazes
-    from deqnca.readout import ink_mask, ink_vote
-    from deqnca.tasks.mnist import MnistConfig as TrainConfig
-    from deqnca.tasks.mnist import train
+    from deqnca.core.readout import ink_mask, ink_vote
+    from deqnca.tasks.maze import generate as mazes
+    from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
+    from deqnca.tasks.mnist.task import train
     return types.SimpleNamespace(mazes=mazes, ink_mask=ink_mask, ink_vote=ink_vote, TrainConfig=TrainConfig,
                                  train=train)
 

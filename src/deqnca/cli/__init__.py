@@ -13,7 +13,7 @@ import errno
 import os
 import sys
 
-from .. import __version__
+from deqnca import __version__
 
 EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -48,8 +48,11 @@ def os_error_line(e: OSError) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`."""
-    from ..web.cli import add_cli as add_web_cli
-    from . import cells, grow, maze, mnist
+    from deqnca.cli import mnist
+    from deqnca.tasks.cells import cli as cells
+    from deqnca.tasks.grow import cli as grow
+    from deqnca.tasks.maze import cli as maze
+    from deqnca.web.cli import add_cli as add_web_cli
 
     parser = Parser(prog="deqnca", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"deqnca {__version__}")
@@ -65,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit code."""
-    from ..configs import ConfigError
-    from .common import load_plugins, plugin_specs
+    from deqnca.core.configs import ConfigError
+    from deqnca.engine.commandline import load_plugins, plugin_specs
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("DEQNCA_DEBUG"))

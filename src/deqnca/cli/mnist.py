@@ -6,9 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..configs import ConfigError
-from ..resources import shipped_model, shipped_models
-from .common import (
+from deqnca.core.configs import ConfigError
+from deqnca.core.resources import shipped_model, shipped_models
+from deqnca.engine.commandline import (
     MAX_STEPS,
     add_run_flags,
     build_config,
@@ -24,17 +24,17 @@ from .common import (
 
 
 def _load_data(args, splits=("train", "test")):
-    from ..data.idx import load_mnist
+    from deqnca.data.idx import load_mnist
 
     verify = False if getattr(args, "no_verify", False) else None
     return [load_mnist(args.data_dir, split=s, verify_md5=verify) for s in splits]
 
 
 def cmd_train(args) -> int:
-    from ..engine.trainer import fit
-    from ..model import ModelConfig
-    from ..tasks.mnist import MnistTask
-    from ..tasks.mnist_config import PRESETS, MnistConfig, preset
+    from deqnca.engine.trainer import fit
+    from deqnca.tasks.mnist.config import PRESETS, MnistConfig, preset
+    from deqnca.tasks.mnist.model import ModelConfig
+    from deqnca.tasks.mnist.task import MnistTask
 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -60,15 +60,15 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,
                         progress=True, amp="off", sample=0):
-    from ..data.idx import load_mnist
-    from ..engine.checkpoint import load_model
-    from ..evaluation import evaluate, residual_summary
-    from ..model import count_parameters
+    from deqnca.data.idx import load_mnist
+    from deqnca.engine.checkpoint import load_model
+    from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
+    from deqnca.tasks.mnist.model import count_parameters
 
     model, meta = load_model(path, device)
     amp_reason = "set explicitly"
     if amp == "auto":
-        from ..hardware import choose_cpu_path
+        from deqnca.engine.hardware import choose_cpu_path
 
         # tolerance-solved models need more steps under bfloat16 rounding (docs/speed.md): float32 for them
         choice = choose_cpu_path(device, allow_bf16=model.solver_name == "rollout")
@@ -138,8 +138,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from ..engine.checkpoint import read_checkpoint
-    from ..engine.summary import describe_checkpoint, record_json
+    from deqnca.engine.checkpoint import read_checkpoint
+    from deqnca.engine.summary import describe_checkpoint, record_json
 
     _, meta = read_checkpoint(args.checkpoint, tensors=False)
     print(record_json(meta) if args.json else describe_checkpoint(meta, str(args.checkpoint)))
@@ -148,7 +148,7 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     """Strip a run's checkpoint to a shippable model: weights only, plus config, metrics, provenance."""
-    from ..engine.checkpoint import (
+    from deqnca.engine.checkpoint import (
         GROW_KIND,
         load_grow_checkpoint,
         load_maze_model,
@@ -163,7 +163,7 @@ def cmd_export(args) -> int:
     if meta.get("kind") in (GROW_KIND, "maze", "cells") or "maze" in meta:
         # growing NCA, maze and self-classifying checkpoints: keep their own records (their loaders read them),
         # drop the optimizer and the training state (the article's pool)
-        from ..tasks.cells import load_cells_checkpoint
+        from deqnca.tasks.cells.task import load_cells_checkpoint
 
         loaders = {GROW_KIND: load_grow_checkpoint, "cells": load_cells_checkpoint}
         model, _ = loaders.get(meta.get("kind"), load_maze_model)(args.checkpoint)
@@ -180,7 +180,7 @@ def cmd_export(args) -> int:
         if not hasattr(model, "set_readout_symmetry"):
             raise ConfigError("--readout-symmetry: only maze checkpoints (the geodesic model) have it")
         model.set_readout_symmetry(args.readout_symmetry)      # saved with the model's config
-    from ..engine.checkpoint import checkpoint_base
+    from deqnca.engine.checkpoint import checkpoint_base
 
     dest = checkpoint_base(args.dest)
     writable_folder(dest.parent, "destination")
@@ -194,9 +194,9 @@ def cmd_export(args) -> int:
 
 def cmd_rollout(args) -> int:
     """Figure 1 for one test image: frames, GIF, residual/probability curves, and a JSON trace."""
-    from ..data.idx import load_mnist
-    from ..engine.checkpoint import load_model
-    from ..reports.nca_view import draw_figure1
+    from deqnca.data.idx import load_mnist
+    from deqnca.engine.checkpoint import load_model
+    from deqnca.tasks.mnist.figures import draw_figure1
 
     device = setup_device(args.device)
     out = writable_folder(args.out)
@@ -227,7 +227,7 @@ def cmd_rollout(args) -> int:
 
 def cmd_demo(args) -> int:
     """The README's main job: the essay's result from the shipped models, then the NCA view."""
-    from ..reports import report
+    from deqnca.reports import report
 
     writable_folder(args.out)
     args.checkpoint = None
@@ -236,7 +236,7 @@ def cmd_demo(args) -> int:
     rc = cmd_eval(args)
     if rc:
         return rc
-    from ..web.export import write_site
+    from deqnca.web.export import write_site
 
     page = write_site(Path(args.out) / "web", args.models_dir)
     print(f"live page: {page}")
@@ -257,7 +257,7 @@ def add_cli(sub) -> None:
 
     p = sub.add_parser("train", help="train an MNIST model from a preset",
                        description="Train an MNIST model from a preset; every option is a flag or a --set key.")
-    from ..tasks.mnist_config import PRESETS, MnistConfig
+    from deqnca.tasks.mnist.config import PRESETS, MnistConfig
 
     p.add_argument("--preset", default="essay", choices=sorted(PRESETS),
                    help="essay or equilibrium; the others are variants measured in docs/mnist.md (default essay)")
@@ -326,7 +326,7 @@ def registered_solver(name: str) -> str:
     """`--solver NAME`, checked against the solver registry when given (so that --help needs no torch)."""
     import argparse
 
-    from ..solvers import SOLVERS
+    from deqnca.core.solvers import SOLVERS
 
     if name not in SOLVERS.names():
         raise argparse.ArgumentTypeError(f"{name!r} is not a registered solver; choose one of "

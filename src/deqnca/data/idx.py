@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..resources import mnist_dir
+from deqnca.core.resources import mnist_dir
 
 __all__ = [
     "DataError", "read_idx", "find_file", "load_split", "load_mnist",

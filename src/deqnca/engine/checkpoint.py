@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..fileio import atomic_write, fault_point, fsync_dir
-from ..resources import resolve_checkpoint, shipped_names
+from deqnca.core.fileio import atomic_write, fault_point, fsync_dir
+from deqnca.core.resources import resolve_checkpoint, shipped_names
 
 
 class CheckpointError(ValueError):
@@ -200,7 +200,7 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
     return tensors, meta
 
 
-from .options import MAX_ITERATIONS, MAX_SIZE  # noqa: E402  (the same caps as the configs')
+from deqnca.engine.options import MAX_ITERATIONS, MAX_SIZE  # noqa: E402  (the same caps as the configs')
 
 
 def check_config(config: dict, path) -> None:
@@ -272,7 +272,7 @@ def load_model(path, device="cpu"):
     Examples:
         >>> model, meta = load_model("mnist-essay")  # doctest: +SKIP
     """
-    from ..model import EquilibriumModel
+    from deqnca.tasks.mnist.model import EquilibriumModel
 
     tensors, meta = read_checkpoint(path)
     if not isinstance(meta.get("model_config"), dict):
@@ -289,8 +289,8 @@ GROW_KIND = "grow"
 
 def load_grow_checkpoint(path, device="cpu"):
     """(GrowModel, meta): a growing NCA (rule and target) from a checkpoint of the grow task."""
-    from ..grow.objective import GrowModel
-    from ..rules.growing import GrowingConfig
+    from deqnca.tasks.grow.model import GrowModel
+    from deqnca.tasks.grow.rule import GrowingConfig
 
     tensors, meta = read_checkpoint(path)
     if meta.get("kind") != GROW_KIND:
@@ -310,7 +310,7 @@ def load_grow_checkpoint(path, device="cpu"):
 
 def load_maze_model(path, device="cpu"):
     """(MazeSolverNet in eval mode, meta) from a checkpoint of the maze task."""
-    from ..maze.model import MazeSolverNet
+    from deqnca.tasks.maze.model import MazeSolverNet
 
     tensors, meta = read_checkpoint(path)
     if "maze" not in meta and meta.get("kind") != "maze":

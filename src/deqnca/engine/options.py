@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..configs import check_ranges, load_dataclass, option
+from deqnca.core.configs import check_ranges, load_dataclass, option
 
 AMP_MODES = ("off", "bf16", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..amp import amp_context
-from ..configs import ConfigError, load_dataclass
-from ..fileio import fault_point
-from ..registry import Registry
-from . import distributed
-from .checkpoint import (
+from deqnca.core.amp import amp_context
+from deqnca.core.configs import ConfigError, load_dataclass
+from deqnca.core.fileio import fault_point
+from deqnca.core.registry import Registry
+from deqnca.engine import distributed
+from deqnca.engine.checkpoint import (
     CheckpointError,
     all_finite,
     atomic_write,
@@ -47,7 +47,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .options import AMP_MODES, MAX_COUNT, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401  (re-exported)
+from deqnca.engine.options import AMP_MODES, MAX_COUNT, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401  (re-exported)
 
 # options that may change when a run is resumed: how long it trains; everything else is the run itself
 RESUMABLE = ("epochs", "steps", "time_budget", "checkpoint_every", "max_bad_steps", "cuda_graph")
@@ -250,7 +250,7 @@ def resolve_amp(amp: str, device: str) -> tuple[str, str]:
         return amp, "set explicitly"
     if str(device).startswith("cuda"):
         return "off", "auto on CUDA: float32 (bf16 on GPUs not measured here)"
-    from ..hardware import choose_cpu_path
+    from deqnca.engine.hardware import choose_cpu_path
 
     choice = choose_cpu_path(device, train=True)       # a ~1 s measurement of the rule's training step
     return choice["amp"], choice["reason"]

@@ -1,1 +1,1 @@
-"""Reports: the NCA view, panoramas, the CNN baseline and the HTML report of the main job."""
+"""What spans tasks: the main job's HTML report (every shipped model kind on one page)."""

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.idx import load_mnist
-from ..data.panoramas import make_panoramas
-from ..engine.checkpoint import load_model
-from . import nca_view
-from .panorama import label_maps
+from deqnca.data.idx import load_mnist
+from deqnca.engine.checkpoint import load_model
+from deqnca.tasks.mnist import figures as nca_view
+from deqnca.tasks.mnist.label_maps import label_maps
+from deqnca.tasks.mnist.panoramas import make_panoramas
 
 
 def _model_name(path: Path) -> str:
@@ -30,9 +30,9 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
     `cells_models`: the self-classifying models of their section ({name: checkpoint}; default: the shipped
     `cells/article` and `cells/consensus` that exist); none, and the section is left out with a log line.
     `cells_digits` test digits are rolled to `cells_steps` steps for it (reports/cells_view.py)."""
-    from ..resources import shipped_cells_models
-    from ..viz import figures
-    from ..viz.report import write_report
+    from deqnca.core.resources import shipped_cells_models
+    from deqnca.viz import figures
+    from deqnca.viz.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     x, y = load_mnist(data_dir, split="test")
@@ -101,7 +101,7 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
                                 hline=(1e-3, "1e-3"), title="Distance from equilibrium along the rollout")
     cells_models = shipped_cells_models() if cells_models is None else cells_models
     if cells_models:
-        from . import cells_view
+        from deqnca.tasks.cells import figures as cells_view
 
         cells_section = [cells_view.section(cells_models, out, n_digits=cells_digits, steps=cells_steps, seed=seed,
                                             device=device, data=(x, y), log=log)]
@@ -143,8 +143,8 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
 
 
 def main(args) -> int:
-    from ..engine.devices import pick_device as _device
-    from ..resources import shipped_cells_models, shipped_models
+    from deqnca.core.resources import shipped_cells_models, shipped_models
+    from deqnca.engine.devices import pick_device as _device
 
     out = Path(args.out)
     quick = getattr(args, "quick", False)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 
 BUILTIN_TASKS = ("cells", "cnn", "grow", "maze", "mnist")
-_EXPORTS = {"GrowConfig": "grow_config", "GrowTask": "grow", "MazeConfig": "maze_config", "MazeTask": "maze",
-            "MnistConfig": "mnist_config", "MnistTask": "mnist", "PRESETS": "mnist_config",
-            "preset": "mnist_config"}
+_EXPORTS = {"GrowConfig": "grow.config", "GrowTask": "grow.task", "MazeConfig": "maze.config", "MazeTask": "maze.task",
+            "MnistConfig": "mnist.config", "MnistTask": "mnist.task", "PRESETS": "mnist.config",
+            "preset": "mnist.config"}
 __all__ = ["GrowConfig", "GrowTask", "MazeConfig", "MazeTask", "MnistConfig", "MnistTask", "PRESETS", "preset",
            "load_builtin_tasks"]
 
@@ -18,7 +18,7 @@ __all__ = ["GrowConfig", "GrowTask", "MazeConfig", "MazeTask", "MnistConfig", "M
 def load_builtin_tasks() -> None:
     """Import the built-in task modules, which register themselves in `deqnca.engine.TASKS`."""
     for name in BUILTIN_TASKS:
-        importlib.import_module(f".{name}", __name__)
+        importlib.import_module(f".{name}.task", __name__)
 
 
 def __getattr__(name: str):

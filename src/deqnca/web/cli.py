@@ -18,7 +18,7 @@ def add_cli(subparsers):
 
 
 def _cmd_web(args) -> int:
-    from .export import write_site
+    from deqnca.web.export import write_site
 
     index = write_site(args.out, args.models, args.cell_model, examples=not args.no_examples)
     print(f"wrote {index} (open it in a browser; no server needed)")

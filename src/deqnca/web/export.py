@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..resources import models_dir, repo_root
+from deqnca.core.resources import models_dir, repo_root
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = ("index.html", "style.css", "models.js", "app.js")
@@ -35,8 +35,8 @@ def _load_models(models_dir: Path, cell_checkpoint=None, examples: bool = True) 
     """Every torch model the page shows, loaded in eval mode on the CPU, and a few MNIST test digits.
 
     This is the only function that imports other deqnca modules (the package layout moves)."""
-    from ..data.idx import load_mnist
-    from ..engine.checkpoint import load_grow_checkpoint, load_maze_model, load_model
+    from deqnca.data.idx import load_mnist
+    from deqnca.engine.checkpoint import load_grow_checkpoint, load_maze_model, load_model
 
     out = {"mnist": {}, "grow": {}, "maze": {}, "cell": None, "digits": None}
     for name, rel in MNIST_MODELS.items():

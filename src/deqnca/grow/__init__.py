@@ -1,1 +1,0 @@
-"""Growing neural cellular automata trained two ways: BPTT through the rollout, or as an equilibrium."""

@@ -1,1 +1,0 @@
-"""Mazes: train on small ones, solve large ones (docs/mazes.md). Data lives in data/mazes.py."""

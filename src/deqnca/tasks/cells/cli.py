@@ -1,0 +1,216 @@
+"""`deqnca cells train | eval | figures`: self-classifying MNIST digits (Randazzo et al., Distill 2020), the article's
+model trained by BPTT or the equilibrium model trained implicitly."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from deqnca.engine.commandline import add_run_flags, build_config, finish_training, options_from_args
+from deqnca.engine.commandline import setup_device as _setup_device
+
+
+def cmd_train(args) -> int:
+    from deqnca.engine.trainer import fit
+    from deqnca.tasks.cells.task import MODEL_DEFAULTS, CellsConfig, CellsTask
+
+    device = _setup_device(args.device)
+    model = args.model or "article"
+    train, _, given = options_from_args(args, CellsConfig, {**MODEL_DEFAULTS[model], "model": model})
+    cfg = build_config(CellsConfig, train, None)
+    out = Path(args.out or f"runs/cells-{cfg.model}-seed{cfg.seed}")
+    result = fit(CellsTask(cfg), out, device=device, resume=args.resume, overwrite=args.overwrite, changed=given,
+                 log=lambda s: print(s, file=sys.stderr), progress=not args.json)
+    return finish_training(args, out, result, "done: {checkpoint}  {global_step} steps in {seconds:.0f} s  "
+                           "skipped {skipped_steps}, restored {restored}")
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def table(rows: list[dict], marks) -> str:
+    """The article's table (top cell accuracy, accuracy at 200, top total agreement, agreement at 200),
+    then the later marks and the relative residual, one row per evaluation."""
+    later = [m for m in marks if m > 200]
+    cols = ["", "digits", "top accuracy", "accuracy at 200", "top agreement", "agreement at 200"]
+    cols += [f"{k} at {m:,}" for m in later for k in ("accuracy", "agreement")]
+    cols += [f"residual at {m:,}" for m in [m for m in marks if m >= 200]]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        at, top = r["at"], r["top"]
+        cells = [r["name"], str(r["digits"]),
+                 f"{_pct(top['accuracy']['value'])} (step {top['accuracy']['step']})",
+                 _pct(at.get(200, {}).get("accuracy")),
+                 f"{_pct(top['agreement']['value'])} (step {top['agreement']['step']})",
+                 _pct(at.get(200, {}).get("agreement"))]
+        cells += [_pct(at.get(m, {}).get(k)) for m in later for k in ("accuracy", "agreement")]
+        cells += [residual_text(at[m]) if m in at else "—" for m in marks if m >= 200]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def residual_text(row: dict, digits: int = 2) -> str:
+    """An evaluation row's mean relative residual, and how many states were not finite where any."""
+    n = row.get("nonfinite", 0)
+    return f"{row['rel_residual']:.{digits}e}" + (f" ({n} states not finite)" if n else "")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/2 (the first of two halves)") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise ValueError(f"--shard {text!r}: K/N with 0 <= K < N")
+    return k, n
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from deqnca.data.idx import load_mnist
+    from deqnca.tasks.cells.model import (
+        canvas_batch,
+        evaluate,
+        evaluate_solved,
+        mutation_test,
+        resize_digits,
+        truth_map,
+    )
+    from deqnca.tasks.cells.task import load_cells_checkpoint
+
+    device = _setup_device(args.device)
+    model, meta = load_cells_checkpoint(args.checkpoint, device)
+    if args.compile:
+        model.rule.compile_for_eval()
+    size = meta["train_config"].get("size", 28)
+    marks = tuple(sorted(int(m) for m in args.marks.split(",")))
+    xt, yt = load_mnist(split="test")
+    idx = torch.linspace(0, len(xt) - 1, min(args.images, len(xt))).long()      # evenly spaced test digits
+    shard, shards = _shard(args.shard)
+    idx = idx[shard::shards]                  # one of `shards` interleaved slices (scripts/cells_campaign.py merges)
+    x, y = resize_digits(xt[idx], size), yt[idx]
+    name = meta["train_config"].get("model", "?")
+    kw = {"batch_size": args.batch_size, "seed": args.seed, "device": device}
+    result = {"checkpoint": str(args.checkpoint), "model": name, "size": size, "images": len(x), "marks": marks,
+              "compiled": bool(args.compile),
+              "shard": f"{shard}/{shards}"}
+    rows = [{"name": name, **evaluate(model, x, truth_map(x, y), marks=marks, **kw)}]
+    if args.mutation:
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
+        m = mutation_test(model, x, y, x[perm], y[perm], marks=(200,), **kw)
+        rows.append({"name": f"{name}, 200 steps after a mutation at 200", **m["after"]})
+    if args.canvases:
+        from deqnca.tasks.mnist.panoramas import make_panoramas
+
+        if size != 28:
+            raise ValueError("canvases hold 28×28 digits: evaluate a model trained at --size 28")
+        cx, ct, cs = canvas_batch(make_panoramas(xt, yt, args.canvases, size=84, per_canvas=3, seed=args.seed))
+        rows.append({"name": f"{name}, {args.canvases} canvases of 3 digits", **evaluate(
+            model, cx, ct, cs, marks=tuple(m for m in marks if m <= 1000), **kw)})
+    if args.solve:
+        result["solver"] = args.solver
+        result["solved"] = evaluate_solved(model, x, truth_map(x, y), solver=args.solver, max_iter=args.max_iter,
+                                           tol=args.tol, batch_size=args.batch_size, device=device)
+    for r in rows:
+        if not args.curves:
+            del r["curve"]
+    result["rows"] = rows
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(table(rows, marks), end="")
+    for r in rows[1:]:
+        if "canvases" in r["name"]:
+            print(f"per-digit accuracy on canvases at 200: {_pct(r['at'].get(200, {}).get('digit_accuracy'))}")
+    if "solved" in result:
+        s = result["solved"]
+        print(f"at the fixed point ({args.solver}, {s['nstep']:.0f} steps, residual {s['rel_residual']:.1e}): "
+              f"accuracy {_pct(s['accuracy'])}, agreement {_pct(s['agreement'])}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    """The figures of docs/cells.md for some checkpoints: curves, label-map GIFs, the mutation, canvases."""
+    from deqnca.core.resources import resolve_checkpoint
+    from deqnca.tasks.cells.figures import write_figures
+    from deqnca.tasks.cells.task import load_cells_checkpoint
+
+    device = _setup_device(args.device)
+    models = {}
+    for checkpoint in args.checkpoint:
+        model, meta = load_cells_checkpoint(resolve_checkpoint(checkpoint), device)
+        name = base = meta["train_config"].get("model") or Path(checkpoint).name
+        for n in range(2, len(args.checkpoint) + 2):     # two checkpoints of one model: article, article-2
+            if name not in models:
+                break
+            name = f"{base}-{n}"
+        models[name] = (model, meta)
+    reports = {}
+    for f in args.eval_json:
+        result = json.loads(Path(f).read_text())
+        row = (result.get("rows") or [{}])[0]
+        if "curve" not in row:
+            raise ValueError(f"{f}: no curves in it; write it with `deqnca cells eval --curves --out FILE`")
+        reports[result.get("model") or Path(f).stem] = row
+    out = Path(args.out)
+    r = write_figures(models, out, n_digits=args.digits, steps=args.steps, eval_reports=reports,
+                      n_canvases=args.canvases, seed=args.seed, device=device,
+                      log=lambda s: print(s.strip(), file=sys.stderr))
+    for path in [r["curves"], *(f for files in r["files"].values() for f in files)]:
+        print(path)
+    return 0
+
+
+def add_cli(sub) -> None:
+    cells = sub.add_parser("cells", help="self-classifying MNIST digits: the article's NCA (BPTT) or an equilibrium",
+                           description="Self-classifying MNIST digits (Randazzo et al., Distill 2020).")
+    csub = cells.add_subparsers(dest="cells_command", required=True)
+    from deqnca.tasks.cells.config import CellsConfig
+
+    p = csub.add_parser("train", help="train the article's model (BPTT) or the equilibrium model",
+                        description="Train a self-classifying CA; every option of the task is a flag or a --set key. "
+                        "--model equilibrium re-defaults loss, batch, rate and schedule (tasks/cells.py).")
+    add_run_flags(p, CellsConfig, "runs/cells-<model>-seed<seed>")
+    p.set_defaults(func=cmd_train)
+
+    p = csub.add_parser("eval", help="cell accuracy and total agreement at 20..10,000 steps, the article's table")
+    p.add_argument("checkpoint")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--images", type=int, default=1000, help="evenly spaced test digits (default 1000; 10000: all)")
+    p.add_argument("--marks", default="20,80,200,1000,10000", help="steps reported (comma-separated)")
+    p.add_argument("--batch-size", type=int, default=256, help="digits per rollout (default 256, as cells.evaluate)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the stochastic steps and the mutation pairs")
+    p.add_argument("--shard", default="0/1", help="K/N: only every N-th of the chosen digits, from the K-th (to "
+                   "run N processes side by side; scripts/cells_campaign.py merges them)")
+    p.add_argument("--mutation", action="store_true", help="also the mutation test (a new digit at step 200)")
+    p.add_argument("--canvases", type=int, default=0, help="also N 84×84 canvases of 3 digits each")
+    p.add_argument("--solve", action="store_true", help="also the metrics at the fixed point a solver reaches")
+    p.add_argument("--solver", default="anderson")
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--tol", type=float, default=1e-5)
+    p.add_argument("--curves", action="store_true", help="keep the per-step curves in the JSON")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the rule first (about 2x faster rollouts on a CPU after ~10 s of compiling; "
+                        "the random draws are the same, the arithmetic differs by float rounding)")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=cmd_eval)
+
+    p = csub.add_parser("figures", help="the figures of docs/cells.md: curves, label-map GIFs, mutation, canvases",
+                        description="Draw, for each checkpoint, the label maps over time (GIF and PNG), the mutation "
+                        "and the canvases, and one figure of cell accuracy and total agreement against steps.")
+    p.add_argument("checkpoint", nargs="+", help="checkpoints of `deqnca cells train` or shipped names (cells/article)")
+    p.add_argument("--out", required=True, help="folder for the figures")
+    p.add_argument("--digits", type=int, default=64, help="evenly spaced test digits for the curves (default 64)")
+    p.add_argument("--steps", type=int, default=200, help="steps to roll out (default 200)")
+    p.add_argument("--eval-json", nargs="+", default=[], metavar="FILE",
+                   help="curves from `deqnca cells eval --curves --out FILE` instead of computing them")
+    p.add_argument("--canvases", type=int, default=2, help="canvases of 3 digits (default 2; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the stochastic steps and the canvases")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.set_defaults(func=cmd_figures)

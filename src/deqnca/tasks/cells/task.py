@@ -1,0 +1,203 @@
+"""Self-classifying MNIST digits (Randazzo et al., Distill 2020) as a task: two models, one engine.
+
+- `--model article`: the article's rule (rules/selfclass.py) trained by BPTT with its notebook's recipe:
+  20 steps per batch of 16, the L2 loss on one-hot labels, per-parameter gradient normalisation, Adam
+  1e-3 (×0.1 at step 30,000; the notebook drops ×0.1 again at 70,000), a pool of 160 states: per batch
+  4 samples restart from a new digit and 4 get a new digit with their state kept where it is alive
+  ("mutation"); the batch's final states go back to the pool.
+- `--model equilibrium`: the contraction (rules/selfclass_equilibrium.py) solved to a tolerance from zero
+  by a registered solver and differentiated implicitly (IFT) or by the phantom gradient, with a per-cell
+  loss on fresh digits (its fixed point does not depend on the start, so a pool has nothing to carry).
+
+Every `eval_every` steps and at the end, the held-out digits are rolled out to the marks and scored
+(cells.py: cell accuracy, total agreement, residual) into metrics.jsonl.
+"""
+from __future__ import annotations
+
+import torch
+
+from deqnca.core.gradients import make_gradient
+from deqnca.core.solvers import get_solver
+from deqnca.engine.trainer import TASKS, Batch, Task
+from deqnca.tasks.cells.config import MODEL_DEFAULTS, CellsConfig  # noqa: F401  (re-exported)
+from deqnca.tasks.cells.model import (
+    LOSSES,
+    MODEL_RULES,
+    CellsModel,
+    alive_mask,
+    count,
+    evaluate,
+    resize_digits,
+    solve_equilibrium,
+    truth_map,
+)
+from deqnca.tasks.grow.model import normalise_gradients
+
+
+def load_cells_checkpoint(path, device="cpu"):
+    """(CellsModel, meta) from a checkpoint of the cells task (weights checked against the config)."""
+    from deqnca.engine.checkpoint import CheckpointError, build_checked, check_config, load_state, read_checkpoint
+
+    tensors, meta = read_checkpoint(path)
+    if meta.get("kind") != "cells" or not isinstance(meta.get("model_config"), dict):
+        raise CheckpointError(f"{path}: not a self-classifying checkpoint (kind {meta.get('kind')!r}); use one "
+                              "written by `deqnca cells train`")
+    check_config(meta["model_config"], path)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model = build_checked(lambda: CellsModel(meta["model_config"]), state, path)
+    load_state(model, state, path)
+    return model.to(device).eval(), meta
+
+
+def load_digits(size: int, train_images: int = 0, eval_images: int = 0):
+    """(x, y, x_test, y_test): MNIST at `size`, the first `train_images` (0: all) and `eval_images`."""
+    from deqnca.data.idx import load_mnist
+
+    x, y = load_mnist(split="train")
+    xt, yt = load_mnist(split="test")
+    x, y = (x[:train_images], y[:train_images]) if train_images else (x, y)
+    return resize_digits(x, size), y, resize_digits(xt[:eval_images or len(xt)], size), yt[:eval_images or len(xt)]
+
+
+def _equilibrium_step(task, x):
+    c, rule = task.cfg, task.model.rule
+    z, stats = solve_equilibrium(rule, x, task.solve, task.strategy, max_iter=c.solver_iter, tol=c.solver_tol)
+    return z, {"rel_residual": stats.rel_residual.mean().item(), "solver_steps": stats.nstep}
+
+
+def _eval_record(task) -> dict:
+    c, model = task.cfg, task.model
+    was = model.training
+    model.eval()
+    x, truth = task.eval_x.to(task.device), truth_map(task.eval_x, task.eval_y).to(task.device)
+    r = evaluate(model, x, truth, marks=tuple(c.eval_marks), batch_size=128, seed=c.seed)
+    model.train(was)
+    rec = {f"eval_{k}@{m}": v for m, row in r["at"].items() for k, v in row.items() if k != "digit_accuracy"}
+    rec.update({f"eval_top_{k}": v["value"] for k, v in r["top"].items()})
+    return {**rec, **{f"eval_top_{k}_step": v["step"] for k, v in r["top"].items()}}
+
+
+@TASKS.register("cells")
+class CellsTask(Task):
+    """Train a self-classifying CA; `data` = (x, y, x_test, y_test) 28×28 digits (None: the vendored MNIST)."""
+
+    name = "cells"
+    Config = CellsConfig
+
+    def __init__(self, cfg: CellsConfig, data=None):
+        super().__init__(cfg)
+        self.data = data
+
+    def setup(self):
+        c = self.cfg
+        if self.world > 1:
+            raise ValueError("the cells task trains in one process; run it without torchrun")
+        if c.model == "article" and c.pool_size and c.fresh + c.mutate > c.batch_size:
+            raise ValueError(f"--fresh {c.fresh} + --mutate {c.mutate}: more than the batch of {c.batch_size}")
+        x, y, xt, yt = self.data if self.data is not None else load_digits(28, c.train_images, c.eval_images)
+        n = c.train_images or len(x)
+        self.x, self.y = resize_digits(x[:n], c.size).to(self.device), y[:n].to(self.device)
+        self.eval_x, self.eval_y = resize_digits(xt[:c.eval_images], c.size), yt[:c.eval_images]
+
+    def build_model(self):
+        return CellsModel({"rule": MODEL_RULES[self.cfg.model], "rule_kw": self.cfg.rule})
+
+    def after_build(self, optimizer):
+        c, rule = self.cfg, self.model.rule
+        self.window, self.pool = {"loss": [], "correct": 0, "cells": 0}, None
+        self.extra = {}
+        if c.model != "article":
+            kw = {"b_max_iter": c.b_max_iter, "b_tol": c.b_tol} if c.gradient == "implicit" else {"k": c.phantom_k}
+            self.strategy, self.solve = make_gradient(c.gradient, **kw), get_solver(c.solver)
+        elif c.pool_size:
+            g = torch.Generator().manual_seed(c.seed)
+            self.pool = {"z": rule.initial_state(self.x[:1]).expand(c.pool_size, -1, -1, -1).clone(),
+                         "img": torch.randint(len(self.x), (c.pool_size,), generator=g).to(self.device)}
+
+    def steps_per_epoch(self):
+        return self.cfg.steps
+
+    def batch(self, epoch, index, global_step):
+        c, n = self.cfg, len(self.x)
+        host = torch.Generator().manual_seed(c.seed * 1_000_003 + global_step)   # exact resume
+        self.gen = torch.Generator(device=self.device).manual_seed(c.seed * 1_000_003 + global_step)
+        if self.pool is None:
+            img = torch.randint(n, (c.batch_size,), generator=host).to(self.device)
+            return Batch((None, img, None), c.batch_size, c.batch_size, index)
+        idx = torch.randperm(c.pool_size, generator=host)[:c.batch_size].to(self.device)
+        z0, img = self.pool["z"][idx].clone(), self.pool["img"][idx].clone()
+        new = torch.randint(n, (c.fresh + c.mutate,), generator=host).to(self.device)
+        if c.fresh:
+            img[:c.fresh], z0[:c.fresh] = new[:c.fresh], 0.0
+        if c.mutate:       # the article's mutation: a new digit, the state kept where the new digit is alive
+            img[-c.mutate:] = new[c.fresh:]
+            z0[-c.mutate:] *= alive_mask(self.x[new[c.fresh:]]).unsqueeze(1)
+        return Batch((z0, img, idx), c.batch_size, c.batch_size, index)
+
+    def loss(self, batch):
+        c, rule = self.cfg, self.model.rule
+        z0, img, _ = batch.data
+        x, truth = self.x[img], truth_map(self.x[img], self.y[img])
+        if c.model != "article":
+            z, self.extra = _equilibrium_step(self, x)
+        else:
+            z = self.model.rollout(x, c.rollout_steps, self.gen, z0)
+        logits = rule.logits(z)
+        per_sample = LOSSES[c.loss](logits, truth)
+        loss = per_sample.mean()
+        return loss, (z.detach(), count(logits.detach(), truth), loss.detach())
+
+    def prepare_gradients(self):
+        if self.cfg.normalise_gradients:
+            normalise_gradients(self.model.parameters())     # the article's: every update has unit direction
+        else:
+            super().prepare_gradients()
+
+    def after_step(self, batch, out, ok, global_step):
+        z, counts, loss = out
+        if ok and callable(getattr(self.model.rule, "after_step", None)):
+            self.model.rule.after_step()         # the contraction's renormalisation (rules/selfclass_equilibrium.py)
+        if ok:
+            self.window["loss"].append(loss.item())
+            self.window["correct"] += counts["correct"]
+            self.window["cells"] += counts["cells"]
+        if self.pool is not None:
+            _, img, idx = batch.data
+            good = torch.isfinite(z).flatten(1).all(1)[:, None, None, None]
+            self.pool["z"][idx] = torch.where(good, z, torch.zeros_like(z))
+            self.pool["img"][idx] = img
+
+    def on_step_end(self, global_step):
+        c = self.cfg
+        rec = None
+        if global_step % c.log_every == 0 or global_step == c.steps:
+            w = self.window
+            loss = sum(w["loss"]) / len(w["loss"]) if w["loss"] else float("nan")
+            rec = {"step": global_step, "loss": loss, "lr": self.current_lr(),
+                   "train_accuracy": w["correct"] / max(w["cells"], 1), **self.extra}
+            self.window, self.last = {"loss": [], "correct": 0, "cells": 0}, rec
+        if c.eval_every and global_step % c.eval_every == 0 and global_step < c.steps:
+            rec = {**(rec or {"step": global_step}), **_eval_record(self)}
+        return rec
+
+    def end_epoch(self, epoch, global_step, elapsed):
+        rec = {"epoch": epoch, "steps": global_step, "elapsed_s": elapsed, **_eval_record(self)}
+        self.log(f"cells {self.cfg.model} step {global_step}: cell accuracy "
+                 f"{rec[f'eval_accuracy@{max(self.cfg.eval_marks)}']:.3f} at step {max(self.cfg.eval_marks)}")
+        return rec
+
+    def postfix(self):
+        rec = getattr(self, "last", None)
+        return {} if rec is None else {"loss": f"{rec['loss']:.4f}", "acc": f"{rec['train_accuracy']:.3f}"}
+
+    def bar_label(self, epoch):
+        return f"cells {self.cfg.model}"
+
+    def state(self):
+        tensors = {} if self.pool is None else {f"pool_{k}": v for k, v in self.pool.items()}
+        return tensors, {"window": self.window}
+
+    def load_state(self, tensors, meta):
+        if self.pool is not None:
+            self.pool = {k: tensors[f"pool_{k}"].to(self.device) for k in ("z", "img")}
+        self.window = meta.get("window", self.window)

@@ -1,0 +1,95 @@
+"""Target images for growing NCAs: premultiplied RGBA tensors (4, H, W) in 0..1.
+
+Two targets ship as PNGs in `deqnca/_data/targets/` so nothing needs a font at run time:
+  lizard.png  🦎 (U+1F98E) from Noto Color Emoji, 40×40 padded to 72×72 (`render_emoji`)
+  small.png   a 16×16 drawn shape padded to 24×24, for tests and CPU runs (`draw_small_target`)
+`python -m deqnca.data.targets` rewrites both (the lizard only where the font is installed:
+`apt-get install fonts-noto-color-emoji`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deqnca.core.resources import targets_dir
+
+NAMED_TARGETS = ("lizard", "small")
+NOTO_EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+LIZARD = "\U0001F98E"
+
+
+def premultiply(rgba_uint8: np.ndarray) -> torch.Tensor:
+    """(H, W, 4) uint8 straight alpha → (4, H, W) float premultiplied, as the paper's loss expects."""
+    x = torch.from_numpy(rgba_uint8.astype(np.float32) / 255.0)
+    x[..., :3] *= x[..., 3:]
+    return x.permute(2, 0, 1).contiguous()
+
+
+def load_target(spec: str, pad: int = 0) -> torch.Tensor:
+    """'lizard', 'small' or a path to any image Pillow can convert to RGBA; `pad` transparent cells per side."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = targets_dir() / f"{spec}.png" if spec in NAMED_TARGETS else Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--target {spec}: no such file (give lizard, small or a path to an RGBA image)")
+    try:
+        with Image.open(path) as im:
+            rgba = np.asarray(im.convert("RGBA"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"--target {path}: not a readable image ({e})") from None
+    if rgba[..., 3].max() == 0:
+        raise ValueError(f"--target {path}: the image is fully transparent; a target needs a visible shape")
+    if pad:
+        rgba = np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)))
+    return premultiply(rgba)
+
+
+def render_emoji(char: str = LIZARD, size: int = 40, pad: int = 16, font: Path = NOTO_EMOJI_FONT) -> np.ndarray:
+    """(size+2·pad)² uint8 RGBA of an emoji, as in the paper: the bitmap font at its native 109 px,
+    scaled to `size` with antialiasing (Lanczos), transparent padding around it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    emoji_font = ImageFont.truetype(str(font), 109)      # Noto Color Emoji only has the 109 px strike
+    canvas = Image.new("RGBA", (136, 128), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((0, 0), char, font=emoji_font, embedded_color=True)
+    canvas = canvas.crop(canvas.getbbox())
+    canvas.thumbnail((size, size), Image.LANCZOS)
+    out = np.zeros((size + 2 * pad, size + 2 * pad, 4), np.uint8)
+    h, w = canvas.height, canvas.width
+    top, left = pad + (size - h) // 2, pad + (size - w) // 2
+    out[top:top + h, left:left + w] = np.asarray(canvas)
+    return out
+
+
+def draw_small_target(size: int = 16, pad: int = 4) -> np.ndarray:
+    """A 16×16 two-colour shape (a green ring around an orange square with a notch), padded to 24×24:
+    small enough for CPU runs, asymmetric enough that the NCA must break the seed's symmetry."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    c = size / 2
+    r = np.hypot(yy - c, xx - c)
+    img = np.zeros((size, size, 4), np.uint8)
+    ring = (r <= c - 0.5) & (r >= c - 3.5)
+    core = (np.abs(yy - c) <= c / 2) & (np.abs(xx - c) <= c / 2)
+    notch = core & (yy < c) & (xx > c)                     # top-right quarter missing: no symmetry
+    img[ring] = (40, 160, 60, 255)
+    img[core & ~notch] = (240, 130, 20, 255)
+    return np.pad(img, ((pad, pad), (pad, pad), (0, 0)))
+
+
+def write_shipped_targets(dest: Path | None = None) -> list[Path]:
+    from PIL import Image
+
+    dest = dest or targets_dir()
+    written = [dest / "small.png"]
+    Image.fromarray(draw_small_target()).save(written[0])
+    if NOTO_EMOJI_FONT.exists():
+        Image.fromarray(render_emoji()).save(dest / "lizard.png")
+        written.append(dest / "lizard.png")
+    return written
+
+
+if __name__ == "__main__":
+    for p in write_shipped_targets():
+        print(f"wrote {p}")

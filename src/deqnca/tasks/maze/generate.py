@@ -1,0 +1,532 @@
+"""Perfect mazes as in the easy-to-hard benchmark (Schwarzschild et al. 2021, `make_mazes.py`).
+
+Size convention (checked against aks2203/easy-to-hard-data `make_mazes.py`, which builds the set
+named `size` from `maze_size = (size + 1) // 2` cells): a maze of *size s* (odd, s >= 3) has
+n = (s + 1) / 2 cells per side; s = 2n - 1 is the cell grid with its inner walls. Drawn with its
+outer walls it is the (2n + 1)-grid = (s + 2)-grid ("layout" below); the image upsamples that 2x and
+adds a 1-pixel black border, so it is 2(s + 2) + 2 pixels square: 9 -> 24, 59 -> 124, 201 -> 408.
+
+Like the benchmark, the maze is carved by randomised depth-first search starting at the start
+cell (the default generator, "dfs"; GENERATORS holds others with other dead-end, branch and path
+statistics: Prim, Kruskal, Wilson, recursive division, see docs/mazes.md "Maze distributions");
+start and goal are two distinct cells drawn uniformly; each occupies one layout pixel, i.e.
+a 2x2 block of the image (green start, red goal); open = white, wall = black. The target is the
+per-pixel mask of the unique start-to-goal path through the layout, start and goal included.
+
+Storage: a layout is one uint8 per layout pixel (WALL/OPEN/START/GOAL, plus ON_PATH bit), never
+the image; sets are cached as compressed .npz files holding the generator, its version, split,
+seed and size and the SHA-256 of the layouts, written atomically, and regenerated (or extended) when
+missing, stale or corrupt: layouts that do not match their hash are never used. Maze i of a set is
+drawn from its own random stream keyed by (version, split, seed, size, i), so any prefix of a set
+is the same whatever the set's length; every generator reads the same stream, so maze i has the
+same start and goal in every distribution.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import multiprocessing
+import os
+import random
+import time
+import warnings
+import zipfile
+import zlib
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from deqnca.core.fileio import atomic_write
+
+GENERATOR_VERSION = 1
+WALL, OPEN, START, GOAL = 0, 1, 2, 3
+ON_PATH = 4                      # bit set on layout pixels of the start-to-goal path
+KIND_MASK = 3
+TRAIN_SIZE = 9
+TEST_SIZES = (9, 13, 19, 33, 59, 101, 201)
+DEFAULT_COUNTS = {"train": 50_000, "test": 1_000}
+SPLITS = ("train", "test")
+MAX_SIZE = 1001                  # a 2008-pixel image; the benchmark's largest is 201
+MAX_COUNT = 1_000_000            # mazes in one set
+MAX_SET_BYTES = 4 << 30          # layouts of one set in memory
+
+
+def check_size(size: int) -> int:
+    """n, the cells per side of a maze of size `size`; one-line error for a size that is not one."""
+    if not isinstance(size, (int, np.integer)) or size < 3 or size % 2 == 0 or size > MAX_SIZE:
+        raise ValueError(f"maze size {size!r}: must be an odd integer >= 3 and <= {MAX_SIZE} (size s has (s+1)/2 "
+                         "cells per side and a 2(s+2)+2 pixel image, e.g. 9 -> 24 px)")
+    return (int(size) + 1) // 2
+
+
+def layout_side(size: int) -> int:
+    return check_size(size) * 2 + 1
+
+
+def image_side(size: int) -> int:
+    return 2 * layout_side(size) + 2
+
+
+def _rng(split: str, seed: int, size: int, index: int) -> random.Random:
+    # str seeds go through SHA-512 in CPython: stable across runs and PYTHONHASHSEED. Every generator
+    # reads the same stream, so maze i has the same start and goal in every distribution
+    return random.Random(f"deqnca-maze-v{GENERATOR_VERSION}:{split}:{seed}:{size}:{index}")
+
+
+# ---- generators ------------------------------------------------------------------------------------
+# A generator carves a spanning tree of the n x n cell graph (flat indices c = row * n + col):
+# generator(n, start, rng) -> parent, a list with parent[start] = -1 and, for every other cell, the
+# neighbouring cell it is joined to (the tree rooted at the start, so the path is the goal's chain of
+# parents). All randomness comes from rng, which has already drawn the start and goal.
+
+@functools.lru_cache(maxsize=16)
+def _neighbours(n: int) -> tuple[tuple[int, ...], ...]:
+    """Each cell's neighbours in a fixed order (up, down, left, right)."""
+    out = []
+    for c in range(n * n):
+        r, q = divmod(c, n)
+        out.append(tuple(d for d, ok in ((c - n, r > 0), (c + n, r < n - 1), (c - 1, q > 0), (c + 1, q < n - 1))
+                         if ok))
+    return tuple(out)
+
+
+def _root(n: int, edges, start: int) -> list[int]:
+    """Parents of a spanning tree given as undirected edges, rooted at `start`."""
+    adj = [[] for _ in range(n * n)]
+    for a, b in edges:
+        adj[a].append(b)
+        adj[b].append(a)
+    parent = [-1] * (n * n)
+    seen = bytearray(n * n)
+    seen[start] = 1
+    todo = [start]
+    while todo:
+        c = todo.pop()
+        for d in adj[c]:
+            if not seen[d]:
+                seen[d] = 1
+                parent[d] = c
+                todo.append(d)
+    return parent
+
+
+def carve_dfs(n: int, start: int, rng: random.Random) -> list[int]:
+    """Randomised depth-first search (recursive backtracker), the benchmark's generator: long
+    winding corridors, few dead ends (~10% of cells) and a long solution path."""
+    # byte-identical to the generator of every cached set and documented number: keep the order of
+    # the neighbour checks and of the rng calls (randrange only when there is a choice)
+    parent = [-1] * (n * n)
+    visited = bytearray(n * n)
+    visited[start] = 1
+    stack = [start]
+    while stack:
+        c = stack[-1]
+        r, q = divmod(c, n)
+        options = []
+        if r > 0 and not visited[c - n]:
+            options.append(c - n)
+        if r < n - 1 and not visited[c + n]:
+            options.append(c + n)
+        if q > 0 and not visited[c - 1]:
+            options.append(c - 1)
+        if q < n - 1 and not visited[c + 1]:
+            options.append(c + 1)
+        if not options:
+            stack.pop()
+            continue
+        nxt = options[rng.randrange(len(options))] if len(options) > 1 else options[0]
+        visited[nxt] = 1
+        parent[nxt] = c
+        stack.append(nxt)
+    return parent
+
+
+def carve_prim(n: int, start: int, rng: random.Random) -> list[int]:
+    """Randomised Prim (frontier-cell form): grow from the start, each step joining a uniformly drawn
+    frontier cell to one of its cells already in the maze. Short branches everywhere: the most dead
+    ends (~35% of cells) and branch points, the shortest paths."""
+    nbrs = _neighbours(n)
+    parent = [-1] * (n * n)
+    state = bytearray(n * n)                 # 0 outside, 1 frontier, 2 in the maze
+    state[start] = 2
+    frontier = list(nbrs[start])
+    for d in frontier:
+        state[d] = 1
+    while frontier:
+        k = rng.randrange(len(frontier))
+        c = frontier[k]
+        frontier[k] = frontier[-1]           # swap-remove: O(1), the draw stays uniform
+        frontier.pop()
+        inside = [d for d in nbrs[c] if state[d] == 2]
+        parent[c] = inside[rng.randrange(len(inside))] if len(inside) > 1 else inside[0]
+        state[c] = 2
+        for d in nbrs[c]:
+            if state[d] == 0:
+                state[d] = 1
+                frontier.append(d)
+    return parent
+
+
+def carve_kruskal(n: int, start: int, rng: random.Random) -> list[int]:
+    """Randomised Kruskal: knock down walls in a uniformly shuffled order whenever they join two
+    separate regions (union-find). Many short dead ends (~30% of cells), no directional bias."""
+    edges = [(c, c + 1) for c in range(n * n) if c % n < n - 1] + [(c, c + n) for c in range(n * n - n)]
+    rng.shuffle(edges)
+    root = list(range(n * n))
+
+    def find(c):
+        while root[c] != c:
+            root[c] = root[root[c]]          # path halving
+            c = root[c]
+        return c
+
+    kept = []
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            root[ra] = rb
+            kept.append((a, b))
+            if len(kept) == n * n - 1:
+                break
+    return _root(n, kept, start)
+
+
+def carve_wilson(n: int, start: int, rng: random.Random) -> list[int]:
+    """Wilson's algorithm: loop-erased random walks into the growing tree give a *uniform* spanning
+    tree (every perfect maze on the grid equally likely), the unbiased reference distribution."""
+    nbrs = _neighbours(n)
+    in_tree = bytearray(n * n)
+    in_tree[start] = 1                       # uniform whatever the root and the order of the walks
+    parent = [-1] * (n * n)
+    nxt = [-1] * (n * n)
+    for u in range(n * n):
+        c = u
+        while not in_tree[c]:                # walk; overwriting nxt erases the loops
+            nb = nbrs[c]
+            nxt[c] = nb[rng.randrange(len(nb))]
+            c = nxt[c]
+        c = u
+        while not in_tree[c]:
+            in_tree[c] = 1
+            parent[c] = nxt[c]
+            c = nxt[c]
+    return parent
+
+
+def carve_division(n: int, start: int, rng: random.Random) -> list[int]:
+    """Recursive division: split a room of cells by a straight wall with one gap, recurse on both
+    halves, down to one-cell-wide corridors. Long straight walls and corridors and few crossings;
+    the solution must pass the gaps of the large walls (bottlenecks)."""
+    edges = []
+    todo = [(0, 0, n, n)]                    # rooms (top row, left column, height, width) in cells
+    while todo:
+        r0, c0, h, w = todo.pop()
+        if h == 1 or w == 1:                 # a corridor: open it end to end
+            step = 1 if h == 1 else n
+            first = r0 * n + c0
+            edges += [(first + k * step, first + (k + 1) * step) for k in range(max(h, w) - 1)]
+            continue
+        if h > w or (h == w and rng.random() < 0.5):
+            cut, gap = rng.randrange(1, h), rng.randrange(w)     # wall above row r0 + cut
+            a = (r0 + cut - 1) * n + c0 + gap
+            edges.append((a, a + n))
+            todo += [(r0, c0, cut, w), (r0 + cut, c0, h - cut, w)]
+        else:
+            cut, gap = rng.randrange(1, w), rng.randrange(h)     # wall left of column c0 + cut
+            a = (r0 + gap) * n + c0 + cut - 1
+            edges.append((a, a + 1))
+            todo += [(r0, c0, h, cut), (r0, c0 + cut, h, w - cut)]
+    return _root(n, edges, start)
+
+
+GENERATORS = {"dfs": carve_dfs, "prim": carve_prim, "kruskal": carve_kruskal, "wilson": carve_wilson,
+              "division": carve_division}
+# a generator's version is part of its cache files: bump it when its output changes, so stale sets
+# are regenerated (dfs stays at GENERATOR_VERSION, which also keys the random streams)
+GENERATOR_VERSIONS = {"dfs": GENERATOR_VERSION, "prim": 1, "kruskal": 1, "wilson": 1, "division": 1}
+DEFAULT_GENERATOR = "dfs"
+
+
+def check_generator(name: str) -> str:
+    if name not in GENERATORS:
+        raise ValueError(f"maze generator {name!r}: choose one of {', '.join(GENERATORS)}")
+    return name
+
+
+def generate_maze(size: int, rng: random.Random, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
+    """One maze layout ((s+2) x (s+2) uint8) with start, goal and path marked."""
+    n = check_size(size)
+    carve = GENERATORS[check_generator(generator)]
+    side = 2 * n + 1
+    layout = np.zeros((side, side), dtype=np.uint8)
+    start, goal = rng.sample(range(n * n), 2)
+    parent = carve(n, start, rng)
+    cells = np.arange(n * n)
+    layout[2 * (cells // n) + 1, 2 * (cells % n) + 1] = OPEN
+    child = cells[cells != start]
+    par = np.asarray(parent, dtype=np.int64)[child]
+    # the wall between a cell and its parent sits at the midpoint of their layout pixels
+    layout[(child // n + par // n) + 1, (child % n + par % n) + 1] = OPEN
+    path, c = [goal], goal
+    while c != start:
+        mid = ((c // n + parent[c] // n) + 1, (c % n + parent[c] % n) + 1)
+        layout[mid] |= ON_PATH
+        c = parent[c]
+        path.append(c)
+    path = np.asarray(path)
+    layout[2 * (path // n) + 1, 2 * (path % n) + 1] |= ON_PATH
+    layout[2 * (start // n) + 1, 2 * (start % n) + 1] = START | ON_PATH
+    layout[2 * (goal // n) + 1, 2 * (goal % n) + 1] = GOAL | ON_PATH
+    return layout
+
+
+def _generate_range(args) -> np.ndarray:
+    split, seed, size, lo, hi, generator = args
+    return np.stack([generate_maze(size, _rng(split, seed, size, i), generator) for i in range(lo, hi)])
+
+
+def generate_set(size: int, count: int, split: str = "test", seed: int = 0, first: int = 0,
+                 workers: int = 0, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
+    """Mazes first .. first+count-1 of a set, (count, s+2, s+2) uint8; maze i depends only on
+    (generator, split, seed, size, i), so a cached prefix can be extended without regenerating it."""
+    check_size(size)
+    check_generator(generator)
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: choose one of {SPLITS}")
+    side = layout_side(size)
+    if count <= 0:
+        return np.zeros((0, side, side), dtype=np.uint8)
+    workers = workers or min(os.cpu_count() or 1, 16)
+    # process start-up (~0.1 s) only pays off for large sets
+    if workers <= 1 or count * side * side < 2_000_000:
+        return _generate_range((split, seed, size, first, first + count, generator))
+    chunk = -(-count // (4 * workers))
+    jobs = [(split, seed, size, lo, min(lo + chunk, first + count), generator)
+            for lo in range(first, first + count, chunk)]
+    # forkserver, not fork: the caller has torch's threads running, and fork() of a multi-threaded
+    # process can deadlock the child (Python 3.12 warns about it)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return np.concatenate(list(pool.map(_generate_range, jobs)))
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("DEQNCA_MAZE_CACHE", Path.home() / ".cache" / "deqnca" / "mazes"))
+
+
+def cache_path(cache, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> Path:
+    # depth-first sets keep the file names they had before there were other generators
+    tag = "" if generator == "dfs" else f"{check_generator(generator)}-"
+    return Path(cache) / f"mazes-{tag}v{GENERATOR_VERSIONS[generator]}-{split}-size{size}-seed{seed}.npz"
+
+
+def layouts_digest(layouts: np.ndarray) -> str:
+    """The SHA-256 of a set of layouts (its shape and bytes), as stored in a cache file."""
+    h = hashlib.sha256(f"{layouts.dtype.str}{tuple(layouts.shape)}".encode())
+    h.update(np.ascontiguousarray(layouts).data)
+    return h.hexdigest()
+
+
+def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> np.ndarray | None:
+    """The cached layouts, or None (with a warning) when the file is unreadable, from elsewhere, or its
+    layouts do not match the content hash it stores."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            # files written before there were other generators have no "generator" entry: depth-first
+            made_by = str(f["generator"]) if "generator" in f.files else "dfs"
+            meta = (made_by, int(f["version"]), str(f["split"]), int(f["seed"]), int(f["size"]))
+            digest = str(f["sha256"]) if "sha256" in f.files else None
+            layouts = f["layouts"]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}); regenerating it", stacklevel=2)
+        return None
+    expected = (generator, GENERATOR_VERSIONS[generator], split, seed, size)
+    if meta != expected or layouts.ndim != 3 or layouts.shape[1:] != (layout_side(size),) * 2:
+        warnings.warn(f"{path}: cache holds {meta}, expected {expected}; regenerating it", stacklevel=2)
+        return None
+    if digest is None:
+        warnings.warn(f"{path}: maze cache without a content hash (written by an older deqnca); "
+                      "regenerating it", stacklevel=2)
+        return None
+    if layouts.dtype != np.uint8 or layouts_digest(layouts) != digest:
+        warnings.warn(f"{path}: maze cache contents do not match their hash (corrupt); regenerating it",
+                      stacklevel=2)
+        return None
+    return layouts
+
+
+def _write_cached(path: Path, layouts: np.ndarray, split: str, size: int, seed: int,
+                  generator: str = DEFAULT_GENERATOR) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as fh:     # a file object: savez would append ".npz" to a path
+            np.savez_compressed(fh, layouts=layouts, generator=generator, version=GENERATOR_VERSIONS[generator],
+                                split=split, seed=seed, size=size, sha256=layouts_digest(layouts))
+    atomic_write(path, write)
+
+
+def load_set(size: int, count: int, split: str = "test", seed: int = 0, cache=None,
+             log=None, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
+    """The first `count` layouts of a benchmark set, from the cache or generated (and cached)."""
+    check_size(size)
+    check_generator(generator)
+    if count < 1 or count > MAX_COUNT:
+        raise ValueError(f"maze count {count}: must be 1 to {MAX_COUNT:,}")
+    if count * layout_side(size) ** 2 > MAX_SET_BYTES:
+        raise ValueError(f"{count:,} mazes of size {size} would take {count * layout_side(size) ** 2 / 2**30:.0f} GiB "
+                         f"(at most {MAX_SET_BYTES >> 30} GiB in one set); ask for fewer")
+    path = cache_path(cache or default_cache(), split, size, seed, generator)
+    have = _read_cached(path, split, size, seed, generator) if path.exists() else None
+    if have is not None and len(have) >= count:
+        return have[:count]
+    have = have if have is not None else np.zeros((0, layout_side(size), layout_side(size)), np.uint8)
+    t = time.time()
+    extra = generate_set(size, count - len(have), split, seed, first=len(have), generator=generator)
+    layouts = np.concatenate([have, extra])
+    _write_cached(path, layouts, split, size, seed, generator)
+    if log:
+        log(f"generated {count - len(have)} {split} mazes of size {size} ({generator}) in "
+            f"{time.time() - t:.1f}s -> {path}")
+    return layouts
+
+
+# ---- encoding ------------------------------------------------------------------------------------
+
+PALETTE = np.array([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 0]], dtype=np.float32)  # wall open start goal
+
+
+def to_images(layouts):
+    """(images (B, 3, H, W) float32, path masks (B, H, W) int64) from layouts (B, L, L) uint8.
+
+    Works on numpy arrays or torch tensors (on any device, so large sets are encoded per batch on
+    the GPU instead of being stored as images).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lay = torch.as_tensor(layouts)
+    palette = torch.as_tensor(PALETTE, device=lay.device)
+    kind = (lay & KIND_MASK).long()
+    img = palette[kind].permute(0, 3, 1, 2)
+    img = img.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    path = ((lay & ON_PATH) > 0).long().repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    return F.pad(img, (1, 1, 1, 1)), F.pad(path, (1, 1, 1, 1))
+
+
+# ---- checking ------------------------------------------------------------------------------------
+
+def bfs_path(layout: np.ndarray) -> np.ndarray:
+    """Boolean mask of the shortest start-to-goal path through open layout pixels (independent of
+    the generator: used to check that the stored path is *the* solution)."""
+    kind = layout & KIND_MASK
+    start = tuple(np.argwhere(kind == START)[0])
+    goal = tuple(np.argwhere(kind == GOAL)[0])
+    prev = {start: None}
+    todo = deque([start])
+    while todo:
+        p = todo.popleft()
+        if p == goal:
+            break
+        for d in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            q = (p[0] + d[0], p[1] + d[1])
+            if q not in prev and kind[q] != WALL:
+                prev[q] = p
+                todo.append(q)
+    mask = np.zeros(layout.shape, dtype=bool)
+    p = goal if goal in prev else None
+    while p is not None:
+        mask[p] = True
+        p = prev[p]
+    return mask
+
+
+def is_perfect(layout: np.ndarray) -> bool:
+    """True if the open pixels form a tree spanning every cell (exactly one path between any two)."""
+    open_ = (layout & KIND_MASK) != WALL
+    side = layout.shape[0]
+    n = (side - 1) // 2
+    cells = open_[1::2, 1::2]
+    if not cells.all() or open_[0].any() or open_[-1].any() or open_[:, 0].any() or open_[:, -1].any():
+        return False
+    if open_[::2, ::2].any():                        # wall posts between cells are never open
+        return False
+    passages = int(open_.sum()) - n * n
+    if passages != n * n - 1:                        # a tree on n² nodes has n² − 1 edges
+        return False
+    seen = np.zeros_like(open_)
+    todo = [(1, 1)]
+    seen[1, 1] = True
+    while todo:
+        p = todo.pop()
+        for d in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            q = (p[0] + d[0], p[1] + d[1])
+            if open_[q] and not seen[q]:
+                seen[q] = True
+                todo.append(q)
+    return bool(seen[open_].all())
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+def maze_statistics(layouts) -> dict:
+    """Per-maze means over a set of layouts (B, L, L) (or one layout): dead ends (cells with one open
+    neighbour), branch points (three), four-way crossings (four), each also per cell, and the
+    start-to-goal path's length in cells as a fraction of all cells."""
+    lay = np.asarray(layouts)
+    lay = lay[None] if lay.ndim == 2 else lay
+    n = (lay.shape[-1] - 1) // 2
+    open_ = (lay & KIND_MASK) != WALL
+    # a cell's open neighbours are the open passage pixels above, below, left and right of it
+    degree = (open_[:, 0:-2:2, 1::2].astype(np.int64) + open_[:, 2::2, 1::2]
+              + open_[:, 1::2, 0:-2:2] + open_[:, 1::2, 2::2])
+    counts = {k: (degree == d).sum((1, 2)).mean() for k, d in
+              (("dead_ends", 1), ("branch_points", 3), ("crossings", 4))}
+    path = ((lay[:, 1::2, 1::2] & ON_PATH) > 0).sum((1, 2))
+    cells = n * n
+    return {"mazes": len(lay), "cells": cells, **{k: float(v) for k, v in counts.items()},
+            **{f"{k}_per_cell": float(v) / cells for k, v in counts.items()},
+            "path_cells": float(path.mean()), "path_frac": float(path.mean()) / cells}
+
+
+def statistics_table(sizes=(9, 19, 59), count: int = 300, generators=None, split: str = "test",
+                     seed: int = 0) -> str:
+    """Markdown table of `maze_statistics` for every generator and size (the first `count` mazes of
+    each set, generated in this process, so ms per maze is the single-process generation time)."""
+    rows = ["| generator | size | dead ends / cell | branch points / cell | crossings / cell | "
+            "path / cells | path (cells) | ms per maze |", "|---|---|---|---|---|---|---|---|"]
+    for g in generators or GENERATORS:
+        for s in sizes:
+            t = time.perf_counter()
+            st = maze_statistics(generate_set(s, count, split, seed, workers=1, generator=g))
+            ms = 1000 * (time.perf_counter() - t) / count
+            rows.append(f"| {g} | {s} | {st['dead_ends_per_cell']:.3f} | {st['branch_points_per_cell']:.3f} | "
+                        f"{st['crossings_per_cell']:.4f} | {st['path_frac']:.3f} | {st['path_cells']:.1f} | "
+                        f"{ms:.2f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m deqnca.data.mazes",
+                                description="statistics of the maze distributions (docs/mazes.md)")
+    p.add_argument("--stats", action="store_true", help="print the statistics table (markdown)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[9, 19, 59])
+    p.add_argument("--count", type=int, default=300, help="mazes per generator and size (default 300)")
+    p.add_argument("--generators", nargs="+", choices=list(GENERATORS), default=list(GENERATORS))
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not args.stats:
+        p.error("nothing to do: pass --stats")
+    for s in args.sizes:
+        try:
+            check_size(s)
+        except ValueError as e:
+            p.error(str(e))
+    print(statistics_table(args.sizes, args.count, args.generators, args.split, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""The maze solver-nets: DT-recall (rollout + BPTT), the maze DEQ (the same recall rule, bounded,
+solved to its fixed point), both a `RecallRule` bound to the maze by input injection, and the geodesic
+model (a `GeodesicRule` max-plus flood, unique fixed point; its read-out sees neighbour differences);
+each with a solver, a gradient strategy and the per-pixel `ConvHead` read-out."""
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deqnca.core.conditioning import make_conditioning
+from deqnca.core.gradients import make_gradient
+from deqnca.core.readout import DIHEDRAL, ConvHead, dihedral_mean
+from deqnca.core.rules import make_rule
+from deqnca.core.solvers import get_solver, residuals, rollout
+from deqnca.tasks.maze import geodesic, recall  # noqa: F401  (they register their rules)
+from deqnca.tasks.maze.generate import to_images
+from deqnca.tasks.maze.geodesic import NeighbourFeatures
+from deqnca.tasks.maze.model_config import PRESETS, MazeNetConfig  # noqa: F401  (re-exported)
+
+
+def check_readout_symmetry(model: str, symmetry: str) -> None:
+    if symmetry not in DIHEDRAL:
+        raise ValueError(f"readout_symmetry {symmetry!r}: choose one of {', '.join(DIHEDRAL)}")
+    if symmetry != "none" and model != "geodesic":
+        raise ValueError(f"readout_symmetry {symmetry!r} is for the geodesic model, whose rule is equivariant; the "
+                         f"{model} model's convolutions are not: use none")
+
+
+class GeodesicHead(nn.Sequential):
+    """The geodesic model's read-out: neighbour differences of the state -> per-pixel `ConvHead` logits. With
+    `symmetry` "d4", the mean of its logits over the 8 rotations and reflections of the state. The geodesic rule
+    is equivariant to them (a 4-neighbour max and a per-pixel encoder), so this is the mean of the answers to the
+    8 rotated and reflected mazes at the price of one solve; a learned head is not equivariant, and its rare
+    wrong answers (a junction seen in one orientation) are outvoted (docs/mazes.md)."""
+
+    def __init__(self, width: int, cost_max: float, symmetry: str = "none"):
+        super().__init__(NeighbourFeatures(cost_max), ConvHead(4 * width, classes=2))
+        self.symmetry = symmetry
+
+    def forward(self, z):
+        if self.symmetry == "d4":
+            return dihedral_mean(super().forward, z)
+        return super().forward(z)
+
+
+class MazeSolverNet(nn.Module):
+    """x (B, 3, H, W) -> per-pixel path logits (B, 2, H, W) at the state the solver reaches."""
+
+    def __init__(self, config: MazeNetConfig | dict):
+        super().__init__()
+        if isinstance(config, dict):
+            config = MazeNetConfig.from_dict(config)
+        if config.model not in PRESETS:
+            raise ValueError(f"maze model {config.model!r}: choose one of {sorted(PRESETS)}")
+        self.config = config
+        w = config.width
+        check_readout_symmetry(config.model, config.readout_symmetry)
+        if config.model == "geodesic":
+            self.rule = make_rule("geodesic", input_channels=3, state_channels=w, **config.rule_kw)
+            # its state grows with the image: the head reads neighbour differences, which do not
+            self.head = GeodesicHead(w, self.rule.cost_max, config.readout_symmetry)
+        else:
+            self.rule = make_rule("recall", input_channels=3, state_channels=w, blocks=config.blocks,
+                                  form=config.model, bound=config.bound)
+            self.head = ConvHead(w, classes=2)
+        self.conditioning = make_conditioning("injection")
+        # DT-recall's first "thought" is a projection of the input; the DEQ starts from zeros/noise
+        self.projection = nn.Conv2d(3, w, 3, padding=1, bias=False) if config.init == "projection" else None
+        self.gradient = make_gradient(config.gradient, **config.gradient_kw)
+
+    def set_readout_symmetry(self, symmetry: str) -> None:
+        """Switch the geodesic read-out's symmetrisation (`GeodesicHead`) on a built or loaded model."""
+        check_readout_symmetry(self.config.model, symmetry)
+        self.config.readout_symmetry = self.head.symmetry = symmetry
+
+    def step_map(self, x):
+        return self.rule.bind(x, self.conditioning)
+
+    def compile_for_eval(self) -> bool:
+        """torch.compile the rule's step for test-time solves where the rule offers it (the geodesic rule, whose
+        states stay the same bit for bit); False where it does not."""
+        if not hasattr(self.rule, "compile_for_eval"):
+            return False
+        self.rule.compile_for_eval()
+        return True
+
+    def initial_state(self, x, kind: str | None = None, generator=None, shard=None):
+        """`shard` (train/distributed.Shard): x is this process's slice of a global batch; random
+        states are drawn for the global batch, as one process draws them, and sliced."""
+        kind = kind or self.config.init
+        shape = (x.shape[0], self.config.width, *x.shape[2:])
+        if kind == "projection":
+            return F.relu(self.projection(x))
+        if kind == "zeros":
+            return x.new_zeros(shape)
+        if kind == "mixed":
+            # TorchDeq's mixed_init (Anil et al. 2022): N(0,1) entries, half of them zeroed; drawn
+            # from `generator` so that a resumed run sees the same states
+            if shard is not None:
+                shape = (shard.size, *shape[1:])
+            z = torch.randn(shape, generator=generator, device=x.device)
+            z = z * (torch.rand(shape, generator=generator, device=x.device) < 0.5)
+            return z if shard is None else shard.take(z)
+        raise ValueError(f"initial state {kind!r}: choose projection, zeros or mixed")
+
+    def solve(self, x, max_iter: int, z0=None, generator=None, shard=None):
+        f = self.step_map(x)
+        z0 = self.initial_state(x, generator=generator, shard=shard) if z0 is None else z0
+        kw = {"max_iter": max_iter, "tol": self.config.tol}
+        if self.config.solver == "rollout":
+            kw["measure"] = False          # no residual evaluation (an extra step) in training
+        return self.gradient(f, get_solver(self.config.solver), z0, **kw)
+
+    def inference_state(self, x):
+        """The initial state used at test time: DT's projection, or zeros for the DEQ."""
+        return self.initial_state(x, "projection" if self.config.init == "projection" else "zeros")
+
+
+def predict(logits, x):
+    """Path mask (B, H, W): argmax, restricted to open pixels (walls are never path), as DT does."""
+    return (logits.argmax(1) == 1) & (x.amax(1) > 0)
+
+
+def eval_solver_kw(model) -> dict:
+    """Test-time fixed-point options: the geodesic rule reaches its fixed point exactly, so its residual (which
+    costs twice its step) is checked every 8 steps; the states are the same (tests/test_mazes.py)."""
+    return {"check_every": 8} if model.config.model == "geodesic" else {}
+
+
+def solve_for_eval(model, x, max_iter: int, z0=None):
+    """Test-time solve: DT rolls out exactly `max_iter` steps; the DEQ iterates until every maze's
+    relative residual is below tol (or `max_iter`)."""
+    f = model.step_map(x)
+    z0 = model.inference_state(x) if z0 is None else z0
+    if model.config.model == "dt":
+        return rollout(f, z0, max_iter, measure=False)
+    return get_solver("fixed_point")(f, z0, max_iter=max_iter, tol=model.config.tol, **eval_solver_kw(model))
+
+
+def _ce(logits, target):
+    return F.cross_entropy(logits.float(), target)
+
+
+def dt_loss(model, x, y, alpha: float, rng: random.Random, generator=None, shard=None):
+    """Bansal et al.'s progressive loss: (1-α)·loss after the max iterations
+    + α·loss after k iterations from the *detached* state after n random iterations."""
+    T = model.config.train_iters
+    f = model.step_map(x)
+    z0 = model.initial_state(x)
+    terms = []
+    if alpha < 1:
+        z, _ = model.gradient(f, rollout, z0, max_iter=T, measure=False)
+        terms.append((1 - alpha) * _ce(model.head(z), y))
+    if alpha > 0:
+        n = rng.randrange(T)
+        k = rng.randint(1, T - n)
+        with torch.no_grad():
+            zn, _ = rollout(f, z0, n, measure=False)
+        z, _ = model.gradient(f, rollout, zn.detach(), max_iter=k, measure=False)
+        terms.append(alpha * _ce(model.head(z), y))
+    return sum(terms), None
+
+
+def deq_loss(model, x, y, residual_weight: float, rng: random.Random, generator=None, shard=None):
+    """Loss at the equilibrium reached from a mixed zero/noise state within a random budget of
+    T/2 .. 2T iterations (Anil et al.'s path-independence aids), plus an optional fixed-point
+    penalty: without it the trained rule tends to settle into small oscillations, not a fixed point
+    (5x5: median relative residual 0.05-0.08 after 40 steps; with weight 1: 1e-3)."""
+    T = model.config.train_iters
+    z, stats = model.solve(x, max_iter=rng.randint(max(1, T // 2), 2 * T), generator=generator, shard=shard)
+    loss = _ce(model.head(z), y)
+    if residual_weight:
+        rel = residuals(model.step_map(x)(z), z)[1]
+        loss = loss + residual_weight * (rel ** 2).mean()
+    return loss, stats
+
+
+@torch.no_grad()
+def quick_accuracy(model, layouts, max_iter: int, batch: int = 200) -> float:
+    """Fraction of mazes fully solved (every pixel right) from the test-time initial state."""
+    model.eval()
+    device = next(model.parameters()).device
+    solved = 0
+    for i in range(0, len(layouts), batch):
+        x, y = to_images(torch.as_tensor(layouts[i:i + batch]).to(device))
+        z, _ = solve_for_eval(model, x, max_iter)
+        solved += int((predict(model.head(z), x) == y.bool()).flatten(1).all(1).sum())
+    model.train()
+    return solved / len(layouts)
+
+

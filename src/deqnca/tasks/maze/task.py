@@ -1,0 +1,157 @@
+"""Mazes (the easy-to-hard benchmark): DT-recall and the maze DEQ trained on small mazes, as a task.
+
+AdamW with warm-up and a cosine schedule over the epochs or the time budget, whichever ends first
+(Bansal et al.'s settings); DT trains with the progressive loss, the DEQ at the equilibrium reached
+from a mixed zero/noise state within a random iteration budget (docs/mazes.md).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import numpy as np
+import torch
+
+from deqnca.engine import distributed
+from deqnca.engine.trainer import TASKS, Batch, Task, epoch_order
+from deqnca.tasks.maze import generate as mazes
+from deqnca.tasks.maze.config import MIX, MazeConfig
+from deqnca.tasks.maze.model import MazeSolverNet, deq_loss, dt_loss, quick_accuracy
+
+
+def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", resume: bool = False, cache=None,
+               log=print, **fit_kw) -> dict:
+    """Train a maze solver-net of `model_config` through the engine.
+
+    Examples:
+        >>> train_maze(PRESETS["dt"], MazeConfig(train_size=5, epochs=1), "runs/try")  # doctest: +SKIP
+    """
+    from deqnca.engine.trainer import fit
+    from deqnca.tasks.maze.model import MazeNetConfig
+
+    cfg.model = MazeNetConfig.from_dict(model_config).to_dict()
+    if cache is not None:
+        cfg.cache = str(cache)
+    return fit(MazeTask(cfg), out, device=device, resume=resume, log=log, **fit_kw)
+
+
+def load_mixed(size: int, count: int, split: str, generator: str, cache=None, log=None):
+    """The first `count` layouts of a set; generator "mix" interleaves every generator's sets (maze i of
+    each in turn), so that any prefix holds them in equal shares."""
+    gens = list(mazes.GENERATORS) if generator == MIX else [generator]
+    share = -(-count // len(gens))
+    parts = [mazes.load_set(size, share, split, cache=cache, log=log, generator=g) for g in gens]
+    return np.stack(parts, 1).reshape(-1, *parts[0].shape[1:])[:count]
+
+
+def batch_plan(counts, batch_size: int, seed: int, epoch: int) -> list:
+    """An epoch's batches as (set, rows) pairs: each set (one maze size) in its own seeded order, cut
+    into batches, the batches of all sets shuffled together (one set: the order of a single set)."""
+    plan = []
+    for k, n in enumerate(counts):
+        perm = epoch_order(n, seed + 1_000_003 * k, epoch)
+        plan += [(k, perm[i:i + batch_size]) for i in range(0, n, batch_size)]
+    if len(counts) > 1:
+        plan = [plan[i] for i in epoch_order(len(plan), seed + 7_919, epoch).tolist()]
+    return plan
+
+
+@TASKS.register("maze")
+class MazeTask(Task):
+    """Train a maze solver-net (`cfg.model`: a MazeNetConfig dict) on mazes of `cfg.train_size`."""
+
+    name = "maze"
+    Config = MazeConfig
+
+    def __init__(self, cfg: MazeConfig):
+        super().__init__(cfg)
+
+    def setup(self):
+        c, main = self.cfg, self.rank == 0
+        sizes = sorted({c.train_size, *c.train_sizes})
+        for size in sizes:
+            mazes.check_size(size)
+        if not main:             # the main process generates and caches the maze sets, the others read them
+            distributed.barrier()
+        cache = c.cache or None
+        self.sets = [torch.as_tensor(load_mixed(s, c.train_count, "train", c.generator, cache, self.log))
+                     .to(self.device) for s in sizes]
+        self.val = load_mixed(c.train_size, c.val_count, "test", c.generator, cache, self.log)
+        if main:
+            distributed.barrier()
+        last = c.train_count % c.batch_size
+        if self.world > 1 and 0 < last < self.world:
+            raise ValueError(f"the last batch of an epoch holds {last} mazes, fewer than the {self.world} processes: "
+                             "choose a training count or batch size that leaves at least one maze per process")
+
+    def build_model(self):
+        model = MazeSolverNet(self.cfg.model)
+        # the input projection is differentiated only by DT's BPTT max-iterations term (alpha < 1); with any
+        # other combination it is out of the graph, which DDP must be told
+        c = model.config
+        trained = c.model == "dt" and c.gradient == "bptt" and self.cfg.alpha < 1
+        self.find_unused_parameters = model.projection is not None and not trained
+        return model
+
+    def steps_per_epoch(self):
+        return sum(math.ceil(len(lay) / self.cfg.batch_size) for lay in self.sets)
+
+    def batch(self, epoch, index, global_step):
+        c = self.cfg
+        if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
+            self.plan = batch_plan([len(lay) for lay in self.sets], c.batch_size, c.seed, epoch)
+            self._perm_epoch = epoch
+            resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
+            self.sums = resumed if resumed and index else {"loss": 0.0, "n": 0, "nstep": 0.0}
+        # every random choice of a step is seeded by the step: --resume replays it exactly, and every process
+        # makes the same choices (random tensors are drawn for the global batch, then sliced)
+        self.rng = random.Random(c.seed * 1_000_003 + global_step)
+        self.gen = torch.Generator(device=self.device).manual_seed(c.seed * 7_919 + global_step)
+        k, rows = self.plan[index]
+        idx = rows[self.rank::self.world].to(self.device)
+        self.shard = distributed.Shard(self.rank, self.world, len(rows)) if self.world > 1 else None
+        return Batch(mazes.to_images(self.sets[k][idx]), len(idx), len(rows), index)
+
+    def loss(self, batch):
+        x, y = batch.data
+        if self.model.config.model == "dt":
+            loss, stats = dt_loss(self.model, x, y, self.cfg.alpha, self.rng, self.gen, self.shard)
+        else:
+            loss, stats = deq_loss(self.model, x, y, self.cfg.residual_weight, self.rng, self.gen, self.shard)
+        return loss, (loss, stats)
+
+    def after_step(self, batch, out, ok, global_step):
+        loss, stats = out
+        if ok and batch.index % 10 == 0:          # the only host syncs of the loop: a sampled running loss
+            nstep = stats.nstep if stats is not None else self.model.config.train_iters
+            batch_loss = (distributed.all_sum(loss.detach() * batch.local) / batch.size).item()
+            self.sums["loss"] += batch_loss * batch.size
+            self.sums["n"] += batch.size
+            self.sums["nstep"] += distributed.agree_max(nstep, self.device) if self.world > 1 else nstep
+            self.size = batch.size
+
+    def state(self):
+        return {}, {"sums": getattr(self, "sums", None), "size": getattr(self, "size", None)}
+
+    def load_state(self, tensors, meta):
+        self._resumed_sums, self.size = meta.get("sums"), meta.get("size")
+
+    def postfix(self):
+        s = self.sums
+        if not s["n"]:
+            return {}
+        return {"loss": f"{s['loss'] / s['n']:.4f}", "steps": f"{s['nstep'] / (s['n'] / self.size):.0f}"}
+
+    def bar_label(self, epoch):
+        return f"{self.model.config.model} epoch {epoch + 1}"
+
+    def end_epoch(self, epoch, global_step, elapsed):
+        c, model = self.cfg, self.model
+        iters = model.config.train_iters * (1 if model.config.model == "dt" else 4)
+        val = quick_accuracy(model, self.val, max_iter=iters)
+        rec = {"epoch": epoch, "global_step": global_step, "train_loss": self.sums["loss"] / max(self.sums["n"], 1),
+               f"val_solved_{c.train_size}": val, "elapsed_s": elapsed, **copy.deepcopy(self.counters)}
+        self.log(f"epoch {epoch:.2f}: loss {rec['train_loss']:.4f}  solved {100 * val:.1f}% of {len(self.val)} "
+                 f"held-out {c.train_size}x{c.train_size}  ({elapsed:.0f}s trained)")
+        return rec

@@ -1,0 +1,138 @@
+"""MNIST classification: the essay's model (eqs. 1-2) and its equilibrium sibling, as a task.
+
+The presets (`PRESETS`: essay, essay-broyden, equilibrium, equilibrium-fast, -fixed, -v0) and the task's
+options (`MnistConfig`) live in the torch-free `mnist_config.py`; docs/mnist.md has their numbers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deqnca.engine.trainer import TASKS, Batch, Task, epoch_order
+from deqnca.tasks.mnist.config import PRESETS, MnistConfig, preset  # noqa: F401  (re-exported)
+from deqnca.tasks.mnist.evaluate import as_layout, evaluate, residual_summary
+from deqnca.tasks.mnist.model import EquilibriumModel, ModelConfig
+
+
+def train(model_config: dict, cfg, out, data, device: str = "cpu", resume: bool = False, log=print, **fit_kw) -> dict:
+    """Train an `EquilibriumModel` of `model_config` on `data` = (x, y, x_test, y_test) through the engine.
+
+    Examples:
+        >>> train(preset("essay")["model"], MnistConfig(epochs=1), "runs/try", data)  # doctest: +SKIP
+    """
+    from deqnca.engine.trainer import fit
+
+    cfg = cfg if isinstance(cfg, MnistConfig) else MnistConfig.from_dict(cfg)
+    cfg.model = ModelConfig.from_dict(model_config).to_dict()
+    return fit(MnistTask(cfg, data), out, device=device, resume=resume, log=log, **fit_kw)
+
+
+@TASKS.register("mnist")
+class MnistTask(Task):
+    """Classify MNIST digits with an `EquilibriumModel`; `data` = (x_train, y_train, x_test, y_test)."""
+
+    name = "mnist"
+    Config = MnistConfig
+
+    def __init__(self, cfg: MnistConfig, data):
+        super().__init__(cfg)
+        self.data = data
+        self.counters = {"fallback": 0}
+
+    def setup(self):
+        c, (x, y, xt, yt) = self.cfg, self.data
+        x, y = (x[:c.train_subset], y[:c.train_subset]) if c.train_subset else (x, y)
+        self.test = (xt[:c.test_subset], yt[:c.test_subset]) if c.test_subset else (xt, yt)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.gen = torch.Generator(device=self.device)
+
+    def build_model(self):
+        return EquilibriumModel(self.cfg.model)
+
+    def steps_per_epoch(self):
+        return math.ceil(len(self.x) / self.cfg.batch_size)
+
+    def batch(self, epoch, index, global_step):
+        c = self.cfg
+        if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
+            self.perm = epoch_order(len(self.x), c.seed, epoch)
+            resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
+            self._perm_epoch = epoch
+            self.sums = resumed if resumed and index else dict.fromkeys(("loss", "correct", "n", "rel", "nstep",
+                                                                         "batches"), 0)
+        # state noise seeded per batch: a resumed run draws exactly the noise it would have drawn
+        self.gen.manual_seed(c.seed * 1_000_003 + epoch * 10_007 + index + 7_919 * self.rank)
+        rows = self.perm[index * c.batch_size:(index + 1) * c.batch_size]
+        idx = rows[self.rank::self.world].to(self.device)
+        xb = as_layout(self.x[idx], c.channels_last, self.device)
+        return Batch((xb, self.y[idx]), len(idx), len(rows), index)
+
+    def loss(self, batch):
+        xb, yb = batch.data
+        loss, logits = self.model.loss(xb, yb, generator=self.gen, check_input=False)
+        return loss, (loss, logits, self.model.last_stats)
+
+    def capture(self, optimizer, batch):
+        from deqnca.engine.graphs import CapturedStep, graph_unsupported_reason
+
+        why_not = graph_unsupported_reason(self.model, self.cfg, self.device, self.world) \
+            if self.cfg.cuda_graph != "off" else "cuda_graph is off"
+        if why_not and self.cfg.cuda_graph == "on":
+            raise ValueError(f"cuda_graph='on' but {why_not}; use cuda_graph='auto' or 'off'")
+        if why_not:
+            return None
+        try:
+            step = CapturedStep(self.model, optimizer, batch.data[0])
+        except Exception as e:     # capture is an optimisation: fall back to eager steps
+            self.log(f"CUDA-graph capture failed ({type(e).__name__}: {e}); training eagerly")
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        self.log(f"training step captured as a CUDA graph (batch {self.cfg.batch_size})")
+
+        def replay(b):
+            xb, yb = b.data
+            loss, logits, stats = step(xb, yb, self.model.initial_state(xb, self.gen))
+            return loss, (loss, logits, stats), bool(step.finite)
+        replay.restore = step.restore
+        return replay
+
+    def after_step(self, batch, out, ok, global_step):
+        loss, logits, stats = out
+        self.counters["fallback"] += stats.fallback
+        if ok:
+            s, yb = self.sums, batch.data[1]
+            s["loss"] += loss.item() * len(yb)
+            s["correct"] += (logits.argmax(1) == yb).sum().item()
+            s["n"] += len(yb)
+            rel = stats.rel_residual
+            s["rel"] += rel[torch.isfinite(rel)].mean().item() if torch.isfinite(rel).any() else 0
+            s["nstep"] += stats.nstep
+            s["batches"] += 1
+
+    def state(self):
+        return {}, {"sums": getattr(self, "sums", None)}
+
+    def load_state(self, tensors, meta):
+        self._resumed_sums = meta.get("sums")
+
+    def postfix(self):
+        s = self.sums
+        if not s["n"]:
+            return {}
+        return {"loss": f"{s['loss'] / s['n']:.3f}", "acc": f"{s['correct'] / s['n']:.3f}",
+                "rel": f"{s['rel'] / s['batches']:.2e}", "steps": f"{s['nstep'] / s['batches']:.1f}"}
+
+    def end_epoch(self, epoch, global_step, elapsed):
+        c, s, model = self.cfg, self.sums, self.model
+        model.calibrate_readout_norm(as_layout(self.x[:2000], c.channels_last, self.device), c.eval_batch_size,
+                                     seed=math.ceil(epoch) - 1)
+        ev = evaluate(model, *self.test, c.eval_batch_size, seed=12345, channels_last=c.channels_last)
+        rec = {"epoch": epoch, "train_loss": s["loss"] / max(s["n"], 1), "train_acc": s["correct"] / max(s["n"], 1),
+               "train_rel_mean": s["rel"] / max(s["batches"], 1), "train_nstep": s["nstep"] / max(s["batches"], 1),
+               "test_acc": ev["accuracy"], "test_nstep": ev["nstep_mean"],
+               **{f"test_{k}": v for k, v in residual_summary(ev["rel_residual"]).items()},
+               "elapsed_s": elapsed, **self.counters}
+        self.log(f"epoch {epoch:g}: loss {rec['train_loss']:.4f} train {rec['train_acc']:.4f} test "
+                 f"{rec['test_acc']:.4f} rel median {rec['test_rel_median']:.2e} nstep {rec['test_nstep']:.1f}")
+        return rec
