@@ -63,7 +63,39 @@ def build_parser() -> argparse.ArgumentParser:
     maze.add_cli(sub)
     cells.add_cli(sub)
     add_web_cli(sub)
+    _plugin_flag_on_every_command(parser)
     return parser
+
+
+PLUGIN_HELP = ("import a Python file or module first — it runs as code with your permissions — e.g. one that "
+               "registers your own rule, solver, task or model kind (repeatable; also $DEQNCA_PLUGINS)")
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.values()
+
+
+def _plugin_flag_on_every_command(parser) -> None:
+    """`--plugin` on every command (a checkpoint of a user's rule or kind loads only with its plugin)."""
+    for command in _subparsers(parser):
+        if any(_subparsers(command)):
+            _plugin_flag_on_every_command(command)
+        elif "--plugin" not in command._option_string_actions:
+            command.add_argument("--plugin", action="append", metavar="FILE_OR_MODULE", help=PLUGIN_HELP)
+
+
+def check_before_plugins(argv) -> None:
+    """Refuse an invalid command line before any plugin code runs: the line is parsed by the built-in
+    commands, with registry names unchecked (a plugin may register them) and, for `train` only, flags left
+    unknown (a plugin task's options); what is still wrong is a usage error (exit 2) and no plugin ran."""
+    from deqnca.core import registry
+
+    with registry.names_unchecked():
+        args, unknown = build_parser().parse_known_args(argv)
+    if unknown and args.command != "train":
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
 
 
 def main(argv=None) -> int:
@@ -75,7 +107,10 @@ def main(argv=None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("DEQNCA_DEBUG"))
     argv = [a for a in argv if a != "--debug"]         # accepted anywhere on the line, e.g. after the command
     try:
-        load_plugins(plugin_specs(argv))
+        specs = plugin_specs(argv)
+        if specs:
+            check_before_plugins(argv)
+            load_plugins(specs)
         args = build_parser().parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:

@@ -328,7 +328,7 @@ def registered_solver(name: str) -> str:
 
     from deqnca.core.solvers import SOLVERS
 
-    if name not in SOLVERS.names():
+    if name not in SOLVERS:
         raise argparse.ArgumentTypeError(f"{name!r} is not a registered solver; choose one of "
                                          f"{', '.join(SOLVERS.names())}")
     return name

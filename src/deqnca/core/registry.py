@@ -13,7 +13,22 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+_names_checked = True
+
+
+@contextmanager
+def names_unchecked():
+    """While the command line is checked before `--plugin` code runs, every name counts as registered
+    (`name in REGISTRY` is True): a plugin may register it; the parse after the plugins checks it."""
+    global _names_checked
+    _names_checked = False
+    try:
+        yield
+    finally:
+        _names_checked = True
 
 
 class Registry:
@@ -79,7 +94,7 @@ class Registry:
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or not _names_checked
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

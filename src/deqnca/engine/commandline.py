@@ -64,7 +64,8 @@ def setup_device(arg: str, measure_threads: bool = False, verbose: bool = False)
 
 
 def load_plugins(specs) -> None:
-    """Import user modules (files or dotted names) so that what they register exists before parsing."""
+    """Import user modules (files or dotted names) so that what they register exists before parsing. A plugin
+    is Python code: it runs with the user's permissions (docs/howto/own-rule.md says so)."""
     for spec in specs or []:
         path = Path(spec)
         if path.suffix == ".py":
@@ -74,12 +75,24 @@ def load_plugins(specs) -> None:
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
-            module_spec.loader.exec_module(module)
+            try:
+                module_spec.loader.exec_module(module)
+            except Exception as e:      # the plugin's own error, named in one line (--debug: its traceback)
+                sys.modules.pop(name, None)
+                raise ConfigError(f"--plugin {spec}: it failed to load ({_plugin_error(e)})") from e
         else:
             try:
                 importlib.import_module(spec)
             except ImportError as e:
                 raise ConfigError(f"--plugin {spec}: cannot import it ({e})") from None
+            except Exception as e:
+                raise ConfigError(f"--plugin {spec}: it failed to load ({_plugin_error(e)})") from e
+
+
+def _plugin_error(e: Exception) -> str:
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg}, line {e.lineno}"
+    return f"{type(e).__name__}: {e}"
 
 
 def plugin_specs(argv) -> list[str]:
