@@ -5,6 +5,8 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 import deqnca
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -149,3 +151,21 @@ def test_every_public_symbol_has_a_docstring_with_an_example_or_args():
             missing.append(name)
     assert not missing, f"public symbols without a docstring: {missing}"
 
+
+
+def test_no_file_in_src_over_400_lines():
+    long = {str(f.relative_to(SRC)): n for f in PACKAGE.rglob("*.py") if (n := len(f.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_no_function_in_src_above_cyclomatic_complexity_15():
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (make test installs it)")
+    r = subprocess.run([ruff, "check", "--no-cache", "--select", "C901", "--config", "lint.mccabe.max-complexity = 15",
+                        str(PACKAGE)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:]
