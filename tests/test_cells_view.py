@@ -9,8 +9,9 @@ import torch
 from PIL import Image, ImageSequence
 
 from deqnca.tasks.cells import figures as cells_view
-from deqnca.tasks.cells.figures import BACKGROUND, PALETTE
+from deqnca.tasks.cells import pictures, rollouts
 from deqnca.tasks.cells.model import CellsModel, evaluate, mutation_test, resize_digits, summarise, truth_map
+from deqnca.tasks.cells.rollouts import BACKGROUND, PALETTE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,9 +52,9 @@ def _meta(size):
 
 
 def test_log_steps_and_label_colours():
-    assert cells_view.log_steps(200) == [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200]
-    assert cells_view.log_steps(1000)[-3:] == [500, 700, 1000] and cells_view.log_steps(250)[-1] == 250
-    rgb = cells_view.label_colours(np.array([[-1, 0, 9]]))
+    assert rollouts.log_steps(200) == [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200]
+    assert rollouts.log_steps(1000)[-3:] == [500, 700, 1000] and rollouts.log_steps(250)[-1] == 250
+    rgb = rollouts.label_colours(np.array([[-1, 0, 9]]))
     assert rgb[0, 0].tolist() == list(BACKGROUND) and rgb[0, 1].tolist() == PALETTE[0].tolist()
     assert rgb[0, 2].tolist() == [23, 190, 207]              # tab10's cyan
     import matplotlib
@@ -65,10 +66,10 @@ def test_log_steps_and_label_colours():
 def test_the_gif_paints_dead_cells_white_and_alive_cells_in_their_labels_colour(tmp_path, test_digits):
     x, y = resize_digits(test_digits[0][:3], 14), test_digits[1][:3]
     model = _equilibrium(label=3)                 # every alive cell says 3
-    maps = cells_view.label_map(model, x, model.rollout(x, 2))
+    maps = rollouts.label_map(model, x, model.rollout(x, 2))
     alive = x[:, 0] > 0.1
     assert torch.equal(maps == 3, alive) and torch.equal(maps == -1, ~alive)
-    gif, png = cells_view.label_map_gif(model, x, y, tmp_path / "labels.gif", steps=[1, 2, 3, 5])
+    gif, png = pictures.label_map_gif(model, x, y, tmp_path / "labels.gif", steps=[1, 2, 3, 5])
     im = Image.open(gif)
     assert im.format == "GIF" and im.n_frames == 4
     frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(gif))]
@@ -87,18 +88,18 @@ def test_every_figure_is_a_valid_file(tmp_path, test_digits, monkeypatch):
     xt, yt = test_digits
     x, y = resize_digits(xt[:8], 14), yt[:8]
     model = _article()
-    r, maps = cells_view.rollout_report(model, x, truth_map(x, y), steps=12, marks=(5, 12), grab=(1, 12), keep=4)
+    r, maps = rollouts.rollout_report(model, x, truth_map(x, y), steps=12, marks=(5, 12), grab=(1, 12), keep=4)
     assert sorted(maps) == [1, 12] and maps[12].shape == (4, 14, 14)
     curves = cells_view.curves_figure({"article": r, "other": {**r, "curve_steps": None}}, tmp_path / "c.png")
     assert curves.with_suffix(".svg").is_file()
-    rolls, roll = [], cells_view._roll
-    monkeypatch.setattr(cells_view, "_roll", lambda *a, **k: rolls.append(roll(*a, **k)) or rolls[-1])
-    mut = cells_view.mutation_figure(model, x[:2], y[:2], x[2:4], y[2:4], tmp_path / "m.png", at=6, after=8,
+    rolls, roll = [], pictures._roll
+    monkeypatch.setattr(pictures, "_roll", lambda *a, **k: rolls.append(roll(*a, **k)) or rolls[-1])
+    mut = pictures.mutation_figure(model, x[:2], y[:2], x[2:4], y[2:4], tmp_path / "m.png", at=6, after=8,
                                      offsets=(1, 4, 8))
     drawn = [summarise(c)["accuracy"] for counts, *_ in rolls for c in counts.values()]
     m = mutation_test(model, x[:2], y[:2], x[2:4], y[2:4], at=6, after=8)
     assert drawn == m["before"]["curve"]["accuracy"] + m["after"]["curve"]["accuracy"]   # the same rollout
-    canvas = cells_view.canvas_figure(CellsModel({"rule": "selfclass_contractive"}).eval(), 1, tmp_path / "cv.png",
+    canvas = pictures.canvas_figure(CellsModel({"rule": "selfclass_contractive"}).eval(), 1, tmp_path / "cv.png",
                                       steps=3, data=(xt, yt))
     for path in (curves, mut, canvas):
         with Image.open(path) as im:
@@ -109,7 +110,7 @@ def test_the_reports_numbers_are_the_evaluations(test_digits):
     xt, yt = test_digits
     x, y = resize_digits(xt[:20], 14), yt[:20]
     for model in (_article(), _equilibrium()):
-        r, _ = cells_view.rollout_report(model, x, truth_map(x, y), steps=30, marks=(20, 30), batch_size=8)
+        r, _ = rollouts.rollout_report(model, x, truth_map(x, y), steps=30, marks=(20, 30), batch_size=8)
         e = evaluate(model, x, truth_map(x, y), marks=(20, 30), batch_size=8)
         for m in (20, 30):
             assert r["at"][m]["accuracy"] == e["at"][m]["accuracy"]
@@ -178,7 +179,7 @@ def test_cli_figures_from_a_checkpoint_and_an_eval_json(tmp_path, test_digits, c
     names = {p.split("/")[-1] for p in written}
     assert {"cells-curves.png", "cells-labels-equilibrium.gif", "cells-labels-equilibrium-frames.png",
             "cells-mutation-equilibrium.png"} <= names
-    assert Image.open(tmp_path / "fig" / "cells-labels-equilibrium.gif").n_frames == len(cells_view.log_steps(5))
+    assert Image.open(tmp_path / "fig" / "cells-labels-equilibrium.gif").n_frames == len(rollouts.log_steps(5))
     (tmp_path / "bad.json").write_text(json.dumps({"model": "x", "rows": [{"digits": 5}]}))
     assert main(["cells", "figures", str(tmp_path / "run" / "last"), "--out", str(tmp_path / "fig"),
                  "--device", "cpu", "--eval-json", str(tmp_path / "bad.json")]) != 0

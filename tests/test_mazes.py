@@ -8,6 +8,7 @@ import torch
 
 from deqnca.core.resources import models_dir
 from deqnca.core.solvers import get_solver
+from deqnca.tasks.maze import analysis, carvers
 from deqnca.tasks.maze import generate as mazes
 
 
@@ -34,11 +35,11 @@ def test_parallel_generation_matches_serial():
 @pytest.mark.parametrize("size", [3, 5, 9, 13, 33])
 def test_mazes_are_perfect_and_the_path_is_the_bfs_solution(size):
     for layout in mazes.generate_set(size, 25, "test", seed=3):
-        assert mazes.is_perfect(layout)
+        assert analysis.is_perfect(layout)
         kind = layout & mazes.KIND_MASK
         assert (kind == mazes.START).sum() == 1 and (kind == mazes.GOAL).sum() == 1
         path = (layout & mazes.ON_PATH) > 0
-        bfs = mazes.bfs_path(layout)
+        bfs = analysis.bfs_path(layout)
         assert bfs[kind == mazes.START].all() and bfs[kind == mazes.GOAL].all()
         assert np.array_equal(path, bfs)
 
@@ -49,10 +50,10 @@ def test_is_perfect_detects_a_loop_and_a_closed_cell():
     inner = [tuple(p) for p in walls if (p[0] % 2) != (p[1] % 2)]     # a wall between two cells
     looped = layout.copy()
     looped[inner[0]] = mazes.OPEN
-    assert not mazes.is_perfect(looped)
+    assert not analysis.is_perfect(looped)
     closed = layout.copy()
     closed[1, 1] = mazes.WALL
-    assert not mazes.is_perfect(closed)
+    assert not analysis.is_perfect(closed)
 
 
 @pytest.mark.parametrize("size,cells,px", [(3, 2, 12), (5, 3, 16), (9, 5, 24), (59, 30, 124), (201, 101, 408)])
@@ -223,10 +224,10 @@ def test_default_generator_is_byte_identical_to_the_benchmark_sets():
 @pytest.mark.parametrize("size", [3, 5, 9, 19])
 def test_every_generator_makes_perfect_mazes_whose_target_is_the_bfs_path(generator, size):
     for layout in mazes.generate_set(size, 20, "test", seed=3, generator=generator):
-        assert mazes.is_perfect(layout)          # open cells and passages: a spanning tree of the cells
+        assert analysis.is_perfect(layout)          # open cells and passages: a spanning tree of the cells
         kind = layout & mazes.KIND_MASK
         assert (kind == mazes.START).sum() == 1 and (kind == mazes.GOAL).sum() == 1
-        assert np.array_equal((layout & mazes.ON_PATH) > 0, mazes.bfs_path(layout))
+        assert np.array_equal((layout & mazes.ON_PATH) > 0, analysis.bfs_path(layout))
 
 
 @pytest.mark.parametrize("generator", OTHER_GENERATORS)
@@ -286,11 +287,11 @@ def test_maze_statistics_of_a_hand_made_maze(monkeypatch):
 
     # 3x3 cells: the centre joined to its four neighbours, each of those to one corner (a pinwheel)
     edges = [(4, 1), (4, 3), (4, 5), (4, 7), (1, 0), (5, 2), (3, 6), (7, 8)]
-    monkeypatch.setitem(mazes.GENERATORS, "pinwheel", lambda n, start, rng: mazes._root(n, edges, start))
+    monkeypatch.setitem(mazes.GENERATORS, "pinwheel", lambda n, start, rng: carvers._root(n, edges, start))
     layout = mazes.generate_maze(5, random.Random(0), "pinwheel")
-    assert mazes.is_perfect(layout)
-    st = mazes.maze_statistics(layout)
-    path_cells = int(mazes.bfs_path(layout)[1::2, 1::2].sum())
+    assert analysis.is_perfect(layout)
+    st = analysis.maze_statistics(layout)
+    path_cells = int(analysis.bfs_path(layout)[1::2, 1::2].sum())
     assert (st["dead_ends"], st["branch_points"], st["crossings"]) == (4, 0, 1)
     assert st["cells"] == 9 and st["dead_ends_per_cell"] == 4 / 9
     assert st["path_cells"] == path_cells and st["path_frac"] == path_cells / 9
@@ -299,7 +300,7 @@ def test_maze_statistics_of_a_hand_made_maze(monkeypatch):
 def test_maze_statistics_differ_as_documented():
     """docs/mazes.md, "Maze distributions": depth-first has the fewest dead ends, branch points and
     crossings and by far the longest paths; Prim the most dead ends and the shortest paths."""
-    st = {g: mazes.maze_statistics(mazes.generate_set(19, 150, "test", generator=g)) for g in mazes.GENERATORS}
+    st = {g: analysis.maze_statistics(mazes.generate_set(19, 150, "test", generator=g)) for g in mazes.GENERATORS}
     for s in st.values():
         # in a tree, leaves = 2 + sum over branching cells of (degree - 2)
         assert s["dead_ends"] == pytest.approx(2 + s["branch_points"] + 2 * s["crossings"])

@@ -31,11 +31,12 @@ TOL = 1e-4      # relative error, float32 (the page stores float32 and accumulat
 def _deqnca():
     """The deqnca modules these tests use besides the exporter, in one place."""
     from deqnca.core.readout import ink_mask, ink_vote
+    from deqnca.tasks.maze import analysis as maze_analysis
     from deqnca.tasks.maze import generate as mazes
     from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
     from deqnca.tasks.mnist.task import train
-    return types.SimpleNamespace(mazes=mazes, ink_mask=ink_mask, ink_vote=ink_vote, TrainConfig=TrainConfig,
-                                 train=train)
+    return types.SimpleNamespace(mazes=mazes, maze_analysis=maze_analysis, ink_mask=ink_mask, ink_vote=ink_vote,
+                                 TrainConfig=TrainConfig, train=train)
 
 
 def _train_tiny_cell_model(out, data):
@@ -176,8 +177,8 @@ def test_page_mazes_are_perfect_mazes_encoded_as_the_library_does(page):
         got = page.evaluate("([s, r]) => deqncaTest.maze(s, r)", [size, seed])
         side = got["side"]
         layout = np.asarray(got["layout"], dtype=np.uint8).reshape(side, side)
-        assert side == d.mazes.layout_side(size) and d.mazes.is_perfect(layout)
-        assert (d.mazes.bfs_path(layout) == ((layout & d.mazes.ON_PATH) > 0)).all()
+        assert side == d.mazes.layout_side(size) and d.maze_analysis.is_perfect(layout)
+        assert (d.maze_analysis.bfs_path(layout) == ((layout & d.mazes.ON_PATH) > 0)).all()
         x, _ = d.mazes.to_images(layout[None])
         assert np.array_equal(browser.unb64(got["x"]), x.flatten().numpy())
 

@@ -95,7 +95,7 @@ def check_ranges(obj, what: str = "config") -> None:
         >>> check_ranges(C(n=0))
         Traceback (most recent call last):
         ...
-        deqnca.configs.ConfigError: config key 'n': 0 is out of range (>= 1)
+        deqnca.core.configs.ConfigError: config key 'n': 0 is out of range (>= 1)
     """
     for f in dataclasses.fields(obj):
         check_value(getattr(obj, f.name), field_meta(type(obj), f.name), f.name, what)
@@ -130,10 +130,10 @@ def _coerce(value, kind, key: str, what: str):
         return _coerce(value, inner[0], key, what) if len(inner) == 1 else value
     base = origin or kind
     bad = ConfigError(f"{what} key {key!r}: expected {getattr(base, '__name__', base)}, got {value!r}")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
+    if base in (bool, str, dict):                  # taken as they are, never converted
+        if not isinstance(value, base):
+            raise bad
+        return value
     if base is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -144,14 +144,6 @@ def _coerce(value, kind, key: str, what: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
-    if base is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if base is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return value
     if base in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise bad

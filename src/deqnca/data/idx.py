@@ -186,7 +186,7 @@ def find_file(data_dir, stem: str) -> Path:
 
 
 def default_data_dir() -> Path:
-    """``$DEQNCA_DATA`` if set, else the MNIST files installed with deqnca (``deqnca.resources.mnist_dir``)."""
+    """``$DEQNCA_DATA`` if set, else the MNIST files installed with deqnca (``deqnca.core.resources.mnist_dir``)."""
     env = os.environ.get("DEQNCA_DATA")
     if env:
         return Path(env)

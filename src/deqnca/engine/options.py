@@ -39,7 +39,7 @@ class TrainConfig:
     time_budget: float = option(0.0, "seconds of training before a clean stop; 0 = none", min=0)
     max_bad_steps: int = option(50, "consecutive non-finite steps before giving up", min=1)
     amp: str = option("off", "bf16: forward pass under bfloat16 autocast (state and loss stay float32); auto: "
-                      "bf16 only where this CPU runs it faster (deqnca.hardware)", choices=AMP_MODES)
+                      "bf16 only where this CPU runs it faster (deqnca.engine.hardware)", choices=AMP_MODES)
     checkpoint_every: int = option(0, "steps between mid-epoch checkpoints; 0 = end of epoch only", min=0)
     log_every: int = option(0, "steps between progress records in metrics.jsonl; 0 = per epoch only", min=0)
 

@@ -29,7 +29,7 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
 
     `cells_models`: the self-classifying models of their section ({name: checkpoint}; default: the shipped
     `cells/article` and `cells/consensus` that exist); none, and the section is left out with a log line.
-    `cells_digits` test digits are rolled to `cells_steps` steps for it (reports/cells_view.py)."""
+    `cells_digits` test digits are rolled to `cells_steps` steps for it (tasks/cells/figures.py)."""
     from deqnca.core.resources import shipped_cells_models
     from deqnca.viz import figures
     from deqnca.viz.report import write_report

@@ -1,8 +1,8 @@
-"""Tasks: what is particular to each training problem, one file each, trained by the one engine.
-`load_builtin_tasks()` registers the built-in tasks in `deqnca.engine.TASKS` (the package root does it
-when a training name is first used). Each task's options and presets live in a torch-free
-`*_config.py` module beside it, so the command line builds its flags without importing torch; the
-names below are loaded on first use."""
+"""Tasks: what is particular to each training problem, one folder each (`tasks/<name>/task.py` and the
+modules beside it), trained by the one engine. `load_builtin_tasks()` registers the built-in tasks in
+`deqnca.engine.TASKS` (the package root does it when a training name is first used). Each task's options
+and presets live in a torch-free `config.py` in its folder, so the command line builds its flags without
+importing torch; the names below are loaded on first use."""
 from __future__ import annotations
 
 import importlib

@@ -46,7 +46,7 @@ def _save(fig, path: Path) -> Path:
 def save_figure(fig, path, vector: bool = True) -> Path:
     """Write a matplotlib figure as a PNG (creating its folder), plus its SVG twin unless `vector` is False
     (pictures made of pixels gain nothing from one), close it and return the path: the way figures drawn
-    outside this module (reports/cells_view.py) are saved."""
+    outside this module (tasks/cells/figures.py) are saved."""
     path = _prepare(path)
     if vector:
         return _save(fig, path)

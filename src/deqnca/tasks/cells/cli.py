@@ -174,7 +174,7 @@ def add_cli(sub) -> None:
 
     p = csub.add_parser("train", help="train the article's model (BPTT) or the equilibrium model",
                         description="Train a self-classifying CA; every option of the task is a flag or a --set key. "
-                        "--model equilibrium re-defaults loss, batch, rate and schedule (tasks/cells.py).")
+                        "--model equilibrium re-defaults loss, batch, rate and schedule (tasks/cells/config.py).")
     add_run_flags(p, CellsConfig, "runs/cells-<model>-seed<seed>")
     p.set_defaults(func=cmd_train)
 

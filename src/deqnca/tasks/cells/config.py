@@ -48,7 +48,7 @@ class CellsConfig(TrainConfig):
     eval_every: int = option(1000, "steps between evaluations on held-out digits (0: at the end only)")
     eval_images: int = option(128, "held-out (test-set) digits per evaluation")
     eval_marks: list = option([20, 80, 200], "steps at which an evaluation records the metrics")
-    rule: dict = option({}, "the rule's settings (keyword arguments of rules/selfclass*.py)")
+    rule: dict = option({}, "the rule's settings (keyword arguments of tasks/cells/rule_*.py)")
 
     @classmethod
     def for_model(cls, model: str = "article", **kw):

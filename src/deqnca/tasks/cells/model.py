@@ -133,7 +133,7 @@ def single_segments(x: torch.Tensor, threshold: float = ALIVE_THRESHOLD) -> torc
 
 def canvas_batch(panoramas, threshold: float = ALIVE_THRESHOLD):
     """(x (N, 1, S, S), truth (N, S, S), segments (N, S, S)) for canvases of several digits
-    (data/panoramas.py): each digit's alive cells inside its box form its segment."""
+    (tasks/mnist/panoramas.py): each digit's alive cells inside its box form its segment."""
     x = torch.stack([p.canvas for p in panoramas])
     truth = torch.full(x[:, 0].shape, -1, dtype=torch.long)
     segments = torch.full_like(truth, -1)

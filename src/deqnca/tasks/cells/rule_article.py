@@ -13,7 +13,7 @@ cell's classification. One step:
 
 14,480 + 6,480 + 1,539 = 22,499 parameters at the article's sizes (tested). The deterministic
 `expected_map` z + p·alive⊙Δ (no noise) has the same fixed points as the stochastic step for every mask
-(as for the growing NCA, rules/growing.py); evaluation measures the residual on it.
+(as for the growing NCA, tasks/grow/rule.py); evaluation measures the residual on it.
 """
 from __future__ import annotations
 

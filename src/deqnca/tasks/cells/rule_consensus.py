@@ -3,7 +3,7 @@ features, and a max-plus flood that carries the strongest evidence across the di
 
 The state of an alive cell has two parts: local features z (C channels) and evidence y (E channels).
 
-    z' = m ⊙ tanh(Ŵ_z * (m ⊙ z) + b(x))                       the contraction of rules/selfclass_equilibrium.py
+    z' = m ⊙ tanh(Ŵ_z * (m ⊙ z) + b(x))                       the contraction of rule_equilibrium.py
     s  = tanh(V z + c)                                          each cell's evidence, from its own features
     y'(p) = clip(max(s(p), max_{q ∈ N(p), alive} y(q) − ε), −1, 1)   on alive cells (0 on dead cells)
 
@@ -14,7 +14,7 @@ and each cell reads its label from its own y through a per-cell head (1×1 convo
 fixed point, y*(p) = max over the alive cells q of p's 8-connected piece of s*(q) − ε·d(p, q) (d the
 number of steps from q to p through alive cells): where two fixed points differ most, the larger must
 come from a neighbour with a gap as large and a value larger by ε, a chain that cannot go on in a finite
-grid (rules/geodesic.py has the same argument). From any state, y's excess over y* drains by ε per step
+grid (tasks/maze/geodesic.py has the same argument). From any state, y's excess over y* drains by ε per step
 once z has settled (at most 2/ε steps: y is clipped to [−1, 1], where y* lies), and a deficit fills at
 one cell per step.
 

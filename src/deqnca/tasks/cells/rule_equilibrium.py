@@ -14,7 +14,7 @@ fixed point z*(x), every initial state reaches it, and plain iteration gets ther
 the geometric fall of the residual and the same z* from different starts). Dead cells are 0 after one
 step whatever they held, and stay 0: f never reads them (m ⊙ z) and never writes them (m ⊙ tanh).
 
-σ is estimated as `rules/contractive.py` does, by power iteration on a periodic grid of side
+σ is estimated as `core/rules/contractive.py` does, by power iteration on a periodic grid of side
 `norm_grid` with a persistent vector (one iteration per training step, `eval_power_iters` in eval
 mode). On a 64-grid the sampled frequencies lie within π/64 of every frequency, so for a 3×3 kernel the
 estimate is within a fraction of a percent of the infinite-grid norm that bounds the zero-padded

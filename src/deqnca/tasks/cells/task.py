@@ -1,16 +1,16 @@
 """Self-classifying MNIST digits (Randazzo et al., Distill 2020) as a task: two models, one engine.
 
-- `--model article`: the article's rule (rules/selfclass.py) trained by BPTT with its notebook's recipe:
+- `--model article`: the article's rule (rule_article.py) trained by BPTT with its notebook's recipe:
   20 steps per batch of 16, the L2 loss on one-hot labels, per-parameter gradient normalisation, Adam
   1e-3 (×0.1 at step 30,000; the notebook drops ×0.1 again at 70,000), a pool of 160 states: per batch
   4 samples restart from a new digit and 4 get a new digit with their state kept where it is alive
   ("mutation"); the batch's final states go back to the pool.
-- `--model equilibrium`: the contraction (rules/selfclass_equilibrium.py) solved to a tolerance from zero
+- `--model equilibrium`: the contraction (rule_equilibrium.py) solved to a tolerance from zero
   by a registered solver and differentiated implicitly (IFT) or by the phantom gradient, with a per-cell
   loss on fresh digits (its fixed point does not depend on the start, so a pool has nothing to carry).
 
 Every `eval_every` steps and at the end, the held-out digits are rolled out to the marks and scored
-(cells.py: cell accuracy, total agreement, residual) into metrics.jsonl.
+(model.py: cell accuracy, total agreement, residual) into metrics.jsonl.
 """
 from __future__ import annotations
 

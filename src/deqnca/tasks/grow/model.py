@@ -3,7 +3,7 @@
 BPTT (the paper's recipe): roll the stochastic rule out for T steps with autograd on; memory ∝ T.
 
 Equilibrium: the grown pattern is a fixed point z* = f(z*) of the EXPECTED update f(z) = z + p·Δ(z)
-(alive-masked), which is exactly the set of fixed points of the stochastic rule (rules/growing.py).
+(alive-masked), which is exactly the set of fixed points of the stochastic rule (tasks/grow/rule.py).
 Forward: T growth steps of the stochastic rule without autograd (standard growing NCAs do not settle
 by themselves, the growth phase brings the state near the pattern), then a solver on f. Backward:
 phantom (default) or implicit (IFT) gradient at z*, memory independent of T (docs/grow.md says

@@ -3,7 +3,7 @@
 Two targets ship as PNGs in `deqnca/_data/targets/` so nothing needs a font at run time:
   lizard.png  🦎 (U+1F98E) from Noto Color Emoji, 40×40 padded to 72×72 (`render_emoji`)
   small.png   a 16×16 drawn shape padded to 24×24, for tests and CPU runs (`draw_small_target`)
-`python -m deqnca.data.targets` rewrites both (the lizard only where the font is installed:
+`python -m deqnca.tasks.grow.targets` rewrites both (the lizard only where the font is installed:
 `apt-get install fonts-noto-color-emoji`).
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`deqnca maze generate|train|eval|show`: the maze experiment's command line. The parts live in
-`deqnca.maze` (model, train, evaluate, pictures); docs/mazes.md has the method, commands and numbers."""
+`deqnca.tasks.maze` (model, task, evaluate, pictures); docs/mazes.md has the method, commands and numbers."""
 from __future__ import annotations
 
 import json

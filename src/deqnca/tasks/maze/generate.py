@@ -20,10 +20,13 @@ missing, stale or corrupt: layouts that do not match their hash are never used. 
 drawn from its own random stream keyed by (version, split, seed, size, i), so any prefix of a set
 is the same whatever the set's length; every generator reads the same stream, so maze i has the
 same start and goal in every distribution.
+
+Here: the layout format, the generator registry, the sets, their cache and their encoding as images.
+The carving algorithms are in `carvers.py`; the BFS check, the perfect-maze check and the statistics
+of each distribution in `analysis.py`.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import multiprocessing
 import os
@@ -32,13 +35,13 @@ import time
 import warnings
 import zipfile
 import zlib
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from deqnca.core.fileio import atomic_write
+from deqnca.tasks.maze.carvers import carve_dfs, carve_division, carve_kruskal, carve_prim, carve_wilson
 
 GENERATOR_VERSION = 1
 WALL, OPEN, START, GOAL = 0, 1, 2, 3
@@ -75,171 +78,7 @@ def _rng(split: str, seed: int, size: int, index: int) -> random.Random:
     return random.Random(f"deqnca-maze-v{GENERATOR_VERSION}:{split}:{seed}:{size}:{index}")
 
 
-# ---- generators ------------------------------------------------------------------------------------
-# A generator carves a spanning tree of the n x n cell graph (flat indices c = row * n + col):
-# generator(n, start, rng) -> parent, a list with parent[start] = -1 and, for every other cell, the
-# neighbouring cell it is joined to (the tree rooted at the start, so the path is the goal's chain of
-# parents). All randomness comes from rng, which has already drawn the start and goal.
-
-@functools.lru_cache(maxsize=16)
-def _neighbours(n: int) -> tuple[tuple[int, ...], ...]:
-    """Each cell's neighbours in a fixed order (up, down, left, right)."""
-    out = []
-    for c in range(n * n):
-        r, q = divmod(c, n)
-        out.append(tuple(d for d, ok in ((c - n, r > 0), (c + n, r < n - 1), (c - 1, q > 0), (c + 1, q < n - 1))
-                         if ok))
-    return tuple(out)
-
-
-def _root(n: int, edges, start: int) -> list[int]:
-    """Parents of a spanning tree given as undirected edges, rooted at `start`."""
-    adj = [[] for _ in range(n * n)]
-    for a, b in edges:
-        adj[a].append(b)
-        adj[b].append(a)
-    parent = [-1] * (n * n)
-    seen = bytearray(n * n)
-    seen[start] = 1
-    todo = [start]
-    while todo:
-        c = todo.pop()
-        for d in adj[c]:
-            if not seen[d]:
-                seen[d] = 1
-                parent[d] = c
-                todo.append(d)
-    return parent
-
-
-def carve_dfs(n: int, start: int, rng: random.Random) -> list[int]:
-    """Randomised depth-first search (recursive backtracker), the benchmark's generator: long
-    winding corridors, few dead ends (~10% of cells) and a long solution path."""
-    # byte-identical to the generator of every cached set and documented number: keep the order of
-    # the neighbour checks and of the rng calls (randrange only when there is a choice)
-    parent = [-1] * (n * n)
-    visited = bytearray(n * n)
-    visited[start] = 1
-    stack = [start]
-    while stack:
-        c = stack[-1]
-        r, q = divmod(c, n)
-        options = []
-        if r > 0 and not visited[c - n]:
-            options.append(c - n)
-        if r < n - 1 and not visited[c + n]:
-            options.append(c + n)
-        if q > 0 and not visited[c - 1]:
-            options.append(c - 1)
-        if q < n - 1 and not visited[c + 1]:
-            options.append(c + 1)
-        if not options:
-            stack.pop()
-            continue
-        nxt = options[rng.randrange(len(options))] if len(options) > 1 else options[0]
-        visited[nxt] = 1
-        parent[nxt] = c
-        stack.append(nxt)
-    return parent
-
-
-def carve_prim(n: int, start: int, rng: random.Random) -> list[int]:
-    """Randomised Prim (frontier-cell form): grow from the start, each step joining a uniformly drawn
-    frontier cell to one of its cells already in the maze. Short branches everywhere: the most dead
-    ends (~35% of cells) and branch points, the shortest paths."""
-    nbrs = _neighbours(n)
-    parent = [-1] * (n * n)
-    state = bytearray(n * n)                 # 0 outside, 1 frontier, 2 in the maze
-    state[start] = 2
-    frontier = list(nbrs[start])
-    for d in frontier:
-        state[d] = 1
-    while frontier:
-        k = rng.randrange(len(frontier))
-        c = frontier[k]
-        frontier[k] = frontier[-1]           # swap-remove: O(1), the draw stays uniform
-        frontier.pop()
-        inside = [d for d in nbrs[c] if state[d] == 2]
-        parent[c] = inside[rng.randrange(len(inside))] if len(inside) > 1 else inside[0]
-        state[c] = 2
-        for d in nbrs[c]:
-            if state[d] == 0:
-                state[d] = 1
-                frontier.append(d)
-    return parent
-
-
-def carve_kruskal(n: int, start: int, rng: random.Random) -> list[int]:
-    """Randomised Kruskal: knock down walls in a uniformly shuffled order whenever they join two
-    separate regions (union-find). Many short dead ends (~30% of cells), no directional bias."""
-    edges = [(c, c + 1) for c in range(n * n) if c % n < n - 1] + [(c, c + n) for c in range(n * n - n)]
-    rng.shuffle(edges)
-    root = list(range(n * n))
-
-    def find(c):
-        while root[c] != c:
-            root[c] = root[root[c]]          # path halving
-            c = root[c]
-        return c
-
-    kept = []
-    for a, b in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            root[ra] = rb
-            kept.append((a, b))
-            if len(kept) == n * n - 1:
-                break
-    return _root(n, kept, start)
-
-
-def carve_wilson(n: int, start: int, rng: random.Random) -> list[int]:
-    """Wilson's algorithm: loop-erased random walks into the growing tree give a *uniform* spanning
-    tree (every perfect maze on the grid equally likely), the unbiased reference distribution."""
-    nbrs = _neighbours(n)
-    in_tree = bytearray(n * n)
-    in_tree[start] = 1                       # uniform whatever the root and the order of the walks
-    parent = [-1] * (n * n)
-    nxt = [-1] * (n * n)
-    for u in range(n * n):
-        c = u
-        while not in_tree[c]:                # walk; overwriting nxt erases the loops
-            nb = nbrs[c]
-            nxt[c] = nb[rng.randrange(len(nb))]
-            c = nxt[c]
-        c = u
-        while not in_tree[c]:
-            in_tree[c] = 1
-            parent[c] = nxt[c]
-            c = nxt[c]
-    return parent
-
-
-def carve_division(n: int, start: int, rng: random.Random) -> list[int]:
-    """Recursive division: split a room of cells by a straight wall with one gap, recurse on both
-    halves, down to one-cell-wide corridors. Long straight walls and corridors and few crossings;
-    the solution must pass the gaps of the large walls (bottlenecks)."""
-    edges = []
-    todo = [(0, 0, n, n)]                    # rooms (top row, left column, height, width) in cells
-    while todo:
-        r0, c0, h, w = todo.pop()
-        if h == 1 or w == 1:                 # a corridor: open it end to end
-            step = 1 if h == 1 else n
-            first = r0 * n + c0
-            edges += [(first + k * step, first + (k + 1) * step) for k in range(max(h, w) - 1)]
-            continue
-        if h > w or (h == w and rng.random() < 0.5):
-            cut, gap = rng.randrange(1, h), rng.randrange(w)     # wall above row r0 + cut
-            a = (r0 + cut - 1) * n + c0 + gap
-            edges.append((a, a + n))
-            todo += [(r0, c0, cut, w), (r0 + cut, c0, h - cut, w)]
-        else:
-            cut, gap = rng.randrange(1, w), rng.randrange(h)     # wall left of column c0 + cut
-            a = (r0 + gap) * n + c0 + cut - 1
-            edges.append((a, a + 1))
-            todo += [(r0, c0, h, cut), (r0, c0 + cut, h, w - cut)]
-    return _root(n, edges, start)
-
+# ---- generators (the algorithms: carvers.py) ------------------------------------------------------
 
 GENERATORS = {"dfs": carve_dfs, "prim": carve_prim, "kruskal": carve_kruskal, "wilson": carve_wilson,
               "division": carve_division}
@@ -411,122 +250,3 @@ def to_images(layouts):
     img = img.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
     path = ((lay & ON_PATH) > 0).long().repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
     return F.pad(img, (1, 1, 1, 1)), F.pad(path, (1, 1, 1, 1))
-
-
-# ---- checking ------------------------------------------------------------------------------------
-
-def bfs_path(layout: np.ndarray) -> np.ndarray:
-    """Boolean mask of the shortest start-to-goal path through open layout pixels (independent of
-    the generator: used to check that the stored path is *the* solution)."""
-    kind = layout & KIND_MASK
-    start = tuple(np.argwhere(kind == START)[0])
-    goal = tuple(np.argwhere(kind == GOAL)[0])
-    prev = {start: None}
-    todo = deque([start])
-    while todo:
-        p = todo.popleft()
-        if p == goal:
-            break
-        for d in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            q = (p[0] + d[0], p[1] + d[1])
-            if q not in prev and kind[q] != WALL:
-                prev[q] = p
-                todo.append(q)
-    mask = np.zeros(layout.shape, dtype=bool)
-    p = goal if goal in prev else None
-    while p is not None:
-        mask[p] = True
-        p = prev[p]
-    return mask
-
-
-def is_perfect(layout: np.ndarray) -> bool:
-    """True if the open pixels form a tree spanning every cell (exactly one path between any two)."""
-    open_ = (layout & KIND_MASK) != WALL
-    side = layout.shape[0]
-    n = (side - 1) // 2
-    cells = open_[1::2, 1::2]
-    if not cells.all() or open_[0].any() or open_[-1].any() or open_[:, 0].any() or open_[:, -1].any():
-        return False
-    if open_[::2, ::2].any():                        # wall posts between cells are never open
-        return False
-    passages = int(open_.sum()) - n * n
-    if passages != n * n - 1:                        # a tree on n² nodes has n² − 1 edges
-        return False
-    seen = np.zeros_like(open_)
-    todo = [(1, 1)]
-    seen[1, 1] = True
-    while todo:
-        p = todo.pop()
-        for d in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            q = (p[0] + d[0], p[1] + d[1])
-            if open_[q] and not seen[q]:
-                seen[q] = True
-                todo.append(q)
-    return bool(seen[open_].all())
-
-
-# ---- statistics ----------------------------------------------------------------------------------
-
-def maze_statistics(layouts) -> dict:
-    """Per-maze means over a set of layouts (B, L, L) (or one layout): dead ends (cells with one open
-    neighbour), branch points (three), four-way crossings (four), each also per cell, and the
-    start-to-goal path's length in cells as a fraction of all cells."""
-    lay = np.asarray(layouts)
-    lay = lay[None] if lay.ndim == 2 else lay
-    n = (lay.shape[-1] - 1) // 2
-    open_ = (lay & KIND_MASK) != WALL
-    # a cell's open neighbours are the open passage pixels above, below, left and right of it
-    degree = (open_[:, 0:-2:2, 1::2].astype(np.int64) + open_[:, 2::2, 1::2]
-              + open_[:, 1::2, 0:-2:2] + open_[:, 1::2, 2::2])
-    counts = {k: (degree == d).sum((1, 2)).mean() for k, d in
-              (("dead_ends", 1), ("branch_points", 3), ("crossings", 4))}
-    path = ((lay[:, 1::2, 1::2] & ON_PATH) > 0).sum((1, 2))
-    cells = n * n
-    return {"mazes": len(lay), "cells": cells, **{k: float(v) for k, v in counts.items()},
-            **{f"{k}_per_cell": float(v) / cells for k, v in counts.items()},
-            "path_cells": float(path.mean()), "path_frac": float(path.mean()) / cells}
-
-
-def statistics_table(sizes=(9, 19, 59), count: int = 300, generators=None, split: str = "test",
-                     seed: int = 0) -> str:
-    """Markdown table of `maze_statistics` for every generator and size (the first `count` mazes of
-    each set, generated in this process, so ms per maze is the single-process generation time)."""
-    rows = ["| generator | size | dead ends / cell | branch points / cell | crossings / cell | "
-            "path / cells | path (cells) | ms per maze |", "|---|---|---|---|---|---|---|---|"]
-    for g in generators or GENERATORS:
-        for s in sizes:
-            t = time.perf_counter()
-            st = maze_statistics(generate_set(s, count, split, seed, workers=1, generator=g))
-            ms = 1000 * (time.perf_counter() - t) / count
-            rows.append(f"| {g} | {s} | {st['dead_ends_per_cell']:.3f} | {st['branch_points_per_cell']:.3f} | "
-                        f"{st['crossings_per_cell']:.4f} | {st['path_frac']:.3f} | {st['path_cells']:.1f} | "
-                        f"{ms:.2f} |")
-    return "\n".join(rows)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m deqnca.data.mazes",
-                                description="statistics of the maze distributions (docs/mazes.md)")
-    p.add_argument("--stats", action="store_true", help="print the statistics table (markdown)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[9, 19, 59])
-    p.add_argument("--count", type=int, default=300, help="mazes per generator and size (default 300)")
-    p.add_argument("--generators", nargs="+", choices=list(GENERATORS), default=list(GENERATORS))
-    p.add_argument("--split", choices=SPLITS, default="test")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if not args.stats:
-        p.error("nothing to do: pass --stats")
-    for s in args.sizes:
-        try:
-            check_size(s)
-        except ValueError as e:
-            p.error(str(e))
-    print(statistics_table(args.sizes, args.count, args.generators, args.split, args.seed))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,7 @@ class MazeNetConfig:
     gradient_kw: dict = field(default_factory=dict)
     train_iters: int = 30             # DT: max iterations; DEQ: centre of the random iteration budget
     tol: float = 1e-3                 # DEQ: relative residual at which a maze counts as converged
-    bound: float = 10.0               # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
+    bound: float = 10.0               # DEQ: states lie in [0, bound) (recall.py: 1 saturates)
     rule_kw: dict = field(default_factory=dict)   # geodesic: GeodesicRule options (cost_min, cost_max)
     # geodesic: "d4" reads out the mean over the 8 rotations/reflections of the (equivariant) fixed point
     readout_symmetry: str = "none"
@@ -40,7 +40,7 @@ PRESETS = {
     # backward fixed point needs the forward one converged
     "deq": dict(model="deq", init="mixed", solver="fixed_point", gradient="phantom",
                 gradient_kw={"k": 10, "tau": 1.0}),
-    # max-plus flood (rules/geodesic.py): a unique fixed point for any weights, reached exactly (residual 0)
+    # max-plus flood (geodesic.py): a unique fixed point for any weights, reached exactly (residual 0)
     # from any state; the cap of the random training budget (T/2 .. 2T) lies above the ~180 steps the largest
     # 13x13 maze needs, so every training solve converges (docs/mazes.md, "An equilibrium solver that
     # generalises"); tol 1e-12 lies below the smallest relative step a float32 state can take, so "converged"

@@ -13,7 +13,7 @@ from deqnca.tasks.maze import generate as mazes
 from deqnca.tasks.maze.evaluate import default_max_iters
 from deqnca.tasks.maze.model import predict, solve_for_eval
 
-START, GOAL = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)          # their colours in the image (data/mazes.py)
+START, GOAL = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)          # their colours in the image (generate.py)
 
 
 def _is(x, colour):

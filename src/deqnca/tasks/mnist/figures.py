@@ -1,6 +1,6 @@
 """The NCA view of the shipped models: Figure 1 (a rollout from noise), Figure 2 (crops), and
 test-time compute (accuracy against rollout steps and solver budget). Each function returns plain
-data; `report.py` draws and assembles them.
+data; `reports/report.py` draws and assembles them.
 """
 from __future__ import annotations
 

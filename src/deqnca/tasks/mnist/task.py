@@ -1,7 +1,7 @@
 """MNIST classification: the essay's model (eqs. 1-2) and its equilibrium sibling, as a task.
 
 The presets (`PRESETS`: essay, essay-broyden, equilibrium, equilibrium-fast, -fixed, -v0) and the task's
-options (`MnistConfig`) live in the torch-free `mnist_config.py`; docs/mnist.md has their numbers.
+options (`MnistConfig`) live in the torch-free `config.py`; docs/mnist.md has their numbers.
 """
 from __future__ import annotations
 
