@@ -1,7 +1,7 @@
 """MNIST classification: the essay's model (eqs. 1-2) and its equilibrium sibling, as a task.
 
 The presets (`PRESETS`: essay, essay-broyden, equilibrium, equilibrium-fast, -fixed, -v0) and the task's
-options (`MnistConfig`) live in the torch-free `mnist_config.py`; docs/mnist.md has their numbers.
+options (`MnistConfig`) live in the torch-free `config.py`; docs/mnist.md has their numbers.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def train(model_config: dict, cfg, out, data, device: str = "cpu", resume: bool 
     """Train an `EquilibriumModel` of `model_config` on `data` = (x, y, x_test, y_test) through the engine.
 
     Examples:
-        >>> train(preset("essay")["model"], MnistConfig(epochs=1), "runs/try", data)  # doctest: +SKIP
+        >>> train(preset("essay").model, MnistConfig(epochs=1), "runs/try", data)  # doctest: +SKIP
     """
     from deqnca.engine.trainer import fit
 
