@@ -20,8 +20,8 @@ from torchdeq.solver import broyden_solver
 
 from deqnca.core.solvers import residuals
 from deqnca.data.idx import load_mnist
+from deqnca.tasks.mnist.config import preset
 from deqnca.tasks.mnist.model import EquilibriumModel
-from deqnca.tasks.mnist.task import preset
 
 
 def main():
@@ -43,7 +43,7 @@ def main():
         models.append((args.checkpoint, load_model(args.checkpoint)[0]))
     else:
         for scale in (1.0, 0.1):
-            m = EquilibriumModel(preset("essay-broyden", {"rule_kw": {"state_init_scale": scale}})["model"])
+            m = EquilibriumModel(preset("essay-broyden", {"rule_kw": {"state_init_scale": scale}}).model)
             models.append((f"init, K2 state part x{scale}", m))
     print("| model | max_iter | stop | median ‖z‖ | max finite ‖z‖ | median abs res | median rel res | non-finite |")
     print("|---|---|---|---|---|---|---|---|")

@@ -79,11 +79,12 @@ def _task(model: str, batch: int, rollout: int, images: int, synthetic: bool = F
     import torch
 
     from deqnca.engine.trainer import make_optimizer
-    from deqnca.tasks.cells.task import CellsConfig, CellsTask
+    from deqnca.tasks.cells.config import preset
+    from deqnca.tasks.cells.task import CellsTask
 
     x, y = _digits(images, synthetic)
-    cfg = CellsConfig.for_model(model, batch_size=batch, rollout_steps=rollout, eval_images=1, fresh=batch // 4,
-                                mutate=batch // 4, **kw)
+    cfg = preset(model, batch_size=batch, rollout_steps=rollout, eval_images=1, fresh=batch // 4, mutate=batch // 4,
+                 **kw)
     task = CellsTask(cfg, (x, y, x[:1], y[:1]))
     task.setup()
     torch.manual_seed(cfg.seed)

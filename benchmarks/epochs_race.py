@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deqnca.data.idx import load_mnist  # noqa: E402
+from deqnca.tasks.mnist.config import preset  # noqa: E402
 from deqnca.tasks.mnist.model import EquilibriumModel  # noqa: E402
-from deqnca.tasks.mnist.task import preset  # noqa: E402
 from mnist_speed import PlainTorchDEQ, baseline_solvers, preset_variant, timed_step  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main(argv=None):
         if graphed:
             ap.error(f"--presets {variant}: the race times eager steps; use mnist_speed.py for +graph")
         torch.manual_seed(args.seed)
-        runs[f"deqnca {variant}"] = {"model": EquilibriumModel(preset(name)["model"]).to(args.device),
+        runs[f"deqnca {variant}"] = {"model": EquilibriumModel(preset(name).model).to(args.device),
                                      "channels_last": cl, "amp": amp}
     for r in runs.values():
         r.setdefault("amp", "off")

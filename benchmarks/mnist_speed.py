@@ -35,8 +35,8 @@ from torch import nn
 
 from deqnca.core.amp import amp_context
 from deqnca.data.idx import load_mnist
+from deqnca.tasks.mnist.config import preset
 from deqnca.tasks.mnist.model import EquilibriumModel
-from deqnca.tasks.mnist.task import preset
 
 
 class PlainTorchDEQ(nn.Module):
@@ -191,14 +191,13 @@ def full_training(name, device, seed=0, out=None, **train_over):
     With `out` the run folder (checkpoint, metrics.jsonl) is kept there."""
     import tempfile
 
-    from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
     from deqnca.tasks.mnist.task import train
 
-    p = preset(name, None, {"seed": seed, **train_over})
+    cfg = preset(name, None, **{"seed": seed, **train_over})
     data = (*load_mnist(split="train"), *load_mnist(split="test"))
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = f"{out}/{name}-s{seed}" if out else tmp
-        r = train(p["model"], TrainConfig.from_dict(p["train"]), run_dir, data, device=device,
+        r = train(cfg.model, cfg, run_dir, data, device=device,
                   log=lambda *_: None)
     h = r["history"]
     return {"train_time_s": sum(e["epoch_time_s"] for e in h), "wall_s": h[-1]["elapsed_s"],
@@ -246,7 +245,7 @@ def main(argv=None):
             from deqnca.engine.graphs import step_unsupported_reason
             from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
 
-            why_not = step_unsupported_reason(EquilibriumModel(preset(base_name)["model"]),
+            why_not = step_unsupported_reason(EquilibriumModel(preset(base_name).model),
                                               TrainConfig(amp=amp))   # timed with SGD at a constant rate
             if why_not:
                 ap.error(f"--presets {name}: {why_not}")
@@ -268,7 +267,7 @@ def main(argv=None):
         if graphed and not args.device.startswith("cuda"):
             continue
         torch.manual_seed(0)
-        model = EquilibriumModel(preset(name)["model"]).to(args.device)
+        model = EquilibriumModel(preset(name).model).to(args.device)
         label = f"deqnca {name}" + (" (CUDA graph)" if graphed else "") + (" (bf16 autocast)" if amp != "off" else "")
         rows[label] = {**time_training(model, x, y, args.device, args.batches, channels_last=cl,
                                        cuda_graph=graphed, amp=amp),

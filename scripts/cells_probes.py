@@ -18,7 +18,8 @@ import time
 import torch
 
 from deqnca import fit
-from deqnca.tasks.cells.task import CellsConfig, CellsTask, load_digits
+from deqnca.tasks.cells.config import preset
+from deqnca.tasks.cells.task import CellsTask, load_digits
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
         opts.update(kw)
         out = f"/tmp/cells-probe-{name}"
         model = opts.pop("model", "equilibrium")
-        r = fit(CellsTask(CellsConfig.for_model(model, **opts), data), out, progress=False, overwrite=True)
+        r = fit(CellsTask(preset(model, **opts), data), out, progress=False, overwrite=True)
         final = r["history"][-1]
         records = [json.loads(line) for line in open(f"{out}/metrics.jsonl") if "solver_steps" in line]
         print(f"{name}: held-out accuracy {final[f'eval_accuracy@{a.mark}']:.3f}, agreement "

@@ -26,11 +26,11 @@ import torch
 
 from deqnca.core.nca import rollout_curve
 from deqnca.data.idx import load_mnist
+from deqnca.tasks.mnist.config import preset
 from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
 from deqnca.tasks.mnist.label_maps import panorama_accuracy
 from deqnca.tasks.mnist.model import count_parameters
-from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
-from deqnca.tasks.mnist.task import preset, train
+from deqnca.tasks.mnist.task import train
 
 VARIANTS = {
     "injection": {"conditioning": "injection"},
@@ -75,11 +75,10 @@ def main():
     results = {"date": str(date.today()), "machine": f"{machine}, torch {torch.__version__}", "args": vars(args),
                "runs": {}}
     for name in args.variants.split(","):
-        p = preset("equilibrium", model_overrides=VARIANTS[name])
-        cfg = TrainConfig.from_dict({**p["train"], "epochs": args.epochs, "train_subset": args.train_subset,
-                                     "test_subset": 500, "seed": args.seed})
+        cfg = preset("equilibrium", VARIANTS[name], epochs=args.epochs, train_subset=args.train_subset,
+                     test_subset=500, seed=args.seed)
         t = time.time()
-        run = train(p["model"], cfg, out / "runs" / name, (x_tr, y_tr, x_te, y_te), device=args.device)
+        run = train(cfg.model, cfg, out / "runs" / name, (x_tr, y_tr, x_te, y_te), device=args.device)
         model = run["model"].eval()
         ev = evaluate(model, xs.to(args.device), ys, seed=1)
         curve = rollout_curve(model, xs[:500].to(args.device), ys[:500], args.rollout_steps, seed=2)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from deqnca.data.idx import load_mnist
-from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
-from deqnca.tasks.mnist.task import preset, train
+from deqnca.tasks.mnist.config import preset
+from deqnca.tasks.mnist.task import train
 
 # the first recipe (equilibrium-v0) with Picard in place of Anderson, then one change at a time
 PICARD = {"solver": "fixed_point", "solver_kw": {"max_iter": 100, "tol": 1e-4},
@@ -58,11 +58,10 @@ def main(argv=None):
         x, xt = F.avg_pool2d(x, args.downsample), F.avg_pool2d(xt, args.downsample)
     for name in (args.only.split(",") if args.only else VARIANTS):
         base, model_over, train_over = VARIANTS[name]
-        p = preset(base, model_over, train_over)
-        cfg = TrainConfig.from_dict({**p["train"], "epochs": 1, "eval_batch_size": 250})
+        cfg = preset(base, model_over, **{**train_over, "epochs": 1, "eval_batch_size": 250})
         t = time.time()
         with tempfile.TemporaryDirectory() as tmp:
-            h = train(p["model"], cfg, tmp, (x, y, xt, yt), device="cpu", log=lambda *_: None)["history"][-1]
+            h = train(cfg.model, cfg, tmp, (x, y, xt, yt), device="cpu", log=lambda *_: None)["history"][-1]
         print(json.dumps({"variant": name, "test_acc": h["test_acc"], "train_loss": round(h["train_loss"], 4),
                           "test_rel_median": h["test_rel_median"], "test_nstep": h["test_nstep"],
                           "seconds": round(time.time() - t)}), flush=True)

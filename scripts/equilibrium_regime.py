@@ -15,8 +15,8 @@ import torch
 from deqnca.core.conditioning import Injection
 from deqnca.data.idx import load_mnist
 from deqnca.engine.checkpoint import load_model
+from deqnca.tasks.mnist.config import preset
 from deqnca.tasks.mnist.model import EquilibriumModel
-from deqnca.tasks.mnist.task import preset
 
 
 @torch.no_grad()
@@ -44,7 +44,7 @@ def main():
     rows = []
     for scale in (float(v) for v in args.input_scales.split(",")):
         torch.manual_seed(args.seed)
-        cfg = preset("equilibrium", {"rule_kw": {"input_init_scale": scale}})["model"]
+        cfg = preset("equilibrium", {"rule_kw": {"input_init_scale": scale}}).model
         rows.append((f"initialisation, input_init_scale {scale:g}", EquilibriumModel(cfg)))
     rows.append((args.checkpoint, load_model(args.checkpoint)[0]))
     print("| model | raw σ(K2_z) | mean abs tanh pre-activation | share abs > 0.5 | pooled z* std across images |")

@@ -12,7 +12,7 @@ VARIANT=${VARIANT:-regenerating}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 D="python3 -m deqnca.cli"
-# `--recipe window` (src/deqnca/grow/train.py RECIPES, docs/grow.md): per visit of a pool state 1..16 growth
+# `--recipe window` (its preset: src/deqnca/tasks/grow/config.py, docs/grow.md): per visit of a pool state 1..16 growth
 # steps without autograd, one solver step, then 32 differentiated steps of the stochastic rule from wherever
 # the state is; `window` iterates the expected map instead, the cautionary row of the docs
 declare -A RUN=([bptt]="--trainer bptt" [window]="--trainer implicit --recipe window --phantom-map expected"

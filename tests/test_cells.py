@@ -294,11 +294,12 @@ def test_tiny_training_beats_chance_per_cell(tmp_path, mnist_small):
     EPYC): measured 0.342 held-out cell accuracy on 200 test digits (2026-12-01, one thread); chance is 0.1 and
     one label everywhere scores at most ~0.14 (the most-inked class). At lr 0.03 this run collapses to one label."""
     from deqnca import fit
-    from deqnca.tasks.cells.task import CellsConfig, CellsTask
+    from deqnca.tasks.cells.config import preset
+    from deqnca.tasks.cells.task import CellsTask
 
     x, y, xt, yt = mnist_small
-    cfg = CellsConfig.for_model("equilibrium", size=14, steps=300, lr=0.02, schedule="constant", train_images=400,
-                                eval_images=200, eval_every=0, eval_marks=[30], log_every=100)
+    cfg = preset("equilibrium", size=14, steps=300, lr=0.02, schedule="constant", train_images=400,
+                 eval_images=200, eval_every=0, eval_marks=[30], log_every=100)
     r = fit(CellsTask(cfg, (x[:400], y[:400], xt[:200], yt[:200])), tmp_path / "run", progress=False)
     final = r["history"][-1]
     assert final["eval_accuracy@30"] >= 0.25, final
@@ -339,11 +340,12 @@ def test_an_exported_run_keeps_its_record_and_evaluates_like_the_run(tmp_path, m
     from deqnca.cli import main
     from deqnca.engine.checkpoint import read_checkpoint
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.cells.task import CellsConfig, CellsTask
+    from deqnca.tasks.cells.config import preset
+    from deqnca.tasks.cells.task import CellsTask
 
     x, y, xt, yt = mnist_small
-    cfg = CellsConfig.for_model("equilibrium", size=14, steps=2, batch_size=4, eval_every=0, eval_images=8,
-                                eval_marks=[3], log_every=1)
+    cfg = preset("equilibrium", size=14, steps=2, batch_size=4, eval_every=0, eval_images=8, eval_marks=[3],
+                 log_every=1)
     fit(CellsTask(cfg, (x[:16], y[:16], xt[:8], yt[:8])), tmp_path / "run", progress=False)
     assert main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "shipped"), "--machine", "test"]) == 0
     tensors, meta = read_checkpoint(tmp_path / "shipped")
@@ -433,11 +435,12 @@ def test_the_records_carry_the_learning_rate_in_use(tmp_path, mnist_small):
 
     from deqnca import fit
     from deqnca.engine.trainer import lr_at
-    from deqnca.tasks.cells.task import CellsConfig, CellsTask
+    from deqnca.tasks.cells.config import preset
+    from deqnca.tasks.cells.task import CellsTask
 
     x, y, xt, yt = mnist_small
-    cfg = CellsConfig.for_model("consensus", size=14, steps=4, batch_size=4, train_images=16, eval_images=4,
-                                eval_every=0, eval_marks=[2], log_every=1)
+    cfg = preset("consensus", size=14, steps=4, batch_size=4, train_images=16, eval_images=4, eval_every=0,
+                 eval_marks=[2], log_every=1)
     fit(CellsTask(cfg, (x[:16], y[:16], xt[:4], yt[:4])), tmp_path / "run", progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if "lr" in r]

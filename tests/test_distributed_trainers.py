@@ -50,13 +50,14 @@ def test_sharded_random_draws_are_slices_of_the_global_draw():
     """What makes W processes see one process's numbers: fire masks and initial noise drawn for the
     global batch, then rows [rank::world]."""
     from deqnca.tasks.grow.rule import GrowingNCARule
-    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet
+    from deqnca.tasks.maze.config import PRESETS
+    from deqnca.tasks.maze.model import MazeSolverNet
 
     rule = GrowingNCARule({"channels": 8, "hidden": 16})
     torch.nn.init.normal_(rule.w2.weight, std=0.1)
     z = torch.rand(6, 8, 10, 10)
     full = rule.step(z, generator=torch.Generator().manual_seed(4))
-    maze = MazeSolverNet({**PRESETS["deq"], "width": 4})
+    maze = MazeSolverNet({**PRESETS.build("deq").model, "width": 4})
     x = torch.zeros(5, 3, 8, 8)
     noise = maze.initial_state(x, generator=torch.Generator().manual_seed(4))
     for world in (2, 3):

@@ -5,16 +5,17 @@ import torch
 from deqnca.engine.checkpoint import read_checkpoint, save_checkpoint
 from deqnca.engine.graphs import graph_unsupported_reason, step_unsupported_reason
 from deqnca.engine.trainer import make_optimizer
+from deqnca.tasks.mnist.config import preset
 from deqnca.tasks.mnist.model import EquilibriumModel
 from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
-from deqnca.tasks.mnist.task import preset, train
+from deqnca.tasks.mnist.task import train
 
 TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rollout",
             solver_kw={"max_iter": 4}, gradient="bptt", gradient_kw={}, input_channels=8, state_channels=16,
             hidden=32)
 # the equilibrium-fixed preset at toy size: contractive rule, 6 Picard steps forward, implicit gradient
 # with a 4-step Picard adjoint, batch-normalised read-out, Adam with a cosine schedule
-TINY_EQ = {**preset("equilibrium-fixed")["model"], "solver_kw": {"max_iter": 6}, "input_channels": 8,
+TINY_EQ = {**preset("equilibrium-fixed").model, "solver_kw": {"max_iter": 6}, "input_channels": 8,
            "state_channels": 16, "hidden": 32}
 TINY_EQ["gradient_kw"] = {**TINY_EQ["gradient_kw"], "b_max_iter": 4}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -34,8 +35,8 @@ def test_capture_is_refused_with_a_reason():
 def test_which_steps_have_a_fixed_shape():
     adam_cosine = TrainConfig(optimizer="adam", schedule="cosine")
     assert step_unsupported_reason(EquilibriumModel(TINY_EQ), adam_cosine) is None
-    assert step_unsupported_reason(EquilibriumModel(preset("equilibrium-fixed")["model"]), adam_cosine) is None
-    assert "stopping test" in step_unsupported_reason(EquilibriumModel(preset("equilibrium")["model"]), adam_cosine)
+    assert step_unsupported_reason(EquilibriumModel(preset("equilibrium-fixed").model), adam_cosine) is None
+    assert "stopping test" in step_unsupported_reason(EquilibriumModel(preset("equilibrium").model), adam_cosine)
     adaptive_adjoint = {**TINY_EQ, "gradient_kw": {"b_solver": "fixed_point", "b_max_iter": 4}}
     assert "adjoint" in step_unsupported_reason(EquilibriumModel(adaptive_adjoint), adam_cosine)
     sgd_cosine = TrainConfig(optimizer="sgd", schedule="cosine")

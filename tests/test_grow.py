@@ -336,16 +336,20 @@ def test_a_short_phantom_window_over_the_pool_teaches_the_seed_to_grow(tmp_path)
 
 
 def test_the_window_recipe_sets_the_equilibrium_trainers_options_and_explicit_ones_win(tmp_path):
-    from deqnca.tasks.grow.task import RECIPES
+    from dataclasses import asdict
 
+    from deqnca.tasks.grow.config import PRESETS
+
+    # what the window preset changes in the defaults
+    window = {k: v for k, v in asdict(PRESETS.build("window")).items() if v != getattr(GrowTrainConfig(), k)}
     run = tmp_path / "run"
     assert main(["grow", "train", "--trainer", "implicit", "--recipe", "window", "--target", "small", "--steps", "2",
                  "--pool-size", "16", "--phantom-k", "4", "--out", str(run), "--device", "cpu", "--json"]) == 0
     _, meta = load_grow_checkpoint(run / "last")
     cfg = meta["train_config"]
     assert cfg["pool_size"] == 16 and cfg["phantom_k"] == 4                    # given explicitly
-    assert {k: cfg[k] for k in RECIPES["window"] if k not in ("pool_size", "phantom_k")} == \
-        {k: v for k, v in RECIPES["window"].items() if k not in ("pool_size", "phantom_k")}
+    assert {k: cfg[k] for k in window if k not in ("pool_size", "phantom_k")} == \
+        {k: v for k, v in window.items() if k not in ("pool_size", "phantom_k")}
     assert cfg["phantom_map"] == "stochastic" and cfg["max_steps"] == 16
     assert main(["grow", "train", "--trainer", "bptt", "--recipe", "window", "--target", "small", "--steps", "1",
                  "--out", str(tmp_path / "bptt"), "--device", "cpu"]) == 2

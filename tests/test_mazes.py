@@ -10,6 +10,12 @@ from deqnca.core.resources import models_dir
 from deqnca.core.solvers import get_solver
 from deqnca.tasks.maze import analysis, carvers
 from deqnca.tasks.maze import generate as mazes
+from deqnca.tasks.maze.config import PRESETS
+
+
+def model_of(name: str, **changes) -> dict:
+    """The model config of maze preset `name` with `changes`."""
+    return {**PRESETS.build(name).model, **changes}
 
 
 @pytest.fixture
@@ -106,10 +112,10 @@ def test_cache_roundtrip_extension_and_corruption(cache):
 
 
 def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
-    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet
+    from deqnca.tasks.maze.model import MazeSolverNet
 
     torch.manual_seed(0)
-    model = MazeSolverNet({**PRESETS["deq"], "width": 8})
+    model = MazeSolverNet(model_of("deq", width=8))
     x, _ = mazes.to_images(mazes.generate_set(19, 1, "test"))
     with torch.no_grad():
         for p in model.rule.parameters():
@@ -124,9 +130,9 @@ def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
 def test_progressive_loss_uses_both_terms():
     import random
 
-    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet, dt_loss
+    from deqnca.tasks.maze.model import MazeSolverNet, dt_loss
 
-    model = MazeSolverNet({**PRESETS["dt"], "width": 8, "train_iters": 4})
+    model = MazeSolverNet(model_of("dt", width=8, train_iters=4))
     x, y = mazes.to_images(mazes.generate_set(5, 4, "train"))
     only_max, _ = dt_loss(model, x, y, 0.0, random.Random(0))
     only_prog, _ = dt_loss(model, x, y, 1.0, random.Random(0))
@@ -174,7 +180,7 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
     """DT-recall, width 16, one residual block, 10 iterations, 630 steps: ~50 s of one CPU core.
 
     A step count rather than a time budget, so that the outcome does not depend on machine load."""
-    from deqnca.tasks.maze.model import PRESETS, quick_accuracy
+    from deqnca.tasks.maze.model import quick_accuracy
     from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
     from deqnca.tasks.maze.task import train_maze
 
@@ -182,7 +188,7 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
     torch.set_num_threads(1)        # deterministic, and faster than 2 threads for these small convolutions
     cfg = MazeTrainConfig(train_size=5, train_count=2000, epochs=10, batch_size=32, lr=5e-3,
                           warmup_steps=100, val_count=50)
-    result = train_maze({**PRESETS["dt"], "width": 16, "blocks": 1, "train_iters": 10}, cfg, tmp_path / "run",
+    result = train_maze(model_of("dt", width=16, blocks=1, train_iters=10), cfg, tmp_path / "run",
                         cache=cache, log=lambda s: None)
     torch.set_num_threads(threads)
     test = mazes.load_set(5, 400, "test", seed=1, cache=cache)     # mazes never seen in training or validation
@@ -462,12 +468,11 @@ def test_an_evaluation_extended_in_parts_is_the_whole_evaluation(tmp_path, cache
 
 
 def test_training_reads_its_generator(tmp_path, cache):
-    from deqnca.tasks.maze.model import PRESETS
     from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
     from deqnca.tasks.maze.task import train_maze
 
     cfg = MazeTrainConfig(train_size=5, train_count=8, epochs=1, batch_size=8, val_count=4, generator="kruskal")
-    train_maze({**PRESETS["dt"], "width": 4, "blocks": 1, "train_iters": 2}, cfg, tmp_path / "run", cache=cache,
+    train_maze(model_of("dt", width=4, blocks=1, train_iters=2), cfg, tmp_path / "run", cache=cache,
                log=lambda s: None)
     assert mazes.cache_path(cache, "train", 5, 0, "kruskal").exists()
     assert mazes.cache_path(cache, "test", 5, 0, "kruskal").exists()
@@ -594,11 +599,11 @@ def test_symmetrised_geodesic_read_out_makes_the_whole_model_equivariant(cache):
 
 
 def test_readout_symmetry_is_checked():
-    from deqnca.tasks.maze.model import PRESETS, MazeSolverNet
+    from deqnca.tasks.maze.model import MazeSolverNet
 
     with pytest.raises(ValueError, match="choose one of none, d4"):
-        MazeSolverNet({**PRESETS["geodesic"], "width": 2, "readout_symmetry": "c4"})
-    dt = MazeSolverNet({**PRESETS["dt"], "width": 4})
+        MazeSolverNet(model_of("geodesic", width=2, readout_symmetry="c4"))
+    dt = MazeSolverNet(model_of("dt", width=4))
     with pytest.raises(ValueError, match="equivariant"):
         dt.set_readout_symmetry("d4")
     assert dt.config.readout_symmetry == "none"
@@ -635,7 +640,7 @@ def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):
     """The geodesic preset (width 8), 250 steps of 32 mazes of size 5: ~20 s of one CPU core; every
     held-out maze reaches its fixed point exactly (residual 0), and from noise reaches the same answer."""
     from deqnca.core.solvers import fixed_point
-    from deqnca.tasks.maze.model import PRESETS, predict, quick_accuracy
+    from deqnca.tasks.maze.model import predict, quick_accuracy
     from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
     from deqnca.tasks.maze.task import train_maze
 
@@ -643,7 +648,7 @@ def test_tiny_equilibrium_training_solves_most_5x5_mazes(tmp_path, cache):
     torch.set_num_threads(1)
     cfg = MazeTrainConfig(train_size=5, train_count=1000, epochs=8, batch_size=32, lr=5e-3, warmup_steps=50,
                           val_count=50)
-    result = train_maze({**PRESETS["geodesic"], "width": 8}, cfg, tmp_path / "run", cache=cache, log=lambda s: None)
+    result = train_maze(model_of("geodesic", width=8), cfg, tmp_path / "run", cache=cache, log=lambda s: None)
     torch.set_num_threads(threads)
     model = result["model"]
     test = mazes.load_set(5, 400, "test", seed=1, cache=cache)      # mazes never seen in training or validation
@@ -673,7 +678,6 @@ def test_batch_plan_keeps_one_sets_order_and_shuffles_several_sizes_together():
 
 
 def test_training_on_several_sizes_and_the_generator_mixture(tmp_path, cache):
-    from deqnca.tasks.maze.model import PRESETS
     from deqnca.tasks.maze.task import MazeConfig as MazeTrainConfig
     from deqnca.tasks.maze.task import load_mixed, train_maze
 
@@ -683,7 +687,7 @@ def test_training_on_several_sizes_and_the_generator_mixture(tmp_path, cache):
         assert np.array_equal(mixed[i], mazes.load_set(5, 1, "test", cache=cache, generator=g)[0])
     cfg = MazeTrainConfig(train_size=7, train_sizes=[5], train_count=10, epochs=1, batch_size=5, val_count=5,
                           generator="mix")
-    result = train_maze({**PRESETS["geodesic"], "width": 2}, cfg, tmp_path / "run", cache=cache, log=lambda s: None)
+    result = train_maze(model_of("geodesic", width=2), cfg, tmp_path / "run", cache=cache, log=lambda s: None)
     assert result["global_step"] == 4                                        # 2 sizes x 10 mazes / 5
     for g in mazes.GENERATORS:
         assert mazes.cache_path(cache, "train", 5, 0, g).exists() and mazes.cache_path(cache, "train", 7, 0, g).exists()

@@ -5,12 +5,13 @@ The public API, importable from the package root (loaded on first use, so `impor
 - the model and its five parts, each with a registry: `EquilibriumModel`, `ModelConfig`;
   `RULES`, `CONDITIONINGS`, `SOLVERS`, `GRADIENTS`, `READOUTS` and their `register_*` functions;
 - training: `fit`, `Task`, `TrainConfig`, `Batch`, `TASKS`, `register_task`; the built-in tasks
-  `MnistTask`, `GrowTask`, `MazeTask` with their configs and the MNIST `PRESETS`;
+  `MnistTask`, `GrowTask`, `MazeTask` with their configs; the MNIST `PRESETS` (a registry of functions
+  returning an `MnistConfig`) and `preset` (one of them with options changed);
 - checkpoints and evaluation: `load_model`, `save_checkpoint`, `read_checkpoint`, `evaluate`.
 
 Examples:
     >>> import deqnca
-    >>> model = deqnca.EquilibriumModel(deqnca.preset("equilibrium")["model"])
+    >>> model = deqnca.EquilibriumModel(deqnca.preset("equilibrium").model)
 """
 from __future__ import annotations
 

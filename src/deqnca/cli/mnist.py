@@ -36,11 +36,10 @@ def cmd_train(args) -> int:
     from deqnca.tasks.mnist.model import ModelConfig
     from deqnca.tasks.mnist.task import MnistTask
 
-    if args.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    base = PRESETS.build(args.preset)           # an unknown name: a one-line error that lists the presets
     device = setup_device(args.device)
-    train, model_over, given = options_from_args(args, MnistConfig, PRESETS[args.preset]["train"], ModelConfig)
-    cfg = build_config(MnistConfig, train, preset(args.preset, model_over)["model"])
+    train, model_over, given = options_from_args(args, MnistConfig, base, ModelConfig)
+    cfg = build_config(MnistConfig, train, preset(args.preset, model_over).model)
     out = writable_folder(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     (x, y), (xt, yt) = _load_data(args)
     result = fit(MnistTask(cfg, (x, y, xt, yt)), out, device=device, resume=args.resume, overwrite=args.overwrite,
@@ -259,8 +258,9 @@ def add_cli(sub) -> None:
                        description="Train an MNIST model from a preset; every option is a flag or a --set key.")
     from deqnca.tasks.mnist.config import PRESETS, MnistConfig
 
-    p.add_argument("--preset", default="essay", choices=sorted(PRESETS),
-                   help="essay or equilibrium; the others are variants measured in docs/mnist.md (default essay)")
+    p.add_argument("--preset", default="essay", choices=PRESETS.names(),
+                   help="the run's starting config (deqnca.tasks.mnist.config.PRESETS): essay or equilibrium; the "
+                        "others are variants measured in docs/mnist.md (default essay)")
     add_run_flags(p, MnistConfig, "runs/<preset>-seed<seed>")
     data_flags(p)
     p.set_defaults(func=cmd_train)

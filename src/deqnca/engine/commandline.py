@@ -1,6 +1,7 @@
 """What every command shares: device set-up, plugins, and training options from flags, --set and --config."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -123,12 +124,13 @@ def add_run_flags(p, config_cls, default_out: str) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def options_from_args(args, config_cls, base_train: dict, model_cls=None):
-    """(train options, model overrides, explicitly given names) from a preset's base, --config, flags and --set.
+def options_from_args(args, config_cls, base, model_cls=None):
+    """(train options, model overrides, explicitly given names) from a preset's config `base` (a `config_cls`
+    instance, or a dict of its options), --config, flags and --set.
 
     A --set key is looked up in the training options first, then in the model's; an unknown key is a
     usage error that lists both."""
-    train, model = dict(base_train), {}
+    train, model = (dataclasses.asdict(base) if dataclasses.is_dataclass(base) else dict(base)), {}
     given: set = set()
     if getattr(args, "config", None):
         try:

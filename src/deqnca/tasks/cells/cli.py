@@ -12,11 +12,11 @@ from deqnca.engine.commandline import setup_device as _setup_device
 
 def cmd_train(args) -> int:
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.cells.task import MODEL_DEFAULTS, CellsConfig, CellsTask
+    from deqnca.tasks.cells.config import PRESETS, CellsConfig
+    from deqnca.tasks.cells.task import CellsTask
 
     device = _setup_device(args.device)
-    model = args.model or "article"
-    train, _, given = options_from_args(args, CellsConfig, {**MODEL_DEFAULTS[model], "model": model})
+    train, _, given = options_from_args(args, CellsConfig, PRESETS.build(args.model or "article"))
     cfg = build_config(CellsConfig, train, None)
     out = Path(args.out or f"runs/cells-{cfg.model}-seed{cfg.seed}")
     result = fit(CellsTask(cfg), out, device=device, resume=args.resume, overwrite=args.overwrite, changed=given,
@@ -174,7 +174,8 @@ def add_cli(sub) -> None:
 
     p = csub.add_parser("train", help="train the article's model (BPTT) or the equilibrium model",
                         description="Train a self-classifying CA; every option of the task is a flag or a --set key. "
-                        "--model equilibrium re-defaults loss, batch, rate and schedule (tasks/cells/config.py).")
+                        "--model NAME starts from that model's preset (deqnca.tasks.cells.config.PRESETS): "
+                        "equilibrium and consensus re-default loss, batch, rate and schedule.")
     add_run_flags(p, CellsConfig, "runs/cells-<model>-seed<seed>")
     p.set_defaults(func=cmd_train)
 

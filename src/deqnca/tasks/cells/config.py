@@ -1,18 +1,17 @@
-"""The self-classifying task's options (`CellsConfig`), torch-free: the command line builds its flags from
-them without importing torch."""
+"""The self-classifying task's options (`CellsConfig`) and presets (`PRESETS`), torch-free: the command line
+builds its flags from them without importing torch.
+
+A preset is a function of no arguments returning a whole run's `CellsConfig`, one per model: ``deqnca cells
+train --model NAME`` starts from preset NAME (explicit options win), and `preset(name, **options)` returns one
+with options changed.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from deqnca.core.configs import option
+from deqnca.core.registry import Registry
 from deqnca.engine.options import TrainConfig
-
-# what `--model equilibrium` changes in the defaults (explicit options win); the article's are the fields'
-MODEL_DEFAULTS = {"article": {},
-                  "equilibrium": {"loss": "ce", "batch_size": 32, "lr": 1e-2, "normalise_gradients": False,
-                                  "grad_clip": 1.0, "schedule": "cosine", "steps": 20000}}
-# the consensus model: the equilibrium's, with room for the flood (a digit's width in steps) in both solves
-MODEL_DEFAULTS["consensus"] = {**MODEL_DEFAULTS["equilibrium"], "solver_iter": 120, "b_max_iter": 80}
 
 
 @dataclass
@@ -50,12 +49,52 @@ class CellsConfig(TrainConfig):
     eval_marks: list = option([20, 80, 200], "steps at which an evaluation records the metrics")
     rule: dict = option({}, "the rule's settings (keyword arguments of tasks/cells/rule_*.py)")
 
-    @classmethod
-    def for_model(cls, model: str = "article", **kw):
-        """The config of `model` with its defaults (MODEL_DEFAULTS), `kw` winning.
 
-        Example:
-            >>> CellsConfig.for_model("equilibrium").loss
-            'ce'
-        """
-        return cls.from_dict({**MODEL_DEFAULTS[model], "model": model, **kw})
+PRESETS = Registry("cells preset", "a function of no arguments returning a CellsConfig")
+
+
+@PRESETS.register("article")
+def article() -> CellsConfig:
+    """The article's model trained by BPTT with its notebook's recipe (`CellsConfig`'s defaults).
+
+    Example:
+        >>> article().loss
+        'l2'
+    """
+    return CellsConfig()
+
+
+@PRESETS.register("equilibrium")
+def equilibrium() -> CellsConfig:
+    """The contraction solved to its fixed point, trained implicitly: the per-cell cross-entropy, batch 32, Adam
+    1e-2 with a cosine schedule, gradient clipping at 1, no per-parameter normalisation, 20,000 steps.
+
+    Example:
+        >>> equilibrium().loss
+        'ce'
+    """
+    return CellsConfig.from_dict({"model": "equilibrium", "loss": "ce", "batch_size": 32, "lr": 1e-2,
+                                  "normalise_gradients": False, "grad_clip": 1.0, "schedule": "cosine",
+                                  "steps": 20000})
+
+
+@PRESETS.register("consensus")
+def consensus() -> CellsConfig:
+    """The equilibrium's recipe for the consensus model, with room for the flood (a digit's width in steps)
+    in both solves.
+
+    Example:
+        >>> consensus().solver_iter, consensus().b_max_iter
+        (120, 80)
+    """
+    return preset("equilibrium", model="consensus", solver_iter=120, b_max_iter=80)
+
+
+def preset(name: str, **options) -> CellsConfig:
+    """The config of preset `name` with `options` (`CellsConfig` fields) changed, checked by the strict loader.
+
+    Example:
+        >>> preset("equilibrium", size=14).loss
+        'ce'
+    """
+    return CellsConfig.from_dict({**asdict(PRESETS.build(name)), **options})

@@ -19,7 +19,7 @@ import torch
 from deqnca.core.gradients import make_gradient
 from deqnca.core.solvers import get_solver
 from deqnca.engine.trainer import TASKS, Batch, Task
-from deqnca.tasks.cells.config import MODEL_DEFAULTS, CellsConfig  # noqa: F401  (re-exported)
+from deqnca.tasks.cells.config import PRESETS, CellsConfig  # noqa: F401  (re-exported)
 from deqnca.tasks.cells.model import (
     LOSSES,
     MODEL_RULES,

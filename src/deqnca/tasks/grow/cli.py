@@ -23,18 +23,19 @@ from deqnca.engine.commandline import setup_device as _setup_device
 
 def cmd_train(args) -> int:
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.grow.config import RECIPES, GrowConfig
+    from deqnca.tasks.grow.config import PRESETS, GrowConfig, sets_equilibrium_options
     from deqnca.tasks.grow.targets import load_target
     from deqnca.tasks.grow.task import GrowTask
 
-    if args.recipe != "equilibrium" and args.trainer != "implicit":
-        raise ConfigError(f"--recipe {args.recipe} sets the equilibrium trainer's options: "
-                          "use it with --trainer implicit")
+    base = PRESETS.build(args.recipe)
     device = _setup_device(args.device)
     if args.rollout_steps:
         args.min_steps, args.max_steps = args.rollout_steps
-    train, _, given = options_from_args(args, GrowConfig, RECIPES[args.recipe])
+    train, _, given = options_from_args(args, GrowConfig, base)
     cfg = build_config(GrowConfig, train, None)
+    if cfg.trainer != "implicit" and sets_equilibrium_options(base):
+        raise ConfigError(f"--recipe {args.recipe} sets the equilibrium trainer's options: "
+                          "use it with --trainer implicit")
     out = writable_folder(args.out or f"runs/grow-{cfg.trainer}-{Path(cfg.target).stem}-seed{cfg.seed}")
     target = load_target(cfg.target, pad=cfg.pad)
     result = fit(GrowTask(cfg, target), out, device=device, resume=args.resume, overwrite=args.overwrite,
@@ -112,11 +113,12 @@ def add_cli(sub) -> None:
 
     p = gsub.add_parser("train", help="train a growing NCA on a target image",
                         description="Train a growing NCA; every option of the task is a flag or a --set key.")
-    from deqnca.tasks.grow.config import RECIPES, GrowConfig
+    from deqnca.tasks.grow.config import PRESETS, GrowConfig
 
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="equilibrium",
-                   help="the equilibrium trainer's settings: 'equilibrium' (default) or 'window' (the windowed "
-                        "phantom gradient that grows the lizard, docs/grow.md); options given explicitly win")
+    p.add_argument("--recipe", choices=PRESETS.names(), default="equilibrium",
+                   help="the preset the run starts from (deqnca.tasks.grow.config.PRESETS), the equilibrium "
+                        "trainer's settings: 'equilibrium' (default) or 'window' (the windowed phantom gradient "
+                        "that grows the lizard, docs/grow.md); options given explicitly win")
     p.add_argument("--rollout-steps", type=steps_int, nargs=2, metavar=("MIN", "MAX"),
                    help="steps per batch, drawn in MIN..MAX (= --min-steps MIN --max-steps MAX)")
     add_run_flags(p, GrowConfig, "runs/grow-<trainer>-<target>-seed<seed>")

@@ -1,18 +1,22 @@
-"""The growing-NCA task's options (`GrowConfig`) and the equilibrium trainer's named recipes, torch-free."""
+"""The growing-NCA task's options (`GrowConfig`) and presets (`PRESETS`), torch-free.
+
+A preset is a function of no arguments returning a whole run's `GrowConfig`; ``deqnca grow train --recipe
+NAME`` starts from preset NAME, and explicit options override it. The presets set the equilibrium trainer's
+options (use them with ``--trainer implicit``):
+
+equilibrium  `GrowConfig`'s defaults: the paper's settings; with ``--trainer implicit``, solve to the fixed
+             point and take the phantom gradient there.
+window       the windowed phantom gradient that grows the lizard (docs/grow.md).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from deqnca.core.configs import option
+from deqnca.core.registry import Registry
 from deqnca.engine.options import MAX_COUNT, MAX_ITERATIONS, MAX_SIZE, TrainConfig
 
 VARIANTS = ("growing", "persistent", "regenerating")
-# named settings of the equilibrium trainer (`--recipe NAME`); explicit options override them. "window":
-# the windowed phantom gradient (docs/grow.md): 1..16 undifferentiated steps and one solver step per
-# visit of a pool state, then 32 differentiated steps of the stochastic rule
-RECIPES = {"equilibrium": {},
-           "window": {"min_steps": 1, "max_steps": 16, "solver_iter": 1, "phantom_k": 32, "residual_weight": 0.0,
-                      "pool_size": 128, "divergence_rel": 1e9, "phantom_map": "stochastic"}}
 _EQUILIBRIUM_KEYS = ("solver", "solver_iter", "solver_tol", "gradient", "b_solver", "b_max_iter", "b_tol", "phantom_k",
                      "residual_weight", "jac_weight", "restart_noise", "spectral_weight", "spectral_target",
                      "spectral_iters", "phantom_map")
@@ -69,3 +73,44 @@ class GrowConfig(TrainConfig):
                                     min=0, max=1)
     spectral_every: int = option(100, "steps between spectral-radius measurements; 0 = never", min=0)
     rule: dict = option({}, "GrowingConfig overrides (channels, hidden, fire_rate)")
+
+
+PRESETS = Registry("grow preset", "a function of no arguments returning a GrowConfig")
+
+
+@PRESETS.register("equilibrium")
+def equilibrium() -> GrowConfig:
+    """`GrowConfig`'s defaults: the paper's settings and, with ``trainer="implicit"``, the first equilibrium
+    recipe (solve to the fixed point, phantom gradient there).
+
+    Example:
+        >>> equilibrium().solver_iter
+        32
+    """
+    return GrowConfig()
+
+
+@PRESETS.register("window")
+def window() -> GrowConfig:
+    """The windowed phantom gradient (docs/grow.md): per visit of a pool state 1..16 undifferentiated steps
+    and one solver step, then 32 differentiated steps of the stochastic rule.
+
+    Example:
+        >>> window().phantom_k
+        32
+    """
+    return GrowConfig.from_dict({"min_steps": 1, "max_steps": 16, "solver_iter": 1, "phantom_k": 32,
+                                 "residual_weight": 0.0, "pool_size": 128, "divergence_rel": 1e9,
+                                 "phantom_map": "stochastic"})
+
+
+def sets_equilibrium_options(cfg: GrowConfig) -> bool:
+    """Whether `cfg` changes any of the equilibrium trainer's options from `GrowConfig`'s defaults (a preset
+    that does is for ``trainer="implicit"``).
+
+    Example:
+        >>> sets_equilibrium_options(window()), sets_equilibrium_options(equilibrium())
+        (True, False)
+    """
+    defaults = GrowConfig()
+    return any(getattr(cfg, k) != getattr(defaults, k) for k in _EQUILIBRIUM_KEYS)

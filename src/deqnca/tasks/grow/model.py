@@ -15,7 +15,7 @@ the fixed point attracting (their measured effects are in docs/grow.md):
                          only on the expanding direction
   restart noise σ        the phantom steps start from z* + σ·noise on the live cells, so their loss
                          rewards pulling nearby states back to the pattern
-The windowed recipe (train.RECIPES["window"]) cuts the solve to one step and lets the k phantom steps
+The windowed recipe (grow/config.py: the "window" preset) cuts the solve to one step and lets the k phantom steps
 iterate the stochastic rule from pool states of every age: mid-growth they are truncated BPTT through
 growth, which the gradient at z* cannot teach (∂z*/∂z₀ = 0); at the pattern, the phantom gradient.
 """

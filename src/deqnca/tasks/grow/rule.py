@@ -43,7 +43,11 @@ class GrowingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GrowingConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """The config from a plain dict (a checkpoint's ``model_config``, `GrowConfig.rule`); unknown keys are
+        an error."""
+        from deqnca.core.configs import load_dataclass
+
+        return load_dataclass(cls, d, "growing rule config")
 
 
 def _perception_filters(channels: int) -> torch.Tensor:

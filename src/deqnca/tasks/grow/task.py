@@ -13,7 +13,7 @@ import torch
 
 from deqnca.engine import distributed
 from deqnca.engine.trainer import TASKS, Batch, Task
-from deqnca.tasks.grow.config import _EQUILIBRIUM_KEYS, RECIPES, VARIANTS, GrowConfig  # noqa: F401  (re-exported)
+from deqnca.tasks.grow.config import _EQUILIBRIUM_KEYS, PRESETS, VARIANTS, GrowConfig  # noqa: F401  (re-exported)
 from deqnca.tasks.grow.model import (
     GrowModel,
     StepOutput,

@@ -21,7 +21,7 @@ from deqnca.engine.commandline import (
     writable_folder,
 )
 from deqnca.tasks.maze import generate as mazes
-from deqnca.tasks.maze.model_config import DEFAULT_LIMITS, PRESETS, MazeNetConfig
+from deqnca.tasks.maze.model_config import DEFAULT_LIMITS, MazeNetConfig
 
 
 def maze_size(text: str) -> int:
@@ -57,18 +57,22 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.maze.config import MazeConfig
+    from deqnca.tasks.maze.config import PRESETS, MazeConfig
     from deqnca.tasks.maze.task import MazeTask
 
     device = setup_device(args.device)
-    base_model = {**PRESETS[args.preset], "width": args.width}
-    train, model_over, given = options_from_args(args, MazeConfig, {"cache": args.cache or ""}, MazeNetConfig)
-    cfg = build_config(MazeConfig, train, MazeNetConfig.from_dict({**base_model, **model_over}).to_dict())
+    base = PRESETS.build(args.preset)
+    width = base.model["width"] if args.width is None else args.width
+    if args.cache:
+        base.cache = args.cache
+    train, model_over, given = options_from_args(args, MazeConfig, base, MazeNetConfig)
+    model = MazeNetConfig.from_dict({**base.model, "width": width, **model_over}).to_dict()
+    cfg = build_config(MazeConfig, train, model)
     try:
         mazes.check_size(cfg.train_size)
     except ValueError as e:
         raise ConfigError(f"--train-size: {e}") from None
-    out = writable_folder(args.out or f"runs/maze-{args.preset}-w{args.width}-seed{cfg.seed}")
+    out = writable_folder(args.out or f"runs/maze-{args.preset}-w{width}-seed{cfg.seed}")
     result = fit(MazeTask(cfg), out, device=device, resume=args.resume, overwrite=args.overwrite, changed=given,
                  log=lambda s: print(s, file=sys.stderr), progress=not args.json)
     return finish_training(args, out, result, "done: {checkpoint}  parameters {parameters}  held-out solved "
@@ -164,14 +168,15 @@ def add_cli(sub) -> None:
 
     p = msub.add_parser("train", help="train a maze solver on small mazes",
                         description="Train a maze solver; every training option is a flag, every option a --set key.")
-    from deqnca.tasks.maze.config import MazeConfig
+    from deqnca.tasks.maze.config import PRESETS, MazeConfig
 
     p.add_argument("--cache", default=None, help="maze cache folder (default ~/.cache/deqnca/mazes "
                    "or $DEQNCA_MAZE_CACHE)")
-    p.add_argument("--model", dest="preset", choices=sorted(PRESETS), required=True,
-                   help="dt, deq or geodesic (docs/mazes.md)")
-    p.add_argument("--width", type=number_type(int, 1, 4096, name="width"), default=32,
-                   help="channels of the state (1..4096, default 32)")
+    p.add_argument("--model", dest="preset", choices=PRESETS.names(), required=True,
+                   help="the preset the run starts from (deqnca.tasks.maze.config.PRESETS): dt, deq or geodesic "
+                        "(docs/mazes.md)")
+    p.add_argument("--width", type=number_type(int, 1, 4096, name="width"),
+                   help="channels of the state (1..4096; default: the preset's, 32)")
     add_run_flags(p, MazeConfig, "runs/maze-<model>-w<width>-seed<seed>")
     p.set_defaults(func=cmd_train)
 

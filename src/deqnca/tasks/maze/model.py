@@ -18,7 +18,7 @@ from deqnca.core.solvers import get_solver, residuals, rollout
 from deqnca.tasks.maze import geodesic, recall  # noqa: F401  (they register their rules)
 from deqnca.tasks.maze.generate import to_images
 from deqnca.tasks.maze.geodesic import NeighbourFeatures
-from deqnca.tasks.maze.model_config import PRESETS, MazeNetConfig  # noqa: F401  (re-exported)
+from deqnca.tasks.maze.model_config import MODELS, MazeNetConfig  # noqa: F401  (re-exported)
 
 
 def check_readout_symmetry(model: str, symmetry: str) -> None:
@@ -53,8 +53,8 @@ class MazeSolverNet(nn.Module):
         super().__init__()
         if isinstance(config, dict):
             config = MazeNetConfig.from_dict(config)
-        if config.model not in PRESETS:
-            raise ValueError(f"maze model {config.model!r}: choose one of {sorted(PRESETS)}")
+        if config.model not in MODELS:
+            raise ValueError(f"maze model {config.model!r}: choose one of {sorted(MODELS)}")
         self.config = config
         w = config.width
         check_readout_symmetry(config.model, config.readout_symmetry)

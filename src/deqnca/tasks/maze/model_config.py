@@ -1,9 +1,13 @@
-"""The maze solver-nets' config (`MazeNetConfig`), the presets (dt, deq, geodesic) and the evaluation's default test
-counts, torch-free (the command line reads them without importing torch)."""
+"""The maze solver-nets' config (`MazeNetConfig`), the model kinds (`MODELS`) and the evaluation's default test
+counts, torch-free (the command line reads them without importing torch). The presets (dt, deq, geodesic) are
+whole run configs: `deqnca.tasks.maze.config.PRESETS`."""
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
+
+from deqnca.core.configs import load_dataclass
+
+MODELS = ("dt", "deq", "geodesic")      # MazeNetConfig.model: the kinds of solver-net
 
 
 @dataclass
@@ -17,36 +21,24 @@ class MazeNetConfig:
     gradient_kw: dict = field(default_factory=dict)
     train_iters: int = 30             # DT: max iterations; DEQ: centre of the random iteration budget
     tol: float = 1e-3                 # DEQ: relative residual at which a maze counts as converged
-    bound: float = 10.0               # DEQ: states lie in [0, bound) (recall.py: 1 saturates)
+    bound: float = 10.0               # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
     rule_kw: dict = field(default_factory=dict)   # geodesic: GeodesicRule options (cost_min, cost_max)
     # geodesic: "d4" reads out the mean over the 8 rotations/reflections of the (equivariant) fixed point
     readout_symmetry: str = "none"
 
     @classmethod
     def from_dict(cls, d: dict) -> MazeNetConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown maze model config keys {sorted(unknown)}")
-        return cls(**copy.deepcopy(d))
+        """The config from a plain dict (a checkpoint's ``model_config``); unknown keys are an error.
+
+        Example:
+            >>> MazeNetConfig.from_dict({"model": "deq", "width": 8}).width
+            8
+        """
+        return load_dataclass(cls, d, "maze model config")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-PRESETS = {
-    "dt": dict(model="dt", init="projection", solver="rollout", gradient="bptt"),
-    # phantom gradient: 10 unrolled steps from the (detached) equilibrium (5x5 mazes, 630 steps,
-    # 3 seeds: 55-95% solved vs 8-71% with 5); implicit works too (--set gradient=implicit) but its
-    # backward fixed point needs the forward one converged
-    "deq": dict(model="deq", init="mixed", solver="fixed_point", gradient="phantom",
-                gradient_kw={"k": 10, "tau": 1.0}),
-    # max-plus flood (geodesic.py): a unique fixed point for any weights, reached exactly (residual 0)
-    # from any state; the cap of the random training budget (T/2 .. 2T) lies above the ~180 steps the largest
-    # 13x13 maze needs, so every training solve converges (docs/mazes.md, "An equilibrium solver that
-    # generalises"); tol 1e-12 lies below the smallest relative step a float32 state can take, so "converged"
-    # means exactly at the fixed point
-    "geodesic": dict(model="geodesic", init="mixed", solver="fixed_point", gradient="phantom",
-                     gradient_kw={"k": 10, "tau": 1.0}, train_iters=200, tol=1e-12),
-}
 # mazes per size evaluated by default (`deqnca maze eval --limit-per-size`)
 DEFAULT_LIMITS = {9: 1000, 13: 1000, 19: 1000, 33: 500, 59: 200, 101: 50, 201: 20}

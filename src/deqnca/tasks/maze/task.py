@@ -25,7 +25,7 @@ def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", re
     """Train a maze solver-net of `model_config` through the engine.
 
     Examples:
-        >>> train_maze(PRESETS["dt"], MazeConfig(train_size=5, epochs=1), "runs/try")  # doctest: +SKIP
+        >>> train_maze(PRESETS.build("dt").model, MazeConfig(train_size=5, epochs=1), "runs/try")  # doctest: +SKIP
     """
     from deqnca.engine.trainer import fit
     from deqnca.tasks.maze.model import MazeNetConfig

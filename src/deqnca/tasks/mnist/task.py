@@ -19,7 +19,7 @@ def train(model_config: dict, cfg, out, data, device: str = "cpu", resume: bool 
     """Train an `EquilibriumModel` of `model_config` on `data` = (x, y, x_test, y_test) through the engine.
 
     Examples:
-        >>> train(preset("essay")["model"], MnistConfig(epochs=1), "runs/try", data)  # doctest: +SKIP
+        >>> train(preset("essay").model, MnistConfig(epochs=1), "runs/try", data)  # doctest: +SKIP
     """
     from deqnca.engine.trainer import fit
 
