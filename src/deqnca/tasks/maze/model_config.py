@@ -2,12 +2,17 @@
 counts, torch-free (the command line reads them without importing torch)."""
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 
 
 @dataclass
 class MazeNetConfig:
+    """A maze solver-net: which model (dt, deq, geodesic), its sizes, initial state, solver and gradient.
+
+    Example:
+        >>> MazeNetConfig.from_dict({"model": "deq", "init": "mixed"}).width
+        32
+    """
     model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall), "deq" or "geodesic"
     width: int = 32
     blocks: int = 2
@@ -24,12 +29,13 @@ class MazeNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MazeNetConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown maze model config keys {sorted(unknown)}")
-        return cls(**copy.deepcopy(d))
+        """The config from a plain dict (a checkpoint's ``model_config``); unknown keys are an error."""
+        from deqnca.core.configs import load_dataclass
+
+        return load_dataclass(cls, d, what="maze model config")
 
     def to_dict(self) -> dict:
+        """A plain, JSON-ready dict."""
         return asdict(self)
 
 
