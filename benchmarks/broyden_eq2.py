@@ -39,8 +39,8 @@ def main():
     x = x[:args.images]
     models = []
     if args.checkpoint:
-        from deqnca.engine.checkpoint import load_model
-        models.append((args.checkpoint, load_model(args.checkpoint)[0]))
+        from deqnca import load
+        models.append((args.checkpoint, load(args.checkpoint)[0]))
     else:
         for scale in (1.0, 0.1):
             m = EquilibriumModel(preset("essay-broyden", {"rule_kw": {"state_init_scale": scale}}).model)
@@ -50,8 +50,8 @@ def main():
     for name, m in models:
         m.eval()
         with torch.no_grad():
-            f, u = m.step_map(x)
-            z0 = m.initial_state(u, torch.Generator().manual_seed(args.seed))
+            f = m.step_map(x)
+            z0 = m.initial_state(x, torch.Generator().manual_seed(args.seed))
             a0, r0 = residuals(f(z0), z0)
             n0 = z0.flatten(1).norm(dim=1)
             print(f"| {name} | 0 (noise) | - | {n0.median():.3g} | {n0.max():.3g} | {a0.median():.3g} | "

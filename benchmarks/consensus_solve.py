@@ -30,13 +30,14 @@ def main(argv=None) -> int:
     ap.add_argument("--b-max-iter", type=int, default=80)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    from deqnca import load
     from deqnca.core.gradients import make_gradient
     from deqnca.core.resources import resolve_checkpoint
     from deqnca.core.solvers import get_solver
     from deqnca.tasks.cells.model import LOSSES, truth_map
-    from deqnca.tasks.cells.task import load_cells_checkpoint, load_digits
+    from deqnca.tasks.cells.task import load_digits
 
-    model, _ = load_cells_checkpoint(resolve_checkpoint(a.checkpoint))
+    model, _ = load(resolve_checkpoint(a.checkpoint))
     model.train()
     rule = model.rule
     x, y, _, _ = load_digits(28, 2000, 1)

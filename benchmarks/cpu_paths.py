@@ -217,8 +217,8 @@ def compile_rows(threads_options, rounds, timeout_s, peak_core):
 
 def model_rows(paths, rounds, batch, models):
     """One evaluation batch (the first `batch` test images, fixed state noise) of each shipped model per path."""
+    from deqnca import load
     from deqnca.data.idx import load_mnist
-    from deqnca.engine.checkpoint import load_model
 
     x, _ = load_mnist(split="test")
     x = x[:batch]
@@ -228,7 +228,7 @@ def model_rows(paths, rounds, batch, models):
         if not path.with_suffix(".safetensors").exists():
             rows.append(dict(model=name, note="not found"))
             continue
-        model, _ = load_model(path, "cpu")
+        model, _ = load(path, "cpu")
         model.eval()
         cells, stats = {}, {}
         for cl, t, amp, backend in paths:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from deqnca import load
 from deqnca.core.resources import models_dir
 from deqnca.data.idx import load_mnist
 from deqnca.engine import hardware
-from deqnca.engine.checkpoint import load_model
 from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def main(argv=None):
     info = hardware.cpu_info()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, info["usable_cores"]})
     batches = [int(b) for b in args.batches.split(",")]
-    models = {n: load_model(models_dir() / f"mnist-{n}", "cpu")[0] for n in ("essay", "equilibrium")}
+    models = {n: load(models_dir() / f"mnist-{n}", "cpu")[0] for n in ("essay", "equilibrium")}
     x, y = load_mnist(split="test")
     load_start = [round(v, 2) for v in os.getloadavg()]
     rows = timing_rows(models, x[:args.images], y[:args.images], batches, threads, (False, True),

@@ -28,12 +28,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json-out")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    from deqnca import load
     from deqnca.core.solvers import get_solver
-    from deqnca.engine.checkpoint import load_maze_model
     from deqnca.tasks.maze import generate as mazes
     from deqnca.tasks.maze.evaluate import default_max_iters
 
-    model, _ = load_maze_model(a.checkpoint)
+    model, _ = load(a.checkpoint)
     x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(a.size, a.mazes, "test")))
     z0, cap, tol = model.inference_state(x), default_max_iters(a.size, model), model.config.tol
     rows, states = {}, {}

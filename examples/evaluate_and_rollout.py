@@ -22,7 +22,7 @@ parser.add_argument("--out", default="out/examples/rollout")
 args = parser.parse_args()
 n, steps = (100, 20) if args.quick else (2000, 48)
 
-model, meta = deqnca.load_model(args.model)                  # a shipped name works from any folder
+model, meta = deqnca.load(args.model)                        # a shipped name works from any folder
 x, y = deqnca.load_mnist(split="test")                       # the MNIST files ship with deqnca
 result = deqnca.evaluate(model, x[:n], y[:n], batch_size=50)
 summary = deqnca.residual_summary(result["rel_residual"])

@@ -27,10 +27,11 @@ args = parser.parse_args()
 steps = 48 if args.quick else 96
 out = Path(args.out)
 
-model, meta = deqnca.load_grow_checkpoint(args.model)
+model, meta = deqnca.load(args.model, kind="grow")
 rule, target = model.rule, model.target
 H, W = target.shape[1:]
-grown, growth = replay(rule, rule.seed(1, H, W), steps, seed=0, keep_frames=True)
+z0 = model.initial_state(model.canvas(1))                       # one live cell in the centre
+grown, growth = replay(rule, z0, steps, seed=0, keep_frames=True)
 print(f"{args.model}: L2 to the target {target_loss(grown, target[None]).item():.4f} after {steps} steps")
 
 rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")

@@ -57,5 +57,5 @@ run = deqnca.fit(deqnca.MnistTask(config, (x, y, xt, yt)), args.out, overwrite=T
 last = run["history"][-1]
 print(f"{run['parameters']:,} parameters; after {epochs} epoch(s): test accuracy {100 * last['test_acc']:.1f}%, "
       f"median relative residual {last['test_rel_median']:.1e} in {last['test_nstep']:.0f} solver steps")
-model, _ = deqnca.load_model(f"{args.out}/last")             # the checkpoint names its rule: registered above
+model, _ = deqnca.load(f"{args.out}/last")                   # the checkpoint names its rule: registered above
 print("reloaded from", f"{args.out}/last:", f"{100 * deqnca.evaluate(model, xt, yt)['accuracy']:.1f}%")

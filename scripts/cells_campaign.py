@@ -215,11 +215,11 @@ def reach(a) -> int:
     the labels of the left half's alive cells compared, by distance from the cut (both rolled `--steps`)."""
     import torch
 
+    from deqnca import load
     from deqnca.data.idx import load_mnist
-    from deqnca.tasks.cells.task import load_cells_checkpoint
 
     torch.set_num_threads(1)
-    model, _ = load_cells_checkpoint(a.checkpoint)
+    model, _ = load(a.checkpoint)
     x, _ = load_mnist(split="test")
     x = x[:a.digits]
     cut = x.clone()

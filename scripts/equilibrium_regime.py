@@ -12,9 +12,9 @@ import argparse
 
 import torch
 
+from deqnca import load
 from deqnca.core.conditioning import Injection
 from deqnca.data.idx import load_mnist
-from deqnca.engine.checkpoint import load_model
 from deqnca.tasks.mnist.config import preset
 from deqnca.tasks.mnist.model import EquilibriumModel
 
@@ -23,7 +23,7 @@ from deqnca.tasks.mnist.model import EquilibriumModel
 def regime(model, x):
     model.eval()
     z, _ = model.solve(x)
-    _, u = model.step_map(x)
+    u = model.encode(x)
     rule = model.rule
     w = torch.cat([rule.K2.weight[:, :rule.input_channels], rule.state_weight()], 1)
     pre = Injection().bind(w, rule.K2.bias, u)(z)
@@ -46,7 +46,7 @@ def main():
         torch.manual_seed(args.seed)
         cfg = preset("equilibrium", {"rule_kw": {"input_init_scale": scale}}).model
         rows.append((f"initialisation, input_init_scale {scale:g}", EquilibriumModel(cfg)))
-    rows.append((args.checkpoint, load_model(args.checkpoint)[0]))
+    rows.append((args.checkpoint, load(args.checkpoint)[0]))
     print("| model | raw σ(K2_z) | mean abs tanh pre-activation | share abs > 0.5 | pooled z* std across images |")
     print("|---|---|---|---|---|")
     for name, m in rows:

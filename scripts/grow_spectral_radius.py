@@ -5,13 +5,13 @@ one seed cell (2 replays, generator seed 0). docs/grow.md, "Stability tools on t
 """
 import torch
 
+from deqnca import load
 from deqnca.core.solvers import rollout
-from deqnca.engine.checkpoint import load_grow_checkpoint
 from deqnca.tasks.grow.model import spectral_radius
 
 torch.manual_seed(0)    # the power iteration's start vector
 for name in ("bptt", "equilibrium"):
-    rule = load_grow_checkpoint(f"grow/lizard-{name}")[0].rule
+    rule = load(f"grow/lizard-{name}")[0].rule
     with torch.no_grad():
         z, _ = rollout(rule.stochastic_map(torch.Generator().manual_seed(0)), rule.seed(2, 72, 72), max_iter=96,
                        measure=False)

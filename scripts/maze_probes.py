@@ -88,11 +88,11 @@ def cmd_lengths(a):
 def cmd_converge(a):
     import torch
 
-    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca import load
     from deqnca.tasks.maze.evaluate import evaluate_size
 
     torch.set_num_threads(1)
-    model, _ = load_maze_model(a.checkpoint, "cpu")
+    model, _ = load(a.checkpoint, "cpu")
     for size, it in zip(a.sizes, a.iters):
         lay = mazes.load_set(size, a.count, "test", cache=a.cache, generator=a.generator)
         t = time.time()

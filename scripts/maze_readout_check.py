@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, "src")
-from deqnca.engine.checkpoint import load_maze_model  # noqa: E402
+from deqnca import load  # noqa: E402
 from deqnca.engine.hardware import cpu_info  # noqa: E402
 from deqnca.tasks.maze import generate as mazes  # noqa: E402
 from deqnca.tasks.maze.evaluate import default_max_iters  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, _ = load_maze_model(a.checkpoint)
+    model, _ = load(a.checkpoint)
     record = {"checkpoint": a.checkpoint, "generator": a.generator,
               "train": training_errors(model, a.generator, a.sizes, a.count, cache=a.cache)}
     if a.float64:

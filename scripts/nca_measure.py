@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from deqnca import load
 from deqnca.core.resources import shipped_models
 from deqnca.data.idx import load_mnist
-from deqnca.engine.checkpoint import load_model
 from deqnca.tasks.mnist import figures as nca_view
 from deqnca.tasks.mnist.label_maps import panorama_accuracy
 
@@ -42,7 +42,7 @@ def main():
     x, y = (full_x[:args.limit], full_y[:args.limit]) if args.limit else (full_x, full_y)
     what = args.what.split(",")
     for path in [Path(p) for p in args.models] if args.models else shipped_models():
-        model, _ = load_model(path, args.device)
+        model, _ = load(path, args.device)
         dest = out / f"{path.name}.json"
         rec = {"model": str(path), "n_crops": len(x), "date": str(date.today()),
                "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"

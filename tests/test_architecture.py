@@ -169,3 +169,41 @@ def test_no_function_in_src_above_cyclomatic_complexity_15():
     r = subprocess.run([ruff, "check", "--no-cache", "--select", "C901", "--config", "lint.mccabe.max-complexity = 15",
                         str(PACKAGE)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:]
+# the functions that build a model from what a checkpoint holds (its config, its kind)
+_BUILDS = {"build_checked", "model_class", "EquilibriumModel", "CellsModel", "GrowModel", "MazeSolverNet"}
+_OLD_LOADERS = {"load_model", "load_grow_checkpoint", "load_maze_model", "load_cells_checkpoint"}
+
+
+def _calls(fn) -> set:
+    out = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call):
+            f = node.func
+            out.add(f.id if isinstance(f, ast.Name) else getattr(f, "attr", ""))
+            if isinstance(f, ast.Attribute) and f.attr == "get" and getattr(f.value, "id", "") == "MODELS":
+                out.add("MODELS.get")
+    return out
+
+
+def test_one_function_reads_a_checkpoint_into_a_model():
+    readers, builders, lookups, old = [], [], [], []
+    for name, f in _modules().items():
+        for fn in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            calls = _calls(fn)
+            where = f"{name}.{fn.name}"
+            if "read_checkpoint" in calls and calls & (_BUILDS | {"MODELS.get"}):
+                readers.append(where)
+            if "build_checked" in calls:
+                builders.append(where)
+            if "MODELS.get" in calls:
+                lookups.append(where)
+            if fn.name in _OLD_LOADERS:
+                # the old loaders are thin aliases: the one loader, with the kind they need
+                if "read_checkpoint" in calls or not calls & {"load", "_deprecated"}:
+                    old.append(where)
+    assert readers == ["deqnca.engine.checkpoint.load"], readers
+    assert builders == ["deqnca.engine.checkpoint.load"], builders
+    assert lookups == ["deqnca.engine.checkpoint.model_class"], lookups      # a kind's class: one place
+    assert not old, f"old loaders that do more than call deqnca.load: {old}"

@@ -308,10 +308,11 @@ def test_tiny_training_beats_chance_per_cell(tmp_path, mnist_small):
 
 
 def test_article_pool_resumes_exactly_and_the_cli_evaluates(tmp_path, mnist_small, capsys):
+    from deqnca import load
     from deqnca.cli import main
     from deqnca.engine.checkpoint import read_checkpoint
     from deqnca.engine.trainer import fit
-    from deqnca.tasks.cells.task import CellsConfig, CellsTask, load_cells_checkpoint
+    from deqnca.tasks.cells.task import CellsConfig, CellsTask
 
     x, y, xt, yt = mnist_small
     data = (x[:64], y[:64], xt[:16], yt[:16])
@@ -325,7 +326,7 @@ def test_article_pool_resumes_exactly_and_the_cli_evaluates(tmp_path, mnist_smal
     assert set(a) == set(b) and "task.pool_z" in a
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole["global_step"] == 4
-    model, meta = load_cells_checkpoint(tmp_path / "whole" / "last")
+    model, meta = load(tmp_path / "whole" / "last")
     assert meta["kind"] == "cells" and model.config.rule == "selfclass"
     assert main(["cells", "eval", str(tmp_path / "whole" / "last"), "--images", "6", "--marks", "3,200",
                  "--batch-size", "6", "--mutation", "--device", "cpu", "--out", str(tmp_path / "e.json")]) == 0
@@ -374,11 +375,11 @@ def test_a_compiled_rule_evaluates_like_the_eager_one(rule):
 
 @pytest.mark.parametrize("name", ["consensus", "equilibrium"])
 def test_the_shipped_equilibrium_models_solve_test_digits_to_a_residual_below_1e_4(name):
+    from deqnca import load
     from deqnca.data.idx import load_mnist
     from deqnca.tasks.cells.model import evaluate_solved
-    from deqnca.tasks.cells.task import load_cells_checkpoint
 
-    model, meta = load_cells_checkpoint(f"cells/{name}")
+    model, meta = load(f"cells/{name}")
     assert meta["train_config"]["model"] == name and meta["provenance"]["machine"]
     x, y = load_mnist(split="test")
     x, y = x[:8], y[:8]
@@ -397,10 +398,10 @@ def test_the_shipped_equilibrium_models_solve_test_digits_to_a_residual_below_1e
 
 
 def test_the_shipped_article_model_loads_and_runs():
+    from deqnca import load
     from deqnca.data.idx import load_mnist
-    from deqnca.tasks.cells.task import load_cells_checkpoint
 
-    model, meta = load_cells_checkpoint("cells/article")
+    model, meta = load("cells/article")
     assert meta["train_config"]["model"] == "article" and model.config.rule == "selfclass"
     assert sum(p.numel() for p in model.parameters()) == 22_499
     x, y = load_mnist(split="test")

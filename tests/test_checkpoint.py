@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from deqnca.engine.checkpoint import CheckpointError, load_model, load_optimizer_state, read_checkpoint, save_checkpoint
+from deqnca import load
+from deqnca.engine.checkpoint import CheckpointError, load_optimizer_state, read_checkpoint, save_checkpoint
 from deqnca.tasks.mnist.model import EquilibriumModel
 
 CFG = dict(rule="contractive_tanh", solver="fixed_point", gradient="phantom", gradient_kw={"k": 1},
@@ -24,7 +25,7 @@ def _trained(tmp_path):
 def test_round_trip_model_optimizer_and_buffers(tmp_path, monkeypatch):
     model, opt = _trained(tmp_path)
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("checkpoint loading must not unpickle"))
-    loaded, meta = load_model(tmp_path / "ck")
+    loaded, meta = load(tmp_path / "ck")
     assert meta["epoch"] == 3
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k            # includes the power-iteration buffer
@@ -53,15 +54,15 @@ def test_detects_corrupt_and_missing_files(tmp_path):
     data[-5] ^= 0xFF
     st.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match the hash"):
-        load_model(tmp_path / "ck")
+        load(tmp_path / "ck")
     st.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         read_checkpoint(tmp_path / "ck", verify=False)
     (tmp_path / "ck.json").write_text("{ truncated")
     with pytest.raises(CheckpointError, match="not valid JSON"):
-        load_model(tmp_path / "ck")
+        load(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="missing"):
-        load_model(tmp_path / "nothing")
+        load(tmp_path / "nothing")
 
 
 def test_weights_that_do_not_fit_the_config(tmp_path):
@@ -71,4 +72,4 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     meta.pop("weights_sha256")
     (tmp_path / "ck.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not fit"):
-        load_model(tmp_path / "ck")
+        load(tmp_path / "ck")

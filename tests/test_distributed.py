@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from deqnca.engine.checkpoint import load_model
+from deqnca import load
 
 # deterministic: zero initial state, so the two half-batch gradients average to the full-batch one
 ARGS = ["-m", "deqnca.cli", "train", "--preset", "essay", "--device", "cpu", "--epochs", "1",
@@ -37,7 +37,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     summary = json.loads(ddp.stdout.strip().splitlines()[-1])      # printed by rank 0 only
     assert summary["epoch"] == 1
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
-    a, _ = load_model(tmp_path / "single" / "last")
-    b, _ = load_model(tmp_path / "ddp" / "last")
+    a, _ = load(tmp_path / "single" / "last")
+    b, _ = load(tmp_path / "ddp" / "last")
     for (k, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), k

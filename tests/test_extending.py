@@ -37,7 +37,7 @@ def test_a_registered_user_rule_trains_through_the_api_and_the_cli(mnist_small, 
     assert rc == 0, capsys.readouterr().err
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["model"]["rule"] == "leaky_tanh" and config["model"]["rule_kw"] == {"leak": 0.3}
-    model, _ = deqnca.load_model(tmp_path / "cli" / "last")
+    model, _ = deqnca.load(tmp_path / "cli" / "last")
     assert type(model.rule).__name__ == "LeakyTanhRule"
 
 
@@ -118,6 +118,6 @@ def test_compositions_that_do_not_fit_say_what_does():
     from deqnca.tasks.maze import model as _maze_model  # noqa: F401  (registers the maze rules)
 
     assert all(callable(getattr(deqnca.RULES.get(n), "bind", None)) for n in deqnca.RULES), "one rule protocol"
-    for registry in (deqnca.RULES, deqnca.CONDITIONINGS, deqnca.SOLVERS, deqnca.GRADIENTS, deqnca.READOUTS,
-                     deqnca.TASKS):
+    for registry in (deqnca.RULES, deqnca.CONDITIONINGS, deqnca.solvers.SOLVERS, deqnca.GRADIENTS, deqnca.READOUTS,
+                     deqnca.TASKS, deqnca.MODELS):
         assert len(registry) >= 2 and registry.protocol

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from deqnca import load
 from deqnca.cli import main
 from deqnca.core.resources import models_dir
 from deqnca.core.solvers import rollout
-from deqnca.engine.checkpoint import load_grow_checkpoint, read_checkpoint
+from deqnca.engine.checkpoint import read_checkpoint
 from deqnca.tasks.grow.model import (
     EquilibriumForward,
     disc_masks,
@@ -164,7 +165,7 @@ def test_cli_train_resume_show_measure(tmp_path, capsys):
             "--phantom-map", "stochastic", "--divergence-rel", "1e9"]
     assert main(args) == 0
     assert main(args[:6] + ["--steps", "3"] + args[8:] + ["--resume"]) == 0
-    model, meta = load_grow_checkpoint(run / "last")
+    model, meta = load(run / "last")
     assert meta["progress"]["global_step"] == 3 and model.target.shape == (4, 24, 24)
     assert meta["train_config"]["phantom_map"] == "stochastic" and meta["train_config"]["divergence_rel"] == 1e9
     assert main(["grow", "show", str(run / "last"), "--out", str(tmp_path / "show"), "--steps", "6",
@@ -189,7 +190,7 @@ def test_shipped_lizards_load_and_both_trainers_grow_the_lizard(tmp_path):
     root = models_dir() / "grow"
     losses = {}
     for name in ("lizard-bptt", "lizard-equilibrium", "lizard-equilibrium-fixed-point"):
-        model, meta = load_grow_checkpoint(root / name)
+        model, meta = load(root / name)
         assert meta["provenance"]["machine"]
         H, W = model.target.shape[1:]
         with torch.no_grad():
@@ -207,8 +208,8 @@ def test_export_strips_the_optimizer_and_keeps_a_loadable_grow_checkpoint(tmp_pa
     cfg = GrowTrainConfig(trainer="implicit", variant="growing", target="small", steps=2, min_steps=4, max_steps=4)
     train(cfg, load_target("small"), tmp_path / "run", progress=False)
     assert main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "shipped"), "--machine", "test"]) == 0
-    model, meta = load_grow_checkpoint(tmp_path / "shipped")
-    original, _ = load_grow_checkpoint(tmp_path / "run" / "last")
+    model, meta = load(tmp_path / "shipped")
+    original, _ = load(tmp_path / "run" / "last")
     assert "optimizer" not in meta and meta["provenance"]["machine"] == "test" and meta["progress"]["global_step"] == 2
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
 
@@ -217,12 +218,12 @@ def test_init_from_starts_a_new_stage_from_another_runs_weights(tmp_path):
     small = load_target("small")
     first = GrowTrainConfig(trainer="implicit", variant="growing", target="small", steps=3, min_steps=4, max_steps=4)
     train(first, small, tmp_path / "growing", progress=False)
-    source, _ = load_grow_checkpoint(tmp_path / "growing" / "last")
+    source, _ = load(tmp_path / "growing" / "last")
     # lr 0: the second stage's weights are exactly the ones it started from
     second = GrowTrainConfig(trainer="implicit", variant="persistent", target="small", steps=1, min_steps=4,
                              max_steps=4, lr=0.0, pool_size=16, init_from=str(tmp_path / "growing" / "last"))
     train(second, small, tmp_path / "persistent", progress=False)
-    staged, meta = load_grow_checkpoint(tmp_path / "persistent" / "last")
+    staged, meta = load(tmp_path / "persistent" / "last")
     assert meta["progress"]["global_step"] == 1 and meta["train_config"]["init_from"].endswith("last")
     assert all(torch.equal(a, b) for a, b in zip(staged.rule.state_dict().values(), source.rule.state_dict().values()))
     with pytest.raises(ValueError, match="init-from"):
@@ -238,7 +239,7 @@ def test_a_rule_that_kills_every_pattern_is_undone_and_the_pool_keeps_no_dead_st
     small = load_target("small")
     train(GrowTrainConfig(trainer=trainer, variant="growing", target="small", steps=1, min_steps=4, max_steps=4,
                           lr=0.0), small, tmp_path / "start", progress=False)
-    model, meta = load_grow_checkpoint(tmp_path / "start" / "last")
+    model, meta = load(tmp_path / "start" / "last")
     with torch.no_grad():           # every cell fires, and each firing drives alpha far below the threshold
         model.rule.w1.weight.zero_()
         model.rule.w1.bias.fill_(1.0)
@@ -345,7 +346,7 @@ def test_the_window_recipe_sets_the_equilibrium_trainers_options_and_explicit_on
     run = tmp_path / "run"
     assert main(["grow", "train", "--trainer", "implicit", "--recipe", "window", "--target", "small", "--steps", "2",
                  "--pool-size", "16", "--phantom-k", "4", "--out", str(run), "--device", "cpu", "--json"]) == 0
-    _, meta = load_grow_checkpoint(run / "last")
+    _, meta = load(run / "last")
     cfg = meta["train_config"]
     assert cfg["pool_size"] == 16 and cfg["phantom_k"] == 4                    # given explicitly
     assert {k: cfg[k] for k in window if k not in ("pool_size", "phantom_k")} == \

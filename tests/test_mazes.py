@@ -121,7 +121,7 @@ def test_deq_rule_stays_bounded_for_many_steps_on_a_large_maze():
         for p in model.rule.parameters():
             p.mul_(5.0)                     # weights far from a contraction: tanh still bounds the state
         f = model.step_map(x)
-        z = model.initial_state(x, "mixed", torch.Generator().manual_seed(0))
+        z = model.initial_state(x, torch.Generator().manual_seed(0), kind="mixed")
         for _ in range(100):
             z = f(z)
     assert torch.isfinite(z).all() and z.min() >= 0 and z.max() <= model.rule.bound
@@ -197,10 +197,10 @@ def test_tiny_training_run_solves_most_5x5_mazes(tmp_path, cache):
 
 def test_shipped_dt_model_solves_9x9_mazes(cache):
 
-    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca import load
     from deqnca.tasks.maze.evaluate import evaluate_size
 
-    model, meta = load_maze_model(models_dir() / "maze" / "dt")
+    model, meta = load(models_dir() / "maze" / "dt")
     assert meta["provenance"]["machine"].startswith("NVIDIA") and "optimizer" not in meta
     r = evaluate_size(model, mazes.load_set(9, 40, "test", cache=cache), max_iters=30, aa_count=4)
     assert r["accuracy"] >= 0.95                                  # docs/mazes.md: 100% of 1,000
@@ -368,10 +368,10 @@ def test_shipped_geodesic_models_reach_their_exact_fixed_point_and_solve_9x9_maz
     """The shipped equilibrium solvers (trained on <= 13x13, docs/mazes.md): every maze solved exactly to its
     fixed point (relative residual 0) within the rule's bound, AA 1, and the 9x9 mazes solved
     (docs: 100% of 1,000 on each generator)."""
-    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca import load
     from deqnca.tasks.maze.evaluate import default_max_iters, evaluate_size
 
-    model, meta = load_maze_model(models_dir() / "maze" / name)
+    model, meta = load(models_dir() / "maze" / name)
     assert meta["provenance"]["machine"].startswith("AMD EPYC") and "optimizer" not in meta
     for generator in ("dfs", "kruskal"):
         r = evaluate_size(model, mazes.load_set(9, 40, "test", cache=cache, generator=generator),
@@ -383,12 +383,12 @@ def test_shipped_geodesic_models_reach_their_exact_fixed_point_and_solve_9x9_maz
 def test_evaluation_names_the_mazes_it_failed(cache):
     """`failed` lists the wrong mazes by their index in the test set (what `maze show --index` takes), across
     batches; checked against each maze solved on its own."""
+    from deqnca import load
     from deqnca.core.solvers import rollout
-    from deqnca.engine.checkpoint import load_maze_model
     from deqnca.tasks.maze.evaluate import evaluate_size
     from deqnca.tasks.maze.model import predict
 
-    model, _ = load_maze_model(models_dir() / "maze" / "dt")
+    model, _ = load(models_dir() / "maze" / "dt")
     layouts = mazes.load_set(9, 12, "test", cache=cache)
     r = evaluate_size(model, layouts, max_iters=20, aa_count=0, batch=5)
     wrong, pixels = [], []
@@ -531,10 +531,10 @@ def test_geodesic_rule_fixed_point_is_the_exact_distance_and_is_reached_from_any
 def test_sparse_residual_checks_reach_the_same_geodesic_fixed_point(cache):
     """`check_every` (the geodesic model's test-time solve): the same states bit for bit as checking every
     step, each maze's step count rounded up to a check, never below the exact one."""
-    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca import load
     from deqnca.tasks.maze.evaluate import default_max_iters
 
-    model, _ = load_maze_model(models_dir() / "maze" / "geodesic")
+    model, _ = load(models_dir() / "maze" / "geodesic")
     x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 6, "test", cache=cache)))
     f, z0, cap = model.step_map(x), model.inference_state(x), default_max_iters(13, model)
     every, e_stats = get_solver("fixed_point")(f, z0, cap, tol=model.config.tol)
@@ -547,11 +547,11 @@ def test_sparse_residual_checks_reach_the_same_geodesic_fixed_point(cache):
 
 def test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit(cache):
     """`maze eval --compile`: the fused step rounds like the eager one, so the solve is the same."""
-    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca import load
     from deqnca.tasks.maze.model import solve_for_eval
 
-    eager, _ = load_maze_model(models_dir() / "maze" / "geodesic")
-    compiled, _ = load_maze_model(models_dir() / "maze" / "geodesic")
+    eager, _ = load(models_dir() / "maze" / "geodesic")
+    compiled, _ = load(models_dir() / "maze" / "geodesic")
     assert compiled.compile_for_eval() and compiled.rule._compiled is not None
     x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 4, "test", cache=cache, generator="prim")))
     z1, s1 = solve_for_eval(eager, x, 2000)
@@ -582,10 +582,10 @@ def test_dihedral_mean_is_equivariant_for_any_map():
 def test_symmetrised_geodesic_read_out_makes_the_whole_model_equivariant(cache):
     """The geodesic rule is equivariant (rotating a maze rotates its exact fixed point, bit for bit); with the d4
     read-out, so is the answer; the learned read-out alone is not."""
-    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca import load
     from deqnca.tasks.maze.model import solve_for_eval
 
-    model, _ = load_maze_model(models_dir() / "maze" / "geodesic")
+    model, _ = load(models_dir() / "maze" / "geodesic")
     assert model.config.readout_symmetry == "d4"                # as shipped (docs/mazes.md)
     model.set_readout_symmetry("none")
     x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 3, "test", cache=cache, generator="prim")))
@@ -626,9 +626,9 @@ def test_cli_eval_and_show_with_the_symmetrised_read_out(tmp_path, cache, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is for the geodesic model" in err[0]
     # shipping a model with or without the symmetrised read-out: the weights unchanged, the config says which
-    from deqnca.engine.checkpoint import load_maze_model
+    from deqnca import load
     assert main(["export", geo, str(tmp_path / "plain"), "--readout-symmetry", "none"]) == 0
-    plain, meta = load_maze_model(tmp_path / "plain")
+    plain, meta = load(tmp_path / "plain")
     assert plain.config.readout_symmetry == "none"
     assert meta["weights_sha256"] == json.loads((models_dir() / "maze" / "geodesic.json").read_text())["weights_sha256"]
     capsys.readouterr()

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deqnca import load
 from deqnca.core import readout
 from deqnca.core.amp import amp_context
-from deqnca.engine.checkpoint import load_model, read_checkpoint
+from deqnca.engine.checkpoint import read_checkpoint
 from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
 from deqnca.tasks.mnist.task import train
 
@@ -34,7 +35,7 @@ def test_tiny_training_learns_past_threshold(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_loss", "test_acc", "test_rel_median", "elapsed_s", "global_step"} <= set(rows[0])
-    model, meta = load_model(tmp_path / "last")
+    model, meta = load(tmp_path / "last")
     assert meta["progress"]["epoch"] == 2
 
 
@@ -76,7 +77,7 @@ def test_non_finite_steps_are_skipped_and_never_saved(mnist_small, tmp_path):
     with pytest.warns(UserWarning, match="non-finite"):
         result = train(TINY, cfg, tmp_path, (x, y, xt, yt), log=lambda s: None)
     assert result["history"][-1]["skipped_steps"] >= 1
-    model, _ = load_model(tmp_path / "last")
+    model, _ = load(tmp_path / "last")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -2,16 +2,23 @@
 
 The public API, importable from the package root (loaded on first use, so `import deqnca` is cheap):
 
-- the model and its five parts, each with a registry: `EquilibriumModel`, `ModelConfig`;
-  `RULES`, `CONDITIONINGS`, `SOLVERS`, `GRADIENTS`, `READOUTS` and their `register_*` functions;
+- one model protocol: every model kind is a `CellularModel` (initial state, step map, read-out; solve on
+  top), registered in `MODELS` under the kind its checkpoints record; `load` reads any checkpoint, shipped
+  or trained, into its model, and `rollout` is the NCA view of every kind (states, residuals, read-outs);
+- the MNIST classifier and its five parts, each with a registry: `EquilibriumModel`, `ModelConfig`;
+  `RULES`, `CONDITIONINGS`, `GRADIENTS`, `READOUTS` and their `register_*` functions; the solvers
+  (`rollout`, `fixed_point`, `anderson`, `broyden`, `get_solver`, `SOLVERS`, `register_solver`) are
+  `deqnca.solvers.<name>`;
 - training: `fit`, `Task`, `TrainConfig`, `Batch`, `TASKS`, `register_task`; the built-in tasks
   `MnistTask`, `GrowTask`, `MazeTask` with their configs; the MNIST `PRESETS` (a registry of functions
   returning an `MnistConfig`) and `preset` (one of them with options changed);
-- checkpoints and evaluation: `load_model`, `save_checkpoint`, `read_checkpoint`, `evaluate`.
+- checkpoints and evaluation: `load`, `save_checkpoint`, `read_checkpoint`, `evaluate` (`load_model`,
+  `load_grow_checkpoint` and `load_maze_model` are deprecated aliases of `load`).
 
 Examples:
     >>> import deqnca
     >>> model = deqnca.EquilibriumModel(deqnca.preset("equilibrium").model)
+    >>> model, meta = deqnca.load("maze/geodesic")  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -22,12 +29,11 @@ from ._version import __version__
 _EXPORTS = {
     "EquilibriumModel": "tasks.mnist.model", "ModelConfig": "tasks.mnist.model",
     "count_parameters": "tasks.mnist.model",
+    "CellularModel": "core.model", "MODELS": "core.model", "Rollout": "core.nca", "rollout": "core.nca",
+    "load": "tasks", "load_model": "tasks", "load_grow_checkpoint": "tasks", "load_maze_model": "tasks",
     "Registry": "core.registry",
     "RULES": "core.rules", "make_rule": "core.rules",
     "CONDITIONINGS": "core.conditioning", "make_conditioning": "core.conditioning",
-    "SOLVERS": "core.solvers", "SolveStats": "core.solvers", "get_solver": "core.solvers",
-    "register_solver": "core.solvers",
-    "rollout": "core.solvers", "fixed_point": "core.solvers", "anderson": "core.solvers", "broyden": "core.solvers",
     "GRADIENTS": "core.gradients", "make_gradient": "core.gradients", "BPTT": "core.gradients",
     "Implicit": "core.gradients",
     "Phantom": "core.gradients",
@@ -37,9 +43,8 @@ _EXPORTS = {
     "load_mnist": "data.idx",
     "TASKS": "engine.trainer", "Task": "engine.trainer", "TrainConfig": "engine.options", "Batch": "engine.trainer",
     "fit": "engine.trainer",
-    "CheckpointError": "engine.checkpoint", "load_model": "engine.checkpoint", "save_checkpoint": "engine.checkpoint",
-    "read_checkpoint": "engine.checkpoint", "load_grow_checkpoint": "engine.checkpoint",
-    "load_maze_model": "engine.checkpoint",
+    "CheckpointError": "engine.checkpoint", "save_checkpoint": "engine.checkpoint",
+    "read_checkpoint": "engine.checkpoint",
     "MnistTask": "tasks.mnist.task", "MnistConfig": "tasks.mnist.config", "PRESETS": "tasks.mnist.config",
     "preset": "tasks.mnist.config",
     "GrowTask": "tasks.grow.task", "GrowConfig": "tasks.grow.config", "MazeTask": "tasks.maze.task",
@@ -52,9 +57,11 @@ __all__ = ["__version__", *_EXPORTS, *_REGISTERS]
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
+    if name == "solvers":                     # `deqnca.solvers.<name>`: the solver functions and their registry
+        value = importlib.import_module(".core.solvers", __name__)
+    elif name in _EXPORTS:
         module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-        if _EXPORTS[name] == "engine.trainer":
+        if _EXPORTS[name] == "engine.trainer" or name == "MODELS":
             importlib.import_module(".tasks", __name__).load_builtin_tasks()   # they register themselves
         value = getattr(module, name)
     elif name in _REGISTERS:
@@ -69,4 +76,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(__all__)
+    return sorted([*__all__, "solvers"])

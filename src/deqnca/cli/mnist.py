@@ -60,11 +60,11 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,
                         progress=True, amp="off", sample=0):
     from deqnca.data.idx import load_mnist
-    from deqnca.engine.checkpoint import load_model
+    from deqnca.tasks import load
     from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
     from deqnca.tasks.mnist.model import count_parameters
 
-    model, meta = load_model(path, device)
+    model, meta = load(path, device, kind="mnist")
     amp_reason = "set explicitly"
     if amp == "auto":
         from deqnca.engine.hardware import choose_cpu_path
@@ -139,48 +139,36 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from deqnca.engine.checkpoint import read_checkpoint
     from deqnca.engine.summary import describe_checkpoint, record_json
+    from deqnca.tasks import load_builtin_tasks
 
+    load_builtin_tasks()                  # their model kinds describe their checkpoints
     _, meta = read_checkpoint(args.checkpoint, tensors=False)
     print(record_json(meta) if args.json else describe_checkpoint(meta, str(args.checkpoint)))
     return 0
 
 
+# what a shipped model's record leaves out of a run's: the optimizer, the tensor file's name and hash (written
+# anew) and the model config (written from the model)
+_NOT_EXPORTED = ("optimizer", "weights_sha256", "weights_file", "model_config")
+
+
 def cmd_export(args) -> int:
     """Strip a run's checkpoint to a shippable model: weights only, plus config, metrics, provenance."""
-    from deqnca.engine.checkpoint import (
-        GROW_KIND,
-        load_grow_checkpoint,
-        load_maze_model,
-        load_model,
-        read_checkpoint,
-        save_checkpoint,
-    )
+    from deqnca.engine.checkpoint import checkpoint_base, checkpoint_kind, save_checkpoint
+    from deqnca.tasks import load
 
-    provenance = {"source": str(args.checkpoint), "machine": args.machine, "date": args.date,
-                  "command": args.command}
-    _, meta = read_checkpoint(args.checkpoint)
-    if meta.get("kind") in (GROW_KIND, "maze", "cells") or "maze" in meta:
-        # growing NCA, maze and self-classifying checkpoints: keep their own records (their loaders read them),
-        # drop the optimizer and the training state (the article's pool)
-        from deqnca.tasks.cells.task import load_cells_checkpoint
-
-        loaders = {GROW_KIND: load_grow_checkpoint, "cells": load_cells_checkpoint}
-        model, _ = loaders.get(meta.get("kind"), load_maze_model)(args.checkpoint)
-        info = {k: v for k, v in meta.items()
-                if k not in ("optimizer", "weights_sha256", "weights_file", "model_config")}
-        info["provenance"] = provenance
-    else:
-        model, meta = load_model(args.checkpoint)
-        history = meta.get("history", [])
-        info = {"metrics": history[-1] if history else {}, "history": history,
-                "train_config": meta.get("train_config"), "parameters": meta.get("parameters"),
-                "provenance": provenance}
+    model, meta = load(args.checkpoint)          # any kind: its record is kept, less the training state
+    info = {k: v for k, v in meta.items() if k not in _NOT_EXPORTED}
+    info["kind"] = checkpoint_kind(meta)
+    history = meta.get("history") or []
+    if history and "metrics" not in info:
+        info["metrics"] = history[-1]
+    info["provenance"] = {"source": str(args.checkpoint), "machine": args.machine, "date": args.date,
+                          "command": args.command}
     if args.readout_symmetry is not None:
         if not hasattr(model, "set_readout_symmetry"):
             raise ConfigError("--readout-symmetry: only maze checkpoints (the geodesic model) have it")
         model.set_readout_symmetry(args.readout_symmetry)      # saved with the model's config
-    from deqnca.engine.checkpoint import checkpoint_base
-
     dest = checkpoint_base(args.dest)
     writable_folder(dest.parent, "destination")
     existing = [p for p in (dest.parent / (dest.name + suffix) for suffix in (".json", ".safetensors")) if p.exists()]
@@ -194,13 +182,13 @@ def cmd_export(args) -> int:
 def cmd_rollout(args) -> int:
     """Figure 1 for one test image: frames, GIF, residual/probability curves, and a JSON trace."""
     from deqnca.data.idx import load_mnist
-    from deqnca.engine.checkpoint import load_model
+    from deqnca.tasks import load
     from deqnca.tasks.mnist.figures import draw_figure1
 
     device = setup_device(args.device)
     out = writable_folder(args.out)
     path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay", args.models_dir)
-    model, _ = load_model(path, device)
+    model, _ = load(path, device, kind="mnist")
     x, y = load_mnist(args.data_dir, split="test", verify_md5=False if args.no_verify else None)
     if not 0 <= args.index < len(x):
         raise ConfigError(f"--index {args.index}: the test set has images 0..{len(x) - 1}")

@@ -76,4 +76,9 @@ class CellularModel(nn.Module):
 
     def describe(self) -> str:
         """One line for `deqnca info`: what the model is and what it computes."""
-        return f"{type(self).__name__} ({self.config.__class__.__name__})"
+        return type(self).describe_config(self.config)
+
+    @classmethod
+    def describe_config(cls, config) -> str:
+        """`describe` from the config alone (`deqnca info` reads a checkpoint's JSON, not its weights)."""
+        return f"{cls.__name__} ({type(config).__name__})"

@@ -1,9 +1,11 @@
-"""The NCA view: replay a trained model's rule step by step, as a cellular automaton.
+"""The NCA view of every model kind: replay its rule step by step, as a cellular automaton.
 
-`rollout` records, for a batch, the states z_0..z_T (or evenly spaced ones, `even_frames`, so that
-memory stays bounded for any number of steps), the residual of every step (free: f(z_t) is z_{t+1}),
-and the read-out's class probabilities at every step. `rollout_curve` runs the same over
-a whole dataset without keeping states: accuracy and residual quantiles as a function of the step.
+`rollout` works through the model protocol only (`CellularModel`: `initial_state`, `step_map`, `read`),
+so the MNIST classifier, the self-classifying cells, the growing NCA, the maze solver and a user's own
+kind are replayed the same way. It records, for a batch, the states z_0..z_T (or evenly spaced ones,
+`even_frames`, so that memory stays bounded for any number of steps), the residual of every step
+(free: f(z_t) is z_{t+1}), and the read-outs. `rollout_curve` runs the same over a whole dataset
+without keeping states: accuracy and residual quantiles as a function of the step (classifiers).
 """
 from __future__ import annotations
 
@@ -16,11 +18,25 @@ from deqnca.core.solvers import residuals
 
 @dataclass
 class Rollout:
-    states: torch.Tensor | None     # (B, F, C, H, W) on CPU: the states at `frame_steps`, or None
+    """What `rollout` recorded (every tensor on the CPU).
+
+    A read-out that is one vector per sample (class logits, shape (B, K)) is kept at every step; a
+    read-out per cell (the cells' labels, the maze's path logits, the growing NCA's RGBA) is kept at the
+    steps whose states are kept (`frame_steps`), or at the last step only when no state is kept, so that
+    its memory stays that of the states.
+    """
+
+    states: torch.Tensor | None     # (B, F, C, H, W): the states at `frame_steps`, or None
     abs_residual: torch.Tensor      # (B, T): ‖f(z_t) − z_t‖ for t = 0..T-1
     rel_residual: torch.Tensor      # (B, T): ‖f(z_t) − z_t‖ / ‖f(z_t)‖
-    probs: torch.Tensor             # (B, T+1, classes)
-    frame_steps: list[int] | None = None    # the step of each kept state (0..T: every one, unless `frames`)
+    readouts: torch.Tensor          # (B, R, ...): the read-out `model.read(z_t, x)` at `readout_steps`
+    frame_steps: list[int] | None = None     # the step of each kept state (0..T: every one, unless `frames`)
+    readout_steps: list[int] | None = None   # the step of each kept read-out
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(B, R, K) class probabilities: the softmax of a classifier's read-outs (its logits)."""
+        return torch.softmax(self.readouts, -1)
 
 
 def even_frames(steps: int, count: int = 200) -> list[int]:
@@ -37,40 +53,56 @@ def even_frames(steps: int, count: int = 200) -> list[int]:
 
 
 @torch.no_grad()
-def rollout(model, x, steps: int, z0=None, generator=None, keep_states: bool = True, frames=None) -> Rollout:
-    """Iterate the model's rule `steps` times from its initial state (or `z0`) on the batch `x`.
+def rollout(model, x, steps: int, z0=None, generator=None, frames=None, keep_states: bool = True) -> Rollout:
+    """The NCA view of any model kind: iterate its rule `steps` times on the batch `x` (in eval mode),
+    from its initial state (or `z0`).
 
     Args:
-        keep_states: keep states (on the CPU) for pictures.
+        model: a `CellularModel` (e.g. from `deqnca.load`).
+        x: the input batch the rule is bound to (what `x` is for each kind: its class docstring).
+        steps: how many steps T.
+        z0: the initial state (default: `model.initial_state(x, generator)`).
+        generator: the randomness of the initial state and of a stochastic rule.
         frames: the steps whose states are kept (default: every one, z_0..z_T); pass e.g.
-            `even_frames(steps)` to keep memory bounded however many steps are run. The residuals and
-            probabilities of every step are always kept (a few numbers per step).
+            `even_frames(steps)` to keep memory bounded however many steps are run. The residuals of
+            every step are always kept (a few numbers per step).
+        keep_states: keep states (on the CPU) for pictures.
+
+    Returns:
+        A `Rollout`: states, residuals per step, read-outs (see `Rollout` for which steps).
+
+    Examples:
+        >>> model, _ = deqnca.load("mnist-equilibrium")  # doctest: +SKIP
+        >>> r = deqnca.rollout(model, x, 100)  # doctest: +SKIP
+        >>> r.rel_residual[:, -1]  # doctest: +SKIP
     """
     model.eval()
-    f, u = model.step_map(x)
-    z = model.initial_state(u, generator) if z0 is None else z0
+    f = model.step_map(x, generator)
+    z = model.initial_state(x, generator) if z0 is None else z0
     keep = set(range(steps + 1) if frames is None else (int(t) for t in frames)) if keep_states else set()
-    states, kept = [], []
+    first = model.read(z, x)
+    per_step = first.dim() == 2               # one vector per sample: every step; else the kept frames
+    read_at = set(range(steps + 1)) if per_step else (keep if keep_states else {steps})
+    states, kept, reads, read_steps = [], [], [], []
 
-    def record(t, z):
+    def record(t, z, r=None):
         if t in keep:
             states.append(z.float().cpu())
             kept.append(t)
+        if t in read_at:
+            reads.append((model.read(z, x) if r is None else r).float().cpu())
+            read_steps.append(t)
 
-    record(0, z)
-    p0 = torch.softmax(model.read(z, x), -1).cpu()
-    probs = torch.empty(p0.shape[0], steps + 1, p0.shape[-1])
-    probs[:, 0] = p0
-    abs_r, rel_r = torch.empty(x.shape[0], steps), torch.empty(x.shape[0], steps)
+    record(0, z, first)
+    abs_r, rel_r = torch.empty(z.shape[0], steps), torch.empty(z.shape[0], steps)
     for t in range(steps):
         z_next = f(z)
         a, r = residuals(z_next, z)
         abs_r[:, t], rel_r[:, t] = a.cpu(), r.cpu()
         z = z_next
-        probs[:, t + 1] = torch.softmax(model.read(z, x), -1).cpu()
         record(t + 1, z)
-    return Rollout(torch.stack(states, dim=1) if keep_states else None, abs_r, rel_r, probs,
-                   kept if keep_states else None)
+    return Rollout(torch.stack(states, dim=1) if keep_states else None, abs_r, rel_r, torch.stack(reads, dim=1),
+                   kept if keep_states else None, read_steps)
 
 
 @torch.no_grad()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "CheckpointError": "checkpoint", "load_grow_checkpoint": "checkpoint", "load_maze_model": "checkpoint",
-    "load_model": "checkpoint", "read_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint", "load": "checkpoint", "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
     "TrainConfig": "options",
     "TASKS": "trainer", "Batch": "trainer", "Task": "trainer", "fit": "trainer", "lr_at": "trainer",
     "make_optimizer": "trainer",

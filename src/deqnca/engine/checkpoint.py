@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from deqnca.core.configs import load_dataclass
 from deqnca.core.fileio import atomic_write, fault_point, fsync_dir
+from deqnca.core.model import MODELS
 from deqnca.core.resources import resolve_checkpoint, shipped_names
 
 
@@ -265,60 +267,57 @@ def load_state(model, state: dict, path) -> None:
     model.load_state_dict(state)
 
 
-def load_model(path, device="cpu"):
-    """(model, meta): an `EquilibriumModel` from a checkpoint. Only tensors and JSON are read, nothing
-    is unpickled, and the weights are checked against the config before use.
+# a checkpoint written before checkpoints named their kind holds an MNIST classifier (the first model kind)
+DEFAULT_KIND = "mnist"
 
-    Examples:
-        >>> model, meta = load_model("mnist-essay")  # doctest: +SKIP
+
+def checkpoint_kind(meta: dict) -> str:
+    """The model kind of a checkpoint record: its ``kind`` (the task that wrote it), or ``"mnist"`` for a
+    record from before kinds were recorded. Never guessed from the record's other keys."""
+    return meta.get("kind", DEFAULT_KIND)
+
+
+def model_class(kind: str, path="the checkpoint"):
+    """The `CellularModel` class registered as `kind` in `MODELS`; a one-line `CheckpointError` otherwise."""
+    if kind not in MODELS:
+        raise CheckpointError(f"{path}: unknown model kind {kind!r} (registered: {', '.join(MODELS.names())}); "
+                              "load the module that registers it first, e.g. with --plugin")
+    return MODELS.get(kind)
+
+
+def load(name_or_path, device="cpu", kind: str | None = None):
+    """(model, meta): the model of any checkpoint, shipped or trained, in eval mode on `device` — the one
+    function that reads a checkpoint into a model.
+
+    Its kind (``meta["kind"]``, `checkpoint_kind`) names the class in `MODELS`; the class's ``Config`` is
+    read from ``model_config`` by the strict `load_dataclass`, the model is built from it and the weights
+    are loaded after checking their names, shapes, dtypes and finiteness. Only tensors and JSON are read,
+    nothing is unpickled. Kinds register when their modules are imported: `deqnca.load` imports the
+    built-in ones first.
+
+    Args:
+        name_or_path: a checkpoint (``runs/x/last``, with or without suffix) or a shipped model's name
+            (``mnist-essay``, ``grow/lizard-equilibrium``, ``maze/geodesic``, ``cells/consensus``).
+        device: where the model goes.
+        kind: the kind the caller needs (e.g. a task's command); a checkpoint of another kind is a
+            one-line error naming both.
+
+    Returns:
+        (the model, the checkpoint's JSON record).
     """
-    from deqnca.tasks.mnist.model import EquilibriumModel
-
-    tensors, meta = read_checkpoint(path)
+    tensors, meta = read_checkpoint(name_or_path)
+    found = checkpoint_kind(meta)
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{name_or_path}: a {found!r} checkpoint, not a {kind!r} one; this command needs "
+                              f"a {kind} model")
+    cls = model_class(found, name_or_path)
     if not isinstance(meta.get("model_config"), dict):
-        raise CheckpointError(f"{path}: no model_config in its JSON; not an MNIST model checkpoint")
-    check_config(meta["model_config"], path)
+        raise CheckpointError(f"{name_or_path}: no model_config in its JSON; not a model checkpoint")
+    check_config(meta["model_config"], name_or_path)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model = build_checked(lambda: EquilibriumModel(meta["model_config"]), state, path)
-    load_state(model, state, path)
-    return model.to(device), meta
-
-
-GROW_KIND = "grow"
-
-
-def load_grow_checkpoint(path, device="cpu"):
-    """(GrowModel, meta): a growing NCA (rule and target) from a checkpoint of the grow task."""
-    from deqnca.tasks.grow.model import GrowModel
-    from deqnca.tasks.grow.rule import GrowingConfig
-
-    tensors, meta = read_checkpoint(path)
-    if meta.get("kind") != GROW_KIND:
-        raise CheckpointError(f"{path}: not a growing-NCA checkpoint (kind {meta.get('kind')!r}); "
-                              "use a checkpoint written by `deqnca grow train`")
-    if "model.target" not in tensors or not isinstance(meta.get("model_config"), dict):
-        raise CheckpointError(f"{path}: no target image or rule config; not a growing-NCA checkpoint")
-    check_config(meta["model_config"], path)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    target = tensors["model.target"]
-    if target.dim() != 3 or not target.is_floating_point() or max(target.shape) > MAX_SIZE:
-        raise CheckpointError(f"{path}: its target image is not a (C, H, W) float tensor of sensible size")
-    model = build_checked(lambda: GrowModel(GrowingConfig.from_dict(meta["model_config"]), target), state, path)
-    load_state(model, state, path)
-    return model.to(device), meta
-
-
-def load_maze_model(path, device="cpu"):
-    """(MazeSolverNet in eval mode, meta) from a checkpoint of the maze task."""
-    from deqnca.tasks.maze.model import MazeSolverNet
-
-    tensors, meta = read_checkpoint(path)
-    if "maze" not in meta and meta.get("kind") != "maze":
-        raise CheckpointError(f"{path}: not a maze checkpoint (made by `deqnca maze train`)")
-    check_config(meta.get("model_config"), path)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model = build_checked(lambda: MazeSolverNet(meta["model_config"]), state, path)
-    load_state(model, state, path)
+    model = build_checked(lambda: cls(load_dataclass(cls.Config, meta["model_config"], what="model config")),
+                          state, name_or_path)
+    load_state(model, state, name_or_path)
     return model.to(device).eval(), meta
 
 

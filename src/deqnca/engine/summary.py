@@ -22,16 +22,17 @@ def _value(v) -> str:
 
 
 def _kind(meta: dict) -> str:
-    kind = meta.get("kind")
-    if kind == "grow":
-        return "growing NCA"
-    if kind == "maze" or "maze" in meta:
-        return "maze solver-net"
-    if kind == "cells":
-        return f"self-classifying CA ({meta.get('train_config', {}).get('model', '?')} model)"
-    if kind == "cnn" or "model_config" not in meta and "test_acc" in meta:
-        return "CNN baseline"
-    return "MNIST classifier (EquilibriumModel)" if "rule" in meta.get("model_config", {}) else (kind or "checkpoint")
+    """What the checkpoint holds, as its model kind describes it (`CellularModel.describe_config`); a kind
+    with no model class registered (e.g. the CNN baseline's) is named by itself."""
+    from deqnca.core.configs import load_dataclass
+    from deqnca.engine.checkpoint import checkpoint_kind, model_class
+
+    kind = checkpoint_kind(meta)
+    try:
+        cls = model_class(kind)
+        return cls.describe_config(load_dataclass(cls.Config, meta.get("model_config"), what="model config"))
+    except (TypeError, ValueError):     # no such kind, or a config it cannot read: `deqnca info` still prints
+        return f"{kind} checkpoint"
 
 
 def _model_line(config: dict) -> str:
@@ -58,9 +59,9 @@ def describe_checkpoint(meta: dict, name: str) -> str:
     """A few lines: what `name` is, its size, its configuration, its last metrics and where it came from.
 
     Examples:
-        >>> print(describe_checkpoint({"kind": "grow", "parameters": 8320, "model_config": {"channels": 16}}, "x"))
-        x: growing NCA, 8,320 parameters
-          model     channels 16
+        >>> print(describe_checkpoint({"kind": "cnn", "parameters": 15410, "model_config": {"width": 16}}, "x"))
+        x: cnn checkpoint, 15,410 parameters
+          model     width 16
     """
     lines = [f"{name}: {_kind(meta)}" + (f", {meta['parameters']:,} parameters" if "parameters" in meta else "")]
     if isinstance(meta.get("model_config"), dict):

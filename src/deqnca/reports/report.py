@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from deqnca.data.idx import load_mnist
-from deqnca.engine.checkpoint import load_model
+from deqnca.tasks import load
 from deqnca.tasks.mnist import figures as nca_view
 from deqnca.tasks.mnist.label_maps import label_maps
 from deqnca.tasks.mnist.panoramas import make_panoramas
@@ -54,8 +54,7 @@ def build(models: list[Path], out: Path, device="cpu", data_dir=None, n_crops=30
     for path in models:
         name = _model_name(path)
         t0 = time.time()
-        model, meta = load_model(path, device)
-        model.eval()
+        model, meta = load(path, device, kind="mnist")
         _, (strip, gif, curves) = nca_view.draw_figure1(
             model, x[index:index + 1].to(device), int(y[index]), out, f"fig1-{name}",
             f"{name}: rollout from noise, test image {index} (label {int(y[index])})", steps=fig_steps, seed=seed)

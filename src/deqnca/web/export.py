@@ -36,17 +36,14 @@ def _load_models(models_dir: Path, cell_checkpoint=None, examples: bool = True) 
 
     This is the only function that imports other deqnca modules (the package layout moves)."""
     from deqnca.data.idx import load_mnist
-    from deqnca.engine.checkpoint import load_grow_checkpoint, load_maze_model, load_model
+    from deqnca.tasks import load
 
     out = {"mnist": {}, "grow": {}, "maze": {}, "cell": None, "digits": None}
-    for name, rel in MNIST_MODELS.items():
-        out["mnist"][name] = (load_model(models_dir / rel)[0].eval(), rel)
-    for name, rel in GROW_MODELS.items():
-        out["grow"][name] = (load_grow_checkpoint(models_dir / rel)[0].eval(), rel)
-    for name, rel in MAZE_MODELS.items():
-        out["maze"][name] = (load_maze_model(models_dir / rel)[0].eval(), rel)
+    for kind, models in (("mnist", MNIST_MODELS), ("grow", GROW_MODELS), ("maze", MAZE_MODELS)):
+        for name, rel in models.items():
+            out[kind][name] = (load(models_dir / rel, kind=kind)[0], rel)      # in eval mode
     if cell_checkpoint is not None:
-        model, _ = load_model(cell_checkpoint)
+        model, _ = load(cell_checkpoint, kind="mnist")
         if model.config.readout != "cell":
             raise ValueError(f"{cell_checkpoint}: read-out {model.config.readout!r}; the per-cell panel "
                              "needs a model trained with readout='cell'")

@@ -70,6 +70,7 @@ def cmd_eval(args) -> int:
     import torch
 
     from deqnca.data.idx import load_mnist
+    from deqnca.tasks import load
     from deqnca.tasks.cells.model import (
         canvas_batch,
         evaluate,
@@ -78,10 +79,9 @@ def cmd_eval(args) -> int:
         resize_digits,
         truth_map,
     )
-    from deqnca.tasks.cells.task import load_cells_checkpoint
 
     device = _setup_device(args.device)
-    model, meta = load_cells_checkpoint(args.checkpoint, device)
+    model, meta = load(args.checkpoint, device, kind="cells")
     if args.compile:
         model.rule.compile_for_eval()
     size = meta["train_config"].get("size", 28)
@@ -136,14 +136,13 @@ def cmd_eval(args) -> int:
 
 def cmd_figures(args) -> int:
     """The figures of docs/cells.md for some checkpoints: curves, label-map GIFs, the mutation, canvases."""
-    from deqnca.core.resources import resolve_checkpoint
+    from deqnca.tasks import load
     from deqnca.tasks.cells.figures import write_figures
-    from deqnca.tasks.cells.task import load_cells_checkpoint
 
     device = _setup_device(args.device)
     models = {}
     for checkpoint in args.checkpoint:
-        model, meta = load_cells_checkpoint(resolve_checkpoint(checkpoint), device)
+        model, meta = load(checkpoint, device, kind="cells")
         name = base = meta["train_config"].get("model") or Path(checkpoint).name
         for n in range(2, len(args.checkpoint) + 2):     # two checkpoints of one model: article, article-2
             if name not in models:

@@ -23,10 +23,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from deqnca.core.model import MODELS, CellularModel
 from deqnca.core.registry import Registry
+from deqnca.tasks.cells.digits import (  # noqa: F401  (re-exported)
+    ALIVE_THRESHOLD,
+    LOSSES,
+    alive_mask,
+    canvas_batch,
+    ce_loss,
+    l2_loss,
+    resize_digits,
+    single_segments,
+    truth_map,
+)
 from deqnca.tasks.cells.rule_article import SelfClassifyingRule
 from deqnca.tasks.cells.rule_consensus import ConsensusCellsRule
 from deqnca.tasks.cells.rule_equilibrium import ContractiveCellsRule
@@ -38,7 +48,6 @@ CELL_RULES.register("selfclass", SelfClassifyingRule)                  # the art
 CELL_RULES.register("selfclass_contractive", ContractiveCellsRule)     # its contraction (equilibrium model)
 CELL_RULES.register("selfclass_consensus", ConsensusCellsRule)         # contraction + max-plus flood (consensus)
 
-ALIVE_THRESHOLD = 0.1
 CLASSES = 10
 MARKS = (20, 80, 200, 1000, 10000)
 MUTATE_AT = 200
@@ -69,14 +78,23 @@ class CellsModelConfig:
         return asdict(self)
 
 
-class CellsModel(nn.Module):
+@MODELS.register("cells")
+class CellsModel(CellularModel):
     """A self-classifying cellular automaton: a rule with `alive`, `initial_state`, `step_map(x, gen)`,
     `expected_map(x)` and `logits(z)` (`CELL_RULES`: rule_article.py, rule_equilibrium.py, rule_consensus.py).
+
+    The model kind ``"cells"`` (`CellularModel`): `x` is a batch of grey digits (B, 1, H, W), the cells'
+    immutable input; `initial_state` is the rule's (zeros on the digit's cells); `step_map` is one step of
+    the rule (stochastic for the article's rule: `generator` draws its fire masks); `read` gives every
+    cell's label scores (B, 10, H, W); `solve` rolls the rule out for `max_iter` steps (default 200, the
+    article's evaluation mark).
 
     Example:
         >>> model = CellsModel({"rule": "selfclass"})
         >>> z = model.rollout(torch.rand(2, 1, 14, 14), steps=3)
     """
+
+    Config = CellsModelConfig
 
     def __init__(self, config: CellsModelConfig | dict):
         super().__init__()
@@ -91,78 +109,42 @@ class CellsModel(nn.Module):
                 raise ValueError(f"rule {self.config.rule!r} has no {name}(); a self-classifying rule needs "
                                  "alive, initial_state, step_map, expected_map and logits")
 
+    def initial_state(self, x, generator=None):
+        """The rule's initial state for digits x (deterministic: `generator` is not used)."""
+        return self.rule.initial_state(x)
+
+    def step_map(self, x, generator=None):
+        """One step of the rule on digits x; `generator` draws a stochastic rule's fire masks."""
+        return self.rule.step_map(x, generator)
+
+    def read(self, z, x):
+        """(B, 10, H, W): every cell's label scores."""
+        return self.rule.logits(z)
+
+    def solve(self, x, z0=None, generator=None, max_iter: int = 200, **_):
+        """(z, stats): the state after `max_iter` steps of the CA from `z0` (default: the initial state)."""
+        from deqnca.core.solvers import rollout
+
+        f = self.step_map(x, generator)
+        return rollout(f, self.initial_state(x, generator) if z0 is None else z0, max_iter, measure=False)
+
+    def after_update(self):
+        """After every optimiser step: the rule's own upkeep (e.g. a renormalisation), where it has one."""
+        if callable(getattr(self.rule, "after_step", None)):
+            self.rule.after_step()
+
+    @classmethod
+    def describe_config(cls, config) -> str:
+        model = {rule: name for name, rule in MODEL_RULES.items()}.get(config.rule, config.rule)
+        return f"self-classifying CA ({model} model)"
+
     def rollout(self, x, steps: int, generator=None, z0=None):
         """The state after `steps` steps of the CA from `z0` (default: the rule's initial state)."""
-        f = self.rule.step_map(x, generator)
-        z = self.rule.initial_state(x) if z0 is None else z0
-        for _ in range(steps):
-            z = f(z)
-        return z
+        return self.solve(x, z0, generator, max_iter=steps)[0]
 
     def forward(self, x, steps: int = 200, generator=None):
         """Per-cell label scores (B, 10, H, W) after `steps` steps."""
-        return self.rule.logits(self.rollout(x, steps, generator))
-
-
-# --- data -----------------------------------------------------------------------------------------------
-
-def resize_digits(x: torch.Tensor, size: int) -> torch.Tensor:
-    """28×28 digits at `size` (28, or 14 by 2×2 averaging)."""
-    if size == x.shape[-1]:
-        return x
-    if x.shape[-1] % size:
-        raise ValueError(f"cannot resize {x.shape[-1]}x{x.shape[-1]} digits to {size}; use a divisor (28 or 14)")
-    return F.avg_pool2d(x, x.shape[-1] // size)
-
-
-def alive_mask(x: torch.Tensor, threshold: float = ALIVE_THRESHOLD) -> torch.Tensor:
-    """(B, H, W) bool: the cells on the ink."""
-    return x[:, 0] > threshold
-
-
-def truth_map(x: torch.Tensor, labels: torch.Tensor, threshold: float = ALIVE_THRESHOLD) -> torch.Tensor:
-    """(B, H, W) long: each alive cell's right label, −1 on dead cells."""
-    alive = alive_mask(x, threshold)
-    return torch.where(alive, labels.view(-1, 1, 1).to(torch.long), torch.full_like(alive, -1, dtype=torch.long))
-
-
-def single_segments(x: torch.Tensor, threshold: float = ALIVE_THRESHOLD) -> torch.Tensor:
-    """(B, H, W) long: 0 on the alive cells (one digit per image), −1 elsewhere."""
-    return alive_mask(x, threshold).long() - 1
-
-
-def canvas_batch(panoramas, threshold: float = ALIVE_THRESHOLD):
-    """(x (N, 1, S, S), truth (N, S, S), segments (N, S, S)) for canvases of several digits
-    (tasks/mnist/panoramas.py): each digit's alive cells inside its box form its segment."""
-    x = torch.stack([p.canvas for p in panoramas])
-    truth = torch.full(x[:, 0].shape, -1, dtype=torch.long)
-    segments = torch.full_like(truth, -1)
-    alive = alive_mask(x, threshold)
-    for n, p in enumerate(panoramas):
-        for k, (label, r, c, _) in enumerate(p.digits):
-            box = alive[n, r:r + 28, c:c + 28]
-            truth[n, r:r + 28, c:c + 28][box] = label
-            segments[n, r:r + 28, c:c + 28][box] = k
-    return x, truth, segments
-
-
-# --- losses ---------------------------------------------------------------------------------------------
-
-def l2_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(B,) the article's loss: ½ Σ over alive cells and classes of (score − one-hot)²."""
-    alive = (truth >= 0).unsqueeze(1)
-    target = F.one_hot(truth.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
-    return ((logits - target).pow(2) * alive).sum(dim=(1, 2, 3)) / 2
-
-
-def ce_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(B,) mean cross-entropy of each image's alive cells."""
-    per_cell = F.cross_entropy(logits, truth.clamp(min=0), reduction="none")
-    alive = (truth >= 0).to(logits.dtype)
-    return (per_cell * alive).sum(dim=(1, 2)) / alive.sum(dim=(1, 2)).clamp(min=1)
-
-
-LOSSES = {"l2": l2_loss, "ce": ce_loss}
+        return self.read(self.rollout(x, steps, generator), x)
 
 
 # --- metrics --------------------------------------------------------------------------------------------

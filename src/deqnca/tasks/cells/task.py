@@ -35,18 +35,10 @@ from deqnca.tasks.grow.model import normalise_gradients
 
 
 def load_cells_checkpoint(path, device="cpu"):
-    """(CellsModel, meta) from a checkpoint of the cells task (weights checked against the config)."""
-    from deqnca.engine.checkpoint import CheckpointError, build_checked, check_config, load_state, read_checkpoint
+    """(CellsModel, meta): `deqnca.load(path, device, kind="cells")` (kept for the figures' callers)."""
+    from deqnca.tasks import load
 
-    tensors, meta = read_checkpoint(path)
-    if meta.get("kind") != "cells" or not isinstance(meta.get("model_config"), dict):
-        raise CheckpointError(f"{path}: not a self-classifying checkpoint (kind {meta.get('kind')!r}); use one "
-                              "written by `deqnca cells train`")
-    check_config(meta["model_config"], path)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model = build_checked(lambda: CellsModel(meta["model_config"]), state, path)
-    load_state(model, state, path)
-    return model.to(device).eval(), meta
+    return load(path, device, kind="cells")
 
 
 def load_digits(size: int, train_images: int = 0, eval_images: int = 0):

@@ -47,10 +47,11 @@ def cmd_train(args) -> int:
 def _load(path, device):
     """A grow checkpoint whose training record is checked too: its numbers set how long a replay runs."""
     from deqnca.core.configs import check_known_ranges
-    from deqnca.engine.checkpoint import CheckpointError, load_grow_checkpoint
+    from deqnca.engine.checkpoint import CheckpointError
+    from deqnca.tasks import load
     from deqnca.tasks.grow.task import GrowConfig
 
-    model, meta = load_grow_checkpoint(path, device)
+    model, meta = load(path, device, kind="grow")
     try:
         check_known_ranges(GrowConfig, meta.get("train_config") or {}, f"{path}: train_config")
     except ConfigError as e:

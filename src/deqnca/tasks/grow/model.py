@@ -21,13 +21,16 @@ growth, which the gradient at z* cannot teach (∂z*/∂z₀ = 0); at the patter
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from deqnca.core.gradients import make_gradient
-from deqnca.core.solvers import get_solver
-from deqnca.tasks.grow.rule import GrowingNCARule, target_loss
+from deqnca.core.model import MODELS, CellularModel
+from deqnca.core.solvers import get_solver, rollout
+from deqnca.engine.options import MAX_SIZE
+from deqnca.tasks.grow.rule import GrowingConfig, GrowingNCARule, target_loss
 
 
 @dataclass
@@ -157,14 +160,72 @@ def spectral_radius_estimate(f_z, z, iters: int, generator=None, shard=None) -> 
     return torch.linalg.vector_norm(w, dim=dims)
 
 
-class GrowModel(torch.nn.Module):
-    """The rule plus the target it was trained on, so a checkpoint alone can be replayed and scored."""
+PAPER_HORIZON = 96          # the paper's growth steps
 
-    def __init__(self, rule_config, target: torch.Tensor):
+
+@MODELS.register("grow")
+class GrowModel(CellularModel):
+    """The growing NCA: the rule plus the target it was trained on, so a checkpoint alone can be replayed
+    and scored.
+
+    The model kind ``"grow"`` (`CellularModel`). A growing NCA has no input: `x` is a *canvas*, any tensor
+    (B, ·, H, W) of which only the batch size, the grid size and the device are used (`canvas(batch)` makes
+    an empty one, (B, 0, H, W), at the target's size). `initial_state` is the paper's seed, one live cell in
+    the centre; `step_map` is one step of the stochastic rule (`generator` draws the fire masks, as the
+    paper's replay); `read` is the visible premultiplied RGBA (B, 4, H, W), what the target is compared
+    with; `solve` grows for `max_iter` steps (default 96, the paper's horizon). The DEQ view is the
+    rule's expected map (`rule.expected_map()`), whose fixed points are the stochastic rule's
+    (`deqnca grow measure` solves it).
+
+    Args:
+        config: a `GrowingConfig` or its dict form; its ``target_shape`` is set from `target` when given.
+        target: the target image (C, H, W); default zeros of ``target_shape`` (a checkpoint's target is
+            loaded with its weights).
+
+    Example:
+        >>> model = GrowModel({"hidden": 8, "target_shape": [4, 9, 9]})
+        >>> model.read(model.initial_state(model.canvas(2)), None).shape
+        torch.Size([2, 4, 9, 9])
+    """
+
+    Config = GrowingConfig
+
+    def __init__(self, config: GrowingConfig | dict | None = None, target: torch.Tensor | None = None):
         super().__init__()
-        self.rule = GrowingNCARule(rule_config)
+        config = GrowingConfig.from_dict(config) if isinstance(config, dict) else (config or GrowingConfig())
+        if target is not None:
+            config = dataclasses.replace(config, target_shape=list(target.shape))
+        shape = config.target_shape
+        if len(shape) != 3 or not all(isinstance(n, int) and 0 < n <= MAX_SIZE for n in shape):
+            raise ValueError(f"target_shape {shape}: need (channels, height, width), each 1..{MAX_SIZE}")
+        self.rule = GrowingNCARule(config)
         self.config = self.rule.config
-        self.register_buffer("target", target.clone())
+        self.register_buffer("target", target.clone() if target is not None else torch.zeros(shape))
+
+    def canvas(self, batch: int = 1, device=None) -> torch.Tensor:
+        """An empty input (batch, 0, H, W) at the target's size: what `x` is for a growing NCA."""
+        return torch.empty(batch, 0, *self.target.shape[1:], device=device or self.target.device)
+
+    def initial_state(self, x, generator=None):
+        """One live seed cell in the centre of a grid of x's size, for each of x's samples."""
+        return self.rule.seed(x.shape[0], *x.shape[-2:], device=x.device)
+
+    def step_map(self, x, generator=None):
+        """One step of the stochastic rule; `generator` draws the fire masks."""
+        return self.rule.stochastic_map(generator)
+
+    def read(self, z, x):
+        """(B, 4, H, W): the visible channels, premultiplied RGBA."""
+        return z[:, :4]
+
+    def solve(self, x, z0=None, generator=None, max_iter: int = PAPER_HORIZON, **_):
+        """(z, stats): the pattern grown by `max_iter` steps of the stochastic rule from the seed (or `z0`)."""
+        z0 = self.initial_state(x, generator) if z0 is None else z0
+        return rollout(self.step_map(x, generator), z0, max_iter, measure=False)
+
+    @classmethod
+    def describe_config(cls, config) -> str:
+        return "growing NCA"
 
 
 def make_forward(trainer: str, **equilibrium_kw):

@@ -15,7 +15,7 @@ import torch
 
 from deqnca.core.nca import even_frames
 from deqnca.core.solvers import get_solver
-from deqnca.tasks.grow.model import disc_masks
+from deqnca.tasks.grow.model import PAPER_HORIZON, disc_masks
 from deqnca.tasks.grow.rule import target_loss
 
 
@@ -116,9 +116,6 @@ def show(model, out: Path, steps: int, seed: int = 0, label: str = "") -> list[P
     titles = [f"t={t}\nL2 {loss:.4f}" for t, loss in zip(picks, losses)] + ["target"]
     files.append(image_grid(panels, out / "frames.png", titles=titles, ncols=len(panels), scale=1.6))
     return files
-
-
-PAPER_HORIZON = 96
 
 
 def default_horizon(train_config: dict) -> int:

@@ -30,24 +30,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deqnca.core.configs import option
+
 
 @dataclass
 class GrowingConfig:
+    """The growing NCA's rule (sizes, fire rate, alive threshold) and the shape of the target it grows.
+
+    Example:
+        >>> GrowingConfig.from_dict({"hidden": 64}).target_shape
+        [4, 72, 72]
+    """
     channels: int = 16          # RGBA + hidden
     hidden: int = 128           # width of the 1×1 update network
     fire_rate: float = 0.5      # probability that a cell updates in a step
     alive_threshold: float = 0.1
+    # the target image's (channels, height, width): its tensor is part of the model (`GrowModel.target`)
+    target_shape: list = option([4, 72, 72], "(channels, height, width) of the target image", flag=False)
 
     def to_dict(self) -> dict:
+        """A plain, JSON-ready dict."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> GrowingConfig:
-        """The config from a plain dict (a checkpoint's ``model_config``, `GrowConfig.rule`); unknown keys are
-        an error."""
+        """The config from a plain dict (a checkpoint's ``model_config``); unknown keys are an error."""
         from deqnca.core.configs import load_dataclass
 
-        return load_dataclass(cls, d, "growing rule config")
+        return load_dataclass(cls, d, what="growing NCA config")
 
 
 def _perception_filters(channels: int) -> torch.Tensor:

@@ -70,9 +70,9 @@ class GrowTask(Task):
         self.divergences = torch.zeros((), device=self.device, dtype=torch.long)   # read when logging
         self.window, self.spectral = [], None
         if c.init_from:
-            from deqnca.engine.checkpoint import load_grow_checkpoint
+            from deqnca.tasks import load
 
-            source, meta = load_grow_checkpoint(c.init_from)
+            source, meta = load(c.init_from, kind="grow")
             if source.rule.config != rule.config or source.target.shape != self.model.target.shape:
                 raise ValueError(f"--init-from {c.init_from}: its rule or target size differs from this run's; "
                                  "start from a checkpoint trained on the same target and rule")

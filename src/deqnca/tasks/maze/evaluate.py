@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from deqnca.core.solvers import get_solver, residuals, rollout
-from deqnca.engine.checkpoint import load_maze_model
+from deqnca.tasks import load
 from deqnca.tasks.maze import generate as mazes
-from deqnca.tasks.maze.model import eval_solver_kw, predict, solve_for_eval
+from deqnca.tasks.maze.model import eval_solver_kw, inference_iters, predict, solve_for_eval
 from deqnca.tasks.maze.model_config import DEFAULT_LIMITS  # noqa: F401  (re-exported)
 
 MAX_FAILED = 50      # failing maze indices kept per row (for pictures of failures: `deqnca maze show --index`)
@@ -25,12 +25,9 @@ def iteration_marks(max_iters: int) -> list[int]:
 
 
 def default_max_iters(size: int, model=None) -> int:
-    """Enough steps to cross the image a few times (information moves ~5 px per step); for the geodesic
-    model, the rule's guaranteed bound (every maze reaches its fixed point exactly within it, and the
-    solver stops there: docs/mazes.md shows how far that is below the bound)."""
-    if model is not None and model.config.model == "geodesic":
-        return model.rule.steps_bound(mazes.image_side(size), mazes.image_side(size))
-    return max(100, 4 * mazes.image_side(size))
+    """Test-time steps for `size`×`size` mazes (`inference_iters` of their image: enough to cross it a few
+    times; for the geodesic model, the rule's guaranteed bound)."""
+    return inference_iters(model, mazes.image_side(size), mazes.image_side(size))
 
 
 def _batch_for(size: int, device: str) -> int:
@@ -154,7 +151,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     named = generators != (mazes.DEFAULT_GENERATOR,)
     results = {}
     for path in paths:
-        model, meta = load_maze_model(path, device)
+        model, meta = load(path, device, kind="maze")
         if readout_symmetry is not None:
             model.set_readout_symmetry(readout_symmetry)
         compiled = compile and model.compile_for_eval()

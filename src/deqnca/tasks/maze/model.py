@@ -12,13 +12,14 @@ from torch import nn
 
 from deqnca.core.conditioning import make_conditioning
 from deqnca.core.gradients import make_gradient
+from deqnca.core.model import MODELS, CellularModel
 from deqnca.core.readout import DIHEDRAL, ConvHead, dihedral_mean
 from deqnca.core.rules import make_rule
 from deqnca.core.solvers import get_solver, residuals, rollout
 from deqnca.tasks.maze import geodesic, recall  # noqa: F401  (they register their rules)
 from deqnca.tasks.maze.generate import to_images
 from deqnca.tasks.maze.geodesic import NeighbourFeatures
-from deqnca.tasks.maze.model_config import MODELS, MazeNetConfig  # noqa: F401  (re-exported)
+from deqnca.tasks.maze.model_config import NETS, MazeNetConfig  # noqa: F401  (re-exported)
 
 
 def check_readout_symmetry(model: str, symmetry: str) -> None:
@@ -46,15 +47,27 @@ class GeodesicHead(nn.Sequential):
         return super().forward(z)
 
 
-class MazeSolverNet(nn.Module):
-    """x (B, 3, H, W) -> per-pixel path logits (B, 2, H, W) at the state the solver reaches."""
+@MODELS.register("maze")
+class MazeSolverNet(CellularModel):
+    """x (B, 3, H, W) -> per-pixel path logits (B, 2, H, W) at the state the solver reaches.
+
+    The model kind ``"maze"`` (`CellularModel`): `x` is a batch of maze images (B, 3, H, W) (walls,
+    start, goal; `to_images`); `step_map` is the rule bound to the maze by input injection; `read` gives
+    every pixel's path logits (B, 2, H, W). In training mode `initial_state` is the config's ``init``
+    (DT's projection, TorchDeq's mixed noise for the DEQs) and `solve` uses the config's solver and
+    gradient; in eval mode (`deqnca.load` returns models in eval mode) they are the test-time ones:
+    DT's projection or zeros, and DT's rollout of `max_iter` steps or the fixed-point solve to ``tol``
+    (default `max_iter`: `inference_iters`).
+    """
+
+    Config = MazeNetConfig
 
     def __init__(self, config: MazeNetConfig | dict):
         super().__init__()
         if isinstance(config, dict):
             config = MazeNetConfig.from_dict(config)
-        if config.model not in MODELS:
-            raise ValueError(f"maze model {config.model!r}: choose one of {sorted(MODELS)}")
+        if config.model not in NETS:
+            raise ValueError(f"maze model {config.model!r}: choose one of {sorted(NETS)}")
         self.config = config
         w = config.width
         check_readout_symmetry(config.model, config.readout_symmetry)
@@ -76,8 +89,17 @@ class MazeSolverNet(nn.Module):
         check_readout_symmetry(self.config.model, symmetry)
         self.config.readout_symmetry = self.head.symmetry = symmetry
 
-    def step_map(self, x):
+    def step_map(self, x, generator=None):
+        """The rule bound to mazes x (deterministic: `generator` is not used)."""
         return self.rule.bind(x, self.conditioning)
+
+    def read(self, z, x):
+        """(B, 2, H, W): every pixel's path logits (`predict` turns them into the path)."""
+        return self.head(z)
+
+    @classmethod
+    def describe_config(cls, config) -> str:
+        return f"maze solver-net ({config.model})"
 
     def compile_for_eval(self) -> bool:
         """torch.compile the rule's step for test-time solves where the rule offers it (the geodesic rule, whose
@@ -87,10 +109,12 @@ class MazeSolverNet(nn.Module):
         self.rule.compile_for_eval()
         return True
 
-    def initial_state(self, x, kind: str | None = None, generator=None, shard=None):
-        """`shard` (train/distributed.Shard): x is this process's slice of a global batch; random
-        states are drawn for the global batch, as one process draws them, and sliced."""
-        kind = kind or self.config.init
+    def initial_state(self, x, generator=None, kind: str | None = None, shard=None):
+        """z_0 for mazes x: `kind` ("projection", "zeros" or "mixed"; default: the config's ``init`` in
+        training mode, the test-time state in eval mode, `inference_state`). `shard`
+        (train/distributed.Shard): x is this process's slice of a global batch; random states are drawn for
+        the global batch, as one process draws them, and sliced."""
+        kind = kind or (self.config.init if self.training else self._inference_kind())
         shape = (x.shape[0], self.config.width, *x.shape[2:])
         if kind == "projection":
             return F.relu(self.projection(x))
@@ -106,17 +130,34 @@ class MazeSolverNet(nn.Module):
             return z if shard is None else shard.take(z)
         raise ValueError(f"initial state {kind!r}: choose projection, zeros or mixed")
 
-    def solve(self, x, max_iter: int, z0=None, generator=None, shard=None):
+    def _inference_kind(self) -> str:
+        return "projection" if self.config.init == "projection" else "zeros"
+
+    def solve(self, x, z0=None, generator=None, max_iter: int | None = None, shard=None):
+        """(z, stats): in training mode the config's solver from the config's initial state, differentiable by
+        its gradient (`max_iter` default: ``train_iters``); in eval mode the test-time solve (`solve_for_eval`,
+        `max_iter` default: `inference_iters`)."""
+        if not self.training:
+            return solve_for_eval(self, x, max_iter or inference_iters(self, *x.shape[2:]), z0)
         f = self.step_map(x)
         z0 = self.initial_state(x, generator=generator, shard=shard) if z0 is None else z0
-        kw = {"max_iter": max_iter, "tol": self.config.tol}
+        kw = {"max_iter": max_iter or self.config.train_iters, "tol": self.config.tol}
         if self.config.solver == "rollout":
             kw["measure"] = False          # no residual evaluation (an extra step) in training
         return self.gradient(f, get_solver(self.config.solver), z0, **kw)
 
     def inference_state(self, x):
         """The initial state used at test time: DT's projection, or zeros for the DEQ."""
-        return self.initial_state(x, "projection" if self.config.init == "projection" else "zeros")
+        return self.initial_state(x, kind=self._inference_kind())
+
+
+def inference_iters(model, height: int, width: int) -> int:
+    """Test-time steps for mazes of H×W pixels: enough to cross the image a few times (information moves
+    ~5 px per step); for the geodesic model, the rule's guaranteed bound (every maze reaches its fixed point
+    exactly within it, and the solver stops there: docs/mazes.md shows how far that is below the bound)."""
+    if model is not None and model.config.model == "geodesic":
+        return model.rule.steps_bound(height, width)
+    return max(100, 4 * width)
 
 
 def predict(logits, x):

@@ -1,4 +1,4 @@
-"""The maze solver-nets' config (`MazeNetConfig`), the model kinds (`MODELS`) and the evaluation's default test
+"""The maze solver-nets' config (`MazeNetConfig`), the solver-nets (`NETS`) and the evaluation's default test
 counts, torch-free (the command line reads them without importing torch). The presets (dt, deq, geodesic) are
 whole run configs: `deqnca.tasks.maze.config.PRESETS`."""
 from __future__ import annotations
@@ -7,11 +7,17 @@ from dataclasses import asdict, dataclass, field
 
 from deqnca.core.configs import load_dataclass
 
-MODELS = ("dt", "deq", "geodesic")      # MazeNetConfig.model: the kinds of solver-net
+NETS = ("dt", "deq", "geodesic")        # MazeNetConfig.model: the kinds of solver-net
 
 
 @dataclass
 class MazeNetConfig:
+    """A maze solver-net: which model (dt, deq, geodesic), its sizes, initial state, solver and gradient.
+
+    Example:
+        >>> MazeNetConfig.from_dict({"model": "deq", "init": "mixed"}).width
+        32
+    """
     model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall), "deq" or "geodesic"
     width: int = 32
     blocks: int = 2
@@ -37,6 +43,7 @@ class MazeNetConfig:
         return load_dataclass(cls, d, "maze model config")
 
     def to_dict(self) -> dict:
+        """A plain, JSON-ready dict."""
         return asdict(self)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from deqnca.core.solvers import residuals, rollout
-from deqnca.engine.checkpoint import load_maze_model
+from deqnca.tasks import load
 from deqnca.tasks.maze import generate as mazes
 from deqnca.tasks.maze.evaluate import default_max_iters
 from deqnca.tasks.maze.model import predict, solve_for_eval
@@ -79,7 +79,7 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
 
     from deqnca.viz.figures import caption_frames, image_grid, step_caption
 
-    model, _ = load_maze_model(path, device)
+    model, _ = load(path, device, kind="maze")
     if readout_symmetry is not None:
         model.set_readout_symmetry(readout_symmetry)
     lay = mazes.load_set(size, index + 1, "test", cache=cache, log=log, generator=generator)[index:index + 1]

@@ -14,6 +14,7 @@ from torch import nn
 from deqnca.core.conditioning import make_conditioning
 from deqnca.core.configs import option
 from deqnca.core.gradients import make_gradient
+from deqnca.core.model import MODELS, CellularModel
 from deqnca.core.readout import READOUTS
 from deqnca.core.rules import RULES, make_rule
 from deqnca.core.solvers import SolveStats, get_solver
@@ -60,8 +61,14 @@ class ModelConfig:
         return asdict(self)
 
 
-class EquilibriumModel(nn.Module):
+@MODELS.register("mnist")
+class EquilibriumModel(CellularModel):
     """A spatial DEQ that is also a neural cellular automaton: a local rule, solved or iterated.
+
+    The model kind ``"mnist"`` (`CellularModel`): `x` is a batch of images (B, in_channels, H, W);
+    `initial_state` is noise N(0, noise_std²) with `state_channels` channels per pixel; `step_map` is the
+    rule bound to the encoding u = ReLU(K1 * x); `read` gives the (B, classes) logits; `solve` uses the
+    config's solver and gradient.
 
     Args:
         config: a `ModelConfig` or its dict form (every part named by its registry).
@@ -76,6 +83,8 @@ class EquilibriumModel(nn.Module):
     read-out norm's statistics are re-estimated for the final weights the first time it runs in eval
     mode: the running averages BatchNorm keeps during training lag the weights (docs/architecture.md).
     """
+
+    Config = ModelConfig
 
     def __init__(self, config: ModelConfig | dict):
         super().__init__()
@@ -102,18 +111,34 @@ class EquilibriumModel(nn.Module):
         """u = ReLU(K1 * x): the input's encoding, the channels the rule is conditioned on."""
         return torch.relu(self.K1(x))
 
-    def initial_state(self, u, generator: torch.Generator | None = None):
-        """Noise shaped like u's cells (u: the image or its encoding), at least float32: under bfloat16
-        autocast the encoding is bfloat16, and the state must not accumulate bfloat16 rounding."""
+    def initial_state(self, x, generator: torch.Generator | None = None):
+        """z_0 for images x: noise N(0, noise_std²) with `state_channels` channels per pixel, drawn from
+        `generator`, in the dtype and memory layout of x's encoding (the state `solve` starts from)."""
+        with torch.no_grad():
+            u = self.encode(x)
+        return self._noise(u, generator)
+
+    def _noise(self, u, generator):
+        """Noise shaped like u's cells, at least float32: under bfloat16 autocast the encoding is bfloat16,
+        and the state must not accumulate bfloat16 rounding."""
         shape = (u.shape[0], self.config.state_channels, *u.shape[2:])
         dtype = torch.promote_types(u.dtype, torch.float32)
         z0 = torch.randn(shape, generator=generator, device=u.device, dtype=dtype)
         return (z0 * self.config.noise_std).contiguous(memory_format=_memory_format(u))
 
-    def step_map(self, x):
-        """(f, u): the rule bound to input x — the cellular automaton's update for this image."""
-        u = self.encode(x)
-        return self.rule.bind(u, self.conditioning), u
+    def step_map(self, x, generator: torch.Generator | None = None):
+        """f: the rule bound to input x — the cellular automaton's update for this image (deterministic:
+        `generator` is not used)."""
+        return self.rule.bind(self.encode(x), self.conditioning)
+
+    def after_update(self):
+        """After every optimiser step: the rule's own upkeep (e.g. a renormalisation), where it has one."""
+        if callable(getattr(self.rule, "after_step", None)):
+            self.rule.after_step()
+
+    @classmethod
+    def describe_config(cls, config) -> str:
+        return "MNIST classifier (EquilibriumModel)"
 
     def check_input(self, x):
         """One-line errors for inputs the model cannot take (a wrong shape, NaN/inf pixels)."""
@@ -127,23 +152,24 @@ class EquilibriumModel(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or inf; clean or mask those pixels before calling the model")
 
-    def solve(self, x, solver: str | None = None, generator=None, z0=None, check_input: bool = True,
+    def solve(self, x, z0=None, generator=None, solver: str | None = None, check_input: bool = True,
               **solver_kw):
         """(z, stats): the state the solver reaches for input x (differentiable by the model's gradient).
 
         Args:
             x: images (B, in_channels, H, W).
-            solver: a registered solver name (default: the config's).
+            z0: the initial state (default: noise, `initial_state`).
             generator: random generator of the initial noise.
-            z0: the initial state (default: noise).
+            solver: a registered solver name (default: the config's).
             check_input: refuse malformed or non-finite inputs with a one-line error.
             **solver_kw: overrides of the config's ``solver_kw``.
         """
         if check_input:
             self.check_input(x)
-        f, u = self.step_map(x)
+        u = self.encode(x)
+        f = self.rule.bind(u, self.conditioning)
         if z0 is None:
-            z0 = self.initial_state(u, generator)
+            z0 = self._noise(u, generator)
         kw = {**self.solver_kw, **solver_kw}
         z, stats = self.gradient(f, get_solver(solver or self.solver_name), z0, **kw)
         self.last_stats = stats
