@@ -11,7 +11,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoint", "load_grow_checkpoint": "checkpoint", "load_maze_model": "checkpoint",
     "load_model": "checkpoint", "read_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "TrainConfig": "options",
-    "TASKS": "trainer", "Batch": "trainer", "Task": "trainer", "fit": "trainer", "lr_at": "trainer",
+    "TASKS": "task", "Batch": "task", "Task": "task", "Meter": "meter", "fit": "trainer", "lr_at": "trainer",
     "make_optimizer": "trainer",
 }
 __all__ = sorted(_EXPORTS)

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from deqnca.core.model import CellularModel
 from deqnca.core.registry import Registry
 from deqnca.tasks.cells.rule_article import SelfClassifyingRule
 from deqnca.tasks.cells.rule_consensus import ConsensusCellsRule
@@ -69,7 +69,7 @@ class CellsModelConfig:
         return asdict(self)
 
 
-class CellsModel(nn.Module):
+class CellsModel(CellularModel):
     """A self-classifying cellular automaton: a rule with `alive`, `initial_state`, `step_map(x, gen)`,
     `expected_map(x)` and `logits(z)` (`CELL_RULES`: rule_article.py, rule_equilibrium.py, rule_consensus.py).
 
@@ -102,6 +102,11 @@ class CellsModel(nn.Module):
     def forward(self, x, steps: int = 200, generator=None):
         """Per-cell label scores (B, 10, H, W) after `steps` steps."""
         return self.rule.logits(self.rollout(x, steps, generator))
+
+    def after_update(self):
+        """The rule's `after_step` (e.g. the contraction's renormalisation), where it has one."""
+        if callable(getattr(self.rule, "after_step", None)):
+            self.rule.after_step()
 
 
 # --- data -----------------------------------------------------------------------------------------------

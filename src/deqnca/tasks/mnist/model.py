@@ -14,6 +14,7 @@ from torch import nn
 from deqnca.core.conditioning import make_conditioning
 from deqnca.core.configs import option
 from deqnca.core.gradients import make_gradient
+from deqnca.core.model import CellularModel
 from deqnca.core.readout import READOUTS
 from deqnca.core.rules import RULES, make_rule
 from deqnca.core.solvers import SolveStats, get_solver
@@ -60,7 +61,7 @@ class ModelConfig:
         return asdict(self)
 
 
-class EquilibriumModel(nn.Module):
+class EquilibriumModel(CellularModel):
     """A spatial DEQ that is also a neural cellular automaton: a local rule, solved or iterated.
 
     Args:
@@ -221,6 +222,11 @@ class EquilibriumModel(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._norm_stale = False          # loaded statistics belong to the loaded weights
+
+    def after_update(self):
+        """The rule's `after_step` (e.g. the contractive rule's renormalisation), where it has one."""
+        if callable(getattr(self.rule, "after_step", None)):
+            self.rule.after_step()
 
 
 def _memory_format(t):
