@@ -149,3 +149,20 @@ def test_every_public_symbol_has_a_docstring_with_an_example_or_args():
             missing.append(name)
     assert not missing, f"public symbols without a docstring: {missing}"
 
+
+
+def test_the_training_loop_is_short_and_the_task_protocol_small():
+    # `fit` reads top to bottom, as nanoGPT's loop does: its pieces live in named helpers; a task says what
+    # is its own through at most twelve hooks (no hook found by getattr)
+    from deqnca.engine.task import Task
+
+    tree = ast.parse((PACKAGE / "engine" / "trainer.py").read_text())
+    fit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "fit")
+    assert fit.end_lineno - fit.lineno + 1 <= 80, f"fit is {fit.end_lineno - fit.lineno + 1} lines"
+    hooks = [name for name, value in vars(Task).items()
+             if inspect.isfunction(value) and not (name.startswith("__") and name.endswith("__"))]
+    assert len(hooks) <= 12, hooks
+    engine = "\n".join(f.read_text() for f in (PACKAGE / "engine").glob("*.py"))
+    called = set(re.findall(r"\btask\.([a-z_]+)\(", engine)) - {"log"}     # `log`: the engine's, given to the task
+    assert called <= set(hooks), f"the engine calls task methods that are not hooks: {called - set(hooks)}"
+    assert len((PACKAGE / "engine" / "trainer.py").read_text().splitlines()) <= 400

@@ -67,5 +67,8 @@ class Meter:
     def load_state(self, state: dict, device="cpu") -> None:
         """Restore what `state` returned (kept tensors as float32 on `device`)."""
         self.sums, self.counts = dict(state.get("sums", {})), dict(state.get("counts", {}))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   for v in (*self.sums.values(), *self.counts.values())):
+            raise ValueError("a running sum or count that is not a number")
         self.series = {k: [torch.tensor(v, device=device) for v in values]
                        for k, values in state.get("series", {}).items()}

@@ -160,7 +160,12 @@ class RunFolder:
         load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, last)
         model.to(task.device)
         load_optimizer_state(optimizer, tensors, meta, last)
-        run.restore(meta, task.steps_per_epoch(), task.device)
+        steps_per_epoch = task.steps_per_epoch()
+        try:
+            run.restore(meta, steps_per_epoch, task.device)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{last}: its running metrics (meter) are malformed ({e}); the checkpoint is "
+                                  "corrupt, restore it") from None
         for name, value in task.state_tensors.items():
             saved = tensors.get(f"task.{name}")
             if saved is None or saved.shape != value.shape:

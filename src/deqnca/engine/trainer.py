@@ -172,8 +172,8 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
             for _ in bar:
                 batch = task.batch(run.epoch, run.step_in_epoch, run.global_step)
                 step.set_lr(lr_at(cfg, run.global_step, run.fraction(cfg.epochs, steps, cfg.time_budget)))
-                ok, out = step(batch)
-                record = task.after_step(batch, out, ok, run.global_step + 1)
+                ok, step_out = step(batch)
+                record = task.after_step(batch, step_out, ok, run.global_step + 1)
                 fault_point("step", Path(str(run.global_step)))
                 run.step_taken()
                 if record is not None:
