@@ -89,8 +89,7 @@ def _task(model: str, batch: int, rollout: int, images: int, synthetic: bool = F
     task.setup()
     torch.manual_seed(cfg.seed)
     task.model = task.build_model()
-    opt = make_optimizer(task.parameters(), cfg)
-    task.after_build(opt)
+    opt = make_optimizer(task.model.parameters(), cfg)
     return task, opt
 
 
@@ -102,7 +101,8 @@ def _train_step(task, opt, step: int):
     loss.backward()
     task.prepare_gradients()
     opt.step()
-    task.after_step(batch, out, True, step)
+    task.model.after_update()
+    task.after_step(batch, out, True, step + 1)
     return loss
 
 

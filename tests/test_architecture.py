@@ -169,6 +169,8 @@ def test_no_function_in_src_above_cyclomatic_complexity_15():
     r = subprocess.run([ruff, "check", "--no-cache", "--select", "C901", "--config", "lint.mccabe.max-complexity = 15",
                         str(PACKAGE)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
 # the functions that build a model from what a checkpoint holds (its config, its kind)
 _BUILDS = {"build_checked", "model_class", "EquilibriumModel", "CellsModel", "GrowModel", "MazeSolverNet"}
 _OLD_LOADERS = {"load_model", "load_grow_checkpoint", "load_maze_model", "load_cells_checkpoint"}
@@ -207,3 +209,20 @@ def test_one_function_reads_a_checkpoint_into_a_model():
     assert builders == ["deqnca.engine.checkpoint.load"], builders
     assert lookups == ["deqnca.engine.checkpoint.model_class"], lookups      # a kind's class: one place
     assert not old, f"old loaders that do more than call deqnca.load: {old}"
+
+
+def test_the_training_loop_is_short_and_the_task_protocol_small():
+    # `fit` reads top to bottom, as nanoGPT's loop does: its pieces live in named helpers; a task says what
+    # is its own through at most twelve hooks (no hook found by getattr)
+    from deqnca.engine.task import Task
+
+    tree = ast.parse((PACKAGE / "engine" / "trainer.py").read_text())
+    fit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "fit")
+    assert fit.end_lineno - fit.lineno + 1 <= 80, f"fit is {fit.end_lineno - fit.lineno + 1} lines"
+    hooks = [name for name, value in vars(Task).items()
+             if inspect.isfunction(value) and not (name.startswith("__") and name.endswith("__"))]
+    assert len(hooks) <= 12, hooks
+    engine = "\n".join(f.read_text() for f in (PACKAGE / "engine").glob("*.py"))
+    called = set(re.findall(r"\btask\.([a-z_]+)\(", engine)) - {"log"}     # `log`: the engine's, given to the task
+    assert called <= set(hooks), f"the engine calls task methods that are not hooks: {called - set(hooks)}"
+    assert len((PACKAGE / "engine" / "trainer.py").read_text().splitlines()) <= 400

@@ -58,7 +58,7 @@ def test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine(mnist_small):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.rule.after_step()
+        model.after_update()                 # the rule's renormalisation, as the engine does
     lagging = {k: v.clone() for k, v in model.readout.norm.state_dict().items()}
     model.eval()
     with torch.no_grad():

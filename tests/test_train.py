@@ -10,6 +10,9 @@ from deqnca import load
 from deqnca.core import readout
 from deqnca.core.amp import amp_context
 from deqnca.engine.checkpoint import read_checkpoint
+from deqnca.engine.task import Batch, Task
+from deqnca.engine.trainer import TrainConfig as EngineConfig
+from deqnca.engine.trainer import epoch_order, fit
 from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
 from deqnca.tasks.mnist.task import train
 
@@ -160,3 +163,60 @@ def test_unknown_amp_mode_and_graphed_bf16_are_refused(mnist_small, tmp_path):
     model = EquilibriumModel(TINY)
     assert step_unsupported_reason(model, TrainConfig()) is None
     assert "bfloat16" in step_unsupported_reason(model, TrainConfig(amp="bf16"))
+
+
+class _LinearModel(torch.nn.Linear):
+    config = types.SimpleNamespace(to_dict=lambda: {"kind": "linear"})
+
+
+class _MeterTask(Task):
+    """Five steps an epoch of a linear fit; the running loss in the engine's meter (a number and a tensor)."""
+    name = "meter-test"
+    interrupt_at = None
+
+    def setup(self):
+        self.x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+        self.y = self.x.sum(1, keepdim=True)
+
+    def build_model(self):
+        return _LinearModel(3, 1)
+
+    def steps_per_epoch(self):
+        return 5
+
+    def start_epoch(self, epoch):
+        self.order = epoch_order(40, self.cfg.seed, epoch)
+
+    def batch(self, epoch, index, global_step):
+        self.step = global_step
+        rows = self.order[index * 8:(index + 1) * 8]
+        return Batch((self.x[rows], self.y[rows]), 8, 8, index)
+
+    def loss(self, batch):
+        if self.step == self.interrupt_at:
+            raise KeyboardInterrupt
+        x, y = batch.data
+        loss = F.mse_loss(self.model(x), y)
+        return loss, loss.detach()
+
+    def after_step(self, batch, out, ok, step):
+        self.meter.add("loss", out.item() * batch.local, batch.local)
+        self.meter.add("loss_tensor", out)
+
+    def end_epoch(self, epoch, global_step, elapsed):
+        return {"epoch": epoch, "loss": self.meter.mean("loss"), "loss_tensor": self.meter.mean("loss_tensor")}
+
+
+def test_the_meter_is_checkpointed_and_resumes_mid_epoch_exactly(tmp_path):
+    cfg = dict(epochs=2, batch_size=8, lr=0.05, seed=3)
+    whole = fit(_MeterTask(EngineConfig(**cfg)), tmp_path / "whole", progress=False, log=lambda s: None)
+    task = _MeterTask(EngineConfig(**cfg))
+    task.interrupt_at = 7                                  # epoch 2, after two of its steps
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, tmp_path / "run", progress=False, log=lambda s: None)
+    _, meta = read_checkpoint(tmp_path / "run" / "last")
+    assert meta["progress"]["step_in_epoch"] == 2
+    assert meta["meter"]["counts"]["loss"] == 16 and len(meta["meter"]["series"]["loss_tensor"]) == 2
+    resumed = fit(_MeterTask(EngineConfig(**cfg)), tmp_path / "run", resume=True, progress=False, log=lambda s: None)
+    assert resumed["history"] == whole["history"]           # the same sums, in the same order: equal floats
+    assert whole["history"][0]["loss"] != whole["history"][1]["loss"]      # each epoch its own means

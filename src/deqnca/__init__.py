@@ -41,7 +41,7 @@ _EXPORTS = {
     "ConfigError": "core.configs", "load_dataclass": "core.configs", "option": "core.configs",
     "evaluate": "tasks.mnist.evaluate", "residual_summary": "tasks.mnist.evaluate",
     "load_mnist": "data.idx",
-    "TASKS": "engine.trainer", "Task": "engine.trainer", "TrainConfig": "engine.options", "Batch": "engine.trainer",
+    "TASKS": "engine.task", "Task": "engine.task", "TrainConfig": "engine.options", "Batch": "engine.task",
     "fit": "engine.trainer",
     "CheckpointError": "engine.checkpoint", "save_checkpoint": "engine.checkpoint",
     "read_checkpoint": "engine.checkpoint",
@@ -52,7 +52,7 @@ _EXPORTS = {
 }
 _REGISTERS = {"register_rule": ("core.rules", "RULES"), "register_conditioning": ("core.conditioning", "CONDITIONINGS"),
               "register_gradient": ("core.gradients", "GRADIENTS"), "register_readout": ("core.readout", "READOUTS"),
-              "register_task": ("engine.trainer", "TASKS")}
+              "register_task": ("engine.task", "TASKS")}
 __all__ = ["__version__", *_EXPORTS, *_REGISTERS]
 
 

@@ -11,7 +11,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoint", "load": "checkpoint", "read_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "TrainConfig": "options",
-    "TASKS": "trainer", "Batch": "trainer", "Task": "trainer", "fit": "trainer", "lr_at": "trainer",
+    "TASKS": "task", "Batch": "task", "Task": "task", "Meter": "meter", "fit": "trainer", "lr_at": "trainer",
     "make_optimizer": "trainer",
 }
 __all__ = sorted(_EXPORTS)

@@ -8,19 +8,19 @@ same arithmetic. What the graph fixes, and how the trainer keeps its guarantees:
   buffers (noise from the same per-batch generator as the eager loop, so resumes stay exact).
 * SGD's learning rate is baked in: only a constant schedule is captured with SGD. Adam runs in
   its `capturable` mode with the learning rate as a device tensor, which the trainer's schedule
-  fills in place every step (`train.loop`), so schedules work.
+  fills in place every step (`engine.step.GuardedStep.set_lr`), so schedules work.
 * The optimiser state is captured too (SGD momentum buffers, updated in place). Capturing needs a
   few warm-up steps on a side stream; they change the weights, so weights and buffers are
   snapshotted before and written back (in place: the graph holds their addresses) after.
 * A non-finite step has already been applied when the host sees it: `restore` writes the last good
   weights back in place and zeroes the momentum, the graph's counterpart of the eager restore.
 
-* The rule's `after_step` (the contractive rule's renormalisation, device-only) is captured after
+* The model's `after_update` (the contractive rule's renormalisation, device-only) is captured after
   the optimiser step.
 
 What can be captured: a fixed-length forward pass (the `rollout` solver) with BPTT, the phantom
 gradient, or the implicit gradient with a fixed-length adjoint (`b_solver="rollout"`): no
-data-dependent loop, no host read. Used by `train.loop` when `TrainConfig.cuda_graph` is "auto"
+data-dependent loop, no host read. Used by the engine's step (`engine.step`) when `TrainConfig.cuda_graph` is "auto"
 (on CUDA, one process) or "on".
 """
 from __future__ import annotations
@@ -122,9 +122,7 @@ class CapturedStep:
 
     def _update(self):
         self.optimizer.step()
-        after_step = getattr(self.model.rule, "after_step", None)
-        if after_step is not None:
-            after_step()
+        self.model.after_update()
 
     def _step_body(self):
         logits = self.model(self.x, z0=self.z0, check_input=False)

@@ -48,6 +48,11 @@ class TrainConfig:
         """The config from a dict; unknown keys and wrong types are one-line errors."""
         return load_dataclass(cls, d, "train config")
 
+    def checkpoint_interval(self) -> int:
+        """Steps between mid-epoch checkpoints (0: at the end of each epoch only); a task's config may
+        derive it from its own options."""
+        return self.checkpoint_every
+
     def validate(self) -> None:
         """One-line errors for values no run can use: every option against the range its field declares
         (`option(min=, max=)`, the same check as the loader's and the flags'), a task's as well."""

@@ -92,19 +92,18 @@ class CellsTask(Task):
         self.eval_x, self.eval_y = resize_digits(xt[:c.eval_images], c.size), yt[:c.eval_images]
 
     def build_model(self):
-        return CellsModel({"rule": MODEL_RULES[self.cfg.model], "rule_kw": self.cfg.rule})
-
-    def after_build(self, optimizer):
-        c, rule = self.cfg, self.model.rule
-        self.window, self.pool = {"loss": [], "correct": 0, "cells": 0}, None
-        self.extra = {}
+        c = self.cfg
+        model = CellsModel({"rule": MODEL_RULES[c.model], "rule_kw": c.rule}).to(self.device)
+        self.pool, self.extra = None, {}
         if c.model != "article":
             kw = {"b_max_iter": c.b_max_iter, "b_tol": c.b_tol} if c.gradient == "implicit" else {"k": c.phantom_k}
             self.strategy, self.solve = make_gradient(c.gradient, **kw), get_solver(c.solver)
         elif c.pool_size:
             g = torch.Generator().manual_seed(c.seed)
-            self.pool = {"z": rule.initial_state(self.x[:1]).expand(c.pool_size, -1, -1, -1).clone(),
+            self.pool = {"z": model.rule.initial_state(self.x[:1]).expand(c.pool_size, -1, -1, -1).clone(),
                          "img": torch.randint(len(self.x), (c.pool_size,), generator=g).to(self.device)}
+            self.state_tensors = {f"pool_{k}": v for k, v in self.pool.items()}
+        return model
 
     def steps_per_epoch(self):
         return self.cfg.steps
@@ -145,31 +144,25 @@ class CellsTask(Task):
         else:
             super().prepare_gradients()
 
-    def after_step(self, batch, out, ok, global_step):
-        z, counts, loss = out
-        if ok and callable(getattr(self.model.rule, "after_step", None)):
-            self.model.rule.after_step()         # the contraction's renormalisation (rules/selfclass_equilibrium.py)
+    def after_step(self, batch, out, ok, step):
+        c, (z, counts, loss) = self.cfg, out
         if ok:
-            self.window["loss"].append(loss.item())
-            self.window["correct"] += counts["correct"]
-            self.window["cells"] += counts["cells"]
+            # the engine has called it already; the second call is kept so that runs stay as they were
+            self.model.after_update()
+            self.meter.add("loss", loss.item())
+            self.meter.add("accuracy", counts["correct"], counts["cells"])
         if self.pool is not None:
             _, img, idx = batch.data
             good = torch.isfinite(z).flatten(1).all(1)[:, None, None, None]
             self.pool["z"][idx] = torch.where(good, z, torch.zeros_like(z))
             self.pool["img"][idx] = img
-
-    def on_step_end(self, global_step):
-        c = self.cfg
         rec = None
-        if global_step % c.log_every == 0 or global_step == c.steps:
-            w = self.window
-            loss = sum(w["loss"]) / len(w["loss"]) if w["loss"] else float("nan")
-            rec = {"step": global_step, "loss": loss, "lr": self.current_lr(),
-                   "train_accuracy": w["correct"] / max(w["cells"], 1), **self.extra}
-            self.window, self.last = {"loss": [], "correct": 0, "cells": 0}, rec
-        if c.eval_every and global_step % c.eval_every == 0 and global_step < c.steps:
-            rec = {**(rec or {"step": global_step}), **_eval_record(self)}
+        if (c.log_every and step % c.log_every == 0) or step == c.steps:
+            rec = {"step": step, "loss": self.meter.mean("loss"), "lr": self.lr,
+                   "train_accuracy": self.meter.mean("accuracy", 0.0), **self.extra}
+            self.meter.reset()
+        if c.eval_every and step % c.eval_every == 0 and step < c.steps:
+            rec = {**(rec or {"step": step}), **_eval_record(self)}
         return rec
 
     def end_epoch(self, epoch, global_step, elapsed):
@@ -177,19 +170,3 @@ class CellsTask(Task):
         self.log(f"cells {self.cfg.model} step {global_step}: cell accuracy "
                  f"{rec[f'eval_accuracy@{max(self.cfg.eval_marks)}']:.3f} at step {max(self.cfg.eval_marks)}")
         return rec
-
-    def postfix(self):
-        rec = getattr(self, "last", None)
-        return {} if rec is None else {"loss": f"{rec['loss']:.4f}", "acc": f"{rec['train_accuracy']:.3f}"}
-
-    def bar_label(self, epoch):
-        return f"cells {self.cfg.model}"
-
-    def state(self):
-        tensors = {} if self.pool is None else {f"pool_{k}": v for k, v in self.pool.items()}
-        return tensors, {"window": self.window}
-
-    def load_state(self, tensors, meta):
-        if self.pool is not None:
-            self.pool = {k: tensors[f"pool_{k}"].to(self.device) for k in ("z", "img")}
-        self.window = meta.get("window", self.window)

@@ -39,9 +39,10 @@ class CnnTask(Task):
     def steps_per_epoch(self):
         return math.ceil(len(self.x) / self.cfg.batch_size)
 
+    def start_epoch(self, epoch):
+        self.perm = epoch_order(len(self.x), self.cfg.seed, epoch)
+
     def batch(self, epoch, index, global_step):
-        if index == 0 or getattr(self, "_epoch", None) != epoch:
-            self.perm, self._epoch, self.total = epoch_order(len(self.x), self.cfg.seed, epoch), epoch, 0.0
         rows = self.perm[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
         idx = rows[self.rank::self.world]
         return Batch((self.x[idx].to(self.device), self.y[idx].to(self.device)), len(idx), len(rows), index)
@@ -51,12 +52,12 @@ class CnnTask(Task):
         loss = F.cross_entropy(self.model(x), y)
         return loss, loss
 
-    def after_step(self, batch, out, ok, global_step):
+    def after_step(self, batch, out, ok, step):
         if ok:
-            self.total += out.item() * batch.local
+            self.meter.add("loss", out.item() * batch.local, batch.local)
 
     def end_epoch(self, epoch, global_step, elapsed):
-        rec = {"epoch": epoch, "train_loss": self.total / len(self.x), "elapsed_s": elapsed}
+        rec = {"epoch": epoch, "train_loss": self.meter.mean("loss"), "elapsed_s": elapsed}
         self.log(f"cnn epoch {epoch:g}: loss {rec['train_loss']:.4f}")
         return rec
 

@@ -74,6 +74,10 @@ class GrowConfig(TrainConfig):
     spectral_every: int = option(100, "steps between spectral-radius measurements; 0 = never", min=0)
     rule: dict = option({}, "GrowingConfig overrides (channels, hidden, fire_rate)")
 
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints: `checkpoint_every`, or a tenth of the run (its one epoch) if 0."""
+        return self.checkpoint_every or max(1, self.steps // 10)
+
 
 PRESETS = Registry("grow preset", "a function of no arguments returning a GrowConfig")
 

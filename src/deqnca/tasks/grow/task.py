@@ -58,32 +58,29 @@ class GrowTask(Task):
             raise ValueError(f"rollout steps {c.min_steps}..{c.max_steps}: need 1 <= min <= max")
 
     def build_model(self):
-        return GrowModel(GrowingConfig.from_dict(self.cfg.rule or {}), self.target)
-
-    def after_build(self, optimizer):
-        c, rule = self.cfg, self.model.rule
+        c = self.cfg
+        model = GrowModel(GrowingConfig.from_dict(c.rule or {}), self.target).to(self.device)
+        rule = model.rule
         self.forward = make_forward(c.trainer, **{k: getattr(c, k) for k in _EQUILIBRIUM_KEYS})
         H, W = self.target.shape[1:]
         self.seed_state = rule.seed(1, H, W, device=self.device)
         self.pool = self.seed_state.expand(c.pool_size, -1, -1, -1).clone() if c.variant != "growing" else None
+        self.state_tensors = {"pool": self.pool} if self.pool is not None else {}
         self.shard = distributed.Shard(self.rank, self.world, c.batch_size) if self.world > 1 else None
-        self.divergences = torch.zeros((), device=self.device, dtype=torch.long)   # read when logging
-        self.window, self.spectral = [], None
+        self.spectral = None
         if c.init_from:
             from deqnca.tasks import load
 
             source, meta = load(c.init_from, kind="grow")
-            if source.rule.config != rule.config or source.target.shape != self.model.target.shape:
+            if source.rule.config != rule.config or source.target.shape != model.target.shape:
                 raise ValueError(f"--init-from {c.init_from}: its rule or target size differs from this run's; "
                                  "start from a checkpoint trained on the same target and rule")
             rule.load_state_dict(source.rule.state_dict())
         rule.alive_surrogate = c.alive_surrogate
+        return model
 
     def steps_per_epoch(self):
         return self.cfg.steps
-
-    def checkpoint_interval(self):
-        return self.cfg.checkpoint_every or max(1, self.cfg.steps // 10)
 
     def batch(self, epoch, index, global_step):
         c = self.cfg
@@ -119,7 +116,7 @@ class GrowTask(Task):
         if "rel_residual" in out.extra:
             rel = out.extra["rel_residual"]
             self.diverged = (rel > self.cfg.divergence_rel) | ~torch.isfinite(rel)
-            self.divergences += self.diverged.sum()
+            self.counters["divergences"] += int(self.diverged.sum())
             if self.diverged.float().mean() > self.cfg.restore_fraction:
                 reason = f"{int(self.diverged.sum())}/{len(rel)} solves diverged"
         # extinction: no live cell left, a state no later step can bring back
@@ -130,51 +127,29 @@ class GrowTask(Task):
             reason = f"{n}/{len(self.extinct)} patterns died out"
         return reason, n == 0          # a rule that lets a pattern die is not kept as "good"
 
-    def after_step(self, batch, out, ok, global_step):
+    def after_step(self, batch, out, ok, step):
         c, out, idx = self.cfg, self.out, batch.data[2]
         if ok:
-            self.window.append(out.loss)
+            self.meter.add("loss", out.loss)          # kept on the device until a record reads it
         if self.pool is not None:
             keep = torch.isfinite(out.final).flatten(1).all(1) & ~self.extinct
             if self.diverged is not None:
                 keep &= ~self.diverged
             self.pool[idx] = torch.where(keep[:, None, None, None], out.final, self.seed_state)   # dead: reseed
-        if self.rank == 0 and c.trainer == "implicit" and c.spectral_every and global_step % c.spectral_every == 0:
+        # measured after the first step of each period, recorded with the next record
+        if self.rank == 0 and c.trainer == "implicit" and c.spectral_every and (step - 1) % c.spectral_every == 0:
             self.spectral = spectral_radius(self.model.rule.expected_map(), out.final[:1], generator=self.gen)
-
-    def on_step_end(self, global_step):
-        c, out = self.cfg, self.out
-        if not (global_step % c.log_every == 0 or global_step == c.steps):
+        if not ((c.log_every and step % c.log_every == 0) or step == c.steps):
             return None
-        rec = {"step": global_step, "loss": torch.stack(self.window).mean().item() if self.window else float("nan"),
-               "lr": self.current_lr(), **self.counters,
-               "divergences": self.counters["divergences"] + int(self.divergences)}
+        rec = {"step": step, "loss": self.meter.mean("loss"), "lr": self.lr, **self.counters}
         if "rel_residual" in out.extra:
             rec.update(rel_residual=out.extra["rel_residual"].mean().item(),
                        residual_mse=out.extra["residual_mse"].item(), solver_steps=out.extra["solver_steps"])
             rec.update({k: out.extra[k].item() for k in ("jac_frobenius", "spectral_estimate") if k in out.extra})
             if self.spectral is not None:
                 rec["spectral_radius"], self.spectral = self.spectral.max().item(), None
-        self.window, self.last = [], rec
+        self.meter.reset()
         return rec
-
-    def postfix(self):
-        rec = getattr(self, "last", None)
-        return {} if rec is None else {"loss": f"{rec['loss']:.4f}"}
-
-    def bar_label(self, epoch):
-        return f"grow {self.cfg.trainer}"
-
-    def state(self):
-        self.counters["divergences"] += int(self.divergences)
-        self.divergences.zero_()
-        window = [float(v) for v in self.window]                  # losses since the last record
-        return ({"pool": self.pool} if self.pool is not None else {}), {"window": window}
-
-    def load_state(self, tensors, meta):
-        if self.pool is not None:
-            self.pool = tensors["pool"].to(self.device)
-        self.window = [torch.tensor(v, device=self.device) for v in meta.get("window", [])]
 
 
 def _gather(out: StepOutput, world: int) -> StepOutput:

@@ -97,13 +97,11 @@ class MazeTask(Task):
     def steps_per_epoch(self):
         return sum(math.ceil(len(lay) / self.cfg.batch_size) for lay in self.sets)
 
+    def start_epoch(self, epoch):
+        self.plan = batch_plan([len(lay) for lay in self.sets], self.cfg.batch_size, self.cfg.seed, epoch)
+
     def batch(self, epoch, index, global_step):
         c = self.cfg
-        if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
-            self.plan = batch_plan([len(lay) for lay in self.sets], c.batch_size, c.seed, epoch)
-            self._perm_epoch = epoch
-            resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
-            self.sums = resumed if resumed and index else {"loss": 0.0, "n": 0, "nstep": 0.0}
         # every random choice of a step is seeded by the step: --resume replays it exactly, and every process
         # makes the same choices (random tensors are drawn for the global batch, then sliced)
         self.rng = random.Random(c.seed * 1_000_003 + global_step)
@@ -121,36 +119,19 @@ class MazeTask(Task):
             loss, stats = deq_loss(self.model, x, y, self.cfg.residual_weight, self.rng, self.gen, self.shard)
         return loss, (loss, stats)
 
-    def after_step(self, batch, out, ok, global_step):
+    def after_step(self, batch, out, ok, step):
         loss, stats = out
         if ok and batch.index % 10 == 0:          # the only host syncs of the loop: a sampled running loss
             nstep = stats.nstep if stats is not None else self.model.config.train_iters
             batch_loss = (distributed.all_sum(loss.detach() * batch.local) / batch.size).item()
-            self.sums["loss"] += batch_loss * batch.size
-            self.sums["n"] += batch.size
-            self.sums["nstep"] += distributed.agree_max(nstep, self.device) if self.world > 1 else nstep
-            self.size = batch.size
-
-    def state(self):
-        return {}, {"sums": getattr(self, "sums", None), "size": getattr(self, "size", None)}
-
-    def load_state(self, tensors, meta):
-        self._resumed_sums, self.size = meta.get("sums"), meta.get("size")
-
-    def postfix(self):
-        s = self.sums
-        if not s["n"]:
-            return {}
-        return {"loss": f"{s['loss'] / s['n']:.4f}", "steps": f"{s['nstep'] / (s['n'] / self.size):.0f}"}
-
-    def bar_label(self, epoch):
-        return f"{self.model.config.model} epoch {epoch + 1}"
+            self.meter.add("loss", batch_loss * batch.size, batch.size)
+            self.meter.add("nstep", distributed.agree_max(nstep, self.device) if self.world > 1 else nstep)
 
     def end_epoch(self, epoch, global_step, elapsed):
         c, model = self.cfg, self.model
         iters = model.config.train_iters * (1 if model.config.model == "dt" else 4)
         val = quick_accuracy(model, self.val, max_iter=iters)
-        rec = {"epoch": epoch, "global_step": global_step, "train_loss": self.sums["loss"] / max(self.sums["n"], 1),
+        rec = {"epoch": epoch, "global_step": global_step, "train_loss": self.meter.mean("loss", 0.0),
                f"val_solved_{c.train_size}": val, "elapsed_s": elapsed, **copy.deepcopy(self.counters)}
         self.log(f"epoch {epoch:.2f}: loss {rec['train_loss']:.4f}  solved {100 * val:.1f}% of {len(self.val)} "
                  f"held-out {c.train_size}x{c.train_size}  ({elapsed:.0f}s trained)")

@@ -53,14 +53,11 @@ class MnistTask(Task):
     def steps_per_epoch(self):
         return math.ceil(len(self.x) / self.cfg.batch_size)
 
+    def start_epoch(self, epoch):
+        self.perm = epoch_order(len(self.x), self.cfg.seed, epoch)
+
     def batch(self, epoch, index, global_step):
         c = self.cfg
-        if index == 0 or getattr(self, "_perm_epoch", None) != epoch:
-            self.perm = epoch_order(len(self.x), c.seed, epoch)
-            resumed = self.__dict__.pop("_resumed_sums", None)     # a run resumed mid-epoch keeps its sums
-            self._perm_epoch = epoch
-            self.sums = resumed if resumed and index else dict.fromkeys(("loss", "correct", "n", "rel", "nstep",
-                                                                         "batches"), 0)
         # state noise seeded per batch: a resumed run draws exactly the noise it would have drawn
         self.gen.manual_seed(c.seed * 1_000_003 + epoch * 10_007 + index + 7_919 * self.rank)
         rows = self.perm[index * c.batch_size:(index + 1) * c.batch_size]
@@ -97,39 +94,23 @@ class MnistTask(Task):
         replay.restore = step.restore
         return replay
 
-    def after_step(self, batch, out, ok, global_step):
+    def after_step(self, batch, out, ok, step):
         loss, logits, stats = out
         self.counters["fallback"] += stats.fallback
         if ok:
-            s, yb = self.sums, batch.data[1]
-            s["loss"] += loss.item() * len(yb)
-            s["correct"] += (logits.argmax(1) == yb).sum().item()
-            s["n"] += len(yb)
-            rel = stats.rel_residual
-            s["rel"] += rel[torch.isfinite(rel)].mean().item() if torch.isfinite(rel).any() else 0
-            s["nstep"] += stats.nstep
-            s["batches"] += 1
-
-    def state(self):
-        return {}, {"sums": getattr(self, "sums", None)}
-
-    def load_state(self, tensors, meta):
-        self._resumed_sums = meta.get("sums")
-
-    def postfix(self):
-        s = self.sums
-        if not s["n"]:
-            return {}
-        return {"loss": f"{s['loss'] / s['n']:.3f}", "acc": f"{s['correct'] / s['n']:.3f}",
-                "rel": f"{s['rel'] / s['batches']:.2e}", "steps": f"{s['nstep'] / s['batches']:.1f}"}
+            yb, rel = batch.data[1], stats.rel_residual
+            self.meter.add("loss", loss.item() * len(yb), len(yb))
+            self.meter.add("acc", (logits.argmax(1) == yb).sum().item(), len(yb))
+            self.meter.add("rel", rel[torch.isfinite(rel)].mean().item() if torch.isfinite(rel).any() else 0)
+            self.meter.add("nstep", stats.nstep)
 
     def end_epoch(self, epoch, global_step, elapsed):
-        c, s, model = self.cfg, self.sums, self.model
+        c, m, model = self.cfg, self.meter, self.model
         model.calibrate_readout_norm(as_layout(self.x[:2000], c.channels_last, self.device), c.eval_batch_size,
                                      seed=math.ceil(epoch) - 1)
         ev = evaluate(model, *self.test, c.eval_batch_size, seed=12345, channels_last=c.channels_last)
-        rec = {"epoch": epoch, "train_loss": s["loss"] / max(s["n"], 1), "train_acc": s["correct"] / max(s["n"], 1),
-               "train_rel_mean": s["rel"] / max(s["batches"], 1), "train_nstep": s["nstep"] / max(s["batches"], 1),
+        rec = {"epoch": epoch, "train_loss": m.mean("loss", 0.0), "train_acc": m.mean("acc", 0.0),
+               "train_rel_mean": m.mean("rel", 0.0), "train_nstep": m.mean("nstep", 0.0),
                "test_acc": ev["accuracy"], "test_nstep": ev["nstep_mean"],
                **{f"test_{k}": v for k, v in residual_summary(ev["rel_residual"]).items()},
                "elapsed_s": elapsed, **self.counters}
