@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent / "plugins"))      # the plugin files, importable by name
+
 from deqnca.cli import build_parser, main
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -92,3 +94,45 @@ def test_eval_of_a_plugin_rule_checkpoint_needs_and_takes_its_plugin(tmp_path, c
     assert record["n"] == 16 and 0 <= record["accuracy"] <= 1
     without = subprocess.run(run, capture_output=True, text=True, env=env)
     assert without.returncode != 0 and "leaky_tanh" in without.stderr and len(without.stderr.strip().splitlines()) == 1
+
+
+HEAT = str(PLUGINS / "heat_task.py")
+
+
+@pytest.mark.slow
+def test_a_new_task_is_one_file_outside_the_package(tmp_path, capsys):
+    # heat diffusion's rule learned from its fixed points: model kind, config, preset and task in one file that
+    # no package file names; it trains, evaluates, rolls out as an NCA, exports, loads back and is described
+    import torch
+
+    import deqnca
+
+    run, shipped = tmp_path / "run", tmp_path / "shipped" / "heat"
+    assert main(["train", "--task", "heat", "--plugin", HEAT, "--out", str(run), "--device", "cpu", "--json",
+                 "--epochs", "3", "--train-count", "128"]) == 0
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    model, meta = deqnca.load(run / "last")
+    stencil = model.kernel()[0, 0]
+    cross = stencil[[0, 1, 1, 2], [1, 0, 2, 1]]
+    assert meta["kind"] == "heat" and history[-1]["test_mae"] < 0.03, history
+    assert cross.min() > 0.15 and stencil[[0, 0, 1, 2, 2], [0, 2, 1, 0, 2]].max() < 0.06, stencil   # Jacobi's cross
+    capsys.readouterr()
+
+    assert main(["eval", str(run / "last"), "--plugin", HEAT, "--json", "--device", "cpu"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["kind"] == "heat" and record["test_mae"] == pytest.approx(history[-1]["test_mae"], rel=1e-5)
+
+    x, target = __import__("heat_task").heat_problems(4, 10, 6, seed=123)
+    roll = deqnca.rollout(model, x, steps=400, generator=torch.Generator().manual_seed(0))
+    z_solved, _ = model.solve(x, generator=torch.Generator().manual_seed(0))
+    assert roll.rel_residual[:, -1].max() < 1e-4                      # the NCA view reaches the DEQ's fixed point
+    assert (roll.states[:, -1] - z_solved).abs().max() < 1e-3
+
+    assert main(["export", str(run / "last"), str(shipped), "--plugin", HEAT]) == 0
+    exported, exported_meta = deqnca.load(shipped)
+    assert torch.equal(exported.stencil, model.stencil) and exported_meta["kind"] == "heat"
+    capsys.readouterr()
+    assert main(["info", str(shipped), "--plugin", HEAT, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "heat" and info["parameters"] == 9
+    assert not any("heat" in f.read_text() for f in (Path(deqnca.__file__).parent).rglob("*.py"))

@@ -46,9 +46,10 @@ def os_error_line(e: OSError) -> str:
     return f"{where}{what}" + (f"; {hint}" if hint else "")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`."""
-    from deqnca.cli import mnist
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The whole command line: `deqnca train | eval | info | export | rollout | demo | grow ... | maze ...`.
+    With `argv`, a `train --task NAME` in it gets that task's flags (built after `--plugin` modules ran)."""
+    from deqnca.cli import mnist, tasks
     from deqnca.tasks.cells import cli as cells
     from deqnca.tasks.grow import cli as grow
     from deqnca.tasks.maze import cli as maze
@@ -58,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deqnca {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    mnist.add_cli(sub)
+    task = tasks.task_from_argv(argv)
+    mnist.add_cli(sub, train=task in (None, "mnist"))
+    if task not in (None, "mnist"):
+        tasks.add_task_train(sub, task)
     grow.add_cli(sub)
     maze.add_cli(sub)
     cells.add_cli(sub)
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
         if specs:
             check_before_plugins(argv)
             load_plugins(specs)
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

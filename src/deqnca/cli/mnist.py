@@ -121,7 +121,15 @@ def _print_eval(r, as_json):
           f"   ({r['seconds']:.0f} s)")
 
 
+def recorded_kind(path) -> str:
+    from deqnca.engine.checkpoint import checkpoint_kind, read_checkpoint
+
+    return checkpoint_kind(read_checkpoint(path, tensors=False)[1])
+
+
 def cmd_eval(args) -> int:
+    from deqnca.cli.tasks import evaluate_with_task, print_task_eval
+
     device = setup_device(args.device, measure_threads=True, verbose=getattr(args, "verbose", False))
     solver_kw = {k: v for k, v in {"max_iter": args.max_iter, "tol": args.tol}.items() if v is not None}
     if args.solver:
@@ -129,6 +137,11 @@ def cmd_eval(args) -> int:
     paths = args.checkpoint or shipped_models(getattr(args, "models_dir", None))
     args.eval_rows = []
     for path in paths:
+        if recorded_kind(path) != "mnist":      # eval's own flags are the MNIST test set's; a task measures the rest
+            r = evaluate_with_task(path, device)
+            print_task_eval(r, args.json)
+            args.eval_rows.append(r)
+            continue
         r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
                                 progress=not args.json, amp=args.amp, sample=getattr(args, "sample", 0))
         _print_eval(r, args.json)
@@ -231,8 +244,9 @@ def cmd_demo(args) -> int:
     return report.main(args)
 
 
-def add_cli(sub) -> None:
-    """`deqnca train | eval | info | export | rollout | demo`."""
+def add_cli(sub, train: bool = True) -> None:
+    """`deqnca train | eval | info | export | rollout | demo` (`train`: the MNIST task's; False where `--task`
+    names another task, whose own `train` cli/tasks.py builds)."""
     def common(p):
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
         p.add_argument("--seed", type=seed_int, default=0, help="random seed of the initial states' noise")
@@ -242,10 +256,20 @@ def add_cli(sub) -> None:
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.add_argument("--verbose", action="store_true", help="say which CPU path (threads, precision) was chosen")
 
-    p = sub.add_parser("train", help="train an MNIST model from a preset",
-                       description="Train an MNIST model from a preset; every option is a flag or a --set key.")
+    if train:
+        add_train(sub)
+    add_eval(sub, common)
+    add_others(sub, common)
+
+
+def add_train(sub) -> None:
     from deqnca.tasks.mnist.config import PRESETS, MnistConfig
 
+    p = sub.add_parser("train", help="train a model: the MNIST task from a preset, or any task with --task NAME",
+                       description="Train an MNIST model from a preset (or, with --task NAME, any registered task, "
+                                   "a --plugin's included: `deqnca train --task NAME --help` lists its flags); every "
+                                   "option is a flag or a --set key.")
+    p.add_argument("--task", default="mnist", help="the task to train (default mnist; e.g. one a --plugin registers)")
     p.add_argument("--preset", default="essay", choices=PRESETS.names(),
                    help="the run's starting config (deqnca.tasks.mnist.config.PRESETS): essay or equilibrium; the "
                         "others are variants measured in docs/mnist.md (default essay)")
@@ -253,8 +277,11 @@ def add_cli(sub) -> None:
     data_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate checkpoints on the test set",
-                       description="Evaluate checkpoints (default: both shipped models) on the MNIST test set.")
+
+def add_eval(sub, common) -> None:
+    p = sub.add_parser("eval", help="evaluate checkpoints: MNIST models on the test set, other kinds by their task",
+                       description="Evaluate checkpoints (default: both shipped MNIST models): an MNIST model on the "
+                                   "MNIST test set; a model of another kind by its task's evaluation (Task.evaluate).")
     common(p)
     p.add_argument("checkpoint", nargs="*", help="checkpoint path(s) without suffix, or shipped model names "
                    "(default: mnist-essay and mnist-equilibrium)")
@@ -270,6 +297,8 @@ def add_cli(sub) -> None:
                         "bf16 only where this CPU runs it faster and the model is a fixed-length rollout")
     p.set_defaults(func=cmd_eval)
 
+
+def add_others(sub, common) -> None:
     p = sub.add_parser("info", help="summarise a checkpoint: kind, parameters, config, metrics (--json: all of it)")
     p.add_argument("checkpoint", help="a checkpoint path, or a shipped model name such as mnist-essay")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")

@@ -155,7 +155,7 @@ def options_from_args(args, config_cls, base, model_cls=None):
     given |= set(flags)
     model_fields = field_names(model_cls) if model_cls is not None else []
     for key, value in parse_set_pairs(getattr(args, "set", None)).items():
-        if key in fields and key != "model":
+        if key in fields and (key != "model" or model_cls is None):    # a task without a model class: its own
             train[key] = value
             given.add(key)
         elif key in model_fields:

@@ -23,7 +23,7 @@ class Batch:
 
 
 class Task:
-    """What is particular to a task: eleven hooks, called by the engine in this order.
+    """What is particular to a task: twelve hooks, eleven of them called by the engine in this order.
 
     Construction: ``Task(cfg)`` with `cfg` an instance of the task's `Config` (a `TrainConfig` subclass).
 
@@ -33,17 +33,22 @@ class Task:
     `batch` -> `loss` (under autocast) -> engine backward -> `prepare_gradients` -> engine optimiser step ->
     `check_step` -> `after_step` (bookkeeping; may return a record for metrics.jsonl). At the end of each
     epoch: `end_epoch` (evaluation, main process only). Optional: `capture`, a CUDA-graph step.
+    `evaluate` measures a trained model on the task's held-out data: `deqnca eval` calls it (after `setup`,
+    with `model` set to the checkpoint's) for a kind that has no evaluation command of its own.
 
     What the engine gives a task: `device`, `rank`, `world`, `log`; `model` once built; `lr`, the rate of
     the step being taken; `meter`, the engine's running metrics (`engine.meter.Meter`: add each step's
     values, read the means in the records; checkpointed, cleared at each epoch's start); `counters`, the
     run's counts (a task adds its own by setting them in ``__init__``; checkpointed). What a task gives the
     engine besides its hooks: `state_tensors`, tensors that are part of the run (a sample pool), saved with
-    each checkpoint and restored in place on resume; `find_unused_parameters`, for DDP.
+    each checkpoint and restored in place on resume; `find_unused_parameters`, for DDP; `presets`, a
+    `Registry` of functions returning a `Config` (``deqnca train --task NAME --preset P``; None: the
+    Config's defaults).
     """
 
     name = "task"
     Config = TrainConfig
+    presets: Registry | None = None
     find_unused_parameters = False
 
     def __init__(self, cfg):
@@ -98,6 +103,10 @@ class Task:
         """The epoch's record (evaluation), on the main process; None for no record. `epoch` counts the
         epochs done (a fraction where a time budget stopped the run inside one)."""
         return None
+
+    def evaluate(self) -> dict:
+        """Measure `model` on the task's held-out data: a JSON-ready record (what `deqnca eval` prints)."""
+        raise NotImplementedError(f"task {self.name!r} has no evaluation (Task.evaluate)")
 
     # --- optional captured CUDA-graph step ---
     def capture(self, optimizer, batch: Batch):

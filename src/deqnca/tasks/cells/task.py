@@ -75,6 +75,7 @@ class CellsTask(Task):
 
     name = "cells"
     Config = CellsConfig
+    presets = PRESETS
 
     def __init__(self, cfg: CellsConfig, data=None):
         super().__init__(cfg)

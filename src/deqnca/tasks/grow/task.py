@@ -44,6 +44,7 @@ class GrowTask(Task):
 
     name = "grow"
     Config = GrowConfig
+    presets = PRESETS
 
     def __init__(self, cfg: GrowConfig, target: torch.Tensor):
         super().__init__(cfg)

@@ -16,7 +16,7 @@ import torch
 from deqnca.engine import distributed
 from deqnca.engine.trainer import TASKS, Batch, Task, epoch_order
 from deqnca.tasks.maze import generate as mazes
-from deqnca.tasks.maze.config import MIX, MazeConfig
+from deqnca.tasks.maze.config import MIX, PRESETS, MazeConfig
 from deqnca.tasks.maze.model import MazeSolverNet, deq_loss, dt_loss, quick_accuracy
 
 
@@ -63,6 +63,7 @@ class MazeTask(Task):
 
     name = "maze"
     Config = MazeConfig
+    presets = PRESETS
 
     def __init__(self, cfg: MazeConfig):
         super().__init__(cfg)

@@ -34,6 +34,7 @@ class MnistTask(Task):
 
     name = "mnist"
     Config = MnistConfig
+    presets = PRESETS
 
     def __init__(self, cfg: MnistConfig, data):
         super().__init__(cfg)
