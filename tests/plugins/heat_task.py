@@ -3,8 +3,9 @@
 The automaton is heat diffusion with clamped sources (Jacobi's iteration for Laplace's equation): every free
 cell takes the mean of its four neighbours, every source cell keeps its temperature. Its fixed point is the
 harmonic interpolation of the sources. The model learns a 3x3 stencil; its rule is a contraction (the
-stencil is `gamma` < 1 times a softmax over its nine weights), so it has one fixed point, reached from any state, and it is
-trained by implicit differentiation at that fixed point. One file: model kind, config, presets, task, metric.
+stencil is `gamma` < 1 times a softmax over its nine weights), so it has one fixed point, reached from any
+state, and it is trained by implicit differentiation at that fixed point. One file: model kind, config,
+presets, task, metric.
 
     deqnca train --task heat --plugin tests/plugins/heat_task.py --out runs/heat
     deqnca eval runs/heat/last --plugin tests/plugins/heat_task.py
