@@ -128,3 +128,15 @@ def test_info_summarises_and_json_prints_the_record(capsys):
     assert record["kind"] == "grow" and "optimizer" not in record
     assert main(["info", "cells/equilibrium"]) == 0
     assert capsys.readouterr().out.startswith("cells/equilibrium: self-classifying CA (equilibrium model), 15,690")
+
+
+def test_help_opens_with_one_whole_sentence(capsys):
+    import pytest as _pytest
+
+    from deqnca.cli import main as _main
+
+    with _pytest.raises(SystemExit):
+        _main(["--help"])
+    text = capsys.readouterr().out.split("\n\n")[1].replace("\n", " ").strip()
+    assert text.endswith(".") and text.count(". ") == 0 and text[0].isupper(), text
+    assert "neural cellular automaton" in text and "fixed point" in text

@@ -16,6 +16,8 @@ import sys
 from deqnca import __version__
 
 EXIT_BAD_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+SUMMARY = ("Train, evaluate and watch cellular models: local rules that you iterate step by step (a neural "
+           "cellular automaton) or solve to their fixed point (a deep equilibrium model).")
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,7 +57,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     from deqnca.tasks.maze import cli as maze
     from deqnca.web.cli import add_cli as add_web_cli
 
-    parser = Parser(prog="deqnca", description=__doc__.splitlines()[0])
+    parser = Parser(prog="deqnca", description=SUMMARY)
     parser.add_argument("--version", action="version", version=f"deqnca {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
