@@ -13,10 +13,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from deqnca.core.nca import ANCHORS
 from deqnca.data.idx import load_mnist
+from deqnca.engine.checkpoint import save_checkpoint
 from deqnca.tasks.cnn.model import crop_accuracy_cnn
 from deqnca.tasks.cnn.task import train_cnn
 from deqnca.tasks.mnist.figures import FRACTIONS
@@ -42,10 +42,9 @@ def main():
            "input": "crop zero-padded in place on a 28x28 canvas"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rec, indent=1))
-    w = Path(args.weights)
-    w.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(w.with_suffix(".safetensors")))
-    w.with_suffix(".json").write_text(json.dumps({k: v for k, v in rec.items() if k != "crops"}, indent=1))
+    save_checkpoint(args.weights, model, meta={          # a model checkpoint of kind "cnn": deqnca.load reads it
+        "kind": "cnn", "parameters": rec["parameters"], "metrics": {"test_acc": rec["test_acc"]},
+        "provenance": {k: rec[k] for k in ("epochs", "train_s", "date", "machine", "input")}})
     print(json.dumps({k: v for k, v in rec.items() if k != "crops"}), json.dumps(res["accuracy"]))
 
 

@@ -6,32 +6,60 @@ it *zero-padded in place*: the visible window at its original position, the rest
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from deqnca.core.configs import load_dataclass
+from deqnca.core.model import MODELS, CellularModel
 from deqnca.core.nca import crop
 
 
-class _CNNConfig:
+@dataclass
+class CnnModelConfig:
+    """The baseline has no options: its layers are fixed (the essay model's size)."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CnnModelConfig:
+        """The config from a plain dict; unknown keys are an error."""
+        return load_dataclass(cls, d, what="cnn model config")
+
     def to_dict(self) -> dict:
-        return {"model": "cnn-small"}
+        """A plain, JSON-ready dict."""
+        return asdict(self)
 
 
-class SmallCNN(nn.Module):
-    """The baseline CNN (15,410 parameters); trained by the `cnn` task (deqnca.tasks.cnn)."""
+@MODELS.register("cnn")
+class SmallCNN(CellularModel):
+    """The baseline CNN (15,410 parameters); trained by the `cnn` task (deqnca.tasks.cnn).
 
-    def __init__(self):
+    A feed-forward network is the degenerate cellular model: its state is its input and its step is the
+    identity (nothing to iterate: the NCA view's residual is 0 from the start), and its read-out is the
+    whole network. So it loads, rolls out and is described like every kind (`deqnca.load("baselines/cnn-small")`).
+    """
+    Config = CnnModelConfig
+
+    def __init__(self, config: CnnModelConfig | dict | None = None):
         super().__init__()
-        self.config = _CNNConfig()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 24, 3, padding=1)
-        self.fc = nn.Linear(24 * 7 * 7, 10)
+        self.config = config if isinstance(config, CnnModelConfig) else CnnModelConfig.from_dict(config or {})
+        self.conv1 = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 24, 3, padding=1)
+        self.fc = torch.nn.Linear(24 * 7 * 7, 10)
 
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc(x.flatten(1))
+    def initial_state(self, x, generator=None):
+        return x
+
+    def step_map(self, x, generator=None):
+        return lambda z: z
+
+    def read(self, z, x):
+        z = F.max_pool2d(F.relu(self.conv1(z)), 2)
+        z = F.max_pool2d(F.relu(self.conv2(z)), 2)
+        return self.fc(z.flatten(1))
+
+    def forward(self, x, generator=None, **_):
+        return self.read(x, x)
 
 
 def pad_in_place(x, fraction, anchor):
