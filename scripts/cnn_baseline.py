@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from deqnca.core.nca import ANCHORS
-from deqnca.data.idx import load_mnist
+from deqnca.data.provenance import idx_data
 from deqnca.tasks.cnn.model import crop_accuracy_cnn
 from deqnca.tasks.cnn.task import train_cnn
 from deqnca.tasks.mnist.figures import FRACTIONS
@@ -30,8 +30,7 @@ def main():
     ap.add_argument("--weights", default="src/deqnca/_data/models/baselines/cnn-small")
     ap.add_argument("--run", default="runs/cnn-baseline", help="the training run's folder")
     args = ap.parse_args()
-    x, y = load_mnist(split="train")
-    xt, yt = load_mnist(split="test")
+    (x, y, xt, yt), data = idx_data()          # the vendored MNIST and its record (deqnca.data.provenance)
     t = time.time()
     model = train_cnn(x, y, args.run, epochs=args.epochs, seed=args.seed, overwrite=True)
     train_s = time.time() - t
@@ -45,7 +44,8 @@ def main():
     w = Path(args.weights)
     w.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(w.with_suffix(".safetensors")))
-    w.with_suffix(".json").write_text(json.dumps({k: v for k, v in rec.items() if k != "crops"}, indent=1))
+    w.with_suffix(".json").write_text(json.dumps({"kind": "cnn", "data": data,
+                                                  **{k: v for k, v in rec.items() if k != "crops"}}, indent=1))
     print(json.dumps({k: v for k, v in rec.items() if k != "crops"}), json.dumps(res["accuracy"]))
 
 
