@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from deqnca.core.nca import ANCHORS
-from deqnca.data.idx import load_mnist
+from deqnca.data.provenance import idx_data
 from deqnca.engine.checkpoint import save_checkpoint
 from deqnca.tasks.cnn.model import crop_accuracy_cnn
 from deqnca.tasks.cnn.task import train_cnn
@@ -30,8 +30,7 @@ def main():
     ap.add_argument("--weights", default="src/deqnca/_data/models/baselines/cnn-small")
     ap.add_argument("--run", default="runs/cnn-baseline", help="the training run's folder")
     args = ap.parse_args()
-    x, y = load_mnist(split="train")
-    xt, yt = load_mnist(split="test")
+    (x, y, xt, yt), data = idx_data()          # the vendored MNIST and its record (deqnca.data.provenance)
     t = time.time()
     model = train_cnn(x, y, args.run, epochs=args.epochs, seed=args.seed, overwrite=True)
     train_s = time.time() - t
@@ -43,7 +42,7 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rec, indent=1))
     save_checkpoint(args.weights, model, meta={          # a model checkpoint of kind "cnn": deqnca.load reads it
-        "kind": "cnn", "parameters": rec["parameters"], "metrics": {"test_acc": rec["test_acc"]},
+        "kind": "cnn", "data": data, "parameters": rec["parameters"], "metrics": {"test_acc": rec["test_acc"]},
         "provenance": {k: rec[k] for k in ("epochs", "train_s", "date", "machine", "input")}})
     print(json.dumps({k: v for k, v in rec.items() if k != "crops"}), json.dumps(res["accuracy"]))
 

@@ -328,7 +328,7 @@ LIZARD = MODELS / "grow" / "lizard-bptt"
     (["grow", "show", ESSAY, "--out", "OUT"], "a 'mnist' checkpoint, not a 'grow' one"),
     (["maze", "show", ESSAY, "--size", "9", "--out", "OUT"], "a 'mnist' checkpoint, not a 'maze' one"),
     (["maze", "eval", ESSAY, "--sizes", "9", "--out", "OUT", "--cache", "CACHE"], "not a 'maze' one"),
-    (["eval", LIZARD, "--limit", "2"], "a 'grow' checkpoint, not a 'mnist' one"),
+    (["eval", LIZARD, "--limit", "2"], "'grow' models are measured by their own commands"),
     (["rollout", LIZARD, "--out", "OUT"], "a 'grow' checkpoint, not a 'mnist' one"),
 ], ids=["grow-show-mnist", "maze-show-mnist", "maze-eval-mnist", "eval-grow", "rollout-grow"])
 def test_a_checkpoint_of_the_wrong_kind_is_a_one_line_error(tmp_path, capsys, argv, words):

@@ -23,11 +23,18 @@ from deqnca.engine.commandline import (
 )
 
 
-def _load_data(args, splits=("train", "test")):
-    from deqnca.data.idx import load_mnist
+def _training_data(args, out: Path):
+    """((x, y, x_test, y_test), record) of `--data-dir`; on `--resume` without it, of the data the run recorded
+    (the engine refuses other data)."""
+    from deqnca.data.provenance import idx_data, recorded_folder
+    from deqnca.engine.commandline import recorded_run
 
-    verify = False if getattr(args, "no_verify", False) else None
-    return [load_mnist(args.data_dir, split=s, verify_md5=verify) for s in splits]
+    data_dir = args.data_dir
+    if args.resume and data_dir is None:
+        recorded = recorded_run(out).get("data")
+        if recorded:
+            data_dir = recorded_folder(recorded, f"--resume: the run in {out}")
+    return idx_data(data_dir, verify_md5=False if args.no_verify else None)
 
 
 def cmd_train(args) -> int:
@@ -41,8 +48,8 @@ def cmd_train(args) -> int:
     train, model_over, given = options_from_args(args, MnistConfig, base, ModelConfig)
     cfg = build_config(MnistConfig, train, preset(args.preset, model_over).model)
     out = writable_folder(args.out or f"runs/{args.preset}-seed{cfg.seed}")
-    (x, y), (xt, yt) = _load_data(args)
-    result = fit(MnistTask(cfg, (x, y, xt, yt)), out, device=device, resume=args.resume, overwrite=args.overwrite,
+    data, record = _training_data(args, out)
+    result = fit(MnistTask(cfg, data, record), out, device=device, resume=args.resume, overwrite=args.overwrite,
                  changed=given, log=lambda s: print(s, file=sys.stderr), progress=not args.json)
     return finish_training(args, out, result, "done: {out}  parameters {parameters}  test accuracy {test_acc:.4f}")
 
@@ -58,8 +65,8 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 
 def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,
-                        progress=True, amp="off", sample=0):
-    from deqnca.data.idx import load_mnist
+                        progress=True, amp="off", sample=0, allow_other_data=False):
+    from deqnca.data.provenance import recorded_test_split
     from deqnca.tasks import load
     from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
     from deqnca.tasks.mnist.model import count_parameters
@@ -72,7 +79,10 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
         # tolerance-solved models need more steps under bfloat16 rounding (docs/speed.md): float32 for them
         choice = choose_cpu_path(device, allow_bf16=model.solver_name == "rollout")
         amp, amp_reason = choice["amp"], choice["reason"]
-    x, y = load_mnist(data_dir, split="test", verify_md5=False if no_verify else None)
+    x, y, data, note = recorded_test_split(meta.get("data"), str(path), data_dir, False if no_verify else None,
+                                           allow_other_data)
+    if note:
+        print(f"deqnca: note: {note}", file=sys.stderr)
     total = len(x)
     if limit:
         x, y = x[:limit], y[:limit]
@@ -89,7 +99,8 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
     res = residual_summary(ev["rel_residual"])
     low, high = wilson_interval(round(ev["accuracy"] * ev["n"]), ev["n"])
     return {
-        "checkpoint": str(path), "parameters": count_parameters(model), "accuracy": ev["accuracy"],
+        "checkpoint": str(path), "data": data, "trained_on": (meta.get("data") or {}).get("name"),
+        "parameters": count_parameters(model), "accuracy": ev["accuracy"],
         "accuracy_ci95": [low, high], "n": ev["n"], "of": total,
         "subset": "first" if limit else ("evenly spaced" if ev["n"] < total else "all"),
         "solver": model.solver_name, **{k: v for k, v in model.solver_kw.items()},
@@ -112,6 +123,8 @@ def _print_eval(r, as_json):
               "all: --sample 0)")
     else:
         on = f"on {r['n']} images"
+    if "mnist" != r.get("data", "mnist") or r.get("trained_on") not in (None, "mnist"):
+        on += f" of {r['data']}"
     print(f"{r['checkpoint']}\n  test accuracy {100 * r['accuracy']:.2f}% {on}"
           f"   parameters {r['parameters']}\n"
           f"  solver {r['solver']} (max_iter {r.get('max_iter')}, tol {r.get('tol')}): "
@@ -143,7 +156,8 @@ def cmd_eval(args) -> int:
             args.eval_rows.append(r)
             continue
         r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
-                                progress=not args.json, amp=args.amp, sample=getattr(args, "sample", 0))
+                                progress=not args.json, amp=args.amp, sample=getattr(args, "sample", 0),
+                                allow_other_data=getattr(args, "allow_other_data", False))
         _print_eval(r, args.json)
         args.eval_rows.append(r)
     return 0
@@ -194,15 +208,18 @@ def cmd_export(args) -> int:
 
 def cmd_rollout(args) -> int:
     """Figure 1 for one test image: frames, GIF, residual/probability curves, and a JSON trace."""
-    from deqnca.data.idx import load_mnist
+    from deqnca.data.provenance import recorded_test_split
     from deqnca.tasks import load
     from deqnca.tasks.mnist.figures import draw_figure1
 
     device = setup_device(args.device)
     out = writable_folder(args.out)
     path = Path(args.checkpoint) if args.checkpoint else shipped_model("essay", args.models_dir)
-    model, _ = load(path, device, kind="mnist")
-    x, y = load_mnist(args.data_dir, split="test", verify_md5=False if args.no_verify else None)
+    model, meta = load(path, device, kind="mnist")
+    x, y, _, note = recorded_test_split(meta.get("data"), str(path), args.data_dir, False if args.no_verify else None,
+                                        args.allow_other_data)
+    if note:
+        print(f"deqnca: note: {note}", file=sys.stderr)
     if not 0 <= args.index < len(x):
         raise ConfigError(f"--index {args.index}: the test set has images 0..{len(x) - 1}")
     label = int(y[args.index])
@@ -251,6 +268,8 @@ def add_cli(sub, train: bool = True) -> None:
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
         p.add_argument("--seed", type=seed_int, default=0, help="random seed of the initial states' noise")
         data_flags(p)
+        p.add_argument("--allow-other-data", action="store_true",
+                       help="measure a model on data other than what it was trained on (its checkpoint records it)")
         p.add_argument("--models-dir", default=None, metavar="DIR",
                        help="folder of the shipped models (default: the ones installed with deqnca)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -353,5 +372,6 @@ def registered_solver(name: str) -> str:
 
 def data_flags(p):
     p.add_argument("--data-dir", default=None,
-                   help="folder with the four MNIST-layout IDX files (default: the MNIST files installed with deqnca)")
+                   help="folder with the four MNIST-layout IDX files (default: a model's recorded data, else the MNIST "
+                        "files installed with deqnca)")
     p.add_argument("--no-verify", action="store_true", help="skip the MNIST MD5 check (for Fashion-MNIST, KMNIST, ...)")

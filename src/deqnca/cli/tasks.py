@@ -80,17 +80,23 @@ def evaluate_with_task(path, device: str = "cpu") -> dict:
     """The record of `Task.evaluate` for the checkpoint at `path`: its task, built from the run's recorded
     config, loads its held-out data and measures the checkpoint's model."""
     from deqnca.core.configs import ConfigError
+    from deqnca.data.provenance import same_data, short
+    from deqnca.engine.checkpoint import CheckpointError
     from deqnca.engine.task import Task
     from deqnca.tasks import load
 
     model, meta = load(path, device)
     cls = task_class(meta["kind"])
     if cls.evaluate is Task.evaluate:
-        raise ConfigError(f"{path}: {meta['kind']!r} models are measured by their own commands, not `deqnca eval` "
-                          f"(see `deqnca {meta['kind']} --help`)")
+        raise CheckpointError(f"{path}: {meta['kind']!r} models are measured by their own commands, not `deqnca "
+                              f"eval` (see `deqnca {meta['kind']} --help`)")
     task = cls(load_config(cls, meta, path))
     task.device = device
     task.setup()
+    recorded, current = meta.get("data"), task.data_record
+    if isinstance(recorded, dict) and isinstance(current, dict) and not same_data(recorded, current):
+        raise ConfigError(f"{path} was trained on {short(recorded)}; its task now reads {short(current)}, other "
+                          "data: evaluate it where its data is")
     task.model = model
     return {"checkpoint": str(path), "kind": meta["kind"], **task.evaluate()}
 

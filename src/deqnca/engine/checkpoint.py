@@ -145,7 +145,7 @@ def _plain_name(name: str) -> bool:
 # the shape of a checkpoint record's parts (a record whose parts have other types is refused on load)
 _META_TYPES = {"model_config": dict, "train_config": dict, "history": list, "metrics": dict, "progress": dict,
                "optimizer": dict, "counters": dict, "meter": dict, "task_state": dict, "maze": dict, "provenance": dict,
-               "kind": str, "weights_file": str, "weights_sha256": str, "status": str}
+               "data": dict, "kind": str, "weights_file": str, "weights_sha256": str, "status": str}
 
 
 def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[dict, dict]:

@@ -139,7 +139,7 @@ def options_from_args(args, config_cls, base, model_cls=None):
             raise ConfigError(f"--config {args.config}: not a readable JSON file ({e or type(e).__name__})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"--config {args.config}: expected a JSON object with 'train' and/or 'model'")
-        unknown = set(data) - {"train", "model", "task", "world_size", "amp_resolved", "amp_reason"}
+        unknown = set(data) - {"train", "model", "task", "world_size", "amp_resolved", "amp_reason", "data"}
         if unknown:
             raise ConfigError(f"--config {args.config}: unknown sections {sorted(unknown)}; use 'train' and 'model'")
         for section in ("train", "model"):
@@ -169,6 +169,22 @@ def options_from_args(args, config_cls, base, model_cls=None):
             raise ConfigError(f"--set {key}: not an option; training options: {names}"
                               + (f"; model options: {', '.join(model_fields)}" if model_fields else ""))
     return train, model, given
+
+
+def recorded_run(out) -> dict:
+    """What the run in folder `out` recorded, for `--resume` to find its data before the engine checks it:
+    ``{"data": its data's record, "train": its training options}`` from its checkpoint (else config.json);
+    {} where neither can be read (the engine then says what is wrong)."""
+    for name, train in (("last.json", "train_config"), ("config.json", "train")):
+        try:
+            record = json.loads((Path(out) / name).read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            data, options = record.get("data"), record.get(train)
+            return {"data": data if isinstance(data, dict) else None,
+                    "train": options if isinstance(options, dict) else {}}
+    return {}
 
 
 def build_config(config_cls, train: dict, model: dict | None):

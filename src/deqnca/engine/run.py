@@ -11,6 +11,7 @@ from pathlib import Path
 
 from deqnca.core.configs import ConfigError, load_dataclass
 from deqnca.core.fileio import fault_point
+from deqnca.data.provenance import same_data, short
 from deqnca.engine import distributed
 from deqnca.engine.checkpoint import (
     CheckpointError,
@@ -104,6 +105,18 @@ def resolve_config(cfg, saved: dict, changed: set | None):
     return load_dataclass(type(cfg), {**known, **{k: new[k] for k in RESUMABLE if k in new}}, "train config")
 
 
+def check_same_data(recorded, current, log=print) -> None:
+    """A resumed run goes on with the data it was trained on: another dataset (another content hash) is refused
+    like any option that would change the run. A run that recorded none (an older deqnca) goes on, said so."""
+    if not isinstance(recorded, dict) or not isinstance(current, dict):
+        if current and recorded is None:
+            log(f"--resume: the run recorded no data (an older deqnca); continuing on {short(current)}")
+        return
+    if not same_data(recorded, current):
+        raise ConfigError(f"--resume continues the run on its own data: it was trained on {short(recorded)}, "
+                          f"not {short(current)}. Resume it with its data, or start a new run in another --out")
+
+
 def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> bool:
     """A fresh run needs an empty folder: one that holds a run is refused unless `overwrite`. Returns
     whether there is a checkpoint to resume from (a run killed before its first one starts afresh)."""
@@ -157,6 +170,7 @@ class RunFolder:
         """Load the checkpoint into the model, the optimiser, the task's state tensors and `run`."""
         last, model = self.path / "last", task.model
         tensors, meta = read_checkpoint(last)
+        check_same_data(meta.get("data"), getattr(task, "data_record", None), task.log)
         load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, last)
         model.to(task.device)
         load_optimizer_state(optimizer, tensors, meta, last)
@@ -184,6 +198,8 @@ class RunFolder:
         model_config = getattr(getattr(task.model, "config", None), "to_dict", dict)()
         record = {"task": task.name, "model": model_config, "train": asdict(task.cfg), "amp_resolved": amp,
                   "amp_reason": amp_reason, "world_size": world}
+        if getattr(task, "data_record", None):
+            record["data"] = task.data_record          # what the run trains on (deqnca.data.provenance)
         atomic_write(self.path / "config.json",
                      lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
 
@@ -193,6 +209,7 @@ class RunFolder:
             return
         save_checkpoint(self.path / "last", task.model, optimizer, {
             "kind": task.name, "train_config": asdict(task.cfg), "parameters": count_parameters(task.model),
+            **({"data": task.data_record} if getattr(task, "data_record", None) else {}),
             **run.record()}, extra_tensors={f"task.{k}": v for k, v in task.state_tensors.items()},
             content_addressed=True)
 

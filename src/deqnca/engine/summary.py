@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import textwrap
 
+from deqnca.data.provenance import describe as describe_data
+
 # the training options worth a glance, in this order (the rest is in --json)
 _TRAIN_KEYS = ("trainer", "variant", "target", "optimizer", "lr", "momentum", "batch_size", "epochs", "steps",
                "time_budget", "schedule", "train_size", "amp", "seed")
@@ -63,7 +65,12 @@ def describe_checkpoint(meta: dict, name: str) -> str:
         x: cnn checkpoint, 15,410 parameters
           model     width 16
     """
-    lines = [f"{name}: {_kind(meta)}" + (f", {meta['parameters']:,} parameters" if "parameters" in meta else "")]
+    kind, data = _kind(meta), meta.get("data") if isinstance(meta.get("data"), dict) else None
+    if data and data.get("name") not in (None, "mnist") and kind.startswith("MNIST "):
+        kind = f"{data['name']} {kind[len('MNIST '):]}"          # an MNIST-layout classifier of other data
+    lines = [f"{name}: {kind}" + (f", {meta['parameters']:,} parameters" if "parameters" in meta else "")]
+    if data:
+        lines.append(f"  data      trained on {describe_data(data)}")
     if isinstance(meta.get("model_config"), dict):
         lines.append(f"  model     {_model_line(meta['model_config'])}")
     train = meta.get("train_config") or {}

@@ -43,13 +43,17 @@ class Task:
     engine besides its hooks: `state_tensors`, tensors that are part of the run (a sample pool), saved with
     each checkpoint and restored in place on resume; `find_unused_parameters`, for DDP; `presets`, a
     `Registry` of functions returning a `Config` (``deqnca train --task NAME --preset P``; None: the
-    Config's defaults).
+    Config's defaults); `data_record`, the identity of the data it trains on (a JSON-ready dict: ``name``,
+    ``source``, ``sha256`` of the contents, counts, sample ``shape``, ``labels``; `deqnca.data.provenance`),
+    set by `setup` at the latest: the engine writes it into config.json and every checkpoint (``"data"``) and
+    refuses to resume a run on data with another ``sha256`` (None: the task records none, nothing is checked).
     """
 
     name = "task"
     Config = TrainConfig
     presets: Registry | None = None
     find_unused_parameters = False
+    data_record: dict | None = None
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -69,7 +69,7 @@ def _shard(text: str) -> tuple[int, int]:
 def cmd_eval(args) -> int:
     import torch
 
-    from deqnca.data.idx import load_mnist
+    from deqnca.data.provenance import recorded_test_split
     from deqnca.tasks import load
     from deqnca.tasks.cells.model import (
         canvas_batch,
@@ -86,7 +86,9 @@ def cmd_eval(args) -> int:
         model.rule.compile_for_eval()
     size = meta["train_config"].get("size", 28)
     marks = tuple(sorted(int(m) for m in args.marks.split(",")))
-    xt, yt = load_mnist(split="test")
+    xt, yt, _, note = recorded_test_split(meta.get("data"), str(args.checkpoint))
+    if note:
+        print(f"deqnca: note: {note}", file=sys.stderr)
     idx = torch.linspace(0, len(xt) - 1, min(args.images, len(xt))).long()      # evenly spaced test digits
     shard, shards = _shard(args.shard)
     idx = idx[shard::shards]                  # one of `shards` interleaved slices (scripts/cells_campaign.py merges)

@@ -18,6 +18,7 @@ import torch
 
 from deqnca.core.gradients import make_gradient
 from deqnca.core.solvers import get_solver
+from deqnca.data.provenance import tensors_record
 from deqnca.engine.trainer import TASKS, Batch, Task
 from deqnca.tasks.cells.config import PRESETS, CellsConfig  # noqa: F401  (re-exported)
 from deqnca.tasks.cells.model import (
@@ -43,12 +44,17 @@ def load_cells_checkpoint(path, device="cpu"):
 
 def load_digits(size: int, train_images: int = 0, eval_images: int = 0):
     """(x, y, x_test, y_test): MNIST at `size`, the first `train_images` (0: all) and `eval_images`."""
-    from deqnca.data.idx import load_mnist
+    return load_digits_and_record(size, train_images, eval_images)[0]
 
-    x, y = load_mnist(split="train")
-    xt, yt = load_mnist(split="test")
+
+def load_digits_and_record(size: int, train_images: int = 0, eval_images: int = 0):
+    """((x, y, x_test, y_test) as `load_digits` gives them, the record of the MNIST files they come from)."""
+    from deqnca.data.provenance import idx_data
+
+    (x, y, xt, yt), record = idx_data()
     x, y = (x[:train_images], y[:train_images]) if train_images else (x, y)
-    return resize_digits(x, size), y, resize_digits(xt[:eval_images or len(xt)], size), yt[:eval_images or len(xt)]
+    return (resize_digits(x, size), y, resize_digits(xt[:eval_images or len(xt)], size),
+            yt[:eval_images or len(xt)]), record
 
 
 def _equilibrium_step(task, x):
@@ -87,7 +93,10 @@ class CellsTask(Task):
             raise ValueError("the cells task trains in one process; run it without torchrun")
         if c.model == "article" and c.pool_size and c.fresh + c.mutate > c.batch_size:
             raise ValueError(f"--fresh {c.fresh} + --mutate {c.mutate}: more than the batch of {c.batch_size}")
-        x, y, xt, yt = self.data if self.data is not None else load_digits(28, c.train_images, c.eval_images)
+        if self.data is None:
+            (x, y, xt, yt), self.data_record = load_digits_and_record(28, c.train_images, c.eval_images)
+        else:
+            (x, y, xt, yt), self.data_record = self.data, tensors_record(*self.data)
         n = c.train_images or len(x)
         self.x, self.y = resize_digits(x[:n], c.size).to(self.device), y[:n].to(self.device)
         self.eval_x, self.eval_y = resize_digits(xt[:c.eval_images], c.size), yt[:c.eval_images]

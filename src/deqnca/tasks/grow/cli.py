@@ -14,6 +14,7 @@ from deqnca.engine.commandline import (
     nonneg_float,
     options_from_args,
     positive_int,
+    recorded_run,
     seed_int,
     steps_int,
     writable_folder,
@@ -37,6 +38,10 @@ def cmd_train(args) -> int:
         raise ConfigError(f"--recipe {args.recipe} sets the equilibrium trainer's options: "
                           "use it with --trainer implicit")
     out = writable_folder(args.out or f"runs/grow-{cfg.trainer}-{Path(cfg.target).stem}-seed{cfg.seed}")
+    if args.resume:              # the run's own target unless one is given (the engine refuses another)
+        saved = recorded_run(out).get("train") or {}
+        cfg.target = saved["target"] if "target" not in given and isinstance(saved.get("target"), str) else cfg.target
+        cfg.pad = saved["pad"] if "pad" not in given and isinstance(saved.get("pad"), int) else cfg.pad
     target = load_target(cfg.target, pad=cfg.pad)
     result = fit(GrowTask(cfg, target), out, device=device, resume=args.resume, overwrite=args.overwrite,
                  changed=given, log=lambda s: print(s, file=sys.stderr), progress=not args.json)

@@ -31,7 +31,7 @@ def load_target(spec: str, pad: int = 0) -> torch.Tensor:
     """'lizard', 'small' or a path to any image Pillow can convert to RGBA; `pad` transparent cells per side."""
     from PIL import Image, UnidentifiedImageError
 
-    path = targets_dir() / f"{spec}.png" if spec in NAMED_TARGETS else Path(spec)
+    path = target_path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"--target {spec}: no such file (give lizard, small or a path to an RGBA image)")
     try:
@@ -44,6 +44,26 @@ def load_target(spec: str, pad: int = 0) -> torch.Tensor:
     if pad:
         rgba = np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)))
     return premultiply(rgba)
+
+
+def target_path(spec: str) -> Path:
+    """The file of target `spec`: a shipped one's ('lizard', 'small') or the path given."""
+    return targets_dir() / f"{spec}.png" if spec in NAMED_TARGETS else Path(spec)
+
+
+def target_record(spec: str, pad: int, target: torch.Tensor) -> dict:
+    """The identity of a growing NCA's data, its target (`deqnca.data.provenance`): the hash of the target
+    tensor trained on (premultiplied RGBA, padded), its shape and padding, and the image file's name and hash."""
+    import hashlib
+
+    from deqnca.data.provenance import tensor_sha256
+
+    path = target_path(spec)
+    record = {"name": f"target:{path.name}", "source": "vendored" if spec in NAMED_TARGETS else str(path.resolve()),
+              "sha256": tensor_sha256(target.float()), "shape": list(target.shape), "pad": pad}
+    if path.is_file():
+        record["file_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return record
 
 
 def render_emoji(char: str = LIZARD, size: int = 40, pad: int = 16, font: Path = NOTO_EMOJI_FONT) -> np.ndarray:

@@ -23,6 +23,7 @@ from deqnca.tasks.grow.model import (
     spectral_radius,
 )
 from deqnca.tasks.grow.rule import GrowingConfig, target_loss
+from deqnca.tasks.grow.targets import target_record
 
 
 def train(cfg: GrowConfig, target: torch.Tensor, out, device: str = "cpu", resume: bool = False, log=print,
@@ -57,6 +58,7 @@ class GrowTask(Task):
             raise ValueError(f"--seeds {c.seeds}: need 0..batch size minus the damaged samples")
         if not 1 <= c.min_steps <= c.max_steps:
             raise ValueError(f"rollout steps {c.min_steps}..{c.max_steps}: need 1 <= min <= max")
+        self.data_record = target_record(c.target, c.pad, self.target)
 
     def build_model(self):
         c = self.cfg

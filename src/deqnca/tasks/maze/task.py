@@ -45,6 +45,21 @@ def load_mixed(size: int, count: int, split: str, generator: str, cache=None, lo
     return np.stack(parts, 1).reshape(-1, *parts[0].shape[1:])[:count]
 
 
+def maze_record(cfg: MazeConfig, sizes: list, train: list, val) -> dict:
+    """The identity of a maze run's data (`deqnca.data.provenance`): its generator set (each generator's
+    version), sizes, counts and the split seed, hashed with the layouts' own hashes (`layouts_digest`)."""
+    import hashlib
+
+    gens = list(mazes.GENERATORS) if cfg.generator == MIX else [cfg.generator]
+    lines = [f"train {s} {mazes.layouts_digest(lay)}\n" for s, lay in zip(sizes, train)]
+    lines.append(f"test {cfg.train_size} {mazes.layouts_digest(val)}\n")
+    side = mazes.image_side(cfg.train_size)
+    return {"name": f"mazes:{cfg.generator}", "source": "generated",
+            "sha256": hashlib.sha256("".join(lines).encode()).hexdigest(),
+            "generators": {g: mazes.GENERATOR_VERSIONS[g] for g in gens}, "sizes": list(sizes),
+            "train": cfg.train_count, "test": cfg.val_count, "seed": 0, "shape": [3, side, side], "labels": [0, 1]}
+
+
 def batch_plan(counts, batch_size: int, seed: int, epoch: int) -> list:
     """An epoch's batches as (set, rows) pairs: each set (one maze size) in its own seeded order, cut
     into batches, the batches of all sets shuffled together (one set: the order of a single set)."""
@@ -76,9 +91,10 @@ class MazeTask(Task):
         if not main:             # the main process generates and caches the maze sets, the others read them
             distributed.barrier()
         cache = c.cache or None
-        self.sets = [torch.as_tensor(load_mixed(s, c.train_count, "train", c.generator, cache, self.log))
-                     .to(self.device) for s in sizes]
+        train = [load_mixed(s, c.train_count, "train", c.generator, cache, self.log) for s in sizes]
+        self.sets = [torch.as_tensor(layouts).to(self.device) for layouts in train]
         self.val = load_mixed(c.train_size, c.val_count, "test", c.generator, cache, self.log)
+        self.data_record = maze_record(c, sizes, train, self.val)
         if main:
             distributed.barrier()
         last = c.train_count % c.batch_size

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from deqnca.data.provenance import tensors_record
 from deqnca.engine.trainer import TASKS, Batch, Task, epoch_order
 from deqnca.tasks.mnist.config import PRESETS, MnistConfig, preset  # noqa: F401  (re-exported)
 from deqnca.tasks.mnist.evaluate import as_layout, evaluate, residual_summary
@@ -30,19 +31,22 @@ def train(model_config: dict, cfg, out, data, device: str = "cpu", resume: bool 
 
 @TASKS.register("mnist")
 class MnistTask(Task):
-    """Classify MNIST digits with an `EquilibriumModel`; `data` = (x_train, y_train, x_test, y_test)."""
+    """Classify MNIST digits with an `EquilibriumModel`; `data` = (x_train, y_train, x_test, y_test), `data_record`
+    their identity (`deqnca.data.provenance.idx_data` gives both for an IDX folder; None: the tensors' hash)."""
 
     name = "mnist"
     Config = MnistConfig
     presets = PRESETS
 
-    def __init__(self, cfg: MnistConfig, data):
+    def __init__(self, cfg: MnistConfig, data, data_record: dict | None = None):
         super().__init__(cfg)
-        self.data = data
+        self.data, self.data_record = data, data_record
         self.counters = {"fallback": 0}
 
     def setup(self):
         c, (x, y, xt, yt) = self.cfg, self.data
+        if self.data_record is None:
+            self.data_record = tensors_record(x, y, xt, yt)
         x, y = (x[:c.train_subset], y[:c.train_subset]) if c.train_subset else (x, y)
         self.test = (xt[:c.test_subset], yt[:c.test_subset]) if c.test_subset else (xt, yt)
         self.x, self.y = x.to(self.device), y.to(self.device)
