@@ -85,3 +85,143 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+# ---- commands as real processes, without paying Python's and torch's start-up for each -------------------
+
+# A process that imports torch and deqnca once and forks a child for each command: the child is a real
+# process (it holds its own locks, takes signals, dies by SIGKILL) that runs `deqnca.cli.main(argv)` as
+# `python -m deqnca.cli` would, in about a second instead of five (importing torch and building the first
+# optimiser take ~4 s on a loaded 2-core machine). Nothing in it runs a parallel region before forking.
+_ZYGOTE = r"""
+import json, os, sys, time
+import torch
+torch.set_num_threads(1)
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)     # imports what every optimiser needs, once
+from deqnca.cli import main
+import deqnca.engine.trainer
+
+def child(req):
+    rc = 1
+    try:
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+        os.dup2(os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+        os.environ.clear()
+        os.environ.update(req["env"])
+        os.chdir(req["cwd"])
+        try:
+            rc = main(req["argv"])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["op"] == "start":
+        pid = os.fork()
+        if pid == 0:
+            child(req)
+        answer = {"pid": pid}
+    else:                                   # "poll": the exit code, or None while it runs
+        pid, status = os.waitpid(req["pid"], os.WNOHANG)
+        answer = {"rc": os.waitstatus_to_exitcode(status) if pid else None}
+    print(json.dumps(answer), flush=True)
+"""
+
+
+class Command:
+    """A `deqnca` command started by `Launcher.start`: its pid, and its exit code and output once it ends."""
+
+    def __init__(self, launcher, pid, out, err):
+        self.launcher, self.pid, self._out, self._err, self.returncode = launcher, pid, out, err, None
+
+    def poll(self):
+        if self.returncode is None:
+            self.returncode = self.launcher._ask({"op": "poll", "pid": self.pid})["rc"]
+        return self.returncode
+
+    def wait(self, timeout: float = 300):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                os.kill(self.pid, 9)
+                pytest.fail(f"process {self.pid} still running after {timeout} s")
+            time.sleep(0.02)
+        return self.returncode
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text()
+
+
+class Launcher:
+    """Starts `deqnca` command lines as forks of one process that has imported torch and deqnca (the
+    deqnca under test: the one this pytest imports)."""
+
+    def __init__(self, folder):
+        import subprocess
+        import sys
+        import threading
+        from pathlib import Path
+
+        import deqnca
+
+        self.folder, self._lock, self._count = Path(folder), threading.Lock(), 0
+        package = Path(deqnca.__file__).resolve().parents[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, text=True)
+
+    def _ask(self, request: dict) -> dict:
+        import json
+
+        with self._lock:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the launcher process ended")
+        return json.loads(line)
+
+    def start(self, argv, env: dict | None = None, cwd=None) -> Command:
+        """Start `deqnca argv` with environment `env` (default: this process's, OMP_NUM_THREADS=1)."""
+        with self._lock:
+            self._count += 1
+            n = self._count
+        out, err = self.folder / f"{n}.out", self.folder / f"{n}.err"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"} if env is None else env
+        pid = self._ask({"op": "start", "argv": [str(a) for a in argv], "env": env, "cwd": str(cwd or os.getcwd()),
+                         "stdout": str(out), "stderr": str(err)})["pid"]
+        return Command(self, pid, out, err)
+
+    def run(self, argv, env: dict | None = None, timeout: float = 300) -> Command:
+        """`deqnca argv` to its end (`.returncode`, `.stdout`, `.stderr`)."""
+        command = self.start(argv, env)
+        command.wait(timeout)
+        return command
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def launcher(tmp_path_factory):
+    """`Launcher`: real `deqnca` processes at a fraction of the start-up cost."""
+    forks = Launcher(tmp_path_factory.mktemp("launcher"))
+    yield forks
+    forks.close()

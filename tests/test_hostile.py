@@ -476,7 +476,8 @@ def test_a_full_disk_during_a_checkpoint_is_a_one_line_error_and_leaves_no_parti
     line = assert_error(rc, err, 1, "last.staging.safetensors: No space left on device", "the disk is full")
     assert ".tmp" not in line                                     # the file being written, not its temporary
     left = sorted(p.name for p in out.iterdir())
-    assert left == ["config.json", "metrics.jsonl"], left          # no partial tensor file, no manifest
+    assert left == [".deqnca-files.json", ".deqnca.lock", "config.json", "metrics.jsonl"], left   # no tensors,
+    json.loads((out / ".deqnca-files.json").read_text())          # no checkpoint manifest
     json.loads((out / "config.json").read_text())
 
 
@@ -607,3 +608,81 @@ def test_metrics_hold_each_epoch_once_after_a_kill_between_the_metrics_and_the_c
     rc, err = run(tiny_train(out, tiny_data, 2, "--resume"), capsys)
     assert rc == 0, err[-2000:]
     assert _epochs(out) == [1, 2]
+
+
+# ---- regression tests of the run folder: each fails on cfc3081 --------------------------------------------
+# (the subprocess ones, two runs on one folder, SIGTERM, a real full disk and the fault hook, are in
+# tests/test_faults.py)
+
+@pytest.mark.parametrize("damage", ["missing", "not JSON"])
+def test_resume_refuses_tensor_files_without_a_readable_last_json_and_changes_nothing(tmp_path, capsys, tiny_data,
+                                                                                       damage):
+    """Regression: with the tensor files there and last.json gone, cfc3081's --resume started afresh,
+    deleted metrics.jsonl and, at its first checkpoint, the trained tensor file."""
+    out = tmp_path / "run"
+    assert run(tiny_train(out, tiny_data, 1), capsys)[0] == 0
+    if damage == "missing":
+        (out / "last.json").unlink()
+    else:
+        (out / "last.json").write_text('{"progress": {"global_step": 2}, "weights_fi')
+    before = listing(out)
+    rc, err = run(tiny_train(out, tiny_data, 2, "--resume"), capsys)
+    assert_error(rc, err, 1, "last.json")
+    assert listing(out) == before
+    rc, err = run(tiny_train(out, tiny_data, 2), capsys)          # and a fresh run is refused as well
+    assert_error(rc, err, 2, "already holds a run", "--overwrite")
+    assert listing(out) == before
+
+
+def test_cleanup_and_overwrite_delete_only_the_files_deqnca_wrote(tmp_path, capsys, tiny_data):
+    """Regression: cfc3081's checkpoint clean-up removed every `last.*.safetensors` (a user's
+    `last.backup.safetensors` too) and --overwrite every name starting with `last` (`last-notes.txt`)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = {"last.backup.safetensors": b"a backup of mine", "last-notes.txt": b"notes", "last": b"a file",
+            ".last.json.notes.tmp": b"not a temporary of deqnca's"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    assert run(tiny_train(out, tiny_data, 2, "--checkpoint-every", "1"), capsys)[0] == 0     # 4 checkpoints
+    assert run(tiny_train(out, tiny_data, 1, "--overwrite"), capsys)[0] == 0
+    assert {name: (out / name).read_bytes() for name in mine if (out / name).exists()} == mine
+    assert _epochs(out) == [1] and (out / ".deqnca.lock").exists()      # the run was replaced, the lock kept
+    record = json.loads((out / "last.json").read_text())
+    assert sorted(p.name for p in out.glob("last.*.safetensors")) == sorted([record["weights_file"],
+                                                                               "last.backup.safetensors"])
+
+
+def test_temporary_files_a_kill_left_are_removed_on_the_next_start(tmp_path, capsys, tiny_data):
+    """Regression: a kill inside a write leaves atomic_write's temporary file (`.<name>.<random>.tmp`), and
+    cfc3081 removed none. Only deqnca's own temporaries go; a user's files stay."""
+    out = tmp_path / "run"
+    assert run(tiny_train(out, tiny_data, 1), capsys)[0] == 0
+    strays = [".last.json.k2j4_x9a.tmp", ".config.json.abcdefgh.tmp", ".metrics.jsonl.0a1b2c3d.tmp",
+              ".last.staging.safetensors.zz_9yx8w.tmp", "last.staging.safetensors"]
+    users = [".notes.txt.abcdefgh.tmp", "results.tmp", ".last.json.tmp"]
+    for name in strays + users:
+        (out / name).write_bytes(b"left over")
+    assert run(tiny_train(out, tiny_data, 2, "--resume"), capsys)[0] == 0
+    assert _epochs(out) == [1, 2]
+    left = {p.name for p in out.iterdir()}
+    assert not left & set(strays), sorted(left & set(strays))
+    assert set(users) <= left
+
+
+def test_a_corrupt_middle_line_of_metrics_is_an_error_that_names_it_and_a_torn_last_line_is_dropped(
+        tmp_path, capsys, tiny_data):
+    """Regression: one corrupt line in the middle of metrics.jsonl made cfc3081's --resume drop it and every
+    later valid record, silently. Only a torn last line (a kill inside the write) may be dropped."""
+    out = tmp_path / "run"
+    assert run(tiny_train(out, tiny_data, 2), capsys)[0] == 0
+    good = (out / "metrics.jsonl").read_text()
+    lines = good.splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "glob\n' + "".join(lines[1:]))
+    before = listing(out)
+    rc, err = run(tiny_train(out, tiny_data, 3, "--resume"), capsys)
+    assert_error(rc, err, 1, "metrics.jsonl: line 1 ", "fix or delete that line")
+    assert listing(out) == before
+    (out / "metrics.jsonl").write_text(good + '{"epoch": 3, "train_loss": 2.3')      # torn: no newline
+    rc, err = run(tiny_train(out, tiny_data, 3, "--resume"), capsys)
+    assert rc == 0, err[-2000:]
+    assert _epochs(out) == [1, 2, 3]

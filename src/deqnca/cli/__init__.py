@@ -2,9 +2,10 @@
 from the config dataclasses, its work done by the tasks and the engine.
 
 Exit codes: 0 success, 1 bad input (missing/corrupt data or checkpoint, a run that cannot go on, an
-output that cannot be written), 2 usage error (unknown option, bad value), 130 interrupted (a usable
-checkpoint is left behind). Every error is one line on stderr; set DEQNCA_DEBUG=1 (or pass --debug) to
-see its traceback. docs/guarantees.md lists what is checked.
+output that cannot be written), 2 usage error (unknown option, bad value, a run folder in use by another
+run), 130 interrupted by Ctrl-C and 143 by SIGTERM during training (a usable checkpoint is left behind).
+Every error is one line on stderr; set DEQNCA_DEBUG=1 (or pass --debug) to see its traceback.
+docs/guarantees.md lists what is checked.
 """
 from __future__ import annotations
 
@@ -119,9 +120,9 @@ def main(argv=None) -> int:
             load_plugins(specs)
         args = build_parser(argv).parse_args(argv)
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:            # Ctrl-C, or SIGTERM during training (engine.trainer.Terminated)
+        print(str(e) or "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_INTERRUPTED)
     except SystemExit:
         raise
     except ConfigError as e:

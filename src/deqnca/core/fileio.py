@@ -1,6 +1,7 @@
 """Files that are never torn: write to a temporary file, flush it to disk, rename it into place."""
 from __future__ import annotations
 
+import fnmatch
 import os
 import tempfile
 from pathlib import Path
@@ -48,19 +49,20 @@ def atomic_write(path: Path, write) -> None:
 
 
 def fault_point(where: str, path: Path) -> None:
-    """Test hook: with DEQNCA_FAULT="<where>:<file name>[:<n>]" the process dies (SIGKILL) the n-th time
-    (default 1st) it reaches `where` for that file, so tests can kill a run inside a checkpoint write."""
-    spec = os.environ.get("DEQNCA_FAULT")
-    if not spec:
+    """Test hook, inert outside the test suite: with DEQNCA_TEST_FAULT="<where>:<file name>[:<n>]" (the file
+    name may be a glob pattern, e.g. `last.[0-9a-f]*.safetensors`, or `*`) *and* PYTEST_CURRENT_TEST set (by
+    pytest, for the test it runs; the variable passes to the commands a test starts), the process dies
+    (SIGKILL) the n-th time (default 1st) it reaches `where` for that file, so tests can kill a run inside
+    a checkpoint write. Without both variables it does nothing."""
+    spec = os.environ.get("DEQNCA_TEST_FAULT")
+    if not spec or not os.environ.get("PYTEST_CURRENT_TEST"):
         return
     parts = spec.split(":")
-    if parts[0] != where or (len(parts) > 1 and parts[1] not in (Path(path).name, "*")):
+    if parts[0] != where or (len(parts) > 1 and not fnmatch.fnmatchcase(Path(path).name, parts[1])):
         return
-    count = int(os.environ.get("_DEQNCA_FAULT_SEEN", "0")) + 1
-    os.environ["_DEQNCA_FAULT_SEEN"] = str(count)
+    count = int(os.environ.get("_DEQNCA_TEST_FAULT_SEEN", "0")) + 1
+    os.environ["_DEQNCA_TEST_FAULT_SEEN"] = str(count)
     if count >= (int(parts[2]) if len(parts) > 2 else 1):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
-
-

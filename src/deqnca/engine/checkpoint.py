@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -82,8 +83,33 @@ def _sibling(base: Path, suffix: str) -> Path:
     return base.parent / (base.name + suffix)
 
 
+def _write_tensors(tensors: dict, path) -> None:
+    """`save_file`, with an I/O failure raised as the `OSError` it is (safetensors raises its own error type,
+    e.g. "I/O error: No space left on device (os error 28)" for a full disk)."""
+    try:
+        save_file(tensors, path, metadata={"format": "deqnca-1"})
+    except Exception as e:
+        code = re.search(r"os error (\d+)|code: (\d+)", str(e)) if type(e).__name__ == "SafetensorError" else None
+        if code is None:
+            raise
+        number = int(code.group(1) or code.group(2))
+        raise OSError(number, os.strerror(number)) from e
+
+
+def _previous_tensors(json_path: Path, base: Path) -> Path | None:
+    """The tensor file the checkpoint's current JSON names, where it is one `save_checkpoint` writes
+    (`name.<hash>.safetensors` or `name.safetensors`): the file a new checkpoint replaces."""
+    try:
+        name = json.loads(json_path.read_text()).get("weights_file")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ours = isinstance(name, str) and (name == base.name + ".safetensors" or (
+        name.startswith(base.name + ".") and re.fullmatch(r"[0-9a-f]{16}\.safetensors", name[len(base.name) + 1:])))
+    return base.parent / name if ours else None
+
+
 def save_checkpoint(path, model, optimizer=None, meta: dict | None = None, extra_tensors: dict | None = None,
-                    content_addressed: bool = False) -> Path:
+                    content_addressed: bool = False, claim=None) -> Path:
     """Write checkpoint `path` (its .json manifest and its tensors). Refuses non-finite weights.
 
     Args:
@@ -94,6 +120,9 @@ def save_checkpoint(path, model, optimizer=None, meta: dict | None = None, extra
         extra_tensors: more tensors to keep (e.g. a task's sample pool).
         content_addressed: name the tensor file by its hash and keep the previous one until the new
             manifest is in place (run checkpoints); otherwise ``name.safetensors`` (shipped models).
+            Only the tensor file the previous JSON named is then removed.
+        claim: called with the new tensor file's name before it is renamed into place (a run folder's
+            manifest records it there, so a kill never leaves a file no record lists).
 
     Returns:
         The checkpoint's base path.
@@ -113,28 +142,29 @@ def save_checkpoint(path, model, optimizer=None, meta: dict | None = None, extra
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v.detach().cpu().contiguous()
     json_path = _sibling(base, ".json")
+    previous = _previous_tensors(json_path, base) if content_addressed else None
     if content_addressed:
         staging = _sibling(base, ".staging.safetensors")
-        atomic_write(staging, lambda tmp: save_file(tensors, tmp, metadata={"format": "deqnca-1"}))
+        atomic_write(staging, lambda tmp: _write_tensors(tensors, tmp))
         digest = _sha256(staging)
         st_path = _sibling(base, f".{digest[:16]}.safetensors")
+        if claim is not None:
+            claim(st_path.name)
         fault_point("before-rename", st_path)
         os.replace(staging, st_path)
         fsync_dir(st_path.parent)
     else:
         st_path = _sibling(base, ".safetensors")
-        atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "deqnca-1"}))
+        atomic_write(st_path, lambda tmp: _write_tensors(tensors, tmp))
         digest = _sha256(st_path)
     info["weights_sha256"] = digest
     info["weights_file"] = st_path.name
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, default=float) + "\n"))
-    if content_addressed:
-        # the new manifest is in place: the previous tensors (and any a kill left unreferenced) can go
-        for f in [*base.parent.glob(base.name + ".*.safetensors"), _sibling(base, ".safetensors")]:
-            if f.name != st_path.name and f.exists() and f.name.count(".") in (base.name.count(".") + 1,
-                                                                             base.name.count(".") + 2):
-                fault_point("before-cleanup", f)
-                f.unlink(missing_ok=True)
+    if previous is not None and previous.name != st_path.name and previous.exists():
+        # the new manifest is in place: the tensors the previous one named can go (nothing else is touched:
+        # a file a kill left is removed by the run folder's next start, `engine.runfiles`)
+        fault_point("before-cleanup", previous)
+        previous.unlink(missing_ok=True)
     return base
 
 

@@ -23,6 +23,7 @@ from deqnca.engine.checkpoint import (
     save_checkpoint,
 )
 from deqnca.engine.meter import Meter
+from deqnca.engine.runfiles import RunFiles, locked
 
 # options that may change when a run is resumed: how long it trains; everything else is the run itself
 RESUMABLE = ("epochs", "steps", "time_budget", "checkpoint_every", "max_bad_steps", "cuda_graph")
@@ -118,23 +119,28 @@ def check_same_data(recorded, current, log=print) -> None:
 
 
 def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> bool:
-    """A fresh run needs an empty folder: one that holds a run is refused unless `overwrite`. Returns
-    whether there is a checkpoint to resume from (a run killed before its first one starts afresh)."""
+    """A fresh run needs an empty folder: one that holds a run is refused unless `overwrite` (which deletes
+    only the run's files, `RunFiles`). Returns whether there is a checkpoint to resume from (a run killed
+    before its first one starts afresh; tensor files without the `last.json` that names them are refused).
+    Called with the folder's lock held."""
+    tensors = RunFiles(out).tensor_files()
     if resume:
         if (out / "last.json").exists():
             return True
+        if tensors:
+            raise CheckpointError(f"--resume: {out} holds the checkpoint tensors {', '.join(tensors)} but no "
+                                  f"last.json, the record that names them; restore {out / 'last.json'}, or start "
+                                  "a new run in another --out (nothing was changed)")
         if not (out / "config.json").exists():
             raise CheckpointError(f"--resume: {out} holds no run; start one there without --resume")
         (out / "metrics.jsonl").unlink(missing_ok=True)      # records of steps no checkpoint kept
         return False
-    held = [name for name in RUN_FILES if (out / name).exists()]
+    held = [name for name in RUN_FILES if (out / name).exists()] + tensors
     if held and not overwrite:
         raise ConfigError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume or "
                           "replace it with --overwrite")
     if held:
-        for f in out.iterdir():
-            if f.name in RUN_FILES or f.name.startswith("last"):
-                f.unlink()
+        RunFiles(out).remove_run()
     return False
 
 
@@ -148,6 +154,30 @@ class RunFolder:
 
     def __init__(self, path: Path, main: bool):
         self.path, self.main = Path(path), main
+        self.files = RunFiles(self.path)
+
+    @contextmanager
+    def owned(self):
+        """The folder (created) for the life of the run: the main process holds its lock, so a second run
+        into it is refused (`FolderBusy`) and the checks of `open` and the run's writes are one run's."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.main:
+            yield
+            return
+        with locked(self.path):
+            yield
+
+    def claim(self, run: Run | None) -> None:
+        """Every check passed: the run starts writing (main process). Removes what a kill left behind (only
+        files deqnca writes), records the run's files in the manifest and, when resuming (`run`), trims
+        metrics.jsonl to the checkpoint's steps."""
+        if not self.main:
+            return
+        metrics = self.path / "metrics.jsonl"
+        kept = kept_records(metrics, run.global_step) if run is not None else None   # refused: nothing changed
+        self.files.start()
+        if kept is not None:
+            atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(s + "\n" for s in kept)))
 
     def open(self, task, resume: bool, overwrite: bool, changed: set | None, world: int, device) -> dict | None:
         """Prepare the folder (refusing to overwrite a run) and, when resuming, read and check the
@@ -186,8 +216,6 @@ class RunFolder:
                 raise CheckpointError(f"--resume: {last} holds no task.{name} of shape {tuple(value.shape)}; "
                                       "the checkpoint is from another run")
             value.copy_(saved)            # in place: the task holds these tensors
-        if self.main:
-            trim_metrics(self.path / "metrics.jsonl", run.global_step)
         task.log(f"resuming {self.path} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
                  f"({run.elapsed:.0f}s trained)")
 
@@ -211,21 +239,22 @@ class RunFolder:
             "kind": task.name, "train_config": asdict(task.cfg), "parameters": count_parameters(task.model),
             **({"data": task.data_record} if getattr(task, "data_record", None) else {}),
             **run.record()}, extra_tensors={f"task.{k}": v for k, v in task.state_tensors.items()},
-            content_addressed=True)
+            content_addressed=True, claim=self.files.claim)
 
     @contextmanager
     def saved_on_interrupt(self, task, optimizer, run: Run):
-        """On Ctrl-C, save a checkpoint (unless a second Ctrl-C came in the middle of an update: then the last
-        complete one is kept) and say how to continue."""
+        """On Ctrl-C or SIGTERM, save a checkpoint (unless a second one came in the middle of an update: then
+        the last complete one is kept) and say how to continue."""
         try:
             yield
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            what = str(e) or "interrupted"          # "terminated (SIGTERM)" for `trainer.Terminated`
             if run.updating:
-                task.log(f"interrupted in the middle of a step: the last checkpoint in {self.path} is kept; "
+                task.log(f"{what} in the middle of a step: the last checkpoint in {self.path} is kept; "
                          "continue with --resume")
             else:
                 self.save(task, optimizer, run)
-                task.log(f"interrupted: checkpoint saved to {self.path / 'last'}; continue with --resume")
+                task.log(f"{what}: checkpoint saved to {self.path / 'last'}; continue with --resume")
             raise
 
     def append(self, record: dict) -> None:
@@ -234,24 +263,40 @@ class RunFolder:
             append_record(self.path / "metrics.jsonl", record)
 
 
-def trim_metrics(path: Path, global_step: int) -> None:
-    """Keep only the records of steps the checkpoint has (a crash may leave later ones)."""
+def kept_records(path: Path, global_step: int) -> list[str] | None:
+    """The lines of metrics.jsonl that the checkpoint at `global_step` holds: a crash may leave records of later
+    steps and a torn last line, both dropped. Any other line that is not a JSON record is an error naming it
+    (nothing after it is dropped unseen). None when there is no file."""
     if not path.exists():
-        return
+        return None
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    filled = [n for n, line in enumerate(lines) if line.strip()]
     keep = []
-    for line in path.read_text().splitlines():
+    for n in filled:
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break                       # a torn last line
-        if rec.get("global_step", 0) <= global_step:
-            keep.append(line)
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(s + "\n" for s in keep)))
+            rec = json.loads(lines[n])
+        except (ValueError, RecursionError):
+            rec = None
+        step = rec.get("global_step", 0) if isinstance(rec, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            if n == filled[-1]:
+                break                       # a torn last line
+            raise CheckpointError(f"{path}: line {n + 1} is not a JSON record with a step ({lines[n][:40]!r}), and "
+                                  "records follow it; --resume drops only a torn last line: fix or delete that "
+                                  "line, then resume again (nothing was changed)")
+        if step <= global_step:
+            keep.append(lines[n])
+    return keep
 
 
 def append_record(path: Path, rec: dict) -> None:
     """Append `rec` to the JSON-lines file `path`, flushed."""
     fault_point("metrics", path)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(rec) + "\n")
-        fh.flush()
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+    except OSError as e:            # a full disk: name the file (a write's error names none)
+        if e.errno is None or e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e

@@ -12,10 +12,12 @@ its folder: checkpoints, records, resume), `engine.step` (one optimiser step wit
   (or that a task's own check rejects) are replaced by the last good weights, and `max_bad_steps`
   consecutive bad steps stop the run; non-finite weights are never saved;
 - crash-safe checkpoints (`engine.checkpoint`) at the end of each epoch, every `checkpoint_every`
-  steps, at a time-budget stop and on Ctrl-C; `metrics.jsonl` is trimmed on resume to the
+  steps, at a time-budget stop and on Ctrl-C or SIGTERM; `metrics.jsonl` is trimmed on resume to the
   checkpoint's history, so the record never disagrees with the weights;
-- a fresh run never overwrites a run folder (``overwrite=True`` clears it); on resume, options that
-  would change the run are refused, only `RESUMABLE` ones (how long to train) may change;
+- a run owns its folder: the folder's lock (`engine.runfiles`) is held from its checks to the run's end,
+  so a second run into it is refused; a fresh run never overwrites a run folder (``overwrite=True``
+  deletes the run's files, and only those); on resume, options that would change the run are refused,
+  only `RESUMABLE` ones (how long to train) may change;
 - progress bar with ETA, learning-rate schedules, time budgets, bfloat16 autocast, torchrun/DDP
   (`engine.distributed`) and a captured CUDA-graph step where the task offers one.
 """
@@ -42,27 +44,42 @@ from deqnca.engine.step import GuardedStep
 from deqnca.engine.task import TASKS, Batch, Task  # noqa: F401  (re-exported: tasks import them from here)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what batch schedulers send before SIGKILL), taken like Ctrl-C: a checkpoint at the end of the
+    step. The command exits with 128 + 15 = 143."""
+    exit_code = 143
+
+    def __str__(self) -> str:
+        return "terminated (SIGTERM)"
+
+
 class _DeferredInterrupt:
-    """Ctrl-C during training is taken at the end of the current step (so the checkpoint it leaves is the
-    state between two steps, and resuming is exact); a second Ctrl-C interrupts at once."""
+    """Ctrl-C (SIGINT) or SIGTERM during training is taken at the end of the current step (so the checkpoint
+    it leaves is the state between two steps, and resuming is exact); a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested, self._old = False, None
+        self.requested, self.signum, self._old = False, None, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise self.exception()
+        self.requested, self.signum = True, signum
+
+    def exception(self) -> KeyboardInterrupt:
+        """What the requested stop raises: `Terminated` for SIGTERM, KeyboardInterrupt for Ctrl-C."""
+        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
         return False
 
 
@@ -146,49 +163,50 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     if rank:
         log, progress = (lambda *_: None), False
     folder = RunFolder(out, main=rank == 0)
-    resumed = folder.open(task, resume, overwrite, changed, world, device)     # the checkpoint's record or None
-    cfg = task.cfg
-    amp, amp_reason = _check_config(cfg, device, world, log)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    task.device, task.rank, task.world, task.log = device, rank, world, log
-    task.setup()
+    with folder.owned():         # the folder's lock, from its checks to the run's end: one run per folder
+        resumed = folder.open(task, resume, overwrite, changed, world, device)     # the checkpoint's record or None
+        cfg = task.cfg
+        amp, amp_reason = _check_config(cfg, device, world, log)
+        task.device, task.rank, task.world, task.log = device, rank, world, log
+        task.setup()
 
-    torch.manual_seed(cfg.seed)
-    model = task.model = task.build_model().to(device)
-    optimizer = make_optimizer(model.parameters(), cfg)
-    run = Run(counters={"skipped_steps": 0, "restored": 0, **task.counters})
-    if resumed:
-        folder.restore(task, optimizer, run)
-    task.counters, task.meter = run.counters, run.meter
-    folder.write_config(task, amp, amp_reason, world)
-    step = GuardedStep(task, optimizer, run, amp, warnings.warn if rank == 0 else _silent, folder.path)
-    steps, every = task.steps_per_epoch(), cfg.checkpoint_interval()
-    # one clock under torchrun with a time budget: every process stops at the same step
-    agree = (lambda t: distributed.agree_max(t, device)) if world > 1 and cfg.time_budget else None
+        torch.manual_seed(cfg.seed)
+        model = task.model = task.build_model().to(device)
+        optimizer = make_optimizer(model.parameters(), cfg)
+        run = Run(counters={"skipped_steps": 0, "restored": 0, **task.counters})
+        if resumed:
+            folder.restore(task, optimizer, run)
+        folder.claim(run if resumed else None)        # every check passed: the run's files are recorded
+        task.counters, task.meter = run.counters, run.meter
+        folder.write_config(task, amp, amp_reason, world)
+        step = GuardedStep(task, optimizer, run, amp, warnings.warn if rank == 0 else _silent, folder.path)
+        steps, every = task.steps_per_epoch(), cfg.checkpoint_interval()
+        # one clock under torchrun with a time budget: every process stops at the same step
+        agree = (lambda t: distributed.agree_max(t, device)) if world > 1 and cfg.time_budget else None
 
-    with _DeferredInterrupt() as stop, folder.saved_on_interrupt(task, optimizer, run):
-        while run.epoch < cfg.epochs and not run.out_of_time(cfg.time_budget):
-            bar = _start_epoch(task, run, steps, progress)
-            for _ in bar:
-                batch = task.batch(run.epoch, run.step_in_epoch, run.global_step)
-                step.set_lr(lr_at(cfg, run.global_step, run.fraction(cfg.epochs, steps, cfg.time_budget)))
-                ok, step_out = step(batch)
-                record = task.after_step(batch, step_out, ok, run.global_step + 1)
-                fault_point("step", Path(str(run.global_step)))
-                run.step_taken()
-                if record is not None:
-                    folder.append({"global_step": run.global_step, **record})
-                if stop.requested:          # Ctrl-C, taken here where the step is complete
-                    raise KeyboardInterrupt
-                run.count_time(agree)
-                _show_means(bar, run, steps)
-                if every and run.global_step % every == 0 and run.step_in_epoch < steps:
-                    folder.save(task, optimizer, run)
-                    distributed.barrier()
-                if run.out_of_time(cfg.time_budget):
-                    break
-            bar.close()
-            _end_epoch(task, optimizer, run, folder, steps)
+        with _DeferredInterrupt() as stop, folder.saved_on_interrupt(task, optimizer, run):
+            while run.epoch < cfg.epochs and not run.out_of_time(cfg.time_budget):
+                bar = _start_epoch(task, run, steps, progress)
+                for _ in bar:
+                    batch = task.batch(run.epoch, run.step_in_epoch, run.global_step)
+                    step.set_lr(lr_at(cfg, run.global_step, run.fraction(cfg.epochs, steps, cfg.time_budget)))
+                    ok, step_out = step(batch)
+                    record = task.after_step(batch, step_out, ok, run.global_step + 1)
+                    fault_point("step", Path(str(run.global_step)))
+                    run.step_taken()
+                    if record is not None:
+                        folder.append({"global_step": run.global_step, **record})
+                    if stop.requested:          # Ctrl-C or SIGTERM, taken here where the step is complete
+                        raise stop.exception()
+                    run.count_time(agree)
+                    _show_means(bar, run, steps)
+                    if every and run.global_step % every == 0 and run.step_in_epoch < steps:
+                        folder.save(task, optimizer, run)
+                        distributed.barrier()
+                    if run.out_of_time(cfg.time_budget):
+                        break
+                bar.close()
+                _end_epoch(task, optimizer, run, folder, steps)
     return {"out": str(folder.path), "parameters": count_parameters(model), "history": run.history,
             "model": model, "counters": run.counters, "global_step": run.global_step, "elapsed_s": run.elapsed}
 
