@@ -5,9 +5,9 @@ A task's flags are its `Config`'s fields, known only once the task is registered
 built after `--plugin` modules run, for the task `--task` names."""
 from __future__ import annotations
 
-import json
 import sys
 
+from deqnca.core.fileio import strict_json
 from deqnca.engine.commandline import (
     add_run_flags,
     build_config,
@@ -79,15 +79,15 @@ def cmd_train_task(args) -> int:
 def evaluate_with_task(path, device: str = "cpu") -> dict:
     """The record of `Task.evaluate` for the checkpoint at `path`: its task, built from the run's recorded
     config, loads its held-out data and measures the checkpoint's model."""
-    from deqnca.core.configs import ConfigError
+    from deqnca.engine.checkpoint import CheckpointError
     from deqnca.engine.task import Task
     from deqnca.tasks import load
 
     model, meta = load(path, device)
     cls = task_class(meta["kind"])
-    if cls.evaluate is Task.evaluate:
-        raise ConfigError(f"{path}: {meta['kind']!r} models are measured by their own commands, not `deqnca eval` "
-                          f"(see `deqnca {meta['kind']} --help`)")
+    if cls.evaluate is Task.evaluate:       # the wrong kind of checkpoint for this command: bad input, exit 1
+        raise CheckpointError(f"{path}: a {meta['kind']!r} checkpoint, not a 'mnist' one; {meta['kind']!r} models are "
+                              f"measured by their own commands, not `deqnca eval` (see `deqnca {meta['kind']} --help`)")
     task = cls(load_config(cls, meta, path))
     task.device = device
     task.setup()
@@ -106,7 +106,7 @@ def load_config(cls, meta: dict, path):
 
 def print_task_eval(record: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(record))
+        print(strict_json(record))
         return
     rest = {k: v for k, v in record.items() if k not in ("checkpoint", "kind")}
     print(f"{record['checkpoint']} ({record['kind']})\n  " + "  ".join(
