@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 
@@ -47,6 +48,40 @@ def os_error_line(e: OSError) -> str:
     what = e.strerror or str(e).strip() or type(e).__name__
     hint = _OS_HINTS.get(e.errno)
     return f"{where}{what}" + (f"; {hint}" if hint else "")
+
+
+def library_input_errors() -> tuple:
+    """The error types that the libraries reading input files raise for a malformed file and that are not
+    a ValueError or OSError already: safetensors' SafetensorError, PIL's DecompressionBombError, zip's and
+    zlib's. Only libraries already imported are asked (nothing is imported for it)."""
+    import zipfile
+    import zlib
+
+    found = [zipfile.BadZipFile, zlib.error, EOFError]
+    safetensors = sys.modules.get("safetensors")
+    if safetensors is not None and isinstance(getattr(safetensors, "SafetensorError", None), type):
+        found.append(safetensors.SafetensorError)
+    image = sys.modules.get("PIL.Image")
+    if image is not None and isinstance(getattr(image, "DecompressionBombError", None), type):
+        found.append(image.DecompressionBombError)
+    return tuple(found)
+
+
+def error_line(e: BaseException) -> str:
+    """The one line an error is reported in: a file-system error's path, what went wrong and what to do;
+    otherwise the message's last line, named by the error's type where the message alone says too little
+    (e.g. ``Expecting value: line 1 column 1 (char 0)`` is a ``JSONDecodeError``)."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return os_error_line(e)
+    if isinstance(e, MemoryError):
+        return "out of memory; use a smaller model, batch or input"
+    text = str(e).strip()
+    line = text.splitlines()[-1].strip() if text else ""
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON ({line})"
+    if isinstance(e, library_input_errors()):
+        return f"{type(e).__name__}" + (f": {line}" if line else "") + "; the input file is malformed"
+    return line or type(e).__name__
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
@@ -133,13 +168,12 @@ def main(argv=None) -> int:
     except (ValueError, FloatingPointError, OSError, RuntimeError, MemoryError) as e:
         if debug:
             raise
-        if isinstance(e, OSError) and e.errno is not None:
-            message = os_error_line(e)
-        elif isinstance(e, MemoryError):
-            message = "out of memory; use a smaller model, batch or input"
-        else:
-            message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f"deqnca: error: {message}", file=sys.stderr)
+        print(f"deqnca: error: {error_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:          # a library's own error for a malformed input file (safetensors, PIL, zip)
+        if debug or not isinstance(e, library_input_errors()):
+            raise
+        print(f"deqnca: error: {error_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -1,17 +1,18 @@
 """The MNIST commands: train, eval, info, export, rollout, demo."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 from deqnca.core.configs import ConfigError
+from deqnca.core.fileio import strict_json, write_text_atomic
 from deqnca.core.resources import shipped_model, shipped_models
 from deqnca.engine.commandline import (
     MAX_STEPS,
     add_run_flags,
     build_config,
+    check_model_buildable,
     finish_training,
     nonneg_float,
     nonneg_int,
@@ -40,13 +41,14 @@ def _training_data(args, out: Path):
 def cmd_train(args) -> int:
     from deqnca.engine.trainer import fit
     from deqnca.tasks.mnist.config import PRESETS, MnistConfig, preset
-    from deqnca.tasks.mnist.model import ModelConfig
+    from deqnca.tasks.mnist.model import EquilibriumModel, ModelConfig
     from deqnca.tasks.mnist.task import MnistTask
 
     base = PRESETS.build(args.preset)           # an unknown name: a one-line error that lists the presets
     device = setup_device(args.device)
     train, model_over, given = options_from_args(args, MnistConfig, base, ModelConfig)
     cfg = build_config(MnistConfig, train, preset(args.preset, model_over).model)
+    check_model_buildable(lambda: EquilibriumModel(cfg.model))     # an unknown solver or rule setting: exit 2
     out = writable_folder(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     data, record = _training_data(args, out)
     result = fit(MnistTask(cfg, data, record), out, device=device, resume=args.resume, overwrite=args.overwrite,
@@ -115,7 +117,7 @@ def _print_eval(r, as_json):
     if r.get("status"):
         r = {**r, "checkpoint": f"{r['checkpoint']}  [{r['status']}]"}
     if as_json:
-        print(json.dumps(r))
+        print(strict_json(r))
         return
     if r["n"] < r["of"]:
         low, high = r["accuracy_ci95"]
@@ -231,9 +233,9 @@ def cmd_rollout(args) -> int:
              "rel_residual": r.rel_residual[0].tolist(),
              "prediction": r.probs[0].argmax(-1).tolist(),
              "p_label": r.probs[0, :, label].tolist(), "files": [str(f) for f in files]}
-    (out / f"{stem}.json").write_text(json.dumps(trace))
+    write_text_atomic(out / f"{stem}.json", strict_json(trace))
     if args.json:
-        print(json.dumps(trace))
+        print(strict_json(trace))
     else:
         print(f"label {label}; prediction after {args.steps} steps: {trace['prediction'][-1]} "
               f"(p={r.probs[0, -1].max():.3f}); final relative residual {trace['rel_residual'][-1]:.2e}")

@@ -5,9 +5,9 @@ A task's flags are its `Config`'s fields, known only once the task is registered
 built after `--plugin` modules run, for the task `--task` names."""
 from __future__ import annotations
 
-import json
 import sys
 
+from deqnca.core.fileio import strict_json
 from deqnca.engine.commandline import (
     add_run_flags,
     build_config,
@@ -112,7 +112,7 @@ def load_config(cls, meta: dict, path):
 
 def print_task_eval(record: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(record))
+        print(strict_json(record))
         return
     rest = {k: v for k, v in record.items() if k not in ("checkpoint", "kind")}
     print(f"{record['checkpoint']} ({record['kind']})\n  " + "  ".join(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deqnca.core.fileio import InputError, check_regular_file
 from deqnca.core.resources import mnist_dir
 
 __all__ = [
@@ -60,8 +61,12 @@ _CHECK_LENGTH_ABOVE = 64 << 20  # larger gzip payloads: their length is checked 
 
 
 def _open(path: Path):
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; {_HINT}")
+    try:
+        check_regular_file(path)                  # a FIFO or a device: refused before it is opened
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; {_HINT}") from None
+    except InputError as e:
+        raise DataError(f"{e}; {_HINT}") from None
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
@@ -173,16 +178,38 @@ def read_idx(path) -> np.ndarray:
     return _read_idx(Path(path))[0]
 
 
+def _spellings(stem: str) -> list[str]:
+    dotted = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte, as Kaggle ships it
+    return list(dict.fromkeys([stem, stem + ".gz", dotted, dotted + ".gz"]))
+
+
+def find_files(data_dir, stem: str) -> list[Path]:
+    """Every spelling of ``stem`` present in ``data_dir`` (raw or ``.gz``, dashed or dotted), in the order
+    `find_file` prefers them; a one-line `DataError` when there is none."""
+    data_dir = Path(data_dir)
+    names = _spellings(stem)
+    found = [data_dir / name for name in names if os.path.lexists(data_dir / name)]
+    if not found:
+        raise DataError(f"{data_dir}: none of {', '.join(names)} found; "
+                        "pass --data-dir to a folder with the MNIST IDX files")
+    return found
+
+
 def find_file(data_dir, stem: str) -> Path:
     """Locate ``stem`` in ``data_dir`` under the spellings people actually ship."""
-    data_dir = Path(data_dir)
-    dotted = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte, as Kaggle ships it
-    names = list(dict.fromkeys([stem, stem + ".gz", dotted, dotted + ".gz"]))
-    for name in names:
-        if (data_dir / name).is_file():
-            return data_dir / name
-    raise DataError(f"{data_dir}: none of {', '.join(names)} found; "
-                    "pass --data-dir to a folder with the MNIST IDX files")
+    return find_files(data_dir, stem)[0]
+
+
+def _read_one_of(paths: list[Path], md5: bool) -> tuple[Path, np.ndarray, str | None]:
+    """(path, array, MD5) of the first of `paths`; where the folder holds several spellings of one file
+    (a raw file and a .gz, say), they must hold the same array, else a one-line error names both."""
+    path, array, digest = paths[0], *_read_idx(paths[0], md5=md5)
+    for other in paths[1:]:
+        other_array = _read_idx(other)[0]
+        if other_array.shape != array.shape or not np.array_equal(other_array, array):
+            raise DataError(f"{path} and {other} hold different data; keep one of them (remove the other) "
+                            "so that it is clear which is read")
+    return path, array, digest
 
 
 def default_data_dir() -> Path:
@@ -210,8 +237,7 @@ def load_split(data_dir, split: str = "train", verify_md5: bool | None = None):
             verify_md5 = False
     arrays = []
     for stem in MNIST_FILES[split]:
-        path = find_file(data_dir, stem)
-        array, digest = _read_idx(path, md5=verify_md5)
+        path, array, digest = _read_one_of(find_files(data_dir, stem), verify_md5)
         if verify_md5 and digest != MNIST_MD5[stem]:
             raise DataError(f"{path}: MD5 mismatch, not the official MNIST file; re-copy it, "
                             "or pass --no-verify for other datasets such as Fashion-MNIST")
@@ -221,6 +247,10 @@ def load_split(data_dir, split: str = "train", verify_md5: bool | None = None):
         raise DataError(f"{ipath}: expected a 3-d image array, got shape {images.shape}; {_HINT}")
     if labels.ndim != 1:
         raise DataError(f"{lpath}: expected a 1-d label array, got shape {labels.shape}; {_HINT}")
+    if len(images) == 0:
+        raise DataError(f"{ipath}: holds no images (an empty {split} set); {_HINT}")
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise DataError(f"{ipath}: its images are {images.shape[1]}×{images.shape[2]} pixels (empty); {_HINT}")
     if len(images) != len(labels):
         raise DataError(f"{lpath}: {len(labels)} labels for {len(images)} images in {ipath.name}; {_HINT}")
     if labels.size and int(labels.max()) >= CLASSES:

@@ -20,13 +20,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deqnca.core.configs import load_dataclass
-from deqnca.core.fileio import atomic_write, fault_point, fsync_dir
+from deqnca.core.fileio import InputError, atomic_write, check_regular_file, fault_point, fsync_dir, read_json_bounded
 from deqnca.core.model import MODELS
 from deqnca.core.resources import resolve_checkpoint, shipped_names
 
 
 class CheckpointError(ValueError):
     pass
+
+
+MAX_RECORD_BYTES = 64 << 20     # a checkpoint's JSON record (the shipped ones: under 1 MB)
 
 
 def all_finite(tensors) -> bool:
@@ -196,10 +199,9 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
         raise CheckpointError(f"{js}: missing; a checkpoint is a .json file naming its .safetensors file"
                               + (f" (or a shipped model: {', '.join(names)})" if names else ""))
     try:
-        meta = json.loads(js.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{js}: not valid JSON ({getattr(e, 'msg', None) or type(e).__name__}); "
-                              "the file is corrupt, restore it from the repository or the run folder") from None
+        meta = read_json_bounded(js, MAX_RECORD_BYTES)
+    except InputError as e:
+        raise CheckpointError(f"{e}; restore it from the repository or the run folder") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{js}: not a checkpoint record (a JSON object); restore it")
     for key, kind in _META_TYPES.items():
@@ -220,6 +222,10 @@ def read_checkpoint(path, verify: bool = True, tensors: bool = True) -> tuple[di
     st = base.parent / name
     if not st.exists():
         raise CheckpointError(f"{st}: missing; a checkpoint is a .safetensors file plus a .json file naming it")
+    try:
+        check_regular_file(st)            # a FIFO or a device would block the hash below, or never end
+    except InputError as e:
+        raise CheckpointError(f"{e}; restore the checkpoint") from None
     if not tensors:
         return {}, meta
     if verify and meta.get("weights_sha256") and _sha256(st) != meta["weights_sha256"]:
@@ -237,7 +243,8 @@ from deqnca.engine.options import MAX_ITERATIONS, MAX_SIZE  # noqa: E402  (the s
 
 def check_config(config: dict, path) -> None:
     """One-line errors for a model config a checkpoint could carry but no model should run: iteration
-    counts and sizes out of range (checked before anything is built)."""
+    counts (1..MAX_ITERATIONS) and sizes out of range, non-finite numbers (checked before anything is built;
+    every other option's range is its config dataclass's, checked when `load` reads the config)."""
     def walk(d, where=""):
         for k, v in d.items():
             key = f"{where}{k}"
@@ -250,6 +257,9 @@ def check_config(config: dict, path) -> None:
             elif ("iter" in k or k.endswith("steps")) and v > MAX_ITERATIONS:
                 raise CheckpointError(f"{path}: {key} = {v} iterations (at most {MAX_ITERATIONS:,}); pass a "
                                       "smaller --max-iter or fix the checkpoint's JSON")
+            elif ("iter" in k or k.endswith("steps")) and v < 1:
+                raise CheckpointError(f"{path}: {key} = {v} iterations (at least 1); the checkpoint's config is "
+                                      "corrupt")
             elif (k.endswith("channels") or k in ("hidden", "width", "classes", "blocks")) and not 0 < v <= MAX_SIZE:
                 raise CheckpointError(f"{path}: {key} = {v} is out of range (1..{MAX_SIZE}); the checkpoint's "
                                       "config is corrupt")

@@ -17,6 +17,7 @@ from deqnca.core.configs import (
     number_type,
     parse_set_pairs,
 )
+from deqnca.core.fileio import InputError, read_bytes_bounded, strict_json
 
 RUN_FLAGS = ("out", "resume", "overwrite", "set", "config", "json", "device", "plugin")
 MAX_STEPS = 100_000          # rollout / replay steps and solver iterations a command accepts
@@ -107,6 +108,26 @@ def plugin_specs(argv) -> list[str]:
     return specs
 
 
+MAX_CONFIG_BYTES = 1 << 20      # a --config file (a run's config.json: a few KB)
+
+
+def read_config_file(path) -> dict:
+    """The JSON of a `--config` file: a regular file (not a FIFO or a device, which would never end) of at
+    most MAX_CONFIG_BYTES, checked before reading; anything else is a one-line usage error."""
+    try:
+        data = json.loads(read_bytes_bounded(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except InputError as e:
+        raise ConfigError(f"--config {e}") from None
+    except (OSError, ValueError, RecursionError) as e:       # unreadable, not UTF-8, not JSON
+        raise ConfigError(f"--config {path}: not a readable JSON file "
+                          f"({getattr(e, 'strerror', None) or e or type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object with 'train' and/or 'model'")
+    return data
+
+
 def add_run_flags(p, config_cls, default_out: str) -> None:
     """The flags of a training command: one per option of `config_cls`, and the run's own."""
     add_dataclass_flags(p, config_cls)
@@ -133,12 +154,7 @@ def options_from_args(args, config_cls, base, model_cls=None):
     train, model = (dataclasses.asdict(base) if dataclasses.is_dataclass(base) else dict(base)), {}
     given: set = set()
     if getattr(args, "config", None):
-        try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, ValueError, RecursionError) as e:
-            raise ConfigError(f"--config {args.config}: not a readable JSON file ({e or type(e).__name__})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {args.config}: expected a JSON object with 'train' and/or 'model'")
+        data = read_config_file(args.config)
         unknown = set(data) - {"train", "model", "task", "world_size", "amp_resolved", "amp_reason", "data"}
         if unknown:
             raise ConfigError(f"--config {args.config}: unknown sections {sorted(unknown)}; use 'train' and 'model'")
@@ -193,6 +209,22 @@ def build_config(config_cls, train: dict, model: dict | None):
     return cfg
 
 
+def check_model_buildable(factory, what: str = "model config") -> None:
+    """Build the model `factory()` makes on PyTorch's meta device (no memory, no data read): a config that
+    names an unknown rule, solver or gradient, or gives a part a setting it does not take, is a one-line usage
+    error (exit 2) before any work. Errors other than ValueError and TypeError are left to the real build."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            factory()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{what}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") \
+            from None
+    except Exception:
+        pass
+
+
 def finish_training(args, out: Path, result: dict, line: str) -> int:
     """Print the run's summary (rank 0) and leave cleanly under torchrun."""
     from deqnca.engine import distributed
@@ -203,5 +235,5 @@ def finish_training(args, out: Path, result: dict, line: str) -> int:
     summary = {"out": str(out), "checkpoint": str(out / "last"), "parameters": result["parameters"],
                "global_step": result["global_step"], "seconds": round(result["elapsed_s"], 1),
                **result["counters"], **last}
-    print(json.dumps(summary) if args.json else line.format(**{**summary, "last": last}))
+    print(strict_json(summary) if args.json else line.format(**{**summary, "last": last}))
     return distributed.finish(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deqnca.core.configs import check_ranges, load_dataclass, option
+from deqnca.core.configs import ConfigError, check_ranges, field_names, load_dataclass, option
 
 AMP_MODES = ("off", "bf16", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -12,6 +12,40 @@ SCHEDULES = ("constant", "cosine", "step")
 MAX_COUNT = 10**9                # epochs, steps, batch sizes, sample counts: far above any run
 MAX_ITERATIONS = 100_000         # solver steps: a config asking for more is refused, not run for hours
 MAX_SIZE = 4096                  # channels, widths, hidden units, image sides: far above any model here
+
+
+@dataclass
+class SolverOptions:
+    """The options every solver takes (a model config's `solver_kw`), with their ranges; a solver's own
+    further options (Anderson's `m`, say) pass through unchecked. `check_solver_kw` applies them.
+
+    Example:
+        >>> SolverOptions().stop_mode
+        'rel'
+    """
+    max_iter: int = option(16, "solver iterations", min=1, max=MAX_ITERATIONS)
+    tol: float = option(1e-3, "tolerance of the residual the solver stops at", min=0)
+    stop_mode: str = option("rel", "stop on the relative or the absolute residual", choices=("rel", "abs"))
+
+
+def check_solver_kw(kw, what: str = "model config") -> None:
+    """One-line `ConfigError` for solver options (`solver_kw`) no solver can use: not an object, a nested
+    value (`--set solver_kw.max_iter.x=1`), or a `SolverOptions` field of the wrong type or out of range.
+
+    Example:
+        >>> check_solver_kw({"max_iter": 0})
+        Traceback (most recent call last):
+        ...
+        deqnca.core.configs.ConfigError: model config solver_kw key 'max_iter': 0 is out of range (1 to 100,000)
+    """
+    if not isinstance(kw, dict):
+        raise ConfigError(f"{what} key 'solver_kw': expected an object of solver options, got {kw!r}")
+    for key, value in kw.items():
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{what} key 'solver_kw.{key}': {value!r} is a nested value; a solver option is "
+                              "a number or a name")
+    known = set(field_names(SolverOptions))
+    load_dataclass(SolverOptions, {k: v for k, v in kw.items() if k in known}, f"{what} solver_kw")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """A checkpoint's record in a few lines for people (`deqnca info`); `deqnca info --json` prints all of it."""
 from __future__ import annotations
 
-import json
 import textwrap
 
+from deqnca.core.fileio import strict_json
 from deqnca.data.provenance import describe as describe_data
 
 # the training options worth a glance, in this order (the rest is in --json)
@@ -104,5 +104,6 @@ def describe_checkpoint(meta: dict, name: str) -> str:
 
 
 def record_json(meta: dict) -> str:
-    """The whole record as indented JSON, without the optimizer's state."""
-    return json.dumps({k: v for k, v in meta.items() if k != "optimizer"}, indent=1)
+    """The whole record as indented JSON, without the optimizer's state; strict JSON: a NaN or infinite number
+    in the record (a diverged run's loss, say) is written as null, never as NaN or Infinity."""
+    return strict_json({k: v for k, v in meta.items() if k != "optimizer"}, indent=1)

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from deqnca.core.fileio import atomic_write  # noqa: E402
 from deqnca.viz.project import Projection  # noqa: E402
 
 DPI = 100
@@ -31,13 +32,20 @@ def _prepare(path) -> Path:
     return path
 
 
+def _savefig(fig, path: Path, **kw) -> None:
+    """`fig.savefig` through a temporary file renamed over `path`: a link where the file goes is replaced,
+    never written through."""
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kw))
+
+
 def _save(fig, path: Path) -> Path:
     """Write `fig` to `path` (a PNG) and its vector twin `path.with_suffix(".svg")`; returns `path`."""
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        _savefig(fig, path, dpi=DPI, bbox_inches="tight")
         if path.suffix.lower() == ".png":
             with matplotlib.rc_context({"svg.hashsalt": "deqnca", "svg.fonttype": "none"}):
-                fig.savefig(path.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
+                _savefig(fig, path.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None})
     finally:
         plt.close(fig)
     return path
@@ -51,7 +59,7 @@ def save_figure(fig, path, vector: bool = True) -> Path:
     if vector:
         return _save(fig, path)
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        _savefig(fig, path, dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
@@ -193,8 +201,8 @@ def save_gif(states, projection: Projection, path, fps: int = 8, scale: int = 8,
         frames.append(np.concatenate([img, bar], axis=0))
     frames = caption_frames(frames, [step_caption(t, r) for t, r in enumerate(relative_residuals(s))])
     # Pillow's GIF writer takes duration in milliseconds and loop=0 means forever.
-    iio.imwrite(path, np.stack(frames), extension=".gif", plugin="pillow",
-                duration=int(round(1000 / fps)), loop=0)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.stack(frames), extension=".gif", plugin="pillow",
+                                               duration=int(round(1000 / fps)), loop=0))
     return path
 
 

@@ -8,6 +8,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from deqnca.core.fileio import write_text_atomic
+
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
        max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.5; }
@@ -88,7 +90,7 @@ def write_report(out_dir, title: str, sections: list[dict], intro: str = "") -> 
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
+    write_text_atomic(path, page)
     return path
 
 

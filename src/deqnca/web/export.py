@@ -11,12 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from deqnca.core.fileio import write_bytes_atomic, write_text_atomic
 from deqnca.core.resources import models_dir, repo_root
 
 STATIC = Path(__file__).parent / "static"
@@ -147,16 +147,18 @@ def write_site(out_dir, models_dir=None, cell_checkpoint=None, examples: bool = 
 
 
 def write_bundle(out_dir, bundle: dict) -> Path:
-    """The static files plus weights.js holding `bundle` (build_bundle's) in `out_dir`."""
+    """The static files plus weights.js holding `bundle` (build_bundle's) in `out_dir`. Each file is written
+    to a temporary file and renamed into place: a link where one of them goes is replaced, not followed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in STATIC_FILES:
-        shutil.copyfile(STATIC / name, out / name)
     # the page links to the repository's README and docs/: relative to wherever the page is written
     root = repo_root()
     repo = os.path.relpath(root, out.resolve()).replace(os.sep, "/") if root else ".."
-    index = out / "index.html"
-    index.write_text(index.read_text().replace("@REPO@/", repo + "/"))
-    (out / "weights.js").write_text("// written by deqnca web (deqnca/web/export.py): weights as the forward "
-                                    "pass uses them\nwindow.DEQNCA = " + json.dumps(bundle) + ";\n")
-    return index
+    for name in STATIC_FILES:
+        data = (STATIC / name).read_bytes()
+        if name == "index.html":
+            data = data.replace(b"@REPO@/", repo.encode() + b"/")
+        write_bytes_atomic(out / name, data)
+    write_text_atomic(out / "weights.js", "// written by deqnca web (deqnca/web/export.py): weights as the forward "
+                      "pass uses them\nwindow.DEQNCA = " + json.dumps(bundle) + ";\n")
+    return out / "index.html"

@@ -2,10 +2,11 @@
 model trained by BPTT or the equilibrium model trained implicitly."""
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 from pathlib import Path
 
+from deqnca.core.fileio import read_json_bounded, strict_json, write_text_atomic
 from deqnca.engine.commandline import add_run_flags, build_config, finish_training, options_from_args
 from deqnca.engine.commandline import setup_device as _setup_device
 
@@ -56,14 +57,22 @@ def residual_text(row: dict, digits: int = 2) -> str:
     return f"{row['rel_residual']:.{digits}e}" + (f" ({n} states not finite)" if n else "")
 
 
+class _ShardError(argparse.ArgumentTypeError, ValueError):
+    """A bad `--shard` (argparse reports it as a usage error with this message)."""
+
+
 def _shard(text: str) -> tuple[int, int]:
+    """`--shard K/N`, checked when the command line is parsed: a bad value is a usage error (exit 2)."""
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/2 (the first of two halves)") from None
+        raise _ShardError(f"{text!r}: write K/N, e.g. 0/2 (the first of two halves)") from None
     if not (n >= 1 and 0 <= k < n):
-        raise ValueError(f"--shard {text!r}: K/N with 0 <= K < N")
+        raise _ShardError(f"{text!r}: K/N with 0 <= K < N, e.g. 0/2 (the first of two halves)")
     return k, n
+
+
+_shard.__name__ = "shard"
 
 
 def cmd_eval(args) -> int:
@@ -90,7 +99,7 @@ def cmd_eval(args) -> int:
     if note:
         print(f"deqnca: note: {note}", file=sys.stderr)
     idx = torch.linspace(0, len(xt) - 1, min(args.images, len(xt))).long()      # evenly spaced test digits
-    shard, shards = _shard(args.shard)
+    shard, shards = args.shard
     idx = idx[shard::shards]                  # one of `shards` interleaved slices (scripts/cells_campaign.py merges)
     x, y = resize_digits(xt[idx], size), yt[idx]
     name = meta["train_config"].get("model", "?")
@@ -120,10 +129,9 @@ def cmd_eval(args) -> int:
             del r["curve"]
     result["rows"] = rows
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_text_atomic(Path(args.out), strict_json(result, indent=1) + "\n")
     if args.json:
-        print(json.dumps(result))
+        print(strict_json(result))
         return 0
     print(table(rows, marks), end="")
     for r in rows[1:]:
@@ -153,8 +161,8 @@ def cmd_figures(args) -> int:
         models[name] = (model, meta)
     reports = {}
     for f in args.eval_json:
-        result = json.loads(Path(f).read_text())
-        row = (result.get("rows") or [{}])[0]
+        result = read_json_bounded(f)
+        row = ((result.get("rows") if isinstance(result, dict) else None) or [{}])[0]
         if "curve" not in row:
             raise ValueError(f"{f}: no curves in it; write it with `deqnca cells eval --curves --out FILE`")
         reports[result.get("model") or Path(f).stem] = row
@@ -187,8 +195,8 @@ def add_cli(sub) -> None:
     p.add_argument("--marks", default="20,80,200,1000,10000", help="steps reported (comma-separated)")
     p.add_argument("--batch-size", type=int, default=256, help="digits per rollout (default 256, as cells.evaluate)")
     p.add_argument("--seed", type=int, default=0, help="seeds the stochastic steps and the mutation pairs")
-    p.add_argument("--shard", default="0/1", help="K/N: only every N-th of the chosen digits, from the K-th (to "
-                   "run N processes side by side; scripts/cells_campaign.py merges them)")
+    p.add_argument("--shard", type=_shard, default="0/1", help="K/N: only every N-th of the chosen digits, from the "
+                   "K-th (to run N processes side by side; scripts/cells_campaign.py merges them)")
     p.add_argument("--mutation", action="store_true", help="also the mutation test (a new digit at step 200)")
     p.add_argument("--canvases", type=int, default=0, help="also N 84×84 canvases of 3 digits each")
     p.add_argument("--solve", action="store_true", help="also the metrics at the fixed point a solver reaches")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deqnca.core.fileio import atomic_write
 from deqnca.tasks.cells import model as cells
 from deqnca.tasks.cells.rollouts import BACKGROUND, PALETTE, _roll, label_colours, log_steps, rollout_report
 from deqnca.viz import figures
@@ -152,7 +153,8 @@ def write_label_gif(maps: dict, labels, path, x=None, scale: int = 4, fps: float
     frames = [np.concatenate([head, tiles[t][0], pad, _legend_strip(row.shape[1])]) for t in steps]
     frames = figures.caption_frames(frames, [f"step {t:,}" for t in steps], px=13)
     durations = [int(round(1000 / fps))] * (len(frames) - 1) + [int(round(1000 * hold_s))]
-    iio.imwrite(path, frames, extension=".gif", plugin="pillow", duration=durations, loop=0)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, frames, extension=".gif", plugin="pillow", duration=durations,
+                                               loop=0))
 
     shown = [steps[i] for i in sorted({int(round(v)) for v in np.linspace(0, len(steps) - 1, strip_frames)})]
     rows = ([("input", [_grey_rgb(v) for v in x])] if x is not None else [])

@@ -1,11 +1,11 @@
 """`deqnca grow train | show | measure`: the growing NCA trained by BPTT or as an equilibrium."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from deqnca.core.configs import ConfigError, number_type
+from deqnca.core.fileio import strict_json, write_text_atomic
 from deqnca.engine.commandline import (
     MAX_STEPS,
     add_run_flags,
@@ -99,9 +99,9 @@ def cmd_measure(args) -> int:
                                                         seed=args.seed, threshold=args.threshold,
                                                         horizon=args.horizon)})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "measure.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (out / "measure.md").write_text(_markdown(rows))
-    print(json.dumps(rows) if args.json else _markdown(rows), end="")
+    write_text_atomic(out / "measure.json", strict_json(rows, indent=1) + "\n")
+    write_text_atomic(out / "measure.md", _markdown(rows))
+    print(strict_json(rows) if args.json else _markdown(rows), end="")
     return 0
 
 

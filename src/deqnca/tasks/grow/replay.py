@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deqnca.core.fileio import atomic_write, read_bytes_bounded
 from deqnca.core.nca import even_frames
 from deqnca.core.solvers import get_solver
 from deqnca.tasks.grow.model import PAPER_HORIZON, disc_masks
 from deqnca.tasks.grow.rule import target_loss
+
+MAX_METRICS_BYTES = 256 << 20      # a run's metrics.jsonl read by `grow measure`
 
 
 def rgb_on_white(z: torch.Tensor) -> np.ndarray:
@@ -62,7 +65,8 @@ def write_gif(frames: np.ndarray, path: Path, fps: int = 20, scale: int = 4, cap
     frames = _scale(frames, scale)
     if captions is not None:
         frames = caption_frames(frames, captions)
-    iio.imwrite(path, frames, extension=".gif", plugin="pillow", duration=int(round(1000 / fps)), loop=0)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, frames, extension=".gif", plugin="pillow",
+                                               duration=int(round(1000 / fps)), loop=0))
     return path
 
 
@@ -162,7 +166,11 @@ def measure(model, meta: dict, metrics_path: Path | None, samples: int = 8, seed
                fixed_point_rel_residual=stats.rel_residual.mean().item(),
                loss_fixed_point_after_stochastic_replay=target_loss(drifted, target[None]).mean().item())
     if metrics_path is not None and metrics_path.exists():
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        text = read_bytes_bounded(metrics_path, MAX_METRICS_BYTES).decode("utf-8", errors="replace")
+        try:
+            records = [r for r in map(json.loads, filter(str.strip, text.splitlines())) if isinstance(r, dict)]
+        except ValueError as e:
+            raise ValueError(f"{metrics_path}: a line is not JSON ({e}); the run's record is corrupt") from None
         hit = next((r for r in records if isinstance(r.get("loss"), (int, float)) and r["loss"] < threshold), None)
         row.update(threshold=threshold, seconds_to_threshold=hit["wall_s"] if hit else None,
                    steps_to_threshold=hit["step"] if hit else None,

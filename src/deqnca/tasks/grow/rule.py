@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqnca.core.configs import option
+from deqnca.engine.options import MAX_SIZE
 
 
 @dataclass
@@ -41,10 +42,10 @@ class GrowingConfig:
         >>> GrowingConfig.from_dict({"hidden": 64}).target_shape
         [4, 72, 72]
     """
-    channels: int = 16          # RGBA + hidden
-    hidden: int = 128           # width of the 1×1 update network
-    fire_rate: float = 0.5      # probability that a cell updates in a step
-    alive_threshold: float = 0.1
+    channels: int = option(16, "channels per cell: RGBA + hidden", min=4, max=MAX_SIZE)
+    hidden: int = option(128, "width of the 1×1 update network", min=1, max=MAX_SIZE)
+    fire_rate: float = option(0.5, "probability that a cell updates in a step", min=0, max=1)
+    alive_threshold: float = option(0.1, "a cell is alive where the 3×3 max of alpha exceeds it", min=0, max=1)
     # the target image's (channels, height, width): its tensor is part of the model (`GrowModel.target`)
     target_shape: list = option([4, 72, 72], "(channels, height, width) of the target image", flag=False)
 

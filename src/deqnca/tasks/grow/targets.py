@@ -8,16 +8,20 @@ Two targets ship as PNGs in `deqnca/_data/targets/` so nothing needs a font at r
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from deqnca.core.fileio import read_bytes_bounded
 from deqnca.core.resources import targets_dir
 
 NAMED_TARGETS = ("lizard", "small")
 NOTO_EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 LIZARD = "\U0001F98E"
+MAX_TARGET_BYTES = 64 << 20          # a target image file
+MAX_TARGET_SIDE = 1024               # a target's width and height (the shipped ones: 72 and 24)
 
 
 def premultiply(rgba_uint8: np.ndarray) -> torch.Tensor:
@@ -32,13 +36,23 @@ def load_target(spec: str, pad: int = 0) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     path = target_path(spec)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"--target {spec}: no such file (give lizard, small or a path to an RGBA image)")
+    data = read_bytes_bounded(path, MAX_TARGET_BYTES, "--target")      # a regular file, of bounded size
+    rgba, pil_limit = None, Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None           # our own cap (far lower) is checked instead, with the image's size
     try:
-        with Image.open(path) as im:
-            rgba = np.asarray(im.convert("RGBA"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with Image.open(io.BytesIO(data)) as im:        # lazy: the header only, nothing decoded yet
+            width, height = im.size                     # checked before any pixel is decoded
+            if 0 < width <= MAX_TARGET_SIDE and 0 < height <= MAX_TARGET_SIDE:
+                rgba = np.asarray(im.convert("RGBA"))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise ValueError(f"--target {path}: not a readable image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    if rgba is None:
+        raise ValueError(f"--target {path}: a {width}×{height} image; a target is at most "
+                         f"{MAX_TARGET_SIDE}×{MAX_TARGET_SIDE} pixels (the lizard is 72×72)")
     if rgba[..., 3].max() == 0:
         raise ValueError(f"--target {path}: the image is fully transparent; a target needs a visible shape")
     if pad:

@@ -19,6 +19,7 @@ from deqnca.tasks.maze.generate import (
     WALL,
     check_size,
     generate_set,
+    invalid_layouts,  # noqa: F401  (the vectorised check of a whole set, beside the per-maze ones here)
 )
 
 # ---- checking ------------------------------------------------------------------------------------

@@ -2,16 +2,17 @@
 `deqnca.tasks.maze` (model, task, evaluate, pictures); docs/mazes.md has the method, commands and numbers."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 from deqnca.core.configs import ConfigError, number_type
+from deqnca.core.fileio import strict_json
 from deqnca.engine.commandline import (
     MAX_STEPS,
     add_run_flags,
     build_config,
+    check_model_buildable,
     finish_training,
     nonneg_int,
     options_from_args,
@@ -58,6 +59,7 @@ def cmd_generate(args) -> int:
 def cmd_train(args) -> int:
     from deqnca.engine.trainer import fit
     from deqnca.tasks.maze.config import PRESETS, MazeConfig
+    from deqnca.tasks.maze.model import MazeSolverNet
     from deqnca.tasks.maze.task import MazeTask
 
     device = setup_device(args.device)
@@ -68,6 +70,7 @@ def cmd_train(args) -> int:
     train, model_over, given = options_from_args(args, MazeConfig, base, MazeNetConfig)
     model = MazeNetConfig.from_dict({**base.model, "width": width, **model_over}).to_dict()
     cfg = build_config(MazeConfig, train, model)
+    check_model_buildable(lambda: MazeSolverNet(cfg.model), "maze model config")    # an unknown solver: exit 2
     try:
         mazes.check_size(cfg.train_size)
     except ValueError as e:
@@ -105,7 +108,7 @@ def cmd_eval(args) -> int:
                                args.aa_count, args.cache, log, generators=args.generators, compile=args.compile,
                                readout_symmetry=args.readout_symmetry, curve=not args.no_curve, first=args.first)
     if args.json:
-        print(json.dumps(res))
+        print(strict_json(res))
     else:
         print(f"wrote {Path(args.out) / 'eval.json'}, accuracy_vs_size.png, accuracy_vs_iters.png")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from deqnca.core.fileio import write_text_atomic
 from deqnca.core.solvers import get_solver, residuals, rollout
 from deqnca.tasks import load
 from deqnca.tasks.maze import generate as mazes
@@ -194,9 +195,9 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
                                          for m in marks]
     line_plot(marks, series, out / "accuracy_vs_iters.png", "test-time iterations", "fraction fully solved",
               "accuracy vs test-time compute", logx=True)
-    (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out / "eval.json", json.dumps(results, indent=1) + "\n")
     if named:
-        (out / "accuracy_by_generator.md").write_text(accuracy_table(results, sizes) + "\n")
+        write_text_atomic(out / "accuracy_by_generator.md", accuracy_table(results, sizes) + "\n")
     return results
 
 

@@ -16,9 +16,10 @@ per-pixel mask of the unique start-to-goal path through the layout, start and go
 Storage: a layout is one uint8 per layout pixel (WALL/OPEN/START/GOAL, plus ON_PATH bit), never
 the image; sets are cached as compressed .npz files holding the generator, its version, split,
 seed and size and the SHA-256 of the layouts, written atomically, and regenerated (or extended) when
-missing, stale or corrupt: layouts that do not match their hash are never used. Maze i of a set is
-drawn from its own random stream keyed by (version, split, seed, size, i), so any prefix of a set
-is the same whatever the set's length; every generator reads the same stream, so maze i has the
+missing, stale or corrupt: layouts that do not match their hash, or that are not valid mazes whose marked
+path is their BFS solution (`invalid_layouts`; the hash is only the fast first check), are never
+used. Maze i of a set is drawn from its own random stream keyed by (version, split, seed, size, i), so
+any prefix of a set is the same whatever the set's length; every generator reads the same stream, so maze i has the
 same start and goal in every distribution.
 
 Here: the layout format, the generator registry, the sets, their cache and their encoding as images.
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deqnca.core.fileio import atomic_write
+from deqnca.core.fileio import atomic_write, check_regular_file
 from deqnca.tasks.maze.carvers import carve_dfs, carve_division, carve_kruskal, carve_prim, carve_wilson
 
 GENERATOR_VERSION = 1
@@ -167,10 +168,31 @@ def layouts_digest(layouts: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _layouts_shape(path: Path) -> tuple:
+    """The shape and dtype a cache file's layouts declare, read from their .npy header (nothing decompressed
+    past it), so that a crafted header cannot make `np.load` allocate more than a set may hold."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("layouts.npy")
+        if info.file_size > MAX_SET_BYTES + (1 << 16):
+            raise ValueError(f"{info.file_size:,} bytes of layouts")
+        with z.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+    return tuple(shape), dtype
+
+
 def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> np.ndarray | None:
-    """The cached layouts, or None (with a warning) when the file is unreadable, from elsewhere, or its
-    layouts do not match the content hash it stores."""
+    """The cached layouts, or None (with a warning) when the file is not a regular file, is unreadable, is
+    from elsewhere, its layouts do not match the content hash it stores (a fast check), or they are not
+    valid mazes (`invalid_layouts`: a hash recomputed over altered layouts does not make them
+    valid); the caller then regenerates the set from its seed."""
     try:
+        check_regular_file(path)                # a FIFO would block np.load; a device would never end
+        shape, dtype = _layouts_shape(path)
+        side = layout_side(size)
+        if len(shape) != 3 or shape[1:] != (side, side) or dtype != np.uint8 or shape[0] > MAX_COUNT:
+            raise ValueError(f"layouts of shape {shape} and type {dtype}")
         with np.load(path, allow_pickle=False) as f:
             # files written before there were other generators have no "generator" entry: depth-first
             made_by = str(f["generator"]) if "generator" in f.files else "dfs"
@@ -178,7 +200,7 @@ def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = 
             digest = str(f["sha256"]) if "sha256" in f.files else None
             layouts = f["layouts"]
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-        warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}); regenerating it", stacklevel=2)
+        warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}: {e}); regenerating it", stacklevel=2)
         return None
     expected = (generator, GENERATOR_VERSIONS[generator], split, seed, size)
     if meta != expected or layouts.ndim != 3 or layouts.shape[1:] != (layout_side(size),) * 2:
@@ -191,6 +213,11 @@ def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = 
     if layouts.dtype != np.uint8 or layouts_digest(layouts) != digest:
         warnings.warn(f"{path}: maze cache contents do not match their hash (corrupt); regenerating it",
                       stacklevel=2)
+        return None
+    bad, why = invalid_layouts(layouts, size)
+    if len(bad):
+        warnings.warn(f"{path}: {len(bad)} of its {len(layouts)} layouts are not valid mazes ({why}); "
+                      "regenerating it", stacklevel=2)
         return None
     return layouts
 
@@ -215,7 +242,7 @@ def load_set(size: int, count: int, split: str = "test", seed: int = 0, cache=No
         raise ValueError(f"{count:,} mazes of size {size} would take {count * layout_side(size) ** 2 / 2**30:.0f} GiB "
                          f"(at most {MAX_SET_BYTES >> 30} GiB in one set); ask for fewer")
     path = cache_path(cache or default_cache(), split, size, seed, generator)
-    have = _read_cached(path, split, size, seed, generator) if path.exists() else None
+    have = _read_cached(path, split, size, seed, generator) if os.path.lexists(path) else None
     if have is not None and len(have) >= count:
         return have[:count]
     have = have if have is not None else np.zeros((0, layout_side(size), layout_side(size)), np.uint8)
@@ -227,6 +254,85 @@ def load_set(size: int, count: int, split: str = "test", seed: int = 0, cache=No
         log(f"generated {count - len(have)} {split} mazes of size {size} ({generator}) in "
             f"{time.time() - t:.1f}s -> {path}")
     return layouts
+
+
+# ---- checking a set (the per-maze BFS and perfect-maze checks: analysis.py) -----------------------
+
+def _trees(passage_h: np.ndarray, passage_v: np.ndarray) -> np.ndarray:
+    """Per maze of a batch, whether its open passages join all n² cells into one component (with n² − 1
+    passages: a spanning tree). passage_h (B, n, n−1) joins cell (i, j) to (i, j+1), passage_v (B, n−1, n)
+    joins (i, j) to (i+1, j). Union-find for the whole batch at once: every root hooks onto the smallest
+    root it has an edge to, then every pointer jumps to its root; the components at least halve per round."""
+    b, n = passage_h.shape[0], passage_h.shape[1]
+    cell = np.arange(b * n * n, dtype=np.int64).reshape(b, n, n)
+    u = np.concatenate([cell[:, :, :-1][passage_h], cell[:, :-1, :][passage_v]])
+    w = np.concatenate([cell[:, :, 1:][passage_h], cell[:, 1:, :][passage_v]])
+    parent = np.arange(b * n * n, dtype=np.int64)
+    while True:
+        pu, pw = parent[u], parent[w]
+        apart = pu != pw
+        if not apart.any():
+            break
+        u, w, pu, pw = u[apart], w[apart], pu[apart], pw[apart]     # edges inside a component are done
+        np.minimum.at(parent, np.maximum(pu, pw), np.minimum(pu, pw))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    roots = parent.reshape(b, n * n)
+    return (roots == roots[:, :1]).all(axis=1)
+
+
+def invalid_layouts(layouts: np.ndarray, size: int) -> tuple[np.ndarray, str]:
+    """(indices of the layouts that are not valid mazes of size `size`, why the first of them is not).
+
+    A valid layout, as `generate_maze` makes every one (vectorised over the set, so a cache of tens of
+    thousands of mazes is checked in about a second): codes WALL/OPEN/START/GOAL with the ON_PATH bit only on
+    open pixels; walls all round and on every post between cells; every cell open; one START and one GOAL,
+    on cells; a perfect maze (n² − 1 open passages joining all n² cells: a spanning tree); and the ON_PATH
+    pixels are exactly the start-to-goal path, i.e. `bfs_path(layout)`: in a tree, a set of open pixels in
+    which start and goal have one marked neighbour and every other marked pixel two is that unique path."""
+    n = check_size(size)
+    lay = np.asarray(layouts)
+    if lay.ndim != 3 or lay.shape[1:] != (2 * n + 1, 2 * n + 1) or lay.dtype != np.uint8:
+        return np.arange(len(lay)), f"not an array of ({2 * n + 1}, {2 * n + 1}) uint8 layouts"
+    kind, on = lay & KIND_MASK, (lay & ON_PATH) > 0
+    checks = []                                 # (per-layout ok, what is wrong otherwise)
+    checks.append(((lay < 8).all(axis=(1, 2)) & ~((kind == WALL) & on).any(axis=(1, 2)),
+                   "a pixel code that is not wall, open, start or goal, or a wall marked as path"))
+    border = np.concatenate([kind[:, 0], kind[:, -1], kind[:, :, 0], kind[:, :, -1]], axis=1)
+    checks.append(((border == WALL).all(axis=1) & (kind[:, ::2, ::2] == WALL).all(axis=(1, 2)),
+                   "an open pixel on the outer wall or on a post between cells"))
+    checks.append(((kind[:, 1::2, 1::2] != WALL).all(axis=(1, 2)), "a cell that is a wall"))
+    h, v = kind[:, 1::2, 2:-1:2], kind[:, 2:-1:2, 1::2]
+    checks.append((((h == WALL) | (h == OPEN)).all(axis=(1, 2)) & ((v == WALL) | (v == OPEN)).all(axis=(1, 2)),
+                   "a start or goal between cells"))
+    checks.append((((kind == START).sum(axis=(1, 2)) == 1) & ((kind == GOAL).sum(axis=(1, 2)) == 1),
+                   "not exactly one start and one goal"))
+    h, v = h != WALL, v != WALL
+    passages = h.sum(axis=(1, 2)) + v.sum(axis=(1, 2))
+    checks.append((passages == n * n - 1, f"not a perfect maze ({n * n - 1} passages join its {n * n} cells)"))
+    # the path: start and goal with one marked neighbour, every other marked pixel with two
+    pad = np.pad(on, ((0, 0), (1, 1), (1, 1)))
+    degree = (pad[:, :-2, 1:-1].astype(np.int8) + pad[:, 2:, 1:-1] + pad[:, 1:-1, :-2] + pad[:, 1:-1, 2:])
+    ends = (kind == START) | (kind == GOAL)
+    checks.append(((on | ~ends).all(axis=(1, 2)) & ~(on & ends & (degree != 1)).any(axis=(1, 2))
+                   & ~(on & ~ends & (degree != 2)).any(axis=(1, 2)),
+                   "its marked path is not a path from start to goal"))
+    ok = np.ones(len(lay), dtype=bool)
+    why = ""
+    for good, what in checks:
+        if not why and not good.all():
+            why = f"maze {int(np.argmin(good))}: {what}"
+        ok &= good
+    if ok.any():                                # connectivity last, on the layouts that passed the rest
+        tree = np.zeros(len(lay), dtype=bool)
+        tree[ok] = _trees(h[ok], v[ok])
+        if not why and not tree[ok].all():
+            why = f"maze {int(np.flatnonzero(ok & ~tree)[0])}: not a perfect maze (its cells are not all connected)"
+        ok &= tree
+    return np.flatnonzero(~ok), why
 
 
 # ---- encoding ------------------------------------------------------------------------------------

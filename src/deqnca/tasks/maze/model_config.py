@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from deqnca.core.configs import load_dataclass
+from deqnca.core.configs import load_dataclass, option
+from deqnca.engine.options import MAX_ITERATIONS, MAX_SIZE
 
 NETS = ("dt", "deq", "geodesic")        # MazeNetConfig.model: the kinds of solver-net
 
@@ -19,15 +20,18 @@ class MazeNetConfig:
         32
     """
     model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall), "deq" or "geodesic"
-    width: int = 32
-    blocks: int = 2
+    width: int = option(32, "channels of the state", min=1, max=MAX_SIZE)
+    blocks: int = option(2, "residual blocks of the rule", min=1, max=MAX_SIZE)
     init: str = "projection"          # initial state: "projection" (DT), "zeros" / "mixed" (DEQ)
     solver: str = "rollout"
     gradient: str = "bptt"
     gradient_kw: dict = field(default_factory=dict)
-    train_iters: int = 30             # DT: max iterations; DEQ: centre of the random iteration budget
-    tol: float = 1e-3                 # DEQ: relative residual at which a maze counts as converged
-    bound: float = 10.0               # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
+    # DT: max iterations; DEQ: centre of the random iteration budget
+    train_iters: int = option(30, "training iterations", min=1, max=MAX_ITERATIONS)
+    # DEQ: relative residual at which a maze counts as converged
+    tol: float = option(1e-3, "convergence tolerance", min=0)
+    # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
+    bound: float = option(10.0, "bound of the states", min=0, max=1e6)
     rule_kw: dict = field(default_factory=dict)   # geodesic: GeodesicRule options (cost_min, cost_max)
     # geodesic: "d4" reads out the mean over the 8 rotations/reflections of the (equivariant) fixed point
     readout_symmetry: str = "none"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deqnca.core.fileio import atomic_write
 from deqnca.core.solvers import residuals, rollout
 from deqnca.tasks import load
 from deqnca.tasks.maze import generate as mazes
@@ -128,6 +129,6 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
         [_mark_ends(_overlay(x0, p).repeat(scale, 0).repeat(scale, 1), ends, scale) for _, p, _ in pictures],
         [step_caption(s, rel) + ("   solved" if bool((p == y0).all()) else "") for s, p, rel in pictures])
     gif = out / f"{stem}.gif"
-    iio.imwrite(gif, gif_frames, extension=".gif", plugin="pillow", duration=100, loop=0)
+    atomic_write(gif, lambda tmp: iio.imwrite(tmp, gif_frames, extension=".gif", plugin="pillow", duration=100, loop=0))
     log(f"{size}x{size} maze {index}: {'solved' if solved else 'NOT solved'} after {max_iters} iterations")
     return [fig, gif]

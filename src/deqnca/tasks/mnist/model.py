@@ -18,9 +18,11 @@ from deqnca.core.model import MODELS, CellularModel
 from deqnca.core.readout import READOUTS
 from deqnca.core.rules import RULES, make_rule
 from deqnca.core.solvers import SolveStats, get_solver
+from deqnca.engine.options import check_solver_kw
 
 CALIBRATION_IMAGES = 2000       # training inputs kept to re-estimate the read-out norm's statistics
 MAX_WIDTH = 4096                # channels and hidden units (the checkpoint loader's cap too)
+MAX_NOISE_STD = 1000.0          # the initial state's noise (the presets: 1)
 
 
 @dataclass
@@ -45,9 +47,12 @@ class ModelConfig:
     gradient: str = "phantom"
     gradient_kw: dict = field(default_factory=dict)
     noise_std: float = option(1.0, "the state starts from N(0, noise_std²), in training and inference", min=0,
-                              flag=False)
+                              max=MAX_NOISE_STD, flag=False)
     readout: str = "global"           # "global": pool then MLP; "cell": MLP per cell, trained per cell
     readout_norm: str = "none"        # "batch": standardise the pooled state before the MLP (readout.py)
+
+    def __post_init__(self):
+        check_solver_kw(self.solver_kw)     # max_iter, tol, stop_mode in range; no nested values
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

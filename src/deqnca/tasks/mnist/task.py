@@ -29,6 +29,19 @@ def train(model_config: dict, cfg, out, data, device: str = "cpu", resume: bool 
     return fit(MnistTask(cfg, data), out, device=device, resume=resume, log=log, **fit_kw)
 
 
+def check_same_images(data) -> None:
+    """One-line errors for training data (x, y, x_test, y_test) the task cannot use as one data set: an empty
+    split, or test images of another size (or channel count) than the training images."""
+    x, _, xt, _ = data
+    for name, images in (("training", x), ("test", xt)):
+        if len(images) == 0:
+            raise ValueError(f"the {name} set holds no images; pass --data-dir to a folder with the MNIST IDX files")
+    if tuple(x.shape[1:]) != tuple(xt.shape[1:]):
+        size = lambda t: f"{t.shape[-2]}×{t.shape[-1]}" + (f" ({t.shape[1]} channels)" if t.shape[1] != 1 else "")
+        raise ValueError(f"the test images are {size(xt)} pixels, the training images {size(x)}: one data set "
+                         "has one image size; pass --data-dir to a folder whose four files belong together")
+
+
 @TASKS.register("mnist")
 class MnistTask(Task):
     """Classify MNIST digits with an `EquilibriumModel`; `data` = (x_train, y_train, x_test, y_test), `data_record`
@@ -40,6 +53,7 @@ class MnistTask(Task):
 
     def __init__(self, cfg: MnistConfig, data, data_record: dict | None = None):
         super().__init__(cfg)
+        check_same_images(data)
         self.data, self.data_record = data, data_record
         self.counters = {"fallback": 0}
 
