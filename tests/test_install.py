@@ -12,6 +12,7 @@ A README command that cannot run here as written (no network, no GPU, minutes of
 in its place) or QUICKER (flags appended to it); every key of both must be a README command, so that neither
 can go stale, and every other command runs exactly as written.
 """
+import importlib.util
 import json
 import os
 import re
@@ -77,11 +78,11 @@ def _fresh_venv(where: Path, tmp: Path) -> dict:
         ("DEQNCA_", "PIP_"))}
     _run([sys.executable, "-m", "venv", "--system-site-packages", where], tmp, env)
     python = where / "bin" / "python"
+    # Python 3.11's ensurepip adds an old setuptools (65), which would shadow this environment's (>= 77)
+    _run([python, "-m", "pip", "uninstall", "-y", "-q", "setuptools"], tmp, env)
     # a venv made from a venv does not see the outer one's packages through --system-site-packages alone
     purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env)
     (Path(purelib.stdout.strip()) / "outer-env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    # Python 3.11's ensurepip adds an old setuptools (65), which would shadow this environment's (>= 77)
-    _run([python, "-m", "pip", "uninstall", "-y", "-q", "setuptools"], tmp, env)
     env.update(PATH=f"{where / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(where),
                PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1",
                DEQNCA_MAZE_CACHE=str(tmp / "maze-cache"), OMP_NUM_THREADS="1")
@@ -152,6 +153,8 @@ def test_the_readmes_commands_run_from_any_folder(blocks, from_clone, record_pro
 def from_wheel(blocks, clone, tmp_path_factory):
     """The README's second install block (build the wheel in the clone, install it) in another fresh venv:
     (env, empty folder, the dist folder)."""
+    if importlib.util.find_spec("build") is None:
+        pytest.skip("build is not installed (it comes with the test extra: pip install -e '.[test]')")
     tmp = tmp_path_factory.mktemp("from-wheel")
     env = _fresh_venv(tmp / "venv", tmp)
     shutil.rmtree(clone / "dist", ignore_errors=True)
