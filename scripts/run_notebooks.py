@@ -1,8 +1,8 @@
 """Execute the notebooks in docs/notebooks/ and keep their outputs, as the docs site shows them.
 
-Each notebook runs in a fresh python3 kernel (this interpreter's), from an empty temporary folder, with
-torch on one thread (the machines are shared; the models are small), and is written back with its outputs
-and without per-cell timings, so that a re-run changes the file only where a result changed.
+Each notebook runs in a fresh python3 kernel (this interpreter, with ipykernel), from an empty temporary
+folder, with torch on one thread (the machines are shared; the models are small), and is written back with
+its outputs and without per-cell timings, so that a re-run changes the file only where a result changed.
 tests/test_notebooks.py executes them the same way (`execute`), within a time budget each, and checks that
 what a committed notebook prints is what its cells print.
 
@@ -12,6 +12,7 @@ what a committed notebook prints is what its cells print.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -30,11 +31,18 @@ def execute(path: Path, timeout: int = 300):
 
     nb = nbformat.read(path, as_version=4)
     env_before = dict(os.environ)
-    os.environ.update({"OMP_NUM_THREADS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-                       "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT / "src"), os.environ.get("PYTHONPATH")]
-                                                     if p)})
     try:
-        with tempfile.TemporaryDirectory() as work:
+        with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as jupyter:
+            # the python3 kernel is this interpreter, whatever kernels the machine has registered
+            spec = Path(jupyter) / "kernels" / "python3"
+            spec.mkdir(parents=True)
+            (spec / "kernel.json").write_text(json.dumps({
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": KERNELSPEC["display_name"], "language": "python"}))
+            os.environ.update({
+                "OMP_NUM_THREADS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                "JUPYTER_PATH": os.pathsep.join(p for p in [jupyter, os.environ.get("JUPYTER_PATH")] if p),
+                "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT / "src"), os.environ.get("PYTHONPATH")] if p)})
             client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                                     resources={"metadata": {"path": work}})
             t = time.perf_counter()
