@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the package itself works with torch 2.2-2.14 (pyproject.toml).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup setup-test demo test test-fast lint browser docs train-essay train-equilibrium bench clean
+.PHONY: setup setup-test demo test test-fast lint browser docs notebooks train-essay train-equilibrium bench clean
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
@@ -48,6 +48,11 @@ lint: setup-test
 # the documentation site (MkDocs + Material + mkdocstrings), into site-docs/; tests/test_docs.py builds it too
 docs: setup $(VENV)/.docs
 	$(PY) -m mkdocs build --strict -d site-docs
+
+# re-run the notebooks in docs/notebooks/ and keep their outputs (what the site shows; tests/test_notebooks.py
+# fails when a notebook no longer prints what it was committed with)
+notebooks: setup-test
+	$(PY) scripts/run_notebooks.py
 
 train-essay: setup
 	$(VENV)/bin/deqnca train --preset essay --seed 0 --out runs/essay-seed0

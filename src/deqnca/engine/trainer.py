@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar everywhere: tqdm.auto warns in a notebook without ipywidgets
 
 from deqnca.core.amp import amp_context
 from deqnca.core.configs import ConfigError

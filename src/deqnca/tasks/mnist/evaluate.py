@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar everywhere: tqdm.auto warns in a notebook without ipywidgets
 
 from deqnca.core.amp import amp_context
 
