@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -146,17 +147,28 @@ def write_site(out_dir, models_dir=None, cell_checkpoint=None, examples: bool = 
     return write_bundle(out_dir, build_bundle(_load_models(models_dir, cell_checkpoint, examples)))
 
 
+_DOC_LINK = re.compile(r'<a href="@REPO@/([^"]+)">(.*?)</a>', re.S)
+
+
+def doc_links(page: str, out: Path, root: Path | None) -> str:
+    """The page's links to the repository's README and docs/ (`<a href="@REPO@/docs/x.md">`): relative to
+    wherever the page is written when deqnca runs from a source checkout (`root`); from an installed wheel,
+    which holds no docs, the name of the file in the source repository, as text (no link that leads nowhere)."""
+    if root is not None:
+        repo = os.path.relpath(root, out.resolve()).replace(os.sep, "/")
+        return _DOC_LINK.sub(lambda m: f'<a href="{repo}/{m[1]}">{m[2]}</a>', page)
+    return _DOC_LINK.sub(lambda m: f'<cite class="doc" title="{m[1]} in the deqnca source repository (not '
+                                   f'installed with the package)">{m[2]}</cite>', page)
+
+
 def write_bundle(out_dir, bundle: dict) -> Path:
     """The static files plus weights.js holding `bundle` (build_bundle's) in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in STATIC_FILES:
         shutil.copyfile(STATIC / name, out / name)
-    # the page links to the repository's README and docs/: relative to wherever the page is written
-    root = repo_root()
-    repo = os.path.relpath(root, out.resolve()).replace(os.sep, "/") if root else ".."
     index = out / "index.html"
-    index.write_text(index.read_text().replace("@REPO@/", repo + "/"))
+    index.write_text(doc_links(index.read_text(), out, repo_root()))
     (out / "weights.js").write_text("// written by deqnca web (deqnca/web/export.py): weights as the forward "
                                     "pass uses them\nwindow.DEQNCA = " + json.dumps(bundle) + ";\n")
     return index
