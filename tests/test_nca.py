@@ -93,10 +93,12 @@ def test_report_names_shipped_models_and_the_sample(tmp_path):
            "of": 10000, "subset": "evenly spaced", "parameters": 15402, "solver": "rollout", "nstep_mean": 16.0,
            "rel_median": 0.07, "rel_p99": 0.08, "frac_below_1e-3": 0.0}
     sec = _eval_section([row], root)
-    assert sec["title"] == "Shipped models on 2,000 evenly spaced of the 10,000 MNIST test images"
-    assert sec["tables"][0]["rows"][0][:4] == ["mnist-essay", "98.00%", "97.0–99.0%", "2,000"]
+    assert sec["title"] == "Shipped models on 2,000 of the 10,000 MNIST test images (evenly spaced)"
+    assert sec["tables"][0]["rows"][0][:4] == ["mnist-essay", "98.00%", "97.0–99.0", "15,402"]
+    mixed = _eval_section([row, {**row, "n": 500, "subset": "first"}], root)
+    assert "images column" in mixed["title"] and mixed["tables"][0]["rows"][1][3] == "500"
     full = _eval_section([{**row, "n": 10000, "subset": "all"}], root)
-    assert full["title"] == "Shipped models on all 10,000 MNIST test images" and "95% interval" not in \
+    assert full["title"] == "Shipped models on all 10,000 MNIST test images" and "95% CI" not in \
         full["tables"][0]["header"]
 
 

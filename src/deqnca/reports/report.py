@@ -40,13 +40,12 @@ def display_name(checkpoint, models_root=None) -> str:
 
 
 def _sample_words(row: dict) -> str:
-    """How many test images a `deqnca eval` row was measured on: "all 10,000", "the first 500 of the 10,000",
-    "2,000 evenly spaced of the 10,000"."""
+    """The test images a `deqnca eval` row was measured on: "all 10,000", "the first 500 of the 10,000",
+    "2,000 of the 10,000 (evenly spaced)"."""
     n, of = row.get("n"), row.get("of")
     if n is None or of is None or n >= of:
         return f"all {of or n:,}" if (of or n) else "the test set"
-    return (f"the first {n:,} of the {of:,}" if row.get("subset") == "first"
-            else f"{n:,} evenly spaced of the {of:,}")
+    return f"the first {n:,} of the {of:,}" if row.get("subset") == "first" else f"{n:,} of the {of:,}"
 
 
 def _eval_section(eval_rows: list, models_root) -> dict:
@@ -54,23 +53,29 @@ def _eval_section(eval_rows: list, models_root) -> dict:
     mnist = [r for r in eval_rows if "accuracy" in r and "nstep_mean" in r]
     samples = sorted({_sample_words(r) for r in mnist})
     sampled = any(r.get("n", 0) < r.get("of", 0) for r in mnist)
-    header = ["model", "accuracy"] + (["95% interval"] if sampled else []) + [
-        "images", "parameters", "solver", "mean steps", "rel. residual median", "p99", "≤1e-3"]
+    spaced = any(r.get("subset") == "evenly spaced" for r in mnist)
+    several = len(samples) > 1                      # rows on different images: a column says which
+    header = ["model", "accuracy"] + (["95% CI"] if sampled else []) + (["images"] if several else []) + [
+        "parameters", "solver", "steps", "residual median", "p99", "≤1e-3"]
     rows = []
     for r in mnist:
         low, high = r.get("accuracy_ci95", (r["accuracy"], r["accuracy"]))
         rows.append([display_name(r["checkpoint"], models_root), f"{100 * r['accuracy']:.2f}%"]
-                    + ([f"{100 * low:.1f}–{100 * high:.1f}%"] if sampled else [])
-                    + [f"{r['n']:,}", r["parameters"], r["solver"], f"{r['nstep_mean']:.1f}",
-                       f"{r['rel_median']:.2e}", f"{r['rel_p99']:.2e}", f"{100 * r['frac_below_1e-3']:.1f}%"])
-    text = ("Relative residual ‖f(z)−z‖/‖f(z)‖ of the state the label is read from: how far from equilibrium "
-            "each model classifies.")
+                    + ([f"{100 * low:.1f}–{100 * high:.1f}"] if sampled else [])
+                    + ([f"{r['n']:,}"] if several else [])
+                    + [f"{r['parameters']:,}", r["solver"], f"{r['nstep_mean']:.1f}",
+                       f"{r['rel_median']:.1e}", f"{r['rel_p99']:.1e}", f"{100 * r['frac_below_1e-3']:.0f}%"])
+    text = ("Steps: the mean number of rule steps per image. Residual: the relative residual ‖f(z)−z‖/‖f(z)‖ of "
+            "the state the label is read from — how far from equilibrium each model classifies; ≤1e-3: the share "
+            "of images within 1e-3 of a fixed point.")
     if sampled:
-        text += (" These numbers come from a sample of the test set, quick to compute (the interval is the 95% "
-                 "Wilson interval of the accuracy); all 10,000 images: <code>deqnca eval</code> (a few minutes), "
-                 "or <code>deqnca demo --sample 0</code>.")
-    return {"title": f"Shipped models on {' / '.join(samples)} MNIST test images", "text": text,
-            "tables": [{"caption": "deqnca eval", "header": header, "rows": rows}]}
+        text += (" These numbers come from a sample of the test set, quick to compute (95% CI: the Wilson interval "
+                 "of the accuracy, in %); all 10,000 images: <code>deqnca eval</code> (a few minutes), or "
+                 "<code>deqnca demo --sample 0</code>.")
+    title = (f"Shipped models on {samples[0]} MNIST test images" + (" (evenly spaced)" if spaced else "")
+             if not several else "Shipped models on parts of the MNIST test set (the images column says which)")
+    return {"title": title,
+            "text": text, "tables": [{"caption": "deqnca eval", "header": header, "rows": rows}]}
 
 
 def _cells_text(names) -> str:

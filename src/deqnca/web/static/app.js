@@ -281,7 +281,8 @@ function setupCells() {
     for (const id of ["cells", "cell-res", "cell-votes", "cell-controls"]) $(id).hidden = true;
     return;
   }
-  legend($("cell-legend"), "cell colours:");
+  legend($("cell-legend"), "");
+  $("cell-legend").title = "the colour of each class";
   let z, next, rel = [], cell = null, vote = null, frac = null;
   const bind = () => { m.bind(Float32Array.from(pad.grid), pad.N, pad.N); };
   const read = () => {
