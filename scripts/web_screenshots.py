@@ -10,7 +10,7 @@ given, the report of `deqnca demo` and three pages of the built docs site.
 Live page (`web-*.png`): each panel is driven through the page's own controls and test hook: an MNIST 7 from
 the example buttons, the per-cell model played to the end of its 16 steps (its button then offers "replay"),
 30 steps of both classifiers then a second of play (the steps/s readout), the equilibrium lizard grown for 150
-steps, a mouse stroke across it and a second of regrowth, a size-19 maze after 150 iterations of DT-recall and
+steps, a mouse stroke across it and a second of regrowth, a size-19 maze after 120 iterations of DT-recall and
 a second of play. Report (`report-top.png`, `report-cells.png`): the top of the page (the evaluation table)
 and the self-classifying section. Docs (`docs-*.png`): the live page's page, the maze caveat, the headline
 numbers' maze section. Every page is checked for links and images that lead nowhere. The PNGs are reduced to
@@ -90,9 +90,9 @@ def live_page(chromium, index: Path, out: Path) -> list[str]:
         page.select_option("#maze-size", "19")
         page.evaluate("deqncaTest.pauseAll()")
         page.click("#maze-controls button:text-is('reset')")    # from step 0 whatever ran meanwhile
-        page.evaluate("deqncaTest.panelSteps('maze', 150)")     # of the evaluation's budget of 176 for size 19
+        page.evaluate("deqncaTest.panelSteps('maze', 120)")     # of the evaluation's budget of 176 for size 19
         save(page.locator("#draw").screenshot(), out / "web-draw.png")
-        for name, panel, rate in (("duel", "duel", "10"), ("grow", "grow", "30"), ("maze", "maze", "15")):
+        for name, panel, rate in (("duel", "duel", "10"), ("grow", "grow", "30"), ("maze", "maze", "10")):
             play_for(page, panel, 1.3, rate)                     # the steps/s readout, measured as it plays
             save(page.locator(f"#{name}").screenshot(), out / f"web-{name}.png")
             page.evaluate("deqncaTest.pauseAll()")
