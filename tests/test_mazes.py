@@ -619,7 +619,7 @@ def test_cli_eval_and_show_with_the_symmetrised_read_out(tmp_path, cache, capsys
     assert row["readout_symmetry"] == "d4" and row["accuracy"] == 1.0
     assert main(["maze", "show", geo, "--size", "5", "--readout-symmetry", "d4", "--out", str(tmp_path / "show"),
                  *args]) == 0
-    assert [f.name for f in (tmp_path / "show").glob("*.png")] == ["geodesic-geodesic-d4-size5-0.png"]
+    assert [f.name for f in (tmp_path / "show").glob("*.png")] == ["geodesic-d4-size5-0.png"]
     capsys.readouterr()
     assert main(["maze", "eval", str(models_dir() / "maze" / "dt"), "--sizes", "5", "--limit-per-size", "2",
                  "--readout-symmetry", "d4", "--out", str(tmp_path / "eval"), *args]) == 1

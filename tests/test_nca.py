@@ -7,6 +7,7 @@ import torch
 
 from deqnca.cli import main
 from deqnca.core.nca import ANCHORS, crop, rollout, rollout_curve
+from deqnca.core.resources import models_dir
 from deqnca.tasks.mnist.model import EquilibriumModel
 from deqnca.viz.report import referenced_files
 
@@ -68,6 +69,63 @@ def test_demo_quick_writes_report_with_existing_files(tmp_path, capsys):
     assert {"fig1-essay.gif", "fig1-essay-frames.png", "fig1-essay-curves.png", "fig2-crops.png"} <= names
     out = capsys.readouterr().out
     assert "parameters 15402" in out and "test accuracy" in out
+    page = html.read_text()
+    # models by name, never by the folder deqnca is installed in or any other absolute path
+    assert str(models_dir()) not in page and str(tmp_path) not in page and "/src/deqnca" not in page
+    assert "<td>mnist-essay</td>" in page and "<td>mnist-equilibrium</td>" in page
+    # the heading names the images the numbers come from (--quick: the first 500), not the whole test set
+    assert "Shipped models on the first 500 of the 10,000 MNIST test images" in page
+    assert "on the 10,000 MNIST test images" not in page
+    # the self-classifying text names the models its figures and table name
+    cells = page[page.index("<h2>Self-classifying digits</h2>"):].split("</section>")[0]
+    assert "<i>consensus</i>" in cells and "<i>equilibrium</i>" not in cells
+    assert "panorama-labels.png" in names
+
+
+def test_report_names_shipped_models_and_the_sample(tmp_path):
+    from deqnca.reports.report import _eval_section, display_name
+
+    root = models_dir()
+    assert display_name(root / "mnist-essay") == "mnist-essay"
+    assert display_name(f"{root / 'mnist-cell'}  [draft]") == "mnist-cell"
+    assert display_name("/home/someone/runs/a/last") == "a/last" and display_name("runs/a/last") == "runs/a/last"
+    row = {"checkpoint": str(root / "mnist-essay"), "accuracy": 0.98, "accuracy_ci95": [0.97, 0.99], "n": 2000,
+           "of": 10000, "subset": "evenly spaced", "parameters": 15402, "solver": "rollout", "nstep_mean": 16.0,
+           "rel_median": 0.07, "rel_p99": 0.08, "frac_below_1e-3": 0.0}
+    sec = _eval_section([row], root)
+    assert sec["title"] == "Shipped models on 2,000 of the 10,000 MNIST test images (evenly spaced)"
+    assert sec["tables"][0]["rows"][0][:4] == ["mnist-essay", "98.00%", "97.0–99.0", "15,402"]
+    mixed = _eval_section([row, {**row, "n": 500, "subset": "first"}], root)
+    assert "images column" in mixed["title"] and mixed["tables"][0]["rows"][1][3] == "500"
+    full = _eval_section([{**row, "n": 10000, "subset": "all"}], root)
+    assert full["title"] == "Shipped models on all 10,000 MNIST test images" and "95% CI" not in \
+        full["tables"][0]["header"]
+
+
+def test_panorama_label_maps_outline_the_ink_and_name_the_true_labels(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from deqnca.reports.report import _panorama_axes, panorama_figure
+    from deqnca.tasks.mnist.panoramas import Panorama
+
+    canvas = torch.zeros(1, 84, 84)
+    canvas[0, 10:30, 12:16] = 1.0                            # one stroke: a "1" in the box at (5, 5)
+    pan = Panorama(canvas, [(1, 5, 5, 0)])
+    logits = torch.zeros(10, 84, 84)
+    logits[7] = 1.0                                          # the model says 7 everywhere
+    maps = [("m", logits.argmax(0).numpy(), logits)]
+    fig = _panorama_axes(pan, maps, 0.3)
+    try:
+        canvas_ax, map_ax = fig.axes[:2]
+        assert [t.get_text() for t in canvas_ax.texts] == ["true 1"]
+        assert [t.get_text() for t in map_ax.texts] == ["true 1, says 7"]
+        # the ink's outline: contour lines drawn over the label map, around the stroke
+        lines = [p for c in map_ax.collections for p in c.get_paths() if len(p.vertices)]
+        assert lines and all(9 <= v[1] <= 31 and 11 <= v[0] <= 17 for p in lines for v in p.vertices)
+        assert "0 of 1 right" in map_ax.get_title()
+    finally:
+        plt.close(fig)
+    assert panorama_figure(pan, maps, tmp_path / "p.png").stat().st_size > 0
 
 
 def test_rollout_command(tmp_path, capsys):

@@ -8,6 +8,8 @@ replay (rule.stochastic_map with a seeded generator) draws the same masks from t
 import argparse
 import math
 import types
+from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,6 +266,110 @@ def test_without_a_per_cell_model_the_panel_says_so(chromium, tmp_path):
         assert "cell" not in pg.evaluate("deqncaTest.models()")
         assert math.isfinite(pg.evaluate("deqncaTest.bench('panel:duel', {steps: 2})"))   # the pad still feeds the duel
     assert not log, log
+
+
+def test_a_fresh_page_starts_on_the_equilibrium_lizard_with_legends(chromium, site):
+    with browser.open_page(chromium, site.index) as (pg, log):
+        pg.evaluate("deqncaTest.pauseAll()")
+        # the page is about equilibria: the lizard panel starts on the rule trained as one
+        assert pg.eval_on_selector("#grow-model", "s => s.value") == "lizard-equilibrium"
+        assert pg.eval_on_selector("#grow-model", "s => s.options[0].value") == "lizard-equilibrium"
+        # the ten classes' colours are named beside the probability lines and the per-cell labels
+        keys = pg.eval_on_selector_all("#duel .legend .key", "ks => ks.map(k => k.textContent)")
+        assert keys == [str(k) for k in range(10)] * 2
+        assert pg.eval_on_selector_all("#cell-legend .key", "ks => ks.length") == 10
+        colours = pg.eval_on_selector_all("#duel .legend .key i",
+                                          "ks => ks.map(k => getComputedStyle(k).backgroundColor)")
+        assert len(set(colours[:10])) == 10
+        # every panel has a speed readout
+        assert pg.eval_on_selector_all(".controls .rate", "rs => rs.length") == 4
+    assert not log, log
+
+
+def _text(pg, selector):
+    return pg.eval_on_selector(selector, "e => e.textContent")
+
+
+def test_a_playing_panel_reports_its_steps_per_second(page):
+    page.evaluate("deqncaTest.pauseAll()")
+    page.locator("#duel").scroll_into_view_if_needed()      # panels out of view do not compute
+    page.select_option("#duel-controls select", "30")
+    page.click("#duel-controls button:text-is('reset')")
+    page.click("#duel-controls button.play")
+    assert _text(page, "#duel-controls button.play") == "pause"
+    rate = r"/^[0-9.]+ steps\/s$/"
+    page.wait_for_function(f"{rate}.test(document.querySelector('#duel-controls .rate').textContent)", timeout=10_000)
+    at, count = page.eval_on_selector("#duel-controls .rate", "e => e.dataset.at"), _text(page, "#duel-controls .count")
+    # measured again as it plays (over the last second), while the step counter moves on
+    page.wait_for_function("([at, c]) => document.querySelector('#duel-controls .rate').dataset.at !== at && "
+                           "document.querySelector('#duel-controls .count').textContent !== c", arg=[at, count],
+                           timeout=10_000)
+    page.wait_for_function(f"{rate}.test(document.querySelector('#duel-controls .rate').textContent)", timeout=10_000)
+    measured = float(_text(page, "#duel-controls .rate").split()[0])
+    assert 0 < measured <= 45, measured                    # it aims at the 30 steps/s chosen
+    page.evaluate("deqncaTest.pauseAll()")
+    assert _text(page, "#duel-controls .rate") == "paused"
+
+
+def test_a_panel_with_a_step_budget_offers_replay_when_it_is_spent(page):
+    # the per-cell model of this site was trained through 4 rollout steps: the panel stops there
+    page.evaluate("deqncaTest.pauseAll()")
+    page.locator("#draw").scroll_into_view_if_needed()
+    page.click("#cell-controls button:text-is('reset')")
+    page.click("#cell-controls button.play")
+    page.wait_for_function("document.querySelector('#cell-controls button.play').textContent !== 'pause'",
+                           timeout=10_000)
+    assert _text(page, "#cell-controls button.play") == "replay"       # never a "play" that does nothing
+    assert _text(page, "#cell-controls .count") == "step 4"
+    assert _text(page, "#cell-controls .rate").startswith("done")
+    page.click("#cell-controls button.play")                         # replay: from noise again, and on
+    page.wait_for_function("document.querySelector('#cell-controls button.play').textContent === 'replay'",
+                           timeout=10_000)
+    assert _text(page, "#cell-controls .count") == "step 4"
+    page.click("#cell-controls button:text-is('reset')")
+    assert _text(page, "#cell-controls button.play") == "play" and _text(page, "#cell-controls .count") == "step 0"
+    page.evaluate("deqncaTest.pauseAll()")
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs = []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [v for k, v in attrs if k in ("href", "src") and v]
+
+
+def page_refs(index) -> list[str]:
+    """Every href= and src= of the written page."""
+    parser = _Refs()
+    parser.feed(Path(index).read_text())
+    return parser.refs
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["checkout", "wheel"])
+def test_every_link_of_the_page_resolves(tmp_path, monkeypatch, installed):
+    # from a wheel there is no README or docs/ beside the package: no link may lead out of the written folder
+    import deqnca.web.export as export
+
+    if installed:
+        monkeypatch.setattr(export, "repo_root", lambda: None)
+    out = tmp_path / "deep" / "site"
+    index = write_bundle(out, {"version": 1, "models": {}})
+    refs = page_refs(index)
+    assert "weights.js" in refs and any(r.startswith("https://") for r in refs)
+    for ref in refs:
+        if ref.startswith("https://"):
+            continue
+        assert "://" not in ref and not ref.startswith(("/", "#")), ref
+        target = (out / ref.split("#")[0]).resolve()
+        assert target.is_file(), ref
+        if installed:
+            assert target.is_relative_to(out.resolve()), ref
+    html = index.read_text()
+    assert "@REPO@" not in html
+    if installed:                                          # the docs named, as text, with where they live
+        assert 'title="docs/nca.md in the deqnca source repository' in html and "../" not in html
 
 
 def test_web_subcommand_writes_a_page_that_links_to_the_docs(tmp_path, capsys):

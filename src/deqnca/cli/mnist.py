@@ -66,8 +66,27 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+ETA_FROM = 2000        # more test images than this per model: `deqnca eval` says how long it will take
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _estimate(model, x, y, batch, seed, amp, solver_kw, name, log) -> None:
+    """Time one batch, then say how long all of `x` will take and how to ask for less (`log`: stderr)."""
+    from deqnca.tasks.mnist.evaluate import evaluate
+
+    evaluate(model, x[:2], y[:2], batch_size=2, seed=seed, amp=amp, **solver_kw)       # warm-up
+    t = time.time()
+    evaluate(model, x[:batch], y[:batch], batch_size=batch, seed=seed, amp=amp, **solver_kw)
+    total = (time.time() - t) * len(x) / batch
+    log(f"{name}: {len(x):,} test images, about {_duration(total)} on this machine (timed on {batch}); for a "
+        f"quicker look: --sample 1000 (evenly spaced, with a 95% interval) or --limit 500 (the first 500)")
+
+
 def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solver_kw=None, no_verify=False,
-                        progress=True, amp="off", sample=0, allow_other_data=False):
+                        progress=True, amp="off", sample=0, allow_other_data=False, estimate=None):
     from deqnca.data.provenance import recorded_test_split
     from deqnca.tasks import load
     from deqnca.tasks.mnist.evaluate import evaluate, residual_summary
@@ -94,9 +113,11 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
 
         idx = torch.linspace(0, len(x) - 1, sample).round().long()
         x, y = x[idx], y[idx]
-    t = time.time()
     # small batches are ~2x faster on CPU (cache-resident states); large ones fill a GPU
     batch = 50 if str(device).startswith("cpu") else 500
+    if estimate is not None and len(x) > ETA_FROM:
+        _estimate(model, x, y, batch, seed, amp, solver_kw or {}, Path(str(path)).name, estimate)
+    t = time.time()
     ev = evaluate(model, x, y, batch_size=batch, seed=seed, progress=progress, amp=amp, **(solver_kw or {}))
     res = residual_summary(ev["rel_residual"])
     low, high = wilson_interval(round(ev["accuracy"] * ev["n"]), ev["n"])
@@ -159,7 +180,8 @@ def cmd_eval(args) -> int:
             continue
         r = evaluate_checkpoint(path, args.data_dir, device, args.seed, args.limit, solver_kw, args.no_verify,
                                 progress=not args.json, amp=args.amp, sample=getattr(args, "sample", 0),
-                                allow_other_data=getattr(args, "allow_other_data", False))
+                                allow_other_data=getattr(args, "allow_other_data", False),
+                                estimate=lambda s: print(s, file=sys.stderr, flush=True))
         _print_eval(r, args.json)
         args.eval_rows.append(r)
     return 0

@@ -92,7 +92,7 @@ def describe_checkpoint(meta: dict, name: str) -> str:
         machine, date = prov.get("machine", ""), prov.get("date", "")
         lines.append(f"  trained   {machine}" + (f", {date}" if date and date not in machine else ""))
     if prov.get("command"):
-        lines.append(f"  command   {prov['command']}")
+        lines.append(f"  command   {prov['command'].replace('experiments/', 'scripts/')}")   # moved there
     if meta.get("weights_file"):
         digest = meta.get("weights_sha256", "")
         lines.append(f"  weights   {meta['weights_file']}" + (f" (sha256 {digest[:12]}…)" if digest else ""))

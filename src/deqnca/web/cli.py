@@ -7,7 +7,7 @@ def add_cli(subparsers):
     p = subparsers.add_parser("web", help="write the live page (static HTML + JavaScript, opens from disk)",
                               description="Write a self-contained static page that runs the shipped models "
                                           "in the browser: draw a digit, grow the lizard, solve a maze.")
-    p.add_argument("--out", default="site", help="output folder (default: site/)")
+    p.add_argument("--out", default="out/web", help="output folder (default: out/web)")
     p.add_argument("--cell-model", default=None, metavar="PATH",
                    help="checkpoint of a model trained with readout=cell for the per-cell panel")
     p.add_argument("--models-dir", "--models", dest="models", default=None, metavar="DIR",

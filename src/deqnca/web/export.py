@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,18 +147,29 @@ def write_site(out_dir, models_dir=None, cell_checkpoint=None, examples: bool = 
     return write_bundle(out_dir, build_bundle(_load_models(models_dir, cell_checkpoint, examples)))
 
 
+_DOC_LINK = re.compile(r'<a href="@REPO@/([^"]+)">(.*?)</a>', re.S)
+
+
+def doc_links(page: str, out: Path, root: Path | None) -> str:
+    """The page's links to the repository's README and docs/ (`<a href="@REPO@/docs/x.md">`): relative to
+    wherever the page is written when deqnca runs from a source checkout (`root`); from an installed wheel,
+    which holds no docs, the name of the file in the source repository, as text (no link that leads nowhere)."""
+    if root is not None:
+        repo = os.path.relpath(root, out.resolve()).replace(os.sep, "/")
+        return _DOC_LINK.sub(lambda m: f'<a href="{repo}/{m[1]}">{m[2]}</a>', page)
+    return _DOC_LINK.sub(lambda m: f'<cite class="doc" title="{m[1]} in the deqnca source repository (not '
+                                   f'installed with the package)">{m[2]}</cite>', page)
+
+
 def write_bundle(out_dir, bundle: dict) -> Path:
     """The static files plus weights.js holding `bundle` (build_bundle's) in `out_dir`. Each file is written
     to a temporary file and renamed into place: a link where one of them goes is replaced, not followed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # the page links to the repository's README and docs/: relative to wherever the page is written
-    root = repo_root()
-    repo = os.path.relpath(root, out.resolve()).replace(os.sep, "/") if root else ".."
     for name in STATIC_FILES:
         data = (STATIC / name).read_bytes()
-        if name == "index.html":
-            data = data.replace(b"@REPO@/", repo.encode() + b"/")
+        if name == "index.html":        # its links to the README and docs/: relative to where the page is written
+            data = doc_links(data.decode(), out, repo_root()).encode()
         write_bytes_atomic(out / name, data)
     write_text_atomic(out / "weights.js", "// written by deqnca web (deqnca/web/export.py): weights as the forward "
                       "pass uses them\nwindow.DEQNCA = " + json.dumps(bundle) + ";\n")

@@ -215,7 +215,7 @@ def add_cli(sub) -> None:
                         description="Draw, for each checkpoint, the label maps over time (GIF and PNG), the mutation "
                         "and the canvases, and one figure of cell accuracy and total agreement against steps.")
     p.add_argument("checkpoint", nargs="+", help="checkpoints of `deqnca cells train` or shipped names (cells/article)")
-    p.add_argument("--out", required=True, help="folder for the figures")
+    p.add_argument("--out", default="out/cells-figures", help="folder for the figures (default out/cells-figures)")
     p.add_argument("--digits", type=int, default=64, help="evenly spaced test digits for the curves (default 64)")
     p.add_argument("--steps", type=int, default=200, help="steps to roll out (default 200)")
     p.add_argument("--eval-json", nargs="+", default=[], metavar="FILE",

@@ -68,12 +68,19 @@ def cmd_show(args) -> int:
     from deqnca.tasks.grow.replay import default_horizon, show
 
     device = _setup_device(args.device)
-    out = writable_folder(args.out or Path(args.checkpoint).parent / "show")
+    out = writable_folder(args.out or Path("out/grow-show") / show_name(args.checkpoint))
     model, meta = _load(args.checkpoint, device)
     steps = args.steps or min(default_horizon(meta.get("train_config") or {}), MAX_STEPS)
     for f in show(model, out, steps, seed=args.seed):
         print(f)
     return 0
+
+
+def show_name(checkpoint) -> str:
+    """The folder `grow show` writes a checkpoint's pictures into by default, under out/grow-show/: the shipped
+    model's name (lizard-bptt), or a run's folder for its `last`/`best` checkpoint."""
+    p = Path(checkpoint)
+    return p.parent.name if p.name in ("last", "best") and p.parent.name else p.name
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -133,7 +140,7 @@ def add_cli(sub) -> None:
     p = gsub.add_parser("show", help="growth and regeneration GIFs and a frame strip from a checkpoint")
     common(p)
     p.add_argument("checkpoint")
-    p.add_argument("--out", help="folder (default: <checkpoint folder>/show)")
+    p.add_argument("--out", help="folder (default: out/grow-show/<model name>, e.g. out/grow-show/lizard-bptt)")
     p.add_argument("--steps", type=steps_int, help=f"steps to grow (1..{MAX_STEPS:,}; default: the run's longest "
                    "rollout, at least 96; the GIFs keep at most 200 evenly spaced frames)")
     p.add_argument("--seed", type=seed_int, default=0)

@@ -194,7 +194,7 @@ def add_cli(sub) -> None:
     p.add_argument("--aa-count", type=nonneg_int, default=50, help="mazes per size re-solved for the AA score")
     p.add_argument("--generators", nargs="+", choices=list(mazes.GENERATORS), default=[mazes.DEFAULT_GENERATOR],
                    help="maze distributions to evaluate every checkpoint on (default dfs)")
-    p.add_argument("--out", default="out/maze-eval")
+    p.add_argument("--out", default="out/maze-eval", help="folder for eval.json and the plots (default out/maze-eval)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the geodesic rule's step first (same states bit for bit; not faster at 59x59 "
                         "on a CPU: benchmarks/geodesic_solve.py; other models ignore it)")
@@ -216,7 +216,7 @@ def add_cli(sub) -> None:
                    help=f"which test maze (0..{mazes.DEFAULT_COUNTS['test'] - 1})")
     p.add_argument("--max-iters", type=steps_int,
                    help=f"iterations (1..{MAX_STEPS:,}; default max(100, 4 x image side))")
-    p.add_argument("--out", default="out/maze-show")
+    p.add_argument("--out", default="out/maze-show", help="folder for the figure and the GIF (default out/maze-show)")
     generator_flag(p)
     symmetry_flag(p)
     p.set_defaults(func=cmd_show)

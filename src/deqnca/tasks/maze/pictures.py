@@ -70,6 +70,14 @@ def _mark_ends(frame, ends, scale: int):
     return np.asarray(img)
 
 
+def picture_name(path, form: str) -> str:
+    """A maze picture's name: the checkpoint's (a run's folder for its `last`/`best`), then its model form
+    unless the name says it already: `dt` and `deq-res`, not `dt-dt`; `runs/r/last` -> `r-dt`."""
+    p = Path(path)
+    name = p.parent.name if p.name in ("last", "best") and p.parent.name else p.name
+    return name if form in name.split("-") else f"{name}-{form}"
+
+
 @torch.no_grad()
 def show(path, size: int, out, index: int = 0, max_iters: int | None = None, frames: int = 60, device="cpu",
          cache=None, log=print, generator: str = mazes.DEFAULT_GENERATOR,
@@ -108,7 +116,7 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     # depth-first figures keep their names; other distributions' are told apart by a suffix
     tag = "" if generator == mazes.DEFAULT_GENERATOR else f"-{generator}"
     symmetric = model.config.readout_symmetry != "none"
-    stem = f"{Path(path).name}-{model.config.model}{'-' + model.config.readout_symmetry if symmetric else ''}" \
+    stem = f"{picture_name(path, model.config.model)}{'-' + model.config.readout_symmetry if symmetric else ''}" \
            f"-size{size}-{index}{tag}"
     verdict = "solved" if solved else f"wrong: {int(wrong.sum())} px"
     panels = [x0.permute(1, 2, 0).numpy(), _overlay(x0, pred, y0), _overlay(x0, y0)]

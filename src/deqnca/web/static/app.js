@@ -76,6 +76,19 @@ function bars(canvas, values, best, title) {
   });
 }
 
+// the colour key of the ten classes, as HTML under a canvas (swatch and digit each)
+function legend(el, title) {
+  el.className = "legend";
+  el.textContent = title;
+  COLORS.forEach((c, k) => {
+    const item = document.createElement("span");
+    item.className = "key";
+    item.dataset.cls = String(k);
+    item.innerHTML = `<i style="background:${c}"></i>${k}`;
+    el.appendChild(item);
+  });
+}
+
 const argmax = (a) => a.reduce((bi, v, i) => (v > a[bi] ? i : bi), 0);
 function softmax(a) {
   const m = Math.max(...a), e = Array.from(a, (v) => Math.exp(v - m)), s = e.reduce((x, y) => x + y, 0);
@@ -87,41 +100,73 @@ function softmax(a) {
 const SPEEDS = [["1", 1], ["5", 5], ["10", 10], ["15", 15], ["30", 30], ["60", 60], ["max", Infinity]];
 
 class Panel {
-  // opts: step() advances one step, reset(), render(), limit: steps after which play stops by itself
+  // opts: step() advances one step, reset(), render(), limit: steps after which play stops by itself (the
+  // play button then reads "replay": it starts the panel again from its reset state)
   constructor(name, el, opts) {
     Object.assign(this, { name, playing: true, rate: opts.rate || 30, visible: true, steps: 0, debt: 0 }, opts);
     this.el = el;
+    this.seen = [];                         // [time, steps] of the last second: the measured speed
     el.innerHTML = "";
     const button = (label, fn) => {
       const b = document.createElement("button");
       b.textContent = label; b.onclick = fn; el.appendChild(b); return b;
     };
-    this.playButton = button("pause", () => this.setPlaying(!this.playing));
+    this.playButton = button("pause", () => {
+      if (!this.playing && this.done()) { this.reset(); this.setPlaying(true); this.render(); } else this.setPlaying(!this.playing);
+    });
+    this.playButton.className = "play";
     button("step", () => { this.setPlaying(false); this.advance(1); this.render(); });
-    button("reset", () => { this.reset(); this.render(); });
+    button("reset", () => { this.reset(); this.setPlaying(this.playing); this.render(); });
     const speed = document.createElement("select");
+    speed.title = "the speed to aim for";
     for (const [label, v] of SPEEDS) speed.add(new Option(`${label} steps/s`, String(v), false, v === this.rate));
     speed.onchange = () => { this.rate = Number(speed.value); };
     el.appendChild(speed);
     this.counter = document.createElement("span");
     this.counter.className = "count";
     el.appendChild(this.counter);
+    this.speedo = document.createElement("span");   // the speed measured over the last second
+    this.speedo.className = "rate";
+    this.speedo.title = "steps computed per second, measured over the last second";
+    el.appendChild(this.speedo);
     new IntersectionObserver((e) => { this.visible = e[0].isIntersecting; }).observe(el.parentElement);
   }
 
+  done() { return Boolean(this.limit) && this.steps >= this.limit; }
+
   setPlaying(on) {
     this.playing = on;
-    this.playButton.textContent = on ? "pause" : "play";
+    this.playButton.textContent = on ? "pause" : this.done() ? "replay" : "play";
     this.debt = 0;
+    this.seen = [];
+    this.showRate();
   }
 
   advance(k) {
     for (let i = 0; i < k; i++) { this.step(); this.steps++; }
-    if (this.limit && this.steps >= this.limit && this.playing) this.setPlaying(false);
+    if (this.done() && this.playing) this.setPlaying(false);
+    else if (this.done()) this.playButton.textContent = "replay";
   }
 
-  tick(dt) {                              // called every frame; runs the steps that are due
-    if (!this.playing || !this.visible) return;
+  showRate(now = performance.now()) {     // "… steps/s" while playing, what stopped it otherwise
+    let text;
+    if (!this.playing) text = this.done() ? "done: the step budget is spent" : "paused";
+    else if (!this.visible) text = "off screen: not computing";
+    else {
+      this.seen.push([now, this.steps]);
+      while (this.seen.length > 2 && now - this.seen[0][0] > 1000) this.seen.shift();
+      const [t0, s0] = this.seen[0];
+      if (now - t0 < 200) return;           // too short a time to say
+      if (now - (this.shownAt || 0) < 250) return;
+      text = `${((1000 * (this.steps - s0)) / (now - t0)).toFixed(1)} steps/s`;
+    }
+    this.shownAt = now;
+    this.speedo.textContent = text;
+    this.speedo.dataset.at = String(Math.round(now));      // when it was last measured
+  }
+
+  tick(dt, now) {                         // called every frame; runs the steps that are due
+    if (!this.playing || !this.visible) { if (this.playing) this.showRate(now); return; }
     const t0 = performance.now();
     if (this.rate === Infinity) {
       do this.advance(1); while (this.playing && performance.now() - t0 < 30);
@@ -132,6 +177,7 @@ class Panel {
       while (k-- > 0 && this.playing && performance.now() - t0 < 40) this.advance(1);
     }
     this.render();
+    if (this.playing) this.showRate(now);
   }
 }
 
@@ -140,7 +186,7 @@ let last = performance.now();
 function frame(now) {
   const dt = Math.min(now - last, 100);
   last = now;
-  for (const p of Object.values(panels)) p.tick(dt);
+  for (const p of Object.values(panels)) p.tick(dt, now);
   requestAnimationFrame(frame);
 }
 
@@ -235,6 +281,8 @@ function setupCells() {
     for (const id of ["cells", "cell-res", "cell-votes", "cell-controls"]) $(id).hidden = true;
     return;
   }
+  legend($("cell-legend"), "");
+  $("cell-legend").title = "the colour of each class";
   let z, next, rel = [], cell = null, vote = null, frac = null;
   const bind = () => { m.bind(Float32Array.from(pad.grid), pad.N, pad.N); };
   const read = () => {
@@ -286,8 +334,10 @@ function setupDuel() {
     const el = document.createElement("div");
     el.className = "model";
     el.innerHTML = `<h3>${titles[name]}</h3><canvas class="grid state"></canvas><div class="answer"></div>
-      <canvas class="plot" width="300" height="130"></canvas><canvas class="plot" width="300" height="130"></canvas>`;
+      <canvas class="plot" width="300" height="130"></canvas><canvas class="plot" width="300" height="130"></canvas>
+      <div></div>`;
     $("duel-row").appendChild(el);
+    legend(el.lastElementChild, "lines:");
     const [state, res, probs] = el.querySelectorAll("canvas");
     side[name] = { m: models[name], el, state, res, probs, answer: el.querySelector(".answer") };
   }
@@ -347,7 +397,9 @@ function rgbOnWhite(z, C, i, px) {          // premultiplied RGBA over white (gr
 }
 
 function setupGrow() {
-  const names = Object.keys(models).filter((k) => models[k] instanceof DeqNCA.GrowModel);
+  // the equilibrium rule first, and chosen: the page is about equilibria (BPTT is the comparison)
+  const names = Object.keys(models).filter((k) => models[k] instanceof DeqNCA.GrowModel)
+    .sort((a, b) => (b === "lizard-equilibrium") - (a === "lizard-equilibrium"));
   const label = { "lizard-bptt": "trained by BPTT", "lizard-equilibrium": "trained as an equilibrium" };
   for (const n of names) {
     const o = new Option(label[n] || n, n);
