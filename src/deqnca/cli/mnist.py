@@ -51,19 +51,12 @@ def cmd_train(args) -> int:
     check_model_buildable(lambda: EquilibriumModel(cfg.model))     # an unknown solver or rule setting: exit 2
     out = writable_folder(args.out or f"runs/{args.preset}-seed{cfg.seed}")
     data, record = _training_data(args, out)
+    if device == "cpu" and not cfg.train_subset and not args.resume and not args.json:
+        print(f"training on all {len(data[0]):,} images on the CPU (an epoch takes minutes): --train-subset 2000 "
+              "--test-subset 500 for a first look", file=sys.stderr)
     result = fit(MnistTask(cfg, data, record), out, device=device, resume=args.resume, overwrite=args.overwrite,
                  changed=given, log=lambda s: print(s, file=sys.stderr), progress=not args.json)
     return finish_training(args, out, result, "done: {out}  parameters {parameters}  test accuracy {test_acc:.4f}")
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of an accuracy measured on `n` samples."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 ETA_FROM = 2000        # more test images than this per model: `deqnca eval` says how long it will take
@@ -120,6 +113,8 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
     t = time.time()
     ev = evaluate(model, x, y, batch_size=batch, seed=seed, progress=progress, amp=amp, **(solver_kw or {}))
     res = residual_summary(ev["rel_residual"])
+    from deqnca.tasks.mnist.evaluate import wilson_interval
+
     low, high = wilson_interval(round(ev["accuracy"] * ev["n"]), ev["n"])
     return {
         "checkpoint": str(path), "data": data, "trained_on": (meta.get("data") or {}).get("name"),

@@ -67,3 +67,18 @@ def residual_summary(rel: torch.Tensor) -> dict:
     q = torch.quantile(rel[torch.isfinite(rel)], torch.tensor([0.5, 0.9, 0.99], dtype=torch.double))
     return {"rel_median": q[0].item(), "rel_p90": q[1].item(), "rel_p99": q[2].item(),
             "rel_max": rel.max().item(), "frac_below_1e-3": (rel <= 1e-3).double().mean().item()}
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy measured on `n` samples.
+
+    Examples:
+        >>> [round(v, 3) for v in wilson_interval(98, 100)]
+        [0.93, 0.994]
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
