@@ -112,7 +112,6 @@ COMMANDS = {
                        "tests/test_nca.py::test_demo_quick_writes_report_with_existing_files"),
     "make test": Other("CI runs `make test` itself; this test is part of it"),
     "pip install torch --index-url https://download.pytorch.org/whl/cpu": Other(INSTALL),
-    "pip install deqnca": Other(INSTALL),
     "deqnca eval": Budget("--limit 20", why="both shipped models on 20 test images instead of 10,000"),
     "deqnca rollout mnist-equilibrium --out out/roll": Run(says=("prediction after",)),
     "deqnca grow show grow/lizard-equilibrium": Budget("--steps 16"),
@@ -122,8 +121,13 @@ COMMANDS = {
     "deqnca train --preset essay --device cuda": Gpu(MNIST),
     # ---- docs/getting-started.md ---------------------------------------------------------------------------
     "pip install torch --index-url https://download.pytorch.org/whl/cu130": Other(INSTALL),
-    "git clone <this repository> deqnca": Other("getting the sources"),
+    "git clone https://github.com/deqnca/deqnca": Other("getting the sources: tests/test_install.py installs "
+                                                        "from a copy of the checkout"),
     "cd deqnca": Other("getting the sources"),
+    "pip install .": Other(INSTALL),
+    "pip install build": Other(INSTALL),
+    "python -m build": Other(INSTALL),
+    "pip install dist/deqnca-*.whl": Other(INSTALL),
     "make docs": Other("the site: tests/test_docs.py builds it (mkdocs build --strict)"),
     # ---- docs/architecture.md ------------------------------------------------------------------------------
     "deqnca train --plugin leaky_rule.py --set rule=leaky_tanh --set rule_kw.leak=0.3 --epochs 1":
@@ -242,7 +246,12 @@ COMMANDS = {
     "deqnca train --preset equilibrium --device cuda": Gpu(MNIST),
     "deqnca train --preset equilibrium --set rule_kw.gamma=0.95 --out runs/gamma-0.95": Budget(MNIST),
     # ---- docs/web.md ---------------------------------------------------------------------------------------
-    "deqnca web --out site --cell-model runs/cell/last": Run(says=("wrote site/index.html",)),
+    "deqnca web": Run(says=("out/web/index.html",)),
+    "deqnca web --cell-model runs/cell/last": Run(says=("out/web/index.html",)),
+    "deqnca demo --out out/demo": Budget("--quick", why="the report from smaller samples"),
+    "mkdocs build -d /tmp/site": Other("the site: tests/test_docs.py builds it (mkdocs build --strict)"),
+    "PYTHONPATH=src python scripts/web_screenshots.py --out docs/images --site out/web --report out/demo "
+    "--docs /tmp/site": Script(why="screenshots in a browser of a wheel install; its flags are checked"),
 }
 
 
