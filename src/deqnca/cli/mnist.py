@@ -130,11 +130,16 @@ def evaluate_checkpoint(path, data_dir=None, device="cpu", seed=0, limit=0, solv
 
 
 def _print_eval(r, as_json):
+    from deqnca.reports.report import display_name  # a shipped model by its name, not its install path
+
+    name = display_name(r["checkpoint"])
     if r.get("status"):
         r = {**r, "checkpoint": f"{r['checkpoint']}  [{r['status']}]"}
+        name = f"{name}  [{r['status']}]"
     if as_json:
         print(strict_json(r))
         return
+    r = {**r, "checkpoint": name}
     if r["n"] < r["of"]:
         low, high = r["accuracy_ci95"]
         on = (f"on {r['n']} of {r['of']} images ({r['subset']}; 95% interval {100 * low:.2f}–{100 * high:.2f}%; "
@@ -152,14 +157,8 @@ def _print_eval(r, as_json):
           f"   ({r['seconds']:.0f} s)")
 
 
-def recorded_kind(path) -> str:
-    from deqnca.engine.checkpoint import checkpoint_kind, read_checkpoint
-
-    return checkpoint_kind(read_checkpoint(path, tensors=False)[1])
-
-
 def cmd_eval(args) -> int:
-    from deqnca.cli.tasks import evaluate_with_task, print_task_eval
+    from deqnca.cli.tasks import evaluate_with_task, print_task_eval, recorded_kind
 
     device = setup_device(args.device, measure_threads=True, verbose=getattr(args, "verbose", False))
     solver_kw = {k: v for k, v in {"max_iter": args.max_iter, "tol": args.tol}.items() if v is not None}

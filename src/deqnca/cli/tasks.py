@@ -117,3 +117,10 @@ def print_task_eval(record: dict, as_json: bool) -> None:
     rest = {k: v for k, v in record.items() if k not in ("checkpoint", "kind")}
     print(f"{record['checkpoint']} ({record['kind']})\n  " + "  ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rest.items()))
+
+
+def recorded_kind(path) -> str:
+    """The model kind a checkpoint's record names (its JSON only)."""
+    from deqnca.engine.checkpoint import checkpoint_kind, read_checkpoint
+
+    return checkpoint_kind(read_checkpoint(path, tensors=False)[1])
