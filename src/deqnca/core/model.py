@@ -72,7 +72,11 @@ class CellularModel(nn.Module):
         return self.read(z, x)
 
     def after_update(self) -> None:
-        """Called by the engine after every optimiser step (e.g. a rule's renormalisation); default: nothing."""
+        """Called by the engine after every optimiser step: the rule's own upkeep (e.g. a renormalisation),
+        where the model has a rule that defines one (`after_step`); otherwise nothing."""
+        rule = getattr(self, "rule", None)
+        if callable(getattr(rule, "after_step", None)):
+            rule.after_step()
 
     def describe(self) -> str:
         """One line for `deqnca info`: what the model is and what it computes."""

@@ -128,11 +128,6 @@ class CellsModel(CellularModel):
         f = self.step_map(x, generator)
         return rollout(f, self.initial_state(x, generator) if z0 is None else z0, max_iter, measure=False)
 
-    def after_update(self):
-        """After every optimiser step: the rule's own upkeep (e.g. a renormalisation), where it has one."""
-        if callable(getattr(self.rule, "after_step", None)):
-            self.rule.after_step()
-
     @classmethod
     def describe_config(cls, config) -> str:
         model = {rule: name for name, rule in MODEL_RULES.items()}.get(config.rule, config.rule)

@@ -136,11 +136,6 @@ class EquilibriumModel(CellularModel):
         `generator` is not used)."""
         return self.rule.bind(self.encode(x), self.conditioning)
 
-    def after_update(self):
-        """After every optimiser step: the rule's own upkeep (e.g. a renormalisation), where it has one."""
-        if callable(getattr(self.rule, "after_step", None)):
-            self.rule.after_step()
-
     @classmethod
     def describe_config(cls, config) -> str:
         return "MNIST classifier (EquilibriumModel)"
