@@ -7,6 +7,7 @@ options override it (docs/mazes.md):
 dt        Bansal et al.'s DT-recall: a projection of the maze, 30 recall steps, BPTT.
 deq       the same rule bounded and solved to its fixed point, trained by the phantom gradient.
 geodesic  a max-plus flood with a unique fixed point for any weights, reached exactly.
+trace     floods plus traces back down them on the layout's grid: exact shortest paths with loops.
 """
 from __future__ import annotations
 
@@ -95,4 +96,18 @@ def geodesic() -> MazeConfig:
         200
     """
     return _with_model(model="geodesic", init="mixed", solver="fixed_point", gradient="phantom",
+                       gradient_kw={"k": 10, "tau": 1.0}, train_iters=200, tol=1e-12)
+
+
+@PRESETS.register("trace")
+def trace() -> MazeConfig:
+    """Floods and their traces (tasks/maze/trace.py) on the layout's grid: a unique fixed point, reached exactly,
+    that marks every cell of a cheapest start-to-goal walk — the shortest path, loops or not. Trained like the
+    geodesic model (phantom gradient from the exact fixed point; budget T/2 .. 2T above what a 13x13 maze needs).
+
+    Example:
+        >>> trace().model["model"]
+        'trace'
+    """
+    return _with_model(model="trace", width=4, init="mixed", solver="fixed_point", gradient="phantom",
                        gradient_kw={"k": 10, "tau": 1.0}, train_iters=200, tol=1e-12)

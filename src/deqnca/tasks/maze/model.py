@@ -16,18 +16,57 @@ from deqnca.core.model import MODELS, CellularModel
 from deqnca.core.readout import DIHEDRAL, ConvHead, dihedral_mean
 from deqnca.core.rules import make_rule
 from deqnca.core.solvers import get_solver, residuals, rollout
-from deqnca.tasks.maze import geodesic, recall  # noqa: F401  (they register their rules)
+from deqnca.tasks.maze import geodesic, recall, trace  # noqa: F401  (they register their rules)
 from deqnca.tasks.maze.generate import to_images
 from deqnca.tasks.maze.geodesic import NeighbourFeatures
 from deqnca.tasks.maze.model_config import NETS, MazeNetConfig  # noqa: F401  (re-exported)
 
 
+EXACT = ("geodesic", "trace")     # max-plus rules: a unique fixed point, reached exactly
+
+
 def check_readout_symmetry(model: str, symmetry: str) -> None:
     if symmetry not in DIHEDRAL:
         raise ValueError(f"readout_symmetry {symmetry!r}: choose one of {', '.join(DIHEDRAL)}")
-    if symmetry != "none" and model != "geodesic":
-        raise ValueError(f"readout_symmetry {symmetry!r} is for the geodesic model, whose rule is equivariant; the "
+    if symmetry != "none" and model not in EXACT:
+        raise ValueError(f"readout_symmetry {symmetry!r} is for the geodesic and trace models, whose rules are equivariant; the "
                          f"{model} model's convolutions are not: use none")
+
+
+def to_cells(x):
+    """A benchmark maze image (B, C, H, W) at its layout's resolution: the mean of each 2x2 block inside the
+    1-pixel border (`to_images` draws a layout pixel as one such block)."""
+    return F.avg_pool2d(x[..., 1:-1, 1:-1], 2)
+
+
+def to_pixels(logits):
+    """Layout-resolution path logits (B, 2, L, L) back on the image (B, 2, 2L + 2, 2L + 2): each cell's logits on
+    its 2x2 block, the 1-pixel border read as wall."""
+    up = logits.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    wall = up.new_tensor([0.0, -30.0]).view(1, 2, 1, 1)
+    out = wall.expand(up.shape[0], 2, up.shape[2] + 2, up.shape[3] + 2).clone()
+    out[..., 1:-1, 1:-1] = up
+    return out
+
+
+class TraceHead(nn.Module):
+    """The trace model's read-out: what the rule lets it see of each cell (reached or not, neighbour differences:
+    `TraceRule.features`) -> per-cell `ConvHead` logits on the layout grid (optionally the mean over the 8
+    rotations and reflections, as `GeodesicHead`), painted back on the image's 2x2 blocks."""
+
+    def __init__(self, rule, symmetry: str = "none"):
+        super().__init__()
+        self.features = rule.features
+        self.layers = ConvHead(5 * rule.state_channels, classes=2)
+        self.symmetry = symmetry
+
+    def cell_logits(self, z):
+        def read(state):
+            return self.layers(self.features(state))
+        return dihedral_mean(read, z) if self.symmetry == "d4" else read(z)
+
+    def forward(self, z):
+        return to_pixels(self.cell_logits(z))
 
 
 class GeodesicHead(nn.Sequential):
@@ -75,6 +114,9 @@ class MazeSolverNet(CellularModel):
             self.rule = make_rule("geodesic", input_channels=3, state_channels=w, **config.rule_kw)
             # its state grows with the image: the head reads neighbour differences, which do not
             self.head = GeodesicHead(w, self.rule.cost_max, config.readout_symmetry)
+        elif config.model == "trace":
+            self.rule = make_rule("trace", input_channels=3, floods=w, **config.rule_kw)
+            self.head = TraceHead(self.rule, config.readout_symmetry)
         else:
             self.rule = make_rule("recall", input_channels=3, state_channels=w, blocks=config.blocks,
                                   form=config.model, bound=config.bound)
@@ -90,8 +132,13 @@ class MazeSolverNet(CellularModel):
         self.config.readout_symmetry = self.head.symmetry = symmetry
 
     def step_map(self, x, generator=None):
-        """The rule bound to mazes x (deterministic: `generator` is not used)."""
-        return self.rule.bind(x, self.conditioning)
+        """The rule bound to mazes x (deterministic: `generator` is not used); the trace rule runs on the layout's
+        grid (`to_cells`)."""
+        return self.rule.bind(self.grid_input(x), self.conditioning)
+
+    def grid_input(self, x):
+        """The input at the resolution the state lives at: the layout's for the trace model, else the image."""
+        return to_cells(x) if self.config.model == "trace" else x
 
     def read(self, z, x):
         """(B, 2, H, W): every pixel's path logits (`predict` turns them into the path)."""
@@ -115,7 +162,7 @@ class MazeSolverNet(CellularModel):
         (train/distributed.Shard): x is this process's slice of a global batch; random states are drawn for
         the global batch, as one process draws them, and sliced."""
         kind = kind or (self.config.init if self.training else self._inference_kind())
-        shape = (x.shape[0], self.config.width, *x.shape[2:])
+        shape = (x.shape[0], self.rule.state_channels, *self.grid_input(x[:1, :1]).shape[2:])
         if kind == "projection":
             return F.relu(self.projection(x))
         if kind == "zeros":
@@ -155,7 +202,7 @@ def inference_iters(model, height: int, width: int) -> int:
     """Test-time steps for mazes of H×W pixels: enough to cross the image a few times (information moves
     ~5 px per step); for the geodesic model, the rule's guaranteed bound (every maze reaches its fixed point
     exactly within it, and the solver stops there: docs/mazes.md shows how far that is below the bound)."""
-    if model is not None and model.config.model == "geodesic":
+    if model is not None and model.config.model in EXACT:
         return model.rule.steps_bound(height, width)
     return max(100, 4 * width)
 
@@ -168,7 +215,7 @@ def predict(logits, x):
 def eval_solver_kw(model) -> dict:
     """Test-time fixed-point options: the geodesic rule reaches its fixed point exactly, so its residual (which
     costs twice its step) is checked every 8 steps; the states are the same (tests/test_mazes.py)."""
-    return {"check_every": 8} if model.config.model == "geodesic" else {}
+    return {"check_every": 8} if model.config.model in EXACT else {}
 
 
 def solve_for_eval(model, x, max_iter: int, z0=None):

@@ -8,18 +8,18 @@ from dataclasses import asdict, dataclass, field
 from deqnca.core.configs import load_dataclass, option
 from deqnca.engine.options import MAX_ITERATIONS, MAX_SIZE
 
-NETS = ("dt", "deq", "geodesic")        # MazeNetConfig.model: the kinds of solver-net
+NETS = ("dt", "deq", "geodesic", "trace")        # MazeNetConfig.model: the kinds of solver-net
 
 
 @dataclass
 class MazeNetConfig:
-    """A maze solver-net: which model (dt, deq, geodesic), its sizes, initial state, solver and gradient.
+    """A maze solver-net: which model (dt, deq, geodesic, trace), its sizes, initial state, solver and gradient.
 
     Example:
         >>> MazeNetConfig.from_dict({"model": "deq", "init": "mixed"}).width
         32
     """
-    model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall), "deq" or "geodesic"
+    model: str = "dt"                 # "dt" (Bansal et al.'s DT-recall), "deq", "geodesic" or "trace"
     width: int = option(32, "channels of the state", min=1, max=MAX_SIZE)
     blocks: int = option(2, "residual blocks of the rule", min=1, max=MAX_SIZE)
     init: str = "projection"          # initial state: "projection" (DT), "zeros" / "mixed" (DEQ)
@@ -32,8 +32,8 @@ class MazeNetConfig:
     tol: float = option(1e-3, "convergence tolerance", min=0)
     # DEQ: states lie in [0, bound) (rules/recall.py: 1 saturates)
     bound: float = option(10.0, "bound of the states", min=0, max=1e6)
-    rule_kw: dict = field(default_factory=dict)   # geodesic: GeodesicRule options (cost_min, cost_max)
-    # geodesic: "d4" reads out the mean over the 8 rotations/reflections of the (equivariant) fixed point
+    rule_kw: dict = field(default_factory=dict)   # geodesic, trace: the rule's options (cost_min, cost_max)
+    # geodesic, trace: "d4" reads out the mean over the 8 rotations/reflections of the (equivariant) fixed point
     readout_symmetry: str = "none"
 
     @classmethod
