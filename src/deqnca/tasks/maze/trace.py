@@ -114,8 +114,9 @@ class TraceRule(nn.Module):
         a, k = self.encode(u).float().split([self.floods, 1], dim=1)
         open_ = (u.amax(1, keepdim=True) > 0).float()
         soft = torch.sigmoid(a)
-        emit = (a > 0).float() + soft - soft.detach()       # all or nothing, the sigmoid's gradient
-        s = self.ceiling(u) * emit * open_
+        # all or nothing at strength Z, with the gradient of a unit-strength sigmoid emitter (straight-through): the
+        # geodesic rule's Z-scaled gradient dominated the clipped gradient norm; soft - soft.detach() is exactly 0
+        s = (self.ceiling(u) * (a > 0).float() + soft - soft.detach()) * open_
         cost = self.cost_min + (self.cost_max - self.cost_min) * torch.sigmoid(k)
         return s, cost, open_
 
