@@ -3,7 +3,7 @@
 A generator is `carve(n, start, rng) -> parent` on flat cell indices c = row * n + col: `parent` is a
 list with parent[start] = -1 and, for every other cell, the neighbouring cell it is joined to (the tree
 rooted at the start, so the start-to-goal path is the goal's chain of parents). All randomness comes
-from `rng`, which has already drawn the start and goal. `generate.GENERATORS` names them; the layout,
+from `rng`, which has already drawn the start and goal. `CARVERS` (also `generate.GENERATORS`) names them; the layout,
 the sets and the cache are `generate.py`'s, the statistics of each distribution (docs/mazes.md "Maze
 distributions") `analysis.py`'s.
 """
@@ -171,3 +171,8 @@ def carve_division(n: int, start: int, rng: random.Random) -> list[int]:
             edges.append((a, a + 1))
             todo += [(r0, c0, h, cut), (r0, c0 + cut, h, w - cut)]
     return _root(n, edges, start)
+
+
+# the registry of the perfect generators (generate.GENERATORS is this dict): a name here is a maze spec
+CARVERS = {"dfs": carve_dfs, "prim": carve_prim, "kruskal": carve_kruskal, "wilson": carve_wilson,
+           "division": carve_division}

@@ -22,9 +22,12 @@ used. Maze i of a set is drawn from its own random stream keyed by (version, spl
 any prefix of a set is the same whatever the set's length; every generator reads the same stream, so maze i has the
 same start and goal in every distribution.
 
+A set is named by a maze spec: a generator name (the perfect sets above) or one with loops, unreachable
+regions or starts anywhere (`dfs+loops=0.05`, `percolation+p=0.6`, loops.py), with their own streams.
+
 Here: the layout format, the generator registry, the sets, their cache and their encoding as images.
-The carving algorithms are in `carvers.py`; the BFS check, the perfect-maze check and the statistics
-of each distribution in `analysis.py`.
+The carving algorithms are in `carvers.py`, the specs in `loops.py`; the BFS check, the perfect-maze
+check and the statistics of each distribution in `analysis.py`.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from deqnca.core.fileio import atomic_write, check_regular_file
-from deqnca.tasks.maze.carvers import carve_dfs, carve_division, carve_kruskal, carve_prim, carve_wilson
+from deqnca.tasks.maze import loops
+from deqnca.tasks.maze.carvers import CARVERS
 
 GENERATOR_VERSION = 1
 WALL, OPEN, START, GOAL = 0, 1, 2, 3
@@ -81,8 +85,7 @@ def _rng(split: str, seed: int, size: int, index: int) -> random.Random:
 
 # ---- generators (the algorithms: carvers.py) ------------------------------------------------------
 
-GENERATORS = {"dfs": carve_dfs, "prim": carve_prim, "kruskal": carve_kruskal, "wilson": carve_wilson,
-              "division": carve_division}
+GENERATORS = CARVERS             # the perfect generators by name (carvers.py)
 # a generator's version is part of its cache files: bump it when its output changes, so stale sets
 # are regenerated (dfs stays at GENERATOR_VERSION, which also keys the random streams)
 GENERATOR_VERSIONS = {"dfs": GENERATOR_VERSION, "prim": 1, "kruskal": 1, "wilson": 1, "division": 1}
@@ -95,31 +98,31 @@ def check_generator(name: str) -> str:
     return name
 
 
+def spec_identity(generator) -> tuple[str, int]:
+    """(canonical name, version) of a maze spec (a string or `loops.MazeSpec`): a perfect generator's
+    name and GENERATOR_VERSIONS entry, or any other spec's canonical name and loops.LOOPS_VERSION."""
+    name = str(generator)
+    if name in GENERATORS:
+        return name, GENERATOR_VERSIONS.get(name, GENERATOR_VERSION)
+    spec = loops.parse_spec(generator)
+    return (spec.name, GENERATOR_VERSIONS[spec.name]) if spec.perfect else (spec.name, loops.LOOPS_VERSION)
+
+
+def _layout(n: int, h, v, path: list) -> np.ndarray:
+    """The layout of a maze of open walls h, v and a start-to-goal path of cells, goal first (`loops.pixels`)."""
+    open_, on = loops.pixels(n, h, v, path)
+    layout = open_.astype(np.uint8) * OPEN | on.astype(np.uint8) * ON_PATH
+    layout[2 * (path[-1] // n) + 1, 2 * (path[-1] % n) + 1] = START | ON_PATH
+    layout[2 * (path[0] // n) + 1, 2 * (path[0] % n) + 1] = GOAL | ON_PATH
+    return layout
+
+
 def generate_maze(size: int, rng: random.Random, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
-    """One maze layout ((s+2) x (s+2) uint8) with start, goal and path marked."""
-    n = check_size(size)
-    carve = GENERATORS[check_generator(generator)]
-    side = 2 * n + 1
-    layout = np.zeros((side, side), dtype=np.uint8)
+    """One perfect maze layout ((s+2) x (s+2) uint8) with start, goal and path marked."""
+    n, carve = check_size(size), GENERATORS[check_generator(generator)]
     start, goal = rng.sample(range(n * n), 2)
     parent = carve(n, start, rng)
-    cells = np.arange(n * n)
-    layout[2 * (cells // n) + 1, 2 * (cells % n) + 1] = OPEN
-    child = cells[cells != start]
-    par = np.asarray(parent, dtype=np.int64)[child]
-    # the wall between a cell and its parent sits at the midpoint of their layout pixels
-    layout[(child // n + par // n) + 1, (child % n + par % n) + 1] = OPEN
-    path, c = [goal], goal
-    while c != start:
-        mid = ((c // n + parent[c] // n) + 1, (c % n + parent[c] % n) + 1)
-        layout[mid] |= ON_PATH
-        c = parent[c]
-        path.append(c)
-    path = np.asarray(path)
-    layout[2 * (path // n) + 1, 2 * (path % n) + 1] |= ON_PATH
-    layout[2 * (start // n) + 1, 2 * (start % n) + 1] = START | ON_PATH
-    layout[2 * (goal // n) + 1, 2 * (goal % n) + 1] = GOAL | ON_PATH
-    return layout
+    return _layout(n, *loops.tree_walls(n, parent), loops.tree_path(parent, start, goal))
 
 
 def _generate_range(args) -> np.ndarray:
@@ -127,28 +130,51 @@ def _generate_range(args) -> np.ndarray:
     return np.stack([generate_maze(size, _rng(split, seed, size, i), generator) for i in range(lo, hi)])
 
 
-def generate_set(size: int, count: int, split: str = "test", seed: int = 0, first: int = 0,
-                 workers: int = 0, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
-    """Mazes first .. first+count-1 of a set, (count, s+2, s+2) uint8; maze i depends only on
-    (generator, split, seed, size, i), so a cached prefix can be extended without regenerating it."""
-    check_size(size)
-    check_generator(generator)
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r}: choose one of {SPLITS}")
-    side = layout_side(size)
-    if count <= 0:
-        return np.zeros((0, side, side), dtype=np.uint8)
+def _loop_range(args) -> tuple[np.ndarray, np.ndarray]:
+    split, seed, size, lo, hi, name = args
+    spec, n, out = loops.parse_spec(name), check_size(size), []
+    for i in range(lo, hi):
+        (_, _, h, v, _), path, rejected = loops.draw_accepted(n, loops.spec_rng(spec, split, seed, size, i), spec)
+        out.append((_layout(n, h, v, path), rejected))
+    return np.stack([lay for lay, _ in out]), np.array([r for _, r in out], dtype=np.int32)
+
+
+def _in_spans(fn, job, first: int, count: int, size: int, workers: int) -> list:
+    """[fn(job(lo, hi))] over spans lo .. hi-1 of first .. first+count-1; in processes for large sets only."""
     workers = workers or min(os.cpu_count() or 1, 16)
-    # process start-up (~0.1 s) only pays off for large sets
-    if workers <= 1 or count * side * side < 2_000_000:
-        return _generate_range((split, seed, size, first, first + count, generator))
+    if workers <= 1 or count * layout_side(size) ** 2 < 2_000_000:
+        return [fn(job(first, first + count))]
     chunk = -(-count // (4 * workers))
-    jobs = [(split, seed, size, lo, min(lo + chunk, first + count), generator)
-            for lo in range(first, first + count, chunk)]
+    jobs = [job(lo, min(lo + chunk, first + count)) for lo in range(first, first + count, chunk)]
     # forkserver, not fork: the caller has torch's threads running, and fork() of a multi-threaded
     # process can deadlock the child (Python 3.12 warns about it)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        return np.concatenate(list(pool.map(_generate_range, jobs)))
+        return list(pool.map(fn, jobs))
+
+
+def generate_set(size: int, count: int, split: str = "test", seed: int = 0, first: int = 0,
+                 workers: int = 0, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
+    """Mazes first .. first+count-1 of a set, (count, s+2, s+2) uint8; maze i depends only on
+    (generator, split, seed, size, i), so a cached prefix can be extended without regenerating it.
+    `generator` is any maze spec (loops.py); `generate_counted` also gives the draws rejected."""
+    return generate_counted(size, count, split, seed, first, workers, generator)[0]
+
+
+def generate_counted(size: int, count: int, split: str = "test", seed: int = 0, first: int = 0,
+                     workers: int = 0, generator: str = DEFAULT_GENERATOR) -> tuple[np.ndarray, np.ndarray]:
+    """(the layouts of `generate_set`, the draws rejected before each maze: (count,) int32, all 0 for a
+    perfect spec, whose every draw is a maze with one path)."""
+    name = spec_identity(generator)[0]
+    check_size(size)
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: choose one of {SPLITS}")
+    if count <= 0:
+        return np.zeros((0, layout_side(size), layout_side(size)), dtype=np.uint8), np.zeros(0, dtype=np.int32)
+    job = lambda lo, hi: (split, seed, size, lo, hi, name)
+    if name in GENERATORS:
+        return np.concatenate(_in_spans(_generate_range, job, first, count, size, workers)), np.zeros(count, np.int32)
+    parts = _in_spans(_loop_range, job, first, count, size, workers)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def default_cache() -> Path:
@@ -156,9 +182,11 @@ def default_cache() -> Path:
 
 
 def cache_path(cache, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> Path:
-    # depth-first sets keep the file names they had before there were other generators
-    tag = "" if generator == "dfs" else f"{check_generator(generator)}-"
-    return Path(cache) / f"mazes-{tag}v{GENERATOR_VERSIONS[generator]}-{split}-size{size}-seed{seed}.npz"
+    # depth-first sets keep the file names they had before there were other generators; the other specs
+    # are named by their canonical name made filesystem-safe (dfs+loops=0.05 -> dfs_loops-0.05)
+    name, version = spec_identity(generator)
+    tag = "" if name == "dfs" else f"{name if name in GENERATORS else loops.parse_spec(name).file_tag}-"
+    return Path(cache) / f"mazes-{tag}v{version}-{split}-size{size}-seed{seed}.npz"
 
 
 def layouts_digest(layouts: np.ndarray) -> str:
@@ -182,11 +210,18 @@ def _layouts_shape(path: Path) -> tuple:
     return tuple(shape), dtype
 
 
-def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> np.ndarray | None:
-    """The cached layouts, or None (with a warning) when the file is not a regular file, is unreadable, is
-    from elsewhere, its layouts do not match the content hash it stores (a fast check), or they are not
-    valid mazes (`invalid_layouts`: a hash recomputed over altered layouts does not make them
+def _stale(path: Path, why: str) -> None:
+    warnings.warn(f"{path}: {why}; regenerating it", stacklevel=3)
+
+
+def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = DEFAULT_GENERATOR) -> tuple | None:
+    """(The cached layouts, the draws rejected per maze: stored for the specs of loops.py, 0 for perfect ones),
+    or None (with a warning) when the file is not a regular file, is unreadable, is from elsewhere, its
+    layouts do not match the content hash it stores (a fast check), or they are not valid mazes
+    (`invalid_layouts`, `invalid_loop_layouts`: a hash recomputed over altered layouts does not make them
     valid); the caller then regenerates the set from its seed."""
+    name, version = spec_identity(generator)
+    perfect = name in GENERATORS
     try:
         check_regular_file(path)                # a FIFO would block np.load; a device would never end
         shape, dtype = _layouts_shape(path)
@@ -199,106 +234,76 @@ def _read_cached(path: Path, split: str, size: int, seed: int, generator: str = 
             meta = (made_by, int(f["version"]), str(f["split"]), int(f["seed"]), int(f["size"]))
             digest = str(f["sha256"]) if "sha256" in f.files else None
             layouts = f["layouts"]
+            rejected = np.zeros(len(layouts), dtype=np.int32) if perfect else f["rejected"]
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-        warnings.warn(f"{path}: unreadable maze cache ({type(e).__name__}: {e}); regenerating it", stacklevel=2)
-        return None
-    expected = (generator, GENERATOR_VERSIONS[generator], split, seed, size)
+        return _stale(path, f"unreadable maze cache ({type(e).__name__}: {e})")
+    expected = (name, version, split, seed, size)
     if meta != expected or layouts.ndim != 3 or layouts.shape[1:] != (layout_side(size),) * 2:
-        warnings.warn(f"{path}: cache holds {meta}, expected {expected}; regenerating it", stacklevel=2)
-        return None
+        return _stale(path, f"cache holds {meta}, expected {expected}")
     if digest is None:
-        warnings.warn(f"{path}: maze cache without a content hash (written by an older deqnca); "
-                      "regenerating it", stacklevel=2)
-        return None
+        return _stale(path, "maze cache without a content hash (written by an older deqnca)")
     if layouts.dtype != np.uint8 or layouts_digest(layouts) != digest:
-        warnings.warn(f"{path}: maze cache contents do not match their hash (corrupt); regenerating it",
-                      stacklevel=2)
-        return None
-    bad, why = invalid_layouts(layouts, size)
+        return _stale(path, "maze cache contents do not match their hash (corrupt)")
+    if rejected.shape != (len(layouts),) or rejected.dtype.kind not in "iu" or (rejected < 0).any():
+        return _stale(path, "maze cache without a count of rejected draws per maze")
+    bad, why = (invalid_layouts if perfect else invalid_loop_layouts)(layouts, size)
     if len(bad):
-        warnings.warn(f"{path}: {len(bad)} of its {len(layouts)} layouts are not valid mazes ({why}); "
-                      "regenerating it", stacklevel=2)
-        return None
-    return layouts
+        return _stale(path, f"{len(bad)} of its {len(layouts)} layouts are not valid mazes ({why})")
+    return layouts, rejected.astype(np.int32)
 
 
 def _write_cached(path: Path, layouts: np.ndarray, split: str, size: int, seed: int,
-                  generator: str = DEFAULT_GENERATOR) -> None:
+                  generator: str = DEFAULT_GENERATOR, rejected=None) -> None:
+    name, version = spec_identity(generator)
+    # perfect sets' files stay as they were; the other specs' also keep each maze's rejected draws
+    extra = {} if name in GENERATORS else {"rejected": np.asarray(rejected, dtype=np.int32)}
+
     def write(tmp):
         with open(tmp, "wb") as fh:     # a file object: savez would append ".npz" to a path
-            np.savez_compressed(fh, layouts=layouts, generator=generator, version=GENERATOR_VERSIONS[generator],
-                                split=split, seed=seed, size=size, sha256=layouts_digest(layouts))
+            np.savez_compressed(fh, layouts=layouts, generator=name, version=version, split=split, seed=seed,
+                                size=size, sha256=layouts_digest(layouts), **extra)
     atomic_write(path, write)
 
 
 def load_set(size: int, count: int, split: str = "test", seed: int = 0, cache=None,
              log=None, generator: str = DEFAULT_GENERATOR) -> np.ndarray:
-    """The first `count` layouts of a benchmark set, from the cache or generated (and cached)."""
+    """The first `count` layouts of a benchmark set of a maze spec, from the cache or generated (and cached)."""
+    return load_counted(size, count, split, seed, cache, log, generator)[0]
+
+
+def load_counted(size: int, count: int, split: str = "test", seed: int = 0, cache=None,
+                 log=None, generator: str = DEFAULT_GENERATOR) -> tuple[np.ndarray, np.ndarray]:
+    """(the layouts of `load_set`, the draws rejected before each maze, as `generate_counted`)."""
     check_size(size)
-    check_generator(generator)
+    name = spec_identity(generator)[0]
     if count < 1 or count > MAX_COUNT:
         raise ValueError(f"maze count {count}: must be 1 to {MAX_COUNT:,}")
     if count * layout_side(size) ** 2 > MAX_SET_BYTES:
         raise ValueError(f"{count:,} mazes of size {size} would take {count * layout_side(size) ** 2 / 2**30:.0f} GiB "
                          f"(at most {MAX_SET_BYTES >> 30} GiB in one set); ask for fewer")
-    path = cache_path(cache or default_cache(), split, size, seed, generator)
-    have = _read_cached(path, split, size, seed, generator) if os.path.lexists(path) else None
-    if have is not None and len(have) >= count:
-        return have[:count]
-    have = have if have is not None else np.zeros((0, layout_side(size), layout_side(size)), np.uint8)
+    path = cache_path(cache or default_cache(), split, size, seed, name)
+    have = _read_cached(path, split, size, seed, name) if os.path.lexists(path) else None
+    if have is not None and len(have[0]) >= count:
+        return have[0][:count], have[1][:count]
+    have = have or generate_counted(size, 0)
     t = time.time()
-    extra = generate_set(size, count - len(have), split, seed, first=len(have), generator=generator)
-    layouts = np.concatenate([have, extra])
-    _write_cached(path, layouts, split, size, seed, generator)
+    extra = generate_counted(size, count - len(have[0]), split, seed, first=len(have[0]), generator=name)
+    layouts, rejected = np.concatenate([have[0], extra[0]]), np.concatenate([have[1], extra[1]])
+    _write_cached(path, layouts, split, size, seed, name, rejected)
     if log:
-        log(f"generated {count - len(have)} {split} mazes of size {size} ({generator}) in "
-            f"{time.time() - t:.1f}s -> {path}")
-    return layouts
+        log(f"generated {len(extra[0])} {split} mazes of size {size} ({name}) in {time.time() - t:.1f}s -> {path}")
+    return layouts, rejected
 
 
 # ---- checking a set (the per-maze BFS and perfect-maze checks: analysis.py) -----------------------
 
-def _trees(passage_h: np.ndarray, passage_v: np.ndarray) -> np.ndarray:
-    """Per maze of a batch, whether its open passages join all n² cells into one component (with n² − 1
-    passages: a spanning tree). passage_h (B, n, n−1) joins cell (i, j) to (i, j+1), passage_v (B, n−1, n)
-    joins (i, j) to (i+1, j). Union-find for the whole batch at once: every root hooks onto the smallest
-    root it has an edge to, then every pointer jumps to its root; the components at least halve per round."""
-    b, n = passage_h.shape[0], passage_h.shape[1]
-    cell = np.arange(b * n * n, dtype=np.int64).reshape(b, n, n)
-    u = np.concatenate([cell[:, :, :-1][passage_h], cell[:, :-1, :][passage_v]])
-    w = np.concatenate([cell[:, :, 1:][passage_h], cell[:, 1:, :][passage_v]])
-    parent = np.arange(b * n * n, dtype=np.int64)
-    while True:
-        pu, pw = parent[u], parent[w]
-        apart = pu != pw
-        if not apart.any():
-            break
-        u, w, pu, pw = u[apart], w[apart], pu[apart], pw[apart]     # edges inside a component are done
-        np.minimum.at(parent, np.maximum(pu, pw), np.minimum(pu, pw))
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    roots = parent.reshape(b, n * n)
-    return (roots == roots[:, :1]).all(axis=1)
-
-
-def invalid_layouts(layouts: np.ndarray, size: int) -> tuple[np.ndarray, str]:
-    """(indices of the layouts that are not valid mazes of size `size`, why the first of them is not).
-
-    A valid layout, as `generate_maze` makes every one (vectorised over the set, so a cache of tens of
-    thousands of mazes is checked in about a second): codes WALL/OPEN/START/GOAL with the ON_PATH bit only on
-    open pixels; walls all round and on every post between cells; every cell open; one START and one GOAL,
-    on cells; a perfect maze (n² − 1 open passages joining all n² cells: a spanning tree); and the ON_PATH
-    pixels are exactly the start-to-goal path, i.e. `bfs_path(layout)`: in a tree, a set of open pixels in
-    which start and goal have one marked neighbour and every other marked pixel two is that unique path."""
-    n = check_size(size)
-    lay = np.asarray(layouts)
+def _layout_checks(lay: np.ndarray, n: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """([(per-layout ok, what is wrong otherwise)] of the checks every layout passes, pixel kinds, path marks)."""
     if lay.ndim != 3 or lay.shape[1:] != (2 * n + 1, 2 * n + 1) or lay.dtype != np.uint8:
-        return np.arange(len(lay)), f"not an array of ({2 * n + 1}, {2 * n + 1}) uint8 layouts"
+        bad = np.zeros(len(lay), dtype=bool)
+        return [(bad, f"not an array of ({2 * n + 1}, {2 * n + 1}) uint8 layouts")], None, None
     kind, on = lay & KIND_MASK, (lay & ON_PATH) > 0
-    checks = []                                 # (per-layout ok, what is wrong otherwise)
+    checks = []
     checks.append(((lay < 8).all(axis=(1, 2)) & ~((kind == WALL) & on).any(axis=(1, 2)),
                    "a pixel code that is not wall, open, start or goal, or a wall marked as path"))
     border = np.concatenate([kind[:, 0], kind[:, -1], kind[:, :, 0], kind[:, :, -1]], axis=1)
@@ -310,7 +315,30 @@ def invalid_layouts(layouts: np.ndarray, size: int) -> tuple[np.ndarray, str]:
                    "a start or goal between cells"))
     checks.append((((kind == START).sum(axis=(1, 2)) == 1) & ((kind == GOAL).sum(axis=(1, 2)) == 1),
                    "not exactly one start and one goal"))
-    h, v = h != WALL, v != WALL
+    return checks, kind, on
+
+
+def _failures(checks: list) -> tuple[np.ndarray, str]:
+    """(indices of the layouts failing any check, which check the first check that fails names first)."""
+    ok = np.logical_and.reduce([good for good, _ in checks])
+    why = next((f"maze {int(np.argmin(good))}: {what}" for good, what in checks if not good.all()), "")
+    return np.flatnonzero(~ok), why
+
+
+def invalid_layouts(layouts: np.ndarray, size: int) -> tuple[np.ndarray, str]:
+    """(indices of the layouts that are not valid mazes of size `size`, why the first of them is not).
+
+    A valid layout, as `generate_maze` makes every one (vectorised over the set, so a cache of tens of
+    thousands of mazes is checked in about a second): codes WALL/OPEN/START/GOAL with the ON_PATH bit only on
+    open pixels; walls all round and on every post between cells; every cell open; one START and one GOAL,
+    on cells; a perfect maze (n² − 1 open passages joining all n² cells: a spanning tree); and the ON_PATH
+    pixels are exactly the start-to-goal path, i.e. `bfs_path(layout)`: in a tree, a set of open pixels in
+    which start and goal have one marked neighbour and every other marked pixel two is that unique path."""
+    n, lay = check_size(size), np.asarray(layouts)
+    checks, kind, on = _layout_checks(lay, n)
+    if kind is None:
+        return _failures(checks)
+    h, v = kind[:, 1::2, 2:-1:2] != WALL, kind[:, 2:-1:2, 1::2] != WALL
     passages = h.sum(axis=(1, 2)) + v.sum(axis=(1, 2))
     checks.append((passages == n * n - 1, f"not a perfect maze ({n * n - 1} passages join its {n * n} cells)"))
     # the path: start and goal with one marked neighbour, every other marked pixel with two
@@ -320,19 +348,33 @@ def invalid_layouts(layouts: np.ndarray, size: int) -> tuple[np.ndarray, str]:
     checks.append(((on | ~ends).all(axis=(1, 2)) & ~(on & ends & (degree != 1)).any(axis=(1, 2))
                    & ~(on & ~ends & (degree != 2)).any(axis=(1, 2)),
                    "its marked path is not a path from start to goal"))
-    ok = np.ones(len(lay), dtype=bool)
-    why = ""
-    for good, what in checks:
-        if not why and not good.all():
-            why = f"maze {int(np.argmin(good))}: {what}"
-        ok &= good
-    if ok.any():                                # connectivity last, on the layouts that passed the rest
-        tree = np.zeros(len(lay), dtype=bool)
-        tree[ok] = _trees(h[ok], v[ok])
-        if not why and not tree[ok].all():
-            why = f"maze {int(np.flatnonzero(ok & ~tree)[0])}: not a perfect maze (its cells are not all connected)"
-        ok &= tree
-    return np.flatnonzero(~ok), why
+    ok = np.logical_and.reduce([good for good, _ in checks])
+    tree = ~ok                                  # connectivity last, on the layouts that passed the rest
+    if ok.any():
+        tree[ok] = (loops.components(h[ok], v[ok]) == 0).all(axis=1)
+    checks.append((tree, "not a perfect maze (its cells are not all connected)"))
+    return _failures(checks)
+
+
+def invalid_loop_layouts(layouts: np.ndarray, size: int) -> tuple[np.ndarray, str]:
+    """(indices of the layouts that are not valid mazes of a spec of loops.py, why the first of them is not).
+
+    Valid, as `generate_counted` makes every one: the checks of `invalid_layouts` up to one START and one GOAL
+    on cells; the goal reachable by exactly one shortest path; the ON_PATH pixels exactly that path, i.e.
+    {p : d_start(p) + d_goal(p) = d_start(goal)} (`loops.shortest_marked`: BFS through the whole batch)."""
+    n, lay = check_size(size), np.asarray(layouts)
+    checks, kind, on = _layout_checks(lay, n)
+    if kind is None:
+        return _failures(checks)
+    todo = np.flatnonzero(np.logical_and.reduce([good for good, _ in checks]))   # BFS only through sound layouts
+    path_ok = np.ones(len(lay), dtype=bool)
+    chunk = max(1, (1 << 23) // lay[0].size)   # bounds the BFS's arrays to ~100 MB
+    for rows in (todo[k:k + chunk] for k in range(0, len(todo), chunk)):
+        flat = kind[rows].reshape(len(rows), -1)
+        path_ok[rows] = loops.shortest_marked(kind[rows] != WALL, (flat == START).argmax(1), (flat == GOAL).argmax(1),
+                                              on[rows])
+    checks.append((path_ok, "its marked path is not the unique shortest path from start to goal"))
+    return _failures(checks)
 
 
 # ---- encoding ------------------------------------------------------------------------------------

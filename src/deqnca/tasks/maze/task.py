@@ -37,9 +37,12 @@ def train_maze(model_config: dict, cfg: MazeConfig, out, device: str = "cpu", re
 
 
 def load_mixed(size: int, count: int, split: str, generator: str, cache=None, log=None):
-    """The first `count` layouts of a set; generator "mix" interleaves every generator's sets (maze i of
+    """The first `count` layouts of a set; generator is a maze spec (loops.py), "mix" (the five perfect
+    generators) or comma-separated specs ("dfs,dfs+loops=0.05"); several interleave their sets (maze i of
     each in turn), so that any prefix holds them in equal shares."""
-    gens = list(mazes.GENERATORS) if generator == MIX else [generator]
+    from deqnca.tasks.maze.loops import parse_mix
+
+    gens = [s.name for s in parse_mix(generator)]
     share = -(-count // len(gens))
     parts = [mazes.load_set(size, share, split, cache=cache, log=log, generator=g) for g in gens]
     return np.stack(parts, 1).reshape(-1, *parts[0].shape[1:])[:count]
