@@ -137,9 +137,22 @@ def cmd_show(args) -> int:
     return 0
 
 
+def maze_spec(text: str) -> str:
+    """argparse type of a maze spec (deqnca.tasks.maze.loops): its canonical name, or the spec syntax."""
+    from deqnca.tasks.maze.loops import parse_spec
+    try:
+        return parse_spec(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+SPEC_HELP = ("dfs, prim, kruskal, wilson, division (perfect mazes), GEN+loops=F (F·n² extra openings), "
+             "percolation+p=P, each optionally +anywhere (starts not at the carver's root); docs/mazes.md")
+
+
 def generator_flag(p):
-    p.add_argument("--generator", choices=list(mazes.GENERATORS), default=mazes.DEFAULT_GENERATOR,
-                   help="maze distribution (default dfs: the benchmark's depth-first mazes; docs/mazes.md)")
+    p.add_argument("--generator", type=maze_spec, default=mazes.DEFAULT_GENERATOR, metavar="SPEC",
+                   help=f"maze distribution (default dfs: the benchmark's depth-first mazes): {SPEC_HELP}")
 
 
 def symmetry_flag(p):
@@ -192,8 +205,8 @@ def add_cli(sub) -> None:
     p.add_argument("--max-iters", help="test-time iteration cap, one number or SIZE=N pairs "
                    "(default max(100, 4 x image side); geodesic: its guaranteed bound, it stops at its fixed point)")
     p.add_argument("--aa-count", type=nonneg_int, default=50, help="mazes per size re-solved for the AA score")
-    p.add_argument("--generators", nargs="+", choices=list(mazes.GENERATORS), default=[mazes.DEFAULT_GENERATOR],
-                   help="maze distributions to evaluate every checkpoint on (default dfs)")
+    p.add_argument("--generators", nargs="+", type=maze_spec, default=[mazes.DEFAULT_GENERATOR], metavar="SPEC",
+                   help=f"maze distributions to evaluate every checkpoint on (default dfs): {SPEC_HELP}")
     p.add_argument("--out", default="out/maze-eval", help="folder for eval.json and the plots (default out/maze-eval)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the geodesic rule's step first (same states bit for bit; not faster at 59x59 "

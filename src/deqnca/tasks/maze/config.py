@@ -17,6 +17,7 @@ from deqnca.core.configs import option
 from deqnca.core.registry import Registry
 from deqnca.engine.options import TrainConfig
 from deqnca.tasks.maze import generate as mazes
+from deqnca.tasks.maze import loops
 from deqnca.tasks.maze.model_config import MazeNetConfig
 
 MIX = "mix"      # MazeConfig.generator: every generator of mazes.GENERATORS in equal shares
@@ -44,9 +45,13 @@ class MazeConfig(TrainConfig):
     val_count: int = option(200, "held-out test mazes of the training size evaluated after each epoch",
                            min=1, max=mazes.MAX_COUNT)
     cache: str = option("", "maze cache folder (default ~/.cache/deqnca/mazes)", flag=False)
-    generator: str = option(mazes.DEFAULT_GENERATOR, "maze distribution of the training and held-out mazes "
-                            "(mix: equal shares of every generator, mixed within each batch)",
-                            choices=(*mazes.GENERATORS, MIX))
+    generator: str = option(mazes.DEFAULT_GENERATOR, "maze distribution(s) of the training and held-out mazes: a "
+                            "maze spec (dfs, prim, kruskal, wilson, division, GEN+loops=F, percolation+p=P, each "
+                            "optionally +anywhere), several separated by commas, or mix (the five perfect "
+                            "generators); several are in equal shares, mixed within each batch")
+
+    def __post_init__(self):
+        loops.check_mix(self.generator)        # a one-line error naming the spec syntax
 
 
 PRESETS = Registry("maze preset", "a function of no arguments returning a MazeConfig")

@@ -147,7 +147,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     in the whole set."""
     from deqnca.viz.figures import line_plot
 
-    generators = tuple(mazes.check_generator(g) for g in generators)
+    generators = tuple(mazes.spec_identity(g)[0] for g in generators)
     # the default (depth-first only) keeps its log lines, labels and files; any other choice names them
     named = generators != (mazes.DEFAULT_GENERATOR,)
     results = {}

@@ -14,11 +14,11 @@ Spec syntax (`parse_spec`; the canonical order and number format are `MazeSpec.n
 
 e.g. `dfs+loops=0.05+anywhere`, `percolation+p=0.6`. The five plain names are generate.py's perfect
 sets, byte for byte (their streams, cache names and check). Every other spec draws maze i from its own
-stream (`spec_rng`: the canonical name is part of the key) in attempts, each a fresh start, goal and
-maze, until the goal is reachable and the shortest start-to-goal path is unique (`draw_accepted`);
-that path is the target; the attempts rejected before are counted, and a maze without an acceptable
-draw in MAX_ATTEMPTS is an error. Uniqueness favours a start and goal close together: at size 59 the
-paths of dfs+loops=0.05 average 54 cells, dfs's 262. This module works on the cell graph and on flat pixel masks; the
+stream (`spec_rng`: the canonical name is part of the key): a start, a goal (for percolation, among the cells
+the start reaches; a start that reaches none is drawn again) and a maze; then, while the goal has several
+shortest paths, one wall on some but not all of them is closed (`make_unique`). The unique shortest path is
+the target; the changes it took are counted (`rejected`). Rejecting whole draws with ties instead favoured
+a start and goal close together (docs/mazes.md). This module works on the cell graph and on flat pixel masks; the
 layouts, sets, cache and their check (`generate.invalid_loop_layouts`) are generate.py's. The statistics
 of each spec: `statistics_table`, also `python -m deqnca.tasks.maze.loops --sizes 9 19 59 --count 300`.
 """
@@ -33,7 +33,7 @@ import numpy as np
 
 from deqnca.tasks.maze.carvers import CARVERS
 
-LOOPS_VERSION = 1                # keys the streams and cache files of every non-perfect spec: bump when they change
+LOOPS_VERSION = 2                # keys the streams and cache files of every non-perfect spec: bump when they change
 MAX_ATTEMPTS = 1000              # draws of one maze before giving up
 PERCOLATION = "percolation"
 MIX = "mix"                      # MazeConfig.generator: the five perfect generators in equal shares
@@ -189,7 +189,8 @@ def pixels(n: int, h, v, path: list) -> tuple[np.ndarray, np.ndarray]:
 
 def draw(n: int, rng: random.Random, spec: MazeSpec) -> tuple:
     """One attempt: (start, goal, h, v, parent), h and v the open walls (`tree_walls`), parent the tree
-    before the openings (None for percolation). Start and goal are drawn first, as generate.py does."""
+    before the openings (None for percolation). Start and goal are drawn first, as generate.py does; a
+    percolation goal is then drawn among the cells the start reaches (None when it reaches none)."""
     start, goal = rng.sample(range(n * n), 2)
     if spec.generator == PERCOLATION:
         h, v = bytearray(n * n), bytearray(n * n)
@@ -197,7 +198,8 @@ def draw(n: int, rng: random.Random, spec: MazeSpec) -> tuple:
             h[c] = c % n < n - 1 and rng.random() < spec.p
         for c in range(n * n - n):
             v[c] = rng.random() < spec.p
-        return start, goal, h, v, None
+        region = [c for c, d in enumerate(_bfs(n, h, v, start)[0]) if d > 0]
+        return start, (rng.choice(region) if region else None), h, v, None
     root = start
     if spec.anywhere:
         root = rng.randrange(n * n - 1)
@@ -213,6 +215,62 @@ def draw(n: int, rng: random.Random, spec: MazeSpec) -> tuple:
             else:
                 v[w - n * n] = 1
     return start, goal, h, v, parent
+
+
+def _moves(n: int, h, v, c: int):
+    """(neighbour, wall) of cell c through its open walls; a wall is c' for h[c'] or n² + c' for v[c']."""
+    if c >= n and v[c - n]:
+        yield c - n, n * n + c - n
+    if c < n * n - n and v[c]:
+        yield c + n, n * n + c
+    if c % n and h[c - 1]:
+        yield c - 1, c - 1
+    if c % n < n - 1 and h[c]:
+        yield c + 1, c
+
+
+def _bfs(n: int, h, v, source: int) -> tuple[list, list]:
+    """(distance from source, -1 where unreached; the exact number of shortest paths) for every cell."""
+    dist, count = [-1] * (n * n), [0] * (n * n)
+    dist[source], count[source] = 0, 1
+    todo = deque([source])
+    while todo:
+        c = todo.popleft()
+        for d, _ in _moves(n, h, v, c):
+            if dist[d] < 0:
+                dist[d] = dist[c] + 1
+                todo.append(d)
+            if dist[d] == dist[c] + 1:
+                count[d] += count[c]
+    return dist, count
+
+
+def make_unique(n: int, h, v, start: int, goal: int, rng: random.Random, keep=frozenset()) -> int:
+    """Close open walls, one at a time, until the goal has a unique shortest path; returns how many. Each wall
+    closed lies on some shortest path but not on all of them (so a shortest path survives and the goal stays
+    reachable), drawn at random among those not in `keep` (a perfect maze's own passages) when there are any.
+    Rejecting whole draws instead favoured a start and goal close together (docs/mazes.md)."""
+    closed = 0
+    while True:
+        ds, cs = _bfs(n, h, v, start)
+        total = cs[goal]
+        if total == 1:
+            return closed
+        dg, cg = _bfs(n, h, v, goal)
+        length, tied = ds[goal], []
+        for a in range(n * n):
+            if ds[a] < 0 or dg[a] < 0 or ds[a] + dg[a] != length:
+                continue
+            for b, wall in _moves(n, h, v, a):
+                if dg[b] == dg[a] - 1 and cs[a] * cg[b] < total:
+                    tied.append(wall)
+        loose = [w for w in tied if w not in keep]
+        wall = rng.choice(loose or tied)
+        if wall < n * n:
+            h[wall] = 0
+        else:
+            v[wall - n * n] = 0
+        closed += 1
 
 
 def unique_path(n: int, h, v, start: int, goal: int) -> list | None:
@@ -245,14 +303,24 @@ def unique_path(n: int, h, v, start: int, goal: int) -> list | None:
 
 
 def draw_accepted(n: int, rng: random.Random, spec: MazeSpec) -> tuple:
-    """(the first attempt of `draw` whose goal has a unique shortest path, that path, the attempts rejected)."""
+    """(an attempt of `draw` made to have a unique shortest path, that path, the changes it took: the draws
+    discarded (a percolation start that reaches no cell) plus the walls `make_unique` closed)."""
     for rejected in range(MAX_ATTEMPTS):
-        attempt = draw(n, rng, spec)
-        path = unique_path(n, attempt[2], attempt[3], attempt[0], attempt[1])
-        if path is not None:
-            return attempt, path, rejected
-    raise ValueError(f"maze spec {spec.name}, {n}x{n} cells: none of {MAX_ATTEMPTS} draws had a goal reachable by a "
-                     "unique shortest path; use fewer loops, another p or a smaller size")
+        start, goal, h, v, parent = draw(n, rng, spec)
+        if goal is None:
+            continue
+        keep = frozenset() if parent is None else _tree_walls_set(n, parent)
+        closed = make_unique(n, h, v, start, goal, rng, keep)
+        path = unique_path(n, h, v, start, goal)
+        return (start, goal, h, v, parent), path, rejected + closed
+    raise ValueError(f"maze spec {spec.name}, {n}x{n} cells: none of {MAX_ATTEMPTS} draws had a start that reaches "
+                     "another cell; use a larger p")
+
+
+def _tree_walls_set(n: int, parent: list) -> frozenset:
+    """The walls (as `_moves` names them) a tree of parents opens: make_unique closes the others first."""
+    h, v = tree_walls(n, parent)
+    return frozenset([c for c in range(n * n) if h[c]] + [n * n + c for c in range(n * n) if v[c]])
 
 
 # ---- batches: BFS and components -----------------------------------------------------------------
@@ -324,8 +392,8 @@ def components(passage_h: np.ndarray, passage_v: np.ndarray) -> np.ndarray:
 
 def spec_statistics(spec, size: int, count: int = 300, split: str = "test", seed: int = 0) -> dict:
     """Means over mazes 0 .. count-1 of `spec` (drawn from `spec_rng`, so for a non-perfect spec the mazes of
-    its set; a perfect spec's set has other streams, the same distribution): `rejected` (the fraction of
-    draws rejected), `path_cells`, `changed` (the fraction whose path is not the path of the tree before the
+    its set; a perfect spec's set has other streams, the same distribution): `rejected` (per maze, the draws
+    discarded and walls closed to reach a unique shortest path: `draw_accepted`), `path_cells`, `changed` (the fraction whose path is not the path of the tree before the
     openings; NaN for percolation), `unreachable` (the fraction of cells the start cannot reach),
     `cycle_rank` (independent loops: passages - cells + components) and `ms` per maze."""
     spec, n = parse_spec(spec), (size + 1) // 2
@@ -339,7 +407,7 @@ def spec_statistics(spec, size: int, count: int = 300, split: str = "test", seed
         rows.append((rejected, len(path), changed, (comp != comp[start]).mean(),
                      ph.sum() + pv.sum() - n * n + len(np.unique(comp))))
     r = np.array(rows, dtype=np.float64)
-    return {"spec": spec.name, "size": size, "mazes": count, "rejected": r[:, 0].sum() / (r[:, 0].sum() + count),
+    return {"spec": spec.name, "size": size, "mazes": count, "rejected": r[:, 0].mean(),
             "path_cells": r[:, 1].mean(), "changed": r[:, 2].mean(), "unreachable": r[:, 3].mean(),
             "cycle_rank": r[:, 4].mean(), "ms": 1000 * (time.perf_counter() - t) / count}
 
@@ -350,7 +418,7 @@ DEFAULT_SPECS = ("dfs", "dfs+anywhere", "dfs+loops=0.05", "dfs+loops=0.2", "dfs+
 
 def statistics_table(sizes=(9, 19, 59), count: int = 300, specs=None, split: str = "test", seed: int = 0) -> str:
     """Markdown table of `spec_statistics` for every spec and size; a spec that gives up at a size says so."""
-    rows = ["| spec | size | rejected draws | path (cells) | path changed by loops | unreachable cells | "
+    rows = ["| spec | size | changes per maze (walls closed, draws discarded) | path (cells) | path changed by loops | unreachable cells | "
             "cycle rank | ms per maze |", "|---|---|---|---|---|---|---|---|"]
     for spec in specs or DEFAULT_SPECS:
         for s in sizes:
@@ -361,7 +429,7 @@ def statistics_table(sizes=(9, 19, 59), count: int = 300, specs=None, split: str
                             " | | | | |")
                 continue
             changed = "-" if np.isnan(st["changed"]) else f"{st['changed']:.3f}"
-            rows.append(f"| {st['spec']} | {s} | {st['rejected']:.3f} | {st['path_cells']:.1f} | {changed} | "
+            rows.append(f"| {st['spec']} | {s} | {st['rejected']:.2f} | {st['path_cells']:.1f} | {changed} | "
                         f"{st['unreachable']:.3f} | {st['cycle_rank']:.1f} | {st['ms']:.2f} |")
     return "\n".join(rows)
 

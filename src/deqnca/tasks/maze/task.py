@@ -16,6 +16,7 @@ import torch
 from deqnca.engine import distributed
 from deqnca.engine.trainer import TASKS, Batch, Task, epoch_order
 from deqnca.tasks.maze import generate as mazes
+from deqnca.tasks.maze import loops
 from deqnca.tasks.maze.config import MIX, PRESETS, MazeConfig
 from deqnca.tasks.maze.model import MazeSolverNet, deq_loss, dt_loss, quick_accuracy
 
@@ -53,13 +54,13 @@ def maze_record(cfg: MazeConfig, sizes: list, train: list, val) -> dict:
     version), sizes, counts and the split seed, hashed with the layouts' own hashes (`layouts_digest`)."""
     import hashlib
 
-    gens = list(mazes.GENERATORS) if cfg.generator == MIX else [cfg.generator]
+    gens = [spec.name for spec in loops.parse_mix(cfg.generator)]
     lines = [f"train {s} {mazes.layouts_digest(lay)}\n" for s, lay in zip(sizes, train)]
     lines.append(f"test {cfg.train_size} {mazes.layouts_digest(val)}\n")
     side = mazes.image_side(cfg.train_size)
     return {"name": f"mazes:{cfg.generator}", "source": "generated",
             "sha256": hashlib.sha256("".join(lines).encode()).hexdigest(),
-            "generators": {g: mazes.GENERATOR_VERSIONS[g] for g in gens}, "sizes": list(sizes),
+            "generators": dict(mazes.spec_identity(g) for g in gens), "sizes": list(sizes),
             "train": cfg.train_count, "test": cfg.val_count, "seed": 0, "shape": [3, side, side], "labels": [0, 1]}
 
 
