@@ -87,6 +87,7 @@ def live_page(chromium, index: Path, out: Path) -> list[str]:
         page.mouse.down()
         page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.5 * box["height"], steps=8)
         page.mouse.up()
+        page.select_option("#maze-model", "maze-dt")           # the panel starts on an equilibrium solver
         page.select_option("#maze-size", "19")
         page.evaluate("deqncaTest.pauseAll()")
         page.click("#maze-controls button:text-is('reset')")    # from step 0 whatever ran meanwhile

@@ -252,6 +252,8 @@ COMMANDS = {
     "mkdocs build -d /tmp/site": Other("the site: tests/test_docs.py builds it (mkdocs build --strict)"),
     "PYTHONPATH=src python scripts/web_screenshots.py --out docs/images --site out/web --report out/demo "
     "--docs /tmp/site": Script(why="screenshots in a browser of a wheel install; its flags are checked"),
+    "PYTHONPATH=src python -m pytest -q -s tests/test_web.py -k 59_maze":
+        Other("the suite runs this test (the live page's acceptance check); the file it names exists", paths=True),
 }
 
 

@@ -83,7 +83,8 @@ def _rollout(tmp_path, out):
 
 
 def _web(tmp_path, out):
-    return ["web", "--out", out, "--no-examples"], ["index.html", "style.css", "models.js", "app.js", "weights.js"]
+    return ["web", "--out", out, "--no-examples"], ["index.html", "style.css", "models.js", "mazes.js", "app.js",
+                                                    "weights.js"]
 
 
 @pytest.mark.parametrize("command", [_rollout, _web], ids=["rollout", "web"])

@@ -22,6 +22,8 @@ from deqnca.web.export import (
     _load_models,
     build_bundle,
     default_models_dir,
+    emitters,
+    maze_spec,
     mnist_spec,
     write_bundle,
     write_site,
@@ -33,12 +35,16 @@ TOL = 1e-4      # relative error, float32 (the page stores float32 and accumulat
 def _deqnca():
     """The deqnca modules these tests use besides the exporter, in one place."""
     from deqnca.core.readout import ink_mask, ink_vote
+    from deqnca.engine.checkpoint import save_checkpoint
     from deqnca.tasks.maze import analysis as maze_analysis
     from deqnca.tasks.maze import generate as mazes
+    from deqnca.tasks.maze import model as maze_model
+    from deqnca.tasks.maze.config import PRESETS as maze_presets
     from deqnca.tasks.mnist.task import MnistConfig as TrainConfig
     from deqnca.tasks.mnist.task import train
-    return types.SimpleNamespace(mazes=mazes, maze_analysis=maze_analysis, ink_mask=ink_mask, ink_vote=ink_vote,
-                                 TrainConfig=TrainConfig, train=train)
+    return types.SimpleNamespace(mazes=mazes, maze_analysis=maze_analysis, maze_model=maze_model,
+                                 maze_presets=maze_presets, save_checkpoint=save_checkpoint, ink_mask=ink_mask,
+                                 ink_vote=ink_vote, TrainConfig=TrainConfig, train=train)
 
 
 def _train_tiny_cell_model(out, data):
@@ -53,11 +59,43 @@ def _train_tiny_cell_model(out, data):
     return out / "last"
 
 
+def handset_trace_model():
+    """A trace model that solves mazes before it is trained: flood 0 emits at the start's colour (0, 1, 0), flood 1 at
+    the goal's (1, 0, 0), floods 2 and 3 nowhere, every open cell costs the same, so trace (0, 1) (channel 4) marks
+    the cells of the shortest start-to-goal paths; its head is random (seeded)."""
+    d = _deqnca()
+    torch.manual_seed(0)
+    model = d.maze_model.MazeSolverNet(d.maze_presets.build("trace").model)
+    with torch.no_grad():
+        w, b = model.rule.encode.weight, model.rule.encode.bias
+        w.zero_()
+        b.fill_(-1)
+        w[0, :, 0, 0] = torch.tensor([-2., 2., -2.])
+        w[1, :, 0, 0] = torch.tensor([2., -2., -2.])
+    return model.eval()
+
+
+def models_folder(root, trace: bool = True):
+    """The shipped models' folder (as links), with the hand-set trace model saved as `maze/trace` (trace=True) or
+    without any `maze/trace` (the export leaves it out)."""
+    src, out = default_models_dir(), root / "models"
+    (out / "maze").mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.name != "maze":
+            (out / entry.name).symlink_to(entry)
+    for entry in (src / "maze").iterdir():
+        if not entry.name.startswith("trace."):
+            (out / "maze" / entry.name).symlink_to(entry)
+    if trace:
+        _deqnca().save_checkpoint(out / "maze" / "trace", handset_trace_model(), meta={"kind": "maze"})
+    return out
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, mnist_small):
     root = tmp_path_factory.mktemp("web")
     cell = _train_tiny_cell_model(root / "cell", mnist_small)
-    models = _load_models(default_models_dir(), cell)        # what write_site does, loading once
+    models = _load_models(models_folder(root), cell)         # what write_site does, loading once
     index = write_bundle(root / "site", build_bundle(models))
     flat = {**{k: m for k, (m, _) in models["mnist"].items()}, "cell": models["cell"][0],
             **{k: m for k, (m, _) in models["grow"].items()}, **{k: m for k, (m, _) in models["maze"].items()}}
@@ -87,9 +125,10 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def run_page(page, name, steps, x=None, z0=None, fire=None):
-    """The page's state after `steps` from input x and state z0 (None: the model's own start)."""
-    args = {"steps": steps, "x": None if x is None else browser.b64(x),
+def run_page(page, name, steps, x=None, z0=None, fire=None, until_fixed=False):
+    """The page's state after `steps` from input x and state z0 (None: the model's own start); `until_fixed`: or
+    at the first step that changes nothing (a max-plus maze model)."""
+    args = {"steps": steps, "x": None if x is None else browser.b64(x), "untilFixed": until_fixed,
             "z0": None if z0 is None else browser.b64(z0), "fire": None if fire is None else browser.b64(fire)}
     if x is not None:
         args.update(H=x.shape[-2], W=x.shape[-1])
@@ -204,6 +243,174 @@ def test_maze_solvers_step_as_pytorch(page, site, name):
             assert pred.equal(path.bool())                   # DT-recall solves a 13x13 maze in 40 steps
 
 
+# ---- the max-plus equilibrium solvers (geodesic, trace): their states are PyTorch's bit for bit ----------------
+
+def count_shortest_paths(layout):
+    """(length, number of shortest start-to-goal paths, counted up to 2) through the open layout pixels."""
+    d = _deqnca()
+    kind = layout & d.mazes.KIND_MASK
+    start, goal = (tuple(np.argwhere(kind == k)[0]) for k in (d.mazes.START, d.mazes.GOAL))
+    dist, count, todo = {start: 0}, {start: 1}, [start]
+    for p in todo:                                          # breadth first: todo grows as it is read
+        for q in ((p[0] + 1, p[1]), (p[0] - 1, p[1]), (p[0], p[1] + 1), (p[0], p[1] - 1)):
+            if kind[q] == d.mazes.WALL:
+                continue
+            if q not in dist:
+                dist[q], count[q] = dist[p] + 1, 0
+                todo.append(q)
+            if dist[q] == dist[p] + 1:
+                count[q] = min(2, count[q] + count[p])
+    return dist[goal], count[goal]
+
+
+def page_maze(page, size, seed, loops=0.0):
+    """(layout, image x, path mask) of the page's maze for `size`, `seed`, `loops`."""
+    d = _deqnca()
+    got = page.evaluate("([s, r, l]) => deqncaTest.maze(s, r, l)", [size, seed, loops])
+    layout = np.asarray(got["layout"], dtype=np.uint8).reshape(got["side"], -1)
+    x, path = d.mazes.to_images(layout[None])
+    assert np.array_equal(browser.unb64(got["x"]), x.flatten().numpy())
+    return layout, x, path
+
+
+@pytest.mark.parametrize("size,seed,loops", [(13, 4, 0.1), (33, 5, 0.05), (59, 6, 0.01), (59, 7, 0.1)])
+def test_page_mazes_with_loops_have_one_shortest_path_and_mark_it(page, size, seed, loops):
+    d = _deqnca()
+    layout, _, _ = page_maze(page, size, seed, loops)
+    n = (size + 1) // 2
+    perfect = 2 * n * n - 1                                 # open pixels of a perfect maze: n² cells, n² − 1 passages
+    assert not d.maze_analysis.is_perfect(layout)
+    assert ((layout & d.mazes.KIND_MASK) != d.mazes.WALL).sum() == perfect + round(loops * n * n)
+    assert not (layout[::2, ::2] & d.mazes.KIND_MASK).any()        # the wall posts stay
+    length, paths = count_shortest_paths(layout)
+    marked = (layout & d.mazes.ON_PATH) > 0
+    assert paths == 1 and marked.sum() == length + 1
+    assert (d.maze_analysis.bfs_path(layout) == marked).all()
+
+
+def torch_fixed_point(model, x):
+    """(z*, N): PyTorch's fixed point from the test-time start and the steps N after which the state is it."""
+    f, z = model.step_map(x), model.inference_state(x)
+    for n in range(model.rule.steps_bound(*z.shape[2:])):
+        fz = f(z)
+        if torch.equal(fz, z):
+            return z, n
+        z = fz
+    raise AssertionError("no fixed point within the rule's bound")
+
+
+def check_answer(out, model, z, x):
+    """The page's logits are the head's at z within float32 round-off, and its path mask is PyTorch's (a pixel whose
+    two logits tie within that round-off may go either way)."""
+    d = _deqnca()
+    logits = model.head(z)
+    assert rel_err(out["logits"], logits) <= TOL, rel_err(out["logits"], logits)
+    pred = d.maze_model.predict(logits, x)[0]
+    got = torch.from_numpy(browser.unb64(out["path"], np.uint8).copy()).view(pred.shape).bool()
+    tie = (logits[0, 1] - logits[0, 0]).abs() <= 1e-5 * logits.abs().max()
+    assert torch.equal(got | tie, pred | tie) and (got != pred).sum() <= 2
+    return pred
+
+
+@pytest.mark.parametrize("name,size,loops", [("maze-geodesic", 9, 0), ("maze-geodesic", 33, 0),
+                                             ("maze-trace", 9, 0.1), ("maze-trace", 33, 0.05)])
+def test_max_plus_solvers_are_pytorch_bit_for_bit(page, site, one_thread, name, size, loops):
+    model = site.models[name]
+    layout, x, path = page_maze(page, size, 11, loops)
+    with torch.no_grad():
+        zf, n = torch_fixed_point(model, x)
+        f, z = model.step_map(x), model.inference_state(x)
+        for _ in range(n // 2):
+            z = f(z)
+        out = run_page(page, name, n // 2, x)                # z0 = None: zeros, the test-time start
+        assert torch.equal(torch.from_numpy(browser.unb64(out["z"]).copy()).view(z.shape), z)
+        assert min(out["rel"]) > 0
+        out = run_page(page, name, model.rule.steps_bound(*zf.shape[2:]), x, until_fixed=True)
+        assert out["fixedAt"] == n and out["rel"][-1] == 0 and min(out["rel"][:-1]) > 0
+        assert torch.equal(torch.from_numpy(browser.unb64(out["z"]).copy()).view(zf.shape), zf)
+        pred = check_answer(out, model, zf, x)
+        if name == "maze-trace":                             # the hand-set trace marks the shortest path
+            assert torch.equal(zf[0, 4] > 0, torch.from_numpy((layout & 4) > 0))
+        else:                                               # the shipped geodesic model solves perfect mazes
+            assert torch.equal(pred, path[0].bool())
+
+
+@pytest.mark.parametrize("form", ["geodesic", "trace"])
+def test_emitters_and_Z_are_rounded_as_pytorch_rounds_them(page, form, one_thread):
+    # a cost_max that makes Z = cost_max·H·W inexact in float32, random weights (emitters of several colours, costs
+    # that differ per colour): the page's emitters s = Z·((a > 0) + soft − soft) (trace: Z·(a > 0) + soft − soft)
+    # are torch's float32 results (the geodesic's differ from Z by an ulp for some colours: seed 4), and its states
+    # PyTorch's bit for bit
+    d = _deqnca()
+    torch.manual_seed(4)
+    cfg = d.maze_presets.build(form).model
+    cfg.update(width=3, rule_kw={"cost_min": 0.6, "cost_max": 1.7}, readout_symmetry="d4")
+    model = d.maze_model.MazeSolverNet(cfg).eval()
+    spec = maze_spec(model, "random")
+    layout, x, _ = page_maze(page, 11, 2, 0.05)             # 28 x 28 pixels, 13 x 13 cells: Z = 1.7 · 784, 1.7 · 169
+    with torch.no_grad():
+        u = model.grid_input(x)
+        s, _, open_ = model.rule.fields(u)
+        top = model.rule.ceiling(u)
+        assert float(np.float32(top)) != top                 # Z is rounded
+        colour = torch.from_numpy(d.mazes.PALETTE)[None, :, :, None, None].eq(u[:, None]).all(2).float().argmax(1)[0]
+        t = spec["tensors"]
+        bit, soft = (browser.unb64(t[k]["data"]).reshape(4, -1)[colour.numpy()] for k in ("bit", "soft"))
+        want = emitters(form, bit, soft, open_[0].permute(1, 2, 0).numpy(), top)
+        assert np.array_equal(want, s[0].permute(1, 2, 0).numpy())
+        assert (s > 0).any()
+        if form == "geodesic":
+            assert not np.isin(s[s > 0].numpy(), [np.float32(top)]).all()                   # s is not just Z
+        zf, n = torch_fixed_point(model, x)
+        out = run_page(page, spec, n + 1, x, until_fixed=True)
+        assert out["Z"] == float(np.float32(top)) and out["fixedAt"] == n
+        assert torch.equal(torch.from_numpy(browser.unb64(out["z"]).copy()).view(zf.shape), zf)
+        check_answer(out, model, zf, x)
+
+
+def test_the_panel_solves_a_59_maze_with_the_trace_model_as_pytorch_at_60_steps_per_second(page, site, one_thread):
+    # the acceptance check: the live panel, driven through its controls, solves a 59x59 maze (with loops) with the
+    # trace model to its fixed point, equal to PyTorch's answer, at >= 60 steps/s; beside DT-recall at 33x33
+    d = _deqnca()
+    page.evaluate("deqncaTest.pauseAll()")
+    page.locator("#maze").scroll_into_view_if_needed()     # panels out of view do not compute
+    page.select_option("#maze-model", "maze-trace")
+    page.select_option("#maze-loops", "0.05")
+    page.select_option("#maze-size", "59")                 # a new maze, playing at "max"
+    page.wait_for_function("document.getElementById('maze-status').dataset.phase === 'done'", timeout=120_000)
+    got = page.evaluate("deqncaTest.mazePanel()")
+    assert got["model"] == "maze-trace" and got["side"] == 61 and got["residual"] == 0
+    assert _text(page, "#maze-controls .rate") == "done: at the fixed point"
+    layout = np.asarray(got["layout"], dtype=np.uint8).reshape(got["side"], -1)
+    x, path = d.mazes.to_images(layout[None])
+    model = site.models["maze-trace"]
+    with torch.no_grad():
+        zf, n = torch_fixed_point(model, x)
+        assert got["fixedAt"] == n and got["steps"] == n + 1
+        assert torch.equal(torch.from_numpy(browser.unb64(got["z"]).copy()).view(zf.shape), zf)
+        marked = torch.from_numpy((layout & d.mazes.ON_PATH) > 0)
+        assert torch.equal(zf[0, 4] > 0, marked) and count_shortest_paths(layout)[1] == 1      # the BFS path
+        page_path = torch.from_numpy(browser.unb64(got["path"], np.uint8).copy()).view(x.shape[-2:]).bool()
+        assert torch.equal(page_path, d.maze_model.predict(model.head(zf), x)[0])             # PyTorch's answer
+    panel = got["steps"] / (got["playedMs"] / 1000)
+    trace = page.evaluate("deqncaTest.bench('maze-trace', {size: 59, loops: 0.05, untilFixed: true})")
+    dt = page.evaluate("deqncaTest.bench('maze-dt', {size: 33, steps: 3})")
+    print(f"\nsteps/s: trace 59x59 in the panel {panel:.0f} ({got['steps']} steps), trace 59x59 model alone "
+          f"{trace:.0f}, DT-recall 33x33 model alone {dt:.1f}")
+    assert panel >= 60, panel
+
+
+def test_the_export_leaves_out_a_trace_model_the_folder_lacks(tmp_path, monkeypatch):
+    import deqnca.web.export as export
+
+    monkeypatch.setattr(export, "MNIST_MODELS", {})
+    monkeypatch.setattr(export, "GROW_MODELS", {})
+    monkeypatch.setattr(export, "MAZE_MODELS", {"maze-dt": "maze/dt", "maze-trace": "maze/trace"})
+    loaded = _load_models(models_folder(tmp_path, trace=False), None, examples=False)
+    assert list(loaded["maze"]) == ["maze-dt"]
+    assert set(build_bundle(loaded)["models"]) == {"maze-dt"}
+
+
 def _strokes_of_a_seven(box):
     """Mouse positions (page pixels) of a hand-drawn 7: a top bar, then a slanted down stroke."""
     def at(cx, cy):                                         # pad cells (0..28) to page pixels
@@ -283,6 +490,22 @@ def test_a_fresh_page_starts_on_the_equilibrium_lizard_with_legends(chromium, si
         assert len(set(colours[:10])) == 10
         # every panel has a speed readout
         assert pg.eval_on_selector_all(".controls .rate", "rs => rs.length") == 4
+        # the maze panel starts on the trace equilibrium solver, as fast as it goes; the recall models run to 33x33
+        assert pg.eval_on_selector("#maze-model", "s => s.value") == "maze-trace"
+        labels = pg.eval_on_selector_all("#maze-model option", "os => os.map(o => o.textContent)")
+        assert {"geodesic equilibrium", "trace equilibrium (loops)", "DT-recall"} <= set(labels)
+        assert pg.eval_on_selector("#maze-controls select", "s => s.value") == "Infinity"
+        sizes = pg.eval_on_selector_all("#maze-size option", "os => os.map(o => o.value)")
+        assert sizes == ["9", "13", "19", "33", "59", "101", "201"]
+        pg.select_option("#maze-size", "101")
+        pg.select_option("#maze-model", "maze-dt")
+        assert pg.eval_on_selector("#maze-size", "s => s.value") == "33"
+        disabled = pg.eval_on_selector_all("#maze-size option:disabled", "os => os.map(o => o.value)")
+        assert disabled == ["59", "101", "201"]
+        assert pg.eval_on_selector("#maze-controls select", "s => s.value") == "30"
+        pg.select_option("#maze-model", "maze-geodesic")
+        assert not pg.eval_on_selector_all("#maze-size option:disabled", "os => os.length")
+        pg.evaluate("deqncaTest.pauseAll()")
     assert not log, log
 
 
@@ -381,4 +604,5 @@ def test_web_subcommand_writes_a_page_that_links_to_the_docs(tmp_path, capsys):
     assert "@REPO@" not in html
     docs = [h.split('"')[0] for h in html.split('href="')[1:] if "docs/" in h]
     assert docs and all((tmp_path / "site" / d).resolve().exists() for d in docs), docs
-    assert {"app.js", "models.js", "style.css", "weights.js"} <= {p.name for p in (tmp_path / "site").iterdir()}
+    written = {p.name for p in (tmp_path / "site").iterdir()}
+    assert {"app.js", "models.js", "mazes.js", "style.css", "weights.js"} <= written

@@ -4,7 +4,7 @@ weights as the page computes with them (float32, PyTorch layouts, base64).
 The page opens from disk (file://): browsers refuse fetch() there, so the weights travel as a script
 that sets `window.DEQNCA`. Every weight is the one the forward pass uses, e.g. the contractive rule's
 W_z after its spectral rescaling, not the raw parameter. What the page computes is documented in
-`static/models.js`, and tests/test_web.py checks it against PyTorch.
+`static/models.js` and `static/mazes.js`, and tests/test_web.py checks it against PyTorch.
 """
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from deqnca.core.fileio import write_bytes_atomic, write_text_atomic
 from deqnca.core.resources import models_dir, repo_root
 
 STATIC = Path(__file__).parent / "static"
-STATIC_FILES = ("index.html", "style.css", "models.js", "app.js")
+STATIC_FILES = ("index.html", "style.css", "models.js", "mazes.js", "app.js")
 MNIST_MODELS = {"essay": "mnist-essay", "equilibrium": "mnist-equilibrium"}
 GROW_MODELS = {"lizard-bptt": "grow/lizard-bptt", "lizard-equilibrium": "grow/lizard-equilibrium"}
-MAZE_MODELS = {"maze-dt": "maze/dt", "maze-deq-res": "maze/deq-res", "maze-deq": "maze/deq"}
+MAZE_MODELS = {"maze-dt": "maze/dt", "maze-deq-res": "maze/deq-res", "maze-deq": "maze/deq",
+               "maze-geodesic": "maze/geodesic-mix", "maze-trace": "maze/trace"}
+OPTIONAL = {"maze/trace"}       # not shipped yet: a models folder without it gives a page without it
 
 
 def default_models_dir() -> Path:
@@ -35,13 +37,16 @@ def default_models_dir() -> Path:
 def _load_models(models_dir: Path, cell_checkpoint=None, examples: bool = True) -> dict:
     """Every torch model the page shows, loaded in eval mode on the CPU, and a few MNIST test digits.
 
-    This is the only function that imports other deqnca modules (the package layout moves)."""
+    This and `_palette` are the only functions that import other deqnca modules (the package layout moves).
+    A model of `OPTIONAL` that the folder lacks is left out."""
     from deqnca.data.idx import load_mnist
     from deqnca.tasks import load
 
     out = {"mnist": {}, "grow": {}, "maze": {}, "cell": None, "digits": None}
     for kind, models in (("mnist", MNIST_MODELS), ("grow", GROW_MODELS), ("maze", MAZE_MODELS)):
         for name, rel in models.items():
+            if rel in OPTIONAL and not (models_dir / f"{rel}.json").exists():
+                continue
             out[kind][name] = (load(models_dir / rel, kind=kind)[0], rel)      # in eval mode
     if cell_checkpoint is not None:
         model, _ = load(cell_checkpoint, kind="mnist")
@@ -102,9 +107,20 @@ def grow_spec(model, source: str) -> dict:
             "tensors": {k: _b64(v) for k, v in tensors.items()}}
 
 
+def _palette() -> torch.Tensor:
+    """The maze images' four colours (wall, open, start, goal) as a (1, 3, 2, 2) image, one pixel each."""
+    from deqnca.tasks.maze.generate import PALETTE
+
+    return torch.as_tensor(PALETTE).T.reshape(1, 3, 2, 2)
+
+
 @torch.no_grad()
 def maze_spec(model, source: str) -> dict:
+    """A maze solver-net: the recall models (DT-recall, the DEQs) as their convolutions; the max-plus models
+    (geodesic, trace) by `exact_maze_spec`."""
     cfg = model.config
+    if cfg.model in ("geodesic", "trace"):
+        return exact_maze_spec(model, source)
     rule = model.rule
     w = rule.recall.weight
     tensors = {"recall_x": w[:, :rule.input_channels], "recall_z": w[:, rule.input_channels:]}
@@ -119,6 +135,52 @@ def maze_spec(model, source: str) -> dict:
     config = {"form": cfg.model, "width": cfg.width, "blocks": len(rule.blocks), "bound": rule.bound,
               "init": "projection" if model.projection is not None else "zeros", "tol": cfg.tol}
     return {"kind": "maze", "source": source, "config": config,
+            "tensors": {k: _b64(v) for k, v in tensors.items()}}
+
+
+def emitters(form: str, bit, soft, open_, top: float) -> np.ndarray:
+    """The emitters s (float32) of a geodesic or trace rule at strength Z = `top` from the per-colour `bit` (a > 0),
+    `soft` (sigmoid(a), float32) and `open_`, in torch's float32 arithmetic (Z, a Python float, is rounded to float32
+    where torch multiplies it into a float32 tensor): what static/mazes.js computes.
+
+    geodesic: Z * ((a > 0) + soft - soft) * open;   trace: (Z * (a > 0) + soft - soft) * open."""
+    f32 = np.float32
+    bit, soft, open_ = (np.asarray(v, dtype=f32) for v in (bit, soft, open_))
+    if form == "geodesic":
+        return f32(top) * ((bit + soft) - soft) * open_
+    return ((f32(top) * bit + soft) - soft) * open_
+
+
+@torch.no_grad()
+def exact_maze_spec(model, source: str) -> dict:
+    """A geodesic or trace model as the page runs it. A maze holds four colours, so the rule's input fields are
+    exported per colour as PyTorch computes them: a > 0 and sigmoid(a) of each flood's emission logit a, the float32
+    step cost K (`rule.fields`) and whether the colour is open. The page does not recompute the sigmoid (Math.exp is
+    not torch's exp in the last bit); it forms the emitters s, which depend on the grid's size through
+    Z = cost_max·H·W, by `emitters`, checked here against `rule.fields` on an image of the four colours. The read-out:
+    the head's three convolutions and its symmetrisation."""
+    cfg = model.config
+    rule = model.rule
+    pal = _palette()
+    floods = rule.floods if cfg.model == "trace" else rule.state_channels
+    a = rule.encode(pal).float()[:, :floods].flatten(2)[0].T           # (colour, flood)
+    _, cost, open_ = rule.fields(pal)
+    bit, soft, open_ = (a > 0).float(), torch.sigmoid(a), open_.flatten()
+    check = pal.repeat(1, 1, 3, 4)                                       # 6 x 8: Z != 1, every colour several times
+    s = rule.fields(check)[0][0].flatten(1).T.numpy()
+    colour = np.tile(np.array([[0, 1], [2, 3]]), (3, 4)).flatten()
+    want = emitters(cfg.model, bit[colour], soft[colour], open_[colour, None], rule.ceiling(check))
+    if not np.array_equal(s, want):
+        raise ValueError(f"{source}: the page's emitters (export.emitters) are not the {cfg.model} rule's "
+                         "(rule.fields): update static/mazes.js and `emitters` together")
+    tensors = {"bit": bit, "soft": soft, "cost": cost.flatten(), "open": open_}
+    head = model.head.layers if cfg.model == "trace" else model.head[1]
+    for i, conv in enumerate(m for m in head.layers if isinstance(m, torch.nn.Conv2d)):
+        tensors[f"head{i}"] = conv.weight
+    config = {"form": cfg.model, "floods": floods, "channels": rule.state_channels,
+              "grid": "cells" if cfg.model == "trace" else "pixels", "cost_min": rule.cost_min,
+              "cost_max": rule.cost_max, "symmetry": model.head.symmetry}
+    return {"kind": cfg.model, "source": source, "config": config,
             "tensors": {k: _b64(v) for k, v in tensors.items()}}
 
 

@@ -31,9 +31,11 @@ function plot(canvas, series, { log = false, title = "", colors = ["#1f77b4"], x
   ctx.font = "11px sans-serif"; ctx.fillStyle = "#333";
   ctx.fillText(title, l, 12);
   const tf = (v) => (log ? Math.log10(Math.max(v, 1e-12)) : v);
-  const vals = series.flat().filter(Number.isFinite).map(tf);
-  let lo = ymin !== undefined ? tf(ymin) : Math.min(...vals), hi = ymax !== undefined ? tf(ymax) : Math.max(...vals);
-  if (!vals.length) { lo = log ? -4 : 0; hi = log ? 0 : 1; }
+  let lo = Infinity, hi = -Infinity, count = 0;           // a loop, not Math.min(...): series may be long
+  for (const s of series) for (const v of s) if (Number.isFinite(v)) { const t = tf(v); lo = Math.min(lo, t); hi = Math.max(hi, t); count++; }
+  if (ymin !== undefined) lo = tf(ymin);
+  if (ymax !== undefined) hi = tf(ymax);
+  if (!count) { lo = log ? -4 : 0; hi = log ? 0 : 1; }
   if (log) { lo = Math.floor(lo); hi = Math.max(Math.ceil(hi), lo + 1); }
   if (hi - lo < 1e-9) { hi += 0.5; lo -= 0.5; }
   const n = Math.max(xmin, ...series.map((s) => s.length - 1));
@@ -54,7 +56,9 @@ function plot(canvas, series, { log = false, title = "", colors = ["#1f77b4"], x
   series.forEach((s, k) => {
     ctx.strokeStyle = colors[k % colors.length];
     ctx.beginPath();
-    s.forEach((v, i) => (i ? ctx.lineTo(X(i), Y(v)) : ctx.moveTo(X(i), Y(v))));
+    const stride = Math.max(1, Math.ceil(s.length / 1000));     // at most ~1000 points drawn
+    for (let i = 0; i < s.length; i += stride) (i ? ctx.lineTo(X(i), Y(s[i])) : ctx.moveTo(X(i), Y(s[i])));
+    if ((s.length - 1) % stride) ctx.lineTo(X(s.length - 1), Y(s[s.length - 1]));     // and the last point
     ctx.stroke();
   });
 }
@@ -97,13 +101,15 @@ function softmax(a) {
 
 // ---- panels and the animation loop ------------------------------------------------------------------
 
-const SPEEDS = [["1", 1], ["5", 5], ["10", 10], ["15", 15], ["30", 30], ["60", 60], ["max", Infinity]];
+const SPEEDS = [["1", 1], ["5", 5], ["10", 10], ["15", 15], ["30", 30], ["60", 60], ["300", 300], ["1000", 1000],
+                ["max", Infinity]];
 
 class Panel {
   // opts: step() advances one step, reset(), render(), limit: steps after which play stops by itself (the
   // play button then reads "replay": it starts the panel again from its reset state)
   constructor(name, el, opts) {
-    Object.assign(this, { name, playing: true, rate: opts.rate || 30, visible: true, steps: 0, debt: 0 }, opts);
+    Object.assign(this, { name, playing: true, rate: opts.rate || 30, visible: true, steps: 0, debt: 0, frameSteps: 0,
+                          playedMs: 0 }, opts);
     this.el = el;
     this.seen = [];                         // [time, steps] of the last second: the measured speed
     el.innerHTML = "";
@@ -117,7 +123,7 @@ class Panel {
     this.playButton.className = "play";
     button("step", () => { this.setPlaying(false); this.advance(1); this.render(); });
     button("reset", () => { this.reset(); this.setPlaying(this.playing); this.render(); });
-    const speed = document.createElement("select");
+    const speed = (this.speedMenu = document.createElement("select"));
     speed.title = "the speed to aim for";
     for (const [label, v] of SPEEDS) speed.add(new Option(`${label} steps/s`, String(v), false, v === this.rate));
     speed.onchange = () => { this.rate = Number(speed.value); };
@@ -133,6 +139,8 @@ class Panel {
   }
 
   done() { return Boolean(this.limit) && this.steps >= this.limit; }
+
+  setRate(rate) { this.rate = rate; this.speedMenu.value = String(rate); }
 
   setPlaying(on) {
     this.playing = on;
@@ -150,7 +158,7 @@ class Panel {
 
   showRate(now = performance.now()) {     // "… steps/s" while playing, what stopped it otherwise
     let text;
-    if (!this.playing) text = this.done() ? "done: the step budget is spent" : "paused";
+    if (!this.playing) text = this.done() ? (this.doneText ? this.doneText() : "done: the step budget is spent") : "paused";
     else if (!this.visible) text = "off screen: not computing";
     else {
       this.seen.push([now, this.steps]);
@@ -165,17 +173,22 @@ class Panel {
     this.speedo.dataset.at = String(Math.round(now));      // when it was last measured
   }
 
-  tick(dt, now) {                         // called every frame; runs the steps that are due
+  // called every frame; runs the steps that are due (as many as fit in ~30 ms at "max"), and work a panel left
+  // for later (opts.background(): true when it did some, e.g. the maze's read-out)
+  tick(dt, now) {
+    if (this.background && this.visible && this.background()) this.render();
     if (!this.playing || !this.visible) { if (this.playing) this.showRate(now); return; }
-    const t0 = performance.now();
+    const t0 = performance.now(), before = this.steps;
+    this.playedMs += dt;
     if (this.rate === Infinity) {
       do this.advance(1); while (this.playing && performance.now() - t0 < 30);
     } else {
-      this.debt = Math.min(this.debt + (dt * this.rate) / 1000, 4);
+      this.debt = Math.min(this.debt + (dt * this.rate) / 1000, Math.max(4, this.rate / 15));
       let k = Math.floor(this.debt);
       this.debt -= k;
       while (k-- > 0 && this.playing && performance.now() - t0 < 40) this.advance(1);
     }
+    this.frameSteps = this.steps - before;
     this.render();
     if (this.playing) this.showRate(now);
   }
@@ -449,50 +462,118 @@ function setupGrow() {
 }
 
 // ---- panel 4: the maze --------------------------------------------------------------------------------------
+// The recall models (DT-recall, the DEQs) read out every step; the max-plus models (geodesic, trace) show their
+// floods and traces while they run, many steps per frame, stop at the fixed point (a step that changes nothing)
+// and read out once there, the read-out spread over frames (it is the slow part on a large maze).
+
+const isMaze = (m) => m instanceof DeqNCA.MazeModel || m instanceof DeqNCA.ExactMaze;
+const MAZE_LABELS = { "maze-dt": "DT-recall", "maze-deq-res": "DEQ + fixed-point penalty", "maze-deq": "DEQ",
+                      "maze-geodesic": "geodesic equilibrium", "maze-trace": "trace equilibrium (loops)" };
+const RECALL_MAX_SIZE = 33;     // a recall step at 59 (a 124x124 image, five 32-channel convolutions) takes seconds
+const READOUT_MS = 25;          // read-out work per frame
 
 function setupMaze() {
-  const names = Object.keys(models).filter((k) => models[k] instanceof DeqNCA.MazeModel);
-  const label = { "maze-dt": "DT-recall", "maze-deq-res": "DEQ + fixed-point penalty", "maze-deq": "DEQ" };
+  const names = Object.keys(models).filter((k) => isMaze(models[k]));
   for (const n of names) {
-    const o = new Option(label[n] || n, n);
+    const o = new Option(MAZE_LABELS[n] || n, n);
     o.title = `shipped model ${BUNDLE.models[n].source}`;
     $("maze-model").add(o);
   }
-  let maze, img, m, z, next, rel, pred, solvedAt;
-  const newMaze = () => { maze = DeqNCA.generateMaze(Number($("maze-size").value), nextRand()); img = DeqNCA.mazeImage(maze); };
+  const first = ["maze-trace", "maze-geodesic"].find((n) => models[n]);   // an equilibrium solver when there is one
+  if (first) $("maze-model").value = first;
+  let maze, img, m, z, next, rel, pred, solvedAt, fixedAt, readout, progress;
+  const exact = () => m instanceof DeqNCA.ExactMaze;
+  const newMaze = () => {
+    maze = DeqNCA.generateMaze(Number($("maze-size").value), nextRand(), Number($("maze-loops").value));
+    img = DeqNCA.mazeImage(maze);
+  };
+  const blue = (px) => { px[0] = 38; px[1] = 89; px[2] = 255; };
   const p = (panels.maze = new Panel("maze", $("maze-controls"), {
     rate: 30,
     reset() {
       m = models[$("maze-model").value];
       m.bind(img.x, img.H, img.W);
-      z = m.init(); next = new Float32Array(z.length); rel = []; this.steps = 0; solvedAt = null;
-      this.limit = Math.max(100, 4 * img.H);       // evaluate.default_max_iters
-      pred = m.predict(z).path;
+      z = m.init(); next = new Float32Array(z.length); rel = []; this.steps = 0; this.playedMs = 0;
+      solvedAt = fixedAt = readout = null; progress = 0;
+      this.limit = exact() ? m.stepsBound() : Math.max(100, 4 * img.H);    // rule.steps_bound; default_max_iters
+      pred = exact() ? null : m.predict(z).path;
     },
     step() {
-      rel.push(m.step(z, next)); [z, next] = [next, z];
+      const r = m.step(z, next);
+      rel.push(r); [z, next] = [next, z];
+      if (exact()) {
+        if (r === 0) { fixedAt = this.steps; this.limit = this.steps + 1; readout = m.readout(z); }   // z is f(z)
+        return;
+      }
       pred = m.predict(z).path;
       const ok = pred.every((v, i) => v === img.path[i]);
       if (ok && solvedAt === null) solvedAt = this.steps + 1;
       if (!ok) solvedAt = null;
     },
+    background() {                          // the read-out at the fixed point, READOUT_MS per frame
+      if (!readout) return false;
+      const t0 = performance.now();
+      let r;
+      do r = readout.next(); while (!r.done && performance.now() - t0 < READOUT_MS);
+      if (r.done) { pred = r.value.path; readout = null; } else progress = r.value;
+      return true;
+    },
     render() {
+      const cells = exact() && m.cells, S = img.W;
+      const cellOf = (i) => (cells ? ((Math.floor(i / S) - 1) >> 1) * m.w + (((i % S) - 1) >> 1) : i);
       paint($("maze-canvas"), img.W, img.H, (i, px) => {
         for (let j = 0; j < 3; j++) px[j] = Math.round(255 * img.x[3 * i + j]);
-        const endpoint = img.x[3 * i] !== img.x[3 * i + 1];     // start (green) and goal (red) stay visible
-        if (pred[i] && !endpoint) { px[0] = 38; px[1] = 89; px[2] = 255; }
+        if (img.x[3 * i] !== img.x[3 * i + 1]) return;          // start (green) and goal (red) stay visible
+        if (pred) { if (pred[i]) blue(px); return; }
+        if (!img.x[3 * i]) return;                              // a wall
+        if (m.traced(z, cellOf(i))) { px[0] = 150; px[1] = 175; px[2] = 255; }   // a trace has passed
+        else if (m.reached(z, cellOf(i))) { px[0] = 255; px[1] = 236; px[2] = 170; }   // a flood has
       });
       plot($("maze-res"), [rel], { log: true, title: "relative residual" });
-      $("maze-status").textContent = solvedAt !== null
-        ? `the predicted path is exactly the solution (since step ${solvedAt})`
-        : `not solved yet (${pred.reduce((a, b) => a + b, 0)} path pixels predicted, ${img.path.reduce((a, b) => a + b, 0)} in the solution)`;
+      const st = $("maze-status"), wanted = img.path.reduce((a, b) => a + b, 0);
+      const answer = () => {
+        const got = pred.reduce((a, b) => a + b, 0);
+        return pred.every((v, i) => v === img.path[i]) ? "the read-out's path is exactly the solution"
+          : `the read-out's path is not the solution (${got} path pixels, ${wanted} in the solution)`;
+      };
+      if (!exact()) {
+        st.dataset.phase = solvedAt !== null ? "solved" : "running";
+        st.textContent = solvedAt !== null
+          ? `the predicted path is exactly the solution (since step ${solvedAt})`
+          : `not solved yet (${pred.reduce((a, b) => a + b, 0)} path pixels predicted, ${wanted} in the solution)`;
+      } else {
+        const speed = `${this.frameSteps} steps per frame, ${this.steps} steps in ${(this.playedMs / 1000).toFixed(2)} s`;
+        if (fixedAt === null) {
+          st.dataset.phase = "running";
+          st.textContent = `the floods and traces are spreading (yellow: reached by a flood, light blue: by a trace); ${speed}`;
+        } else {
+          st.dataset.phase = pred ? "done" : "reading";
+          st.textContent = `fixed point reached after ${fixedAt} steps (${speed}): ` +
+            (pred ? answer() : `reading out the path, ${Math.round(100 * progress)}%`);
+        }
+      }
       this.counter.textContent = `step ${this.steps} (budget ${this.limit})`;
     },
+    doneText: () => (fixedAt !== null ? "done: at the fixed point" : "done: the step budget is spent"),
+    state: () => ({ maze, img, m, z, pred, fixedAt, rel }),
   }));
+  const sizes = () => {                     // the recall models only up to RECALL_MAX_SIZE: their steps are slow
+    const sel = $("maze-size"), recall = !(models[$("maze-model").value] instanceof DeqNCA.ExactMaze);
+    for (const o of sel.options) o.disabled = recall && Number(o.value) > RECALL_MAX_SIZE;
+    if (sel.selectedOptions[0].disabled) { sel.value = String(RECALL_MAX_SIZE); return true; }
+    return false;
+  };
   const fresh = () => { newMaze(); p.reset(); p.setPlaying(true); p.render(); };
+  const pick = () => {                      // the max-plus models run as fast as they go
+    p.setRate(models[$("maze-model").value] instanceof DeqNCA.ExactMaze ? Infinity : 30);
+    if (sizes()) fresh(); else { p.reset(); p.setPlaying(true); p.render(); }
+  };
   $("maze-new").onclick = fresh;
   $("maze-size").onchange = fresh;
-  $("maze-model").onchange = () => { p.reset(); p.setPlaying(true); p.render(); };
+  $("maze-loops").onchange = fresh;
+  $("maze-model").onchange = pick;
+  sizes();
+  p.setRate(models[$("maze-model").value] instanceof DeqNCA.ExactMaze ? Infinity : 30);
   newMaze();
   p.reset();
 }
@@ -504,26 +585,31 @@ window.deqncaTest = {
   // Arrays travel as base64 (float32 or uint8 bytes): x, z0 channel-first as PyTorch's (z0 null: the
   // model's own start); fire (grow only): steps*H*W bytes of 0/1, the cells that update at each step
   // (null: the expected map). Returns the state after `steps` (channel-first float32, base64) and more.
-  // `name`: an exported model, or a model spec as export.py writes them.
-  run(name, { x = null, H, W, z0 = null, steps = 1, fire = null }) {
+  // `name`: an exported model, or a model spec as export.py writes them. A max-plus maze model's state lives on
+  // its grid (h x w: the image's, or the layout's for the trace rule); untilFixed: stop at the first step that
+  // changes nothing (out.fixedAt: the steps after which the state is the fixed point).
+  run(name, { x = null, H, W, z0 = null, steps = 1, fire = null, untilFixed = false }) {
     const m = DeqNCA.load(typeof name === "string" ? BUNDLE.models[name] : name);   // the panels keep theirs
     const f32 = (s) => new Float32Array(DeqNCA.fromBase64(s).buffer);
-    let C, z;
+    let C, z, h = H, w = W;
     if (m instanceof DeqNCA.GrowModel) {
       ({ H, W, C } = m);
+      [h, w] = [H, W];
       z = z0 ? DeqNCA.chwToHwc(f32(z0), C, H, W) : m.seed();
     } else {
-      m.bind(DeqNCA.chwToHwc(f32(x), m instanceof DeqNCA.MazeModel ? 3 : m.config.in_channels, H, W), H, W);
+      m.bind(DeqNCA.chwToHwc(f32(x), isMaze(m) ? 3 : m.config.in_channels, H, W), H, W);
       C = m.C;
-      z = z0 ? DeqNCA.chwToHwc(f32(z0), C, H, W) : m.init();
+      if (m instanceof DeqNCA.ExactMaze) ({ h, w } = m);
+      z = z0 ? DeqNCA.chwToHwc(f32(z0), C, h, w) : m.init();
     }
     const masks = fire ? DeqNCA.fromBase64(fire) : null, rel = [];
     let next = new Float32Array(z.length);
     for (let t = 0; t < steps; t++) {
       rel.push(m.step(z, next, masks ? masks.subarray(t * H * W, (t + 1) * H * W) : null));
+      if (untilFixed && rel[t] === 0) break;
       [z, next] = [next, z];
     }
-    const out = { z: DeqNCA.toBase64(DeqNCA.hwcToChw(z, C, H, W)), rel };
+    const out = { z: DeqNCA.toBase64(DeqNCA.hwcToChw(z, C, h, w)), rel, fixedAt: rel.indexOf(0) };
     if (m instanceof DeqNCA.MnistModel) {
       out.logits = Array.from(m.logits(z));
       if (m.config.readout === "cell") {
@@ -532,7 +618,11 @@ window.deqncaTest = {
         out.vote = Array.from(m.inkVote(cell));
       }
     }
-    if (m instanceof DeqNCA.MazeModel) out.path = DeqNCA.toBase64(m.predict(z).path);
+    if (isMaze(m)) {
+      const { path, logits } = m.predict(z);
+      Object.assign(out, { path: DeqNCA.toBase64(path), logits: DeqNCA.toBase64(DeqNCA.hwcToChw(logits, 2, H, W)) });
+    }
+    if (m instanceof DeqNCA.ExactMaze) out.Z = m.Z;
     return out;
   },
   pauseAll() { for (const p of Object.values(panels)) p.setPlaying(false); },
@@ -542,14 +632,22 @@ window.deqncaTest = {
     const s = panels.cell.state();
     return { x: Array.from(s.x), N: s.N, vote: Array.from(s.vote), z: DeqNCA.toBase64(s.z) };
   },
-  maze(size, seed) {
-    const mz = DeqNCA.generateMaze(size, DeqNCA.rng(seed)), img = DeqNCA.mazeImage(mz);
+  maze(size, seed, loops = 0) {
+    const mz = DeqNCA.generateMaze(size, DeqNCA.rng(seed), loops), img = DeqNCA.mazeImage(mz);
     return { side: mz.side, layout: Array.from(mz.layout), x: DeqNCA.toBase64(DeqNCA.hwcToChw(img.x, 3, img.H, img.W)), H: img.H };
   },
+  mazePanel() {                               // the maze panel now: its maze, model, state and answer
+    const { maze, img, m, z, pred, fixedAt, rel } = panels.maze.state(), st = document.getElementById("maze-status");
+    return { side: maze.side, layout: Array.from(maze.layout), H: img.H, model: document.getElementById("maze-model").value,
+             steps: panels.maze.steps, fixedAt, playedMs: panels.maze.playedMs, phase: st.dataset.phase,
+             status: st.textContent, residual: rel[rel.length - 1], path: pred ? DeqNCA.toBase64(pred) : null,
+             z: DeqNCA.toBase64(DeqNCA.hwcToChw(z, m.C, m.h || img.H, m.w || img.W)) };
+  },
   // steps/s of `what`: a model's step alone (what = a model name: MNIST models on a 28x28 digit, a
-  // lizard grown for `warmup` steps first, a maze solver on a new maze of `size`), or a panel's step
-  // plus one render per step (what = "panel:<name>", from where the panel is)
-  bench(what, { steps = 30, warmup = 1, size = 9 } = {}) {
+  // lizard grown for `warmup` steps first, a maze solver on a new maze of `size` with `loops`; a max-plus maze
+  // model from zeros: its first `steps` steps, or with untilFixed all of them up to the fixed point), or a
+  // panel's step plus one render per step (what = "panel:<name>", from where the panel is)
+  bench(what, { steps = 30, warmup = 1, size = 9, loops = 0, untilFixed = false } = {}) {
     let run;
     if (what.startsWith("panel:")) {
       const p = panels[what.slice(6)];
@@ -559,10 +657,20 @@ window.deqncaTest = {
       const m = DeqNCA.load(BUNDLE.models[what]), rand = DeqNCA.rng(1);
       let z;
       if (m instanceof DeqNCA.GrowModel) z = m.seed();
-      else if (m instanceof DeqNCA.MazeModel) {
-        const im = DeqNCA.mazeImage(DeqNCA.generateMaze(size, rand));
+      else if (isMaze(m)) {
+        const im = DeqNCA.mazeImage(DeqNCA.generateMaze(size, rand, loops));
         m.bind(im.x, im.H, im.W);
         z = m.init();
+        if (m instanceof DeqNCA.ExactMaze) {
+          let next = new Float32Array(z.length), n = 0;
+          const t0 = performance.now();
+          for (; n < (untilFixed ? m.stepsBound() : steps); n++) {
+            const r = m.step(z, next);
+            [z, next] = [next, z];
+            if (untilFixed && r === 0) { n++; break; }
+          }
+          return (1000 * n) / (performance.now() - t0);
+        }
       } else {
         const d = BUNDLE.digits ? DeqNCA.decode(BUNDLE.digits).data.subarray(0, 784) : new Uint8Array(784);
         m.bind(Float32Array.from(d, (v) => v / 255), 28, 28);

@@ -1,5 +1,6 @@
 // The arithmetic of deqnca's models in plain JavaScript: the same maps as the PyTorch modules, float32
-// storage with float64 accumulation. tests/test_web.py checks every model against PyTorch.
+// storage with float64 accumulation (the maze models and mazes: mazes.js). tests/test_web.py checks every
+// model against PyTorch.
 // A state is a channels-last Float32Array: channel c of cell (y, x) is z[(y * W + x) * C + c].
 "use strict";
 
@@ -40,11 +41,11 @@ const DeqNCA = (() => {
 
   const ACC = new Float64Array(256);
 
-  // out = conv3x3(inp) (+ bias) (+ add), zero padding 1, cross-correlation as F.conv2d.
-  // Zero inputs are skipped: after a ReLU most of them are zero.
-  function conv3x3(inp, H, W, Cin, wp, Cout, bias, add, out, relu) {
+  // out = conv3x3(inp) (+ bias) (+ add), zero padding 1, cross-correlation as F.conv2d; only output rows y0..y1-1
+  // if given (a long convolution done in parts). Zero inputs are skipped: after a ReLU most of them are zero.
+  function conv3x3(inp, H, W, Cin, wp, Cout, bias, add, out, relu, y0 = 0, y1 = H) {
     const acc = ACC;
-    for (let y = 0; y < H; y++) {
+    for (let y = y0; y < y1; y++) {
       for (let x = 0; x < W; x++) {
         for (let co = 0; co < Cout; co++) acc[co] = bias ? bias[co] : 0;
         for (let ky = 0; ky < 3; ky++) {
@@ -294,118 +295,6 @@ const DeqNCA = (() => {
     }
   }
 
-  // ---- maze solvers (maze/model.py, rules/recall.py) ------------------------------------------------
-  // a = W_z*z + W_x*x (bias-free recall conv, x injected); a ← relu(a + conv2(relu(conv1(a)))) per
-  // block; DT-recall: z' = a; DEQ: z' = c·tanh(a/c). Head: three 3x3 convs; path = argmax 1 on open pixels.
-
-  class MazeModel {
-    constructor(spec) {
-      const c = (this.config = spec.config), t = {};
-      for (const k in spec.tensors) t[k] = decode(spec.tensors[k]);
-      this.C = c.width;
-      this.Wx = packConv(t.recall_x); this.Wz = packConv(t.recall_z);
-      this.blocks = [];
-      for (let i = 0; i < c.blocks; i++)
-        this.blocks.push([packConv(t[`block${i}_conv1`]), packConv(t[`block${i}_conv2`])]);
-      this.head = [0, 1, 2].map((i) => ({ w: packConv(t[`head${i}`]), cin: t[`head${i}`].shape[1], cout: t[`head${i}`].shape[0] }));
-      this.projection = t.projection ? packConv(t.projection) : null;
-    }
-
-    bind(x, H, W) {
-      const n = H * W, C = this.C;
-      this.H = H; this.W = W; this.x = x;
-      this.drive = conv3x3(x, H, W, 3, this.Wx, C, null, null, new Float32Array(n * C), false);
-      this.a = new Float32Array(n * C); this.h = new Float32Array(n * C); this.b = new Float32Array(n * C);
-    }
-
-    // the test-time initial state: DT's projection relu(P*x), or zeros for the DEQ
-    init() {
-      const n = this.H * this.W, z = new Float32Array(n * this.C);
-      return this.projection ? conv3x3(this.x, this.H, this.W, 3, this.projection, this.C, null, null, z, true) : z;
-    }
-
-    step(z, next) {
-      const { H, W, C } = this;
-      let a = conv3x3(z, H, W, C, this.Wz, C, null, this.drive, this.a, false), other = this.b;
-      for (const [w1, w2] of this.blocks) {
-        conv3x3(a, H, W, C, w1, C, null, null, this.h, true);
-        conv3x3(this.h, H, W, C, w2, C, null, a, other, true);
-        [a, other] = [other, a];
-      }
-      if (this.config.form === "dt") next.set(a);
-      else {
-        const c = this.config.bound;
-        for (let i = 0; i < next.length; i++) next[i] = c * Math.tanh(a[i] / c);
-      }
-      return relResidual(z, next);
-    }
-
-    // (path mask, logits): argmax over the two classes (ties: "not path", as torch.argmax), open pixels only
-    predict(z) {
-      const { H, W } = this, n = H * W;
-      let v = z, cin = this.C;
-      this.head.forEach((l, i) => {
-        v = conv3x3(v, H, W, cin, l.w, l.cout, null, null, new Float32Array(n * l.cout), i < 2);
-        cin = l.cout;
-      });
-      const path = new Uint8Array(n);
-      for (let i = 0; i < n; i++) {
-        const open = this.x[3 * i] > 0 || this.x[3 * i + 1] > 0 || this.x[3 * i + 2] > 0;
-        path[i] = open && v[2 * i + 1] > v[2 * i] ? 1 : 0;
-      }
-      return { path, logits: v };
-    }
-  }
-
-  // ---- mazes (data/mazes.py): randomised depth-first carving from the start cell -------------------
-
-  const WALL = 0, OPEN = 1, START = 2, GOAL = 3, ON_PATH = 4, KIND = 3;
-  const PALETTE = [[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 0]];
-
-  function generateMaze(size, rand) {
-    const n = (size + 1) / 2, side = 2 * n + 1, layout = new Uint8Array(side * side);
-    const start = Math.floor(rand() * n * n);
-    let goal = Math.floor(rand() * (n * n - 1));
-    if (goal >= start) goal++;                              // two distinct cells, as rng.sample
-    const parent = new Int32Array(n * n).fill(-1), visited = new Uint8Array(n * n);
-    const at = (c) => (2 * Math.floor(c / n) + 1) * side + 2 * (c % n) + 1;
-    const between = (a, b) => (Math.floor(a / n) + Math.floor(b / n) + 1) * side + (a % n) + (b % n) + 1;
-    for (let c = 0; c < n * n; c++) layout[at(c)] = OPEN;
-    visited[start] = 1;
-    const stack = [start];
-    while (stack.length) {
-      const c = stack[stack.length - 1], r = Math.floor(c / n), q = c % n, options = [];
-      if (r > 0 && !visited[c - n]) options.push(c - n);
-      if (r < n - 1 && !visited[c + n]) options.push(c + n);
-      if (q > 0 && !visited[c - 1]) options.push(c - 1);
-      if (q < n - 1 && !visited[c + 1]) options.push(c + 1);
-      if (!options.length) { stack.pop(); continue; }
-      const next = options[Math.floor(rand() * options.length)];
-      visited[next] = 1; parent[next] = c;
-      layout[between(next, c)] = OPEN;
-      stack.push(next);
-    }
-    for (let c = goal; c !== start; c = parent[c]) {         // the goal's chain of parents is the path
-      layout[at(c)] |= ON_PATH;
-      layout[between(c, parent[c])] |= ON_PATH;
-    }
-    layout[at(start)] = START | ON_PATH;
-    layout[at(goal)] = GOAL | ON_PATH;
-    return { size, side, layout };
-  }
-
-  // the network's input: palette colours, every layout pixel 2x2, a 1-pixel black border (to_images)
-  function mazeImage(maze) {
-    const { side, layout } = maze, S = 2 * side + 2, x = new Float32Array(S * S * 3), path = new Uint8Array(S * S);
-    for (let y = 1; y < S - 1; y++) for (let xx = 1; xx < S - 1; xx++) {
-      const l = layout[Math.floor((y - 1) / 2) * side + Math.floor((xx - 1) / 2)], i = y * S + xx;
-      const col = PALETTE[l & KIND];
-      for (let c = 0; c < 3; c++) x[3 * i + c] = col[c];
-      path[i] = l & ON_PATH ? 1 : 0;
-    }
-    return { x, H: S, W: S, path };
-  }
-
   // ---- layouts ------------------------------------------------------------------------------------
 
   function chwToHwc(a, C, H, W) {
@@ -420,10 +309,14 @@ const DeqNCA = (() => {
     return out;
   }
 
+  // a model of an exported spec; mazes.js adds the maze kinds
+  const KINDS = { mnist: MnistModel, grow: GrowModel };
+
   function load(spec) {
-    return new { mnist: MnistModel, grow: GrowModel, maze: MazeModel }[spec.kind](spec);
+    if (!KINDS[spec.kind]) throw new Error(`no model of kind ${spec.kind} on this page`);
+    return new KINDS[spec.kind](spec);
   }
 
-  return { decode, fromBase64, toBase64, load, rng, randn, generateMaze, mazeImage, chwToHwc, hwcToChw, conv3x3,
-           MnistModel, GrowModel, MazeModel, WALL, OPEN, START, GOAL };
+  return { decode, fromBase64, toBase64, load, KINDS, rng, randn, chwToHwc, hwcToChw, conv3x3, packConv, relResidual,
+           MnistModel, GrowModel };
 })();
