@@ -82,7 +82,7 @@ def test_a_flood_of_the_maximum_lets_one_strong_cell_take_the_whole_digit_and_a_
     assert weak["peak"] == [1.0] * 3 and weak["recovery"] == [None] * 3          # every cell flips, for good
     assert strong["peak"] == [pytest.approx(1 / LINE)] * 3 and strong["recovery"] == [1] * 3
     assert weak["drift"] == strong["drift"] == 0.0 and r["never"] == 3 and r["recovered"] == 3
-    assert r["peak_flipped"] == pytest.approx((1 + 1 / LINE) / 2) and r["recovery_steps"] == 1
+    assert r["peak_flipped"] == pytest.approx((1 + 1 / LINE) / 2) and r["recovery_steps"] == r["recovery_max"] == 1
     assert r["curve"]["unattacked"] == [0.0] * 9
 
 
@@ -94,6 +94,7 @@ def test_a_draining_flood_takes_the_cells_within_two_steps_and_gives_them_back_a
         near = sum(abs(c - col) <= 2 for c in range(2, 2 + LINE))     # 0.9, 0.75, 0.6 beat 0.5; 0.45 does not
         assert weak["peak"][k] == pytest.approx(near / LINE) and weak["recovery"][k] == 3
     assert len({c[1] for c in weak["cells"]}) == 4                      # different cells while there are
+    assert r["per_digit"][1]["recovery"] == [1] * 4 and r["recovery_max"] == 3
 
 
 def test_rules_that_ignore_their_neighbours_flip_one_cell_only():

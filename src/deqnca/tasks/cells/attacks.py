@@ -190,9 +190,10 @@ def single_cell_attack(model, x, labels, at: int = AT, horizon: int = HORIZON, c
     Returns {"peak_flipped": the mean over the N·K attacks of the largest share of the digit's alive cells
     whose label differs from its label at step `at`; "worst_peak_flipped": the mean over digits of the
     largest of its K; "drift": the same largest share without an attack, mean over digits; "recovery_steps":
-    the mean over the attacks that recovered (`_recovery`), "recovered", "never"; "peak_excess": the mean of
-    the largest excess of an attack's share over the unattacked copy's at the same step; "per_digit": the numbers
-    of every digit; "curve": the mean share after 0..horizon steps, attacked and not}.
+    the mean over the attacks that recovered (`_recovery`), "recovery_max", "recovered", "never";
+    "peak_excess": the mean of the largest excess of an attack's share over the unattacked copy's at the
+    same step; "per_digit": the numbers of every digit; "curve": the mean share after 0..horizon steps,
+    attacked and not}.
     """
     rule, device = model.rule, _device(model, device)
     labels = torch.as_tensor(labels)
@@ -226,6 +227,7 @@ def single_cell_attack(model, x, labels, at: int = AT, horizon: int = HORIZON, c
             "peak_flipped": peak.mean().item(), "worst_peak_flipped": peak.amax(1).mean().item(),
             "drift": drift.mean().item(), "peak_excess": (hits - base[:, :, None]).amax(0).mean().item(),
             "recovery_steps": sum(done) / len(done) if done else None,
+            "recovery_max": max(done) if done else None,
             "recovered": len(done), "never": peak.numel() - len(done),
             "curve": {"attacked": hits.mean((1, 2)).tolist(), "unattacked": base.mean(1).tolist()},
             "per_digit": [{"label": int(labels[i]), "donor": int(donors[i]), "alive": int(alive[i].sum()),
@@ -327,18 +329,19 @@ def _pct(v) -> str:
 
 def attack_table(rows: list[tuple[str, dict]]) -> str:
     """A markdown table, one row per (model name, `run_attacks` result)."""
-    cols = ["model", "digits", "one cell: peak share flipped", "worst of K cells", "recovery steps (never)",
-            "own drift", "agreement with strays: clean / ink only / with strays", "strays right",
+    cols = ["model", "digits", "one cell: peak share flipped", "worst of K cells",
+            "recovery steps: mean / max (never)", "own drift", "peak excess over the unattacked copy",
+            "agreement with strays: clean / ink only / with strays", "strays right",
             "agreement: one piece / several (8-connected)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in rows:
         a, s, p = r["single_cell"], r["strays"], r["pieces"]
-        rec = "—" if a["recovery_steps"] is None else f"{a['recovery_steps']:.0f}"
+        rec = "—" if a["recovery_steps"] is None else f"{a['recovery_steps']:.0f} / {a['recovery_max']}"
         agree = s["agreement"]
         lines.append("| " + " | ".join([
             name, str(a["digits"]), _pct(a["peak_flipped"]),
             f"{_pct(a['worst_peak_flipped'])} (K={a['cells_per_digit']})",
-            f"{rec} ({a['never']} of {a['digits'] * a['cells_per_digit']})", _pct(a["drift"]),
+            f"{rec} ({a['never']} of {a['digits'] * a['cells_per_digit']})", _pct(a["drift"]), _pct(a["peak_excess"]),
             f"{_pct(agree['clean'])} / {_pct(agree['ink_only'])} / {_pct(agree['with_strays'])} ({s['strays']})",
             _pct(s["strays_right"]),
             f"{_pct(p['single']['agreement'])} ({p['single']['digits']}) / {_pct(p['multi']['agreement'])} "
