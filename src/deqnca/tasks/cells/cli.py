@@ -80,6 +80,7 @@ def cmd_eval(args) -> int:
 
     from deqnca.data.provenance import recorded_test_split
     from deqnca.tasks import load
+    from deqnca.tasks.cells.attacks import pair_different_labels, run_attacks
     from deqnca.tasks.cells.model import (
         canvas_batch,
         evaluate,
@@ -109,9 +110,11 @@ def cmd_eval(args) -> int:
               "shard": f"{shard}/{shards}"}
     rows = [{"name": name, **evaluate(model, x, truth_map(x, y), marks=marks, **kw)}]
     if args.mutation:
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
+        # a digit of the same label would pass for a model that ignored the change: pair different labels only
+        perm = pair_different_labels(y, args.seed)
         m = mutation_test(model, x, y, x[perm], y[perm], marks=(200,), **kw)
         rows.append({"name": f"{name}, 200 steps after a mutation at 200", **m["after"]})
+        result["mutation"] = {"pairing": "a digit of another label, each digit once", "new_index": perm.tolist()}
     if args.canvases:
         from deqnca.tasks.mnist.panoramas import make_panoramas
 
@@ -120,6 +123,9 @@ def cmd_eval(args) -> int:
         cx, ct, cs = canvas_batch(make_panoramas(xt, yt, args.canvases, size=84, per_canvas=3, seed=args.seed))
         rows.append({"name": f"{name}, {args.canvases} canvases of 3 digits", **evaluate(
             model, cx, ct, cs, marks=tuple(m for m in marks if m <= 1000), **kw)})
+    if args.attacks:
+        result["attacks"] = run_attacks(model, xt, yt, size, n=args.attack_digits, horizon=args.attack_horizon,
+                                        cells_per_digit=args.attack_cells, **kw)
     if args.solve:
         result["solver"] = args.solver
         result["solved"] = evaluate_solved(model, x, truth_map(x, y), solver=args.solver, max_iter=args.max_iter,
@@ -133,15 +139,30 @@ def cmd_eval(args) -> int:
     if args.json:
         print(strict_json(result))
         return 0
+    _print_eval(result, marks, args.solver)
+    return 0
+
+
+def _print_eval(result: dict, marks, solver: str) -> None:
+    """The table of `cells eval`, then a line each for the canvases, the mutation, the fixed point and the
+    attacks' table where they were measured."""
+    rows = result["rows"]
     print(table(rows, marks), end="")
     for r in rows[1:]:
         if "canvases" in r["name"]:
             print(f"per-digit accuracy on canvases at 200: {_pct(r['at'].get(200, {}).get('digit_accuracy'))}")
+        if "mutation" in r["name"]:
+            print(f"mutation: at step 200 every digit was replaced by a digit of another label (each digit once); "
+                  f"200 steps later {_pct(r['at'][200]['accuracy'])} of the cells give the new digit's label, "
+                  "never the old one's: that share of cells followed the change of input to the new class")
+    if "attacks" in result:
+        from deqnca.tasks.cells.attacks import attack_table
+
+        print(attack_table([(result["model"], result["attacks"])]), end="")
     if "solved" in result:
         s = result["solved"]
-        print(f"at the fixed point ({args.solver}, {s['nstep']:.0f} steps, residual {s['rel_residual']:.1e}): "
+        print(f"at the fixed point ({solver}, {s['nstep']:.0f} steps, residual {s['rel_residual']:.1e}): "
               f"accuracy {_pct(s['accuracy'])}, agreement {_pct(s['agreement'])}")
-    return 0
 
 
 def cmd_figures(args) -> int:
@@ -198,6 +219,14 @@ def add_cli(sub) -> None:
     p.add_argument("--shard", type=_shard, default="0/1", help="K/N: only every N-th of the chosen digits, from the "
                    "K-th (to run N processes side by side; scripts/cells_campaign.py merges them)")
     p.add_argument("--mutation", action="store_true", help="also the mutation test (a new digit at step 200)")
+    p.add_argument("--attacks", action="store_true", help="also the attacks (docs/cells.md): one cell's state "
+                   "replaced by another digit's at step 200, 3 stray pixels, digits in several pieces (~150,000 "
+                   "digit-steps at the defaults: minutes on a CPU, so not part of every eval)")
+    p.add_argument("--attack-digits", type=int, default=50,
+                   help="evenly spaced test digits attacked and given strays; as many of one and of several "
+                        "pieces (default 50; the digits are not --images', nor sharded)")
+    p.add_argument("--attack-horizon", type=int, default=400, help="steps watched after the attack (default 400)")
+    p.add_argument("--attack-cells", type=int, default=4, help="cells attacked per digit, one at a time (default 4)")
     p.add_argument("--canvases", type=int, default=0, help="also N 84×84 canvases of 3 digits each")
     p.add_argument("--solve", action="store_true", help="also the metrics at the fixed point a solver reaches")
     p.add_argument("--solver", default="anderson")
