@@ -554,9 +554,11 @@ def test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit(cac
     compiled, _ = load(models_dir() / "maze" / "geodesic")
     assert compiled.compile_for_eval() and compiled.rule._compiled is not None
     x, _ = mazes.to_images(torch.as_tensor(mazes.load_set(13, 4, "test", cache=cache, generator="prim")))
-    z1, s1 = solve_for_eval(eager, x, 2000)
-    z2, s2 = solve_for_eval(compiled, x, 2000)
+    z1, s1 = solve_for_eval(eager, x, 2000, solver="fixed_point")
+    z2, s2 = solve_for_eval(compiled, x, 2000, solver="fixed_point")
     assert torch.equal(z1, z2) and torch.equal(s1.sample_steps, s2.sample_steps) and (s2.rel_residual == 0).all()
+    z3, s3 = solve_for_eval(compiled, x, 2000, solver="wavefront")       # its dense steps are the compiled ones
+    assert torch.equal(z1, z3) and (s3.rel_residual == 0).all()
 
 
 def _d4(t, k, flip):
@@ -624,7 +626,7 @@ def test_cli_eval_and_show_with_the_symmetrised_read_out(tmp_path, cache, capsys
     assert main(["maze", "eval", str(models_dir() / "maze" / "dt"), "--sizes", "5", "--limit-per-size", "2",
                  "--readout-symmetry", "d4", "--out", str(tmp_path / "eval"), *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is for the geodesic model" in err[0]
+    assert len(err) == 1 and "is for the geodesic and trace models" in err[0]
     # shipping a model with or without the symmetrised read-out: the weights unchanged, the config says which
     from deqnca import load
     assert main(["export", geo, str(tmp_path / "plain"), "--readout-symmetry", "none"]) == 0

@@ -13,7 +13,7 @@ from deqnca.core.fileio import write_text_atomic
 from deqnca.core.solvers import get_solver, residuals, rollout
 from deqnca.tasks import load
 from deqnca.tasks.maze import generate as mazes
-from deqnca.tasks.maze.model import eval_solver_kw, inference_iters, predict, solve_for_eval
+from deqnca.tasks.maze.model import EXACT, eval_solver, eval_solver_kw, inference_iters, predict, solve_for_eval
 from deqnca.tasks.maze.model_config import DEFAULT_LIMITS  # noqa: F401  (re-exported)
 
 MAX_FAILED = 50      # failing maze indices kept per row (for pictures of failures: `deqnca maze show --index`)
@@ -44,10 +44,13 @@ def _sync(device):
 
 @torch.no_grad()
 def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 50, batch: int | None = None,
-                  curve: bool = True):
+                  curve: bool = True, solver: str | None = None):
     """Accuracy (every pixel right) vs iterations, AA score, residuals, time and memory per maze. `curve` False:
-    the read-out only at the end (the fixed point, or DT's last step), not at every mark on the way."""
+    the read-out only at the end (the fixed point, or DT's last step), not at every mark on the way. `solver`:
+    the test-time solver (`eval_solver`: by default the wavefront for the geodesic and trace models, whose
+    states, step counts and curve are Picard's, and fixed_point for the DEQ)."""
     model.eval()
+    solver = eval_solver(model, solver)
     marks = iteration_marks(max_iters) if curve else [max_iters]
     size = layouts.shape[1] - 2
     batch = batch or _batch_for(size, device)
@@ -70,8 +73,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
             if is_dt:
                 z, _ = rollout(f, z, m - prev, measure=False)
             else:
-                z, st = get_solver("fixed_point")(f, z, max_iter=m - prev, tol=model.config.tol,
-                                                  **eval_solver_kw(model))
+                z, st = get_solver(solver)(f, z, max_iter=m - prev, tol=model.config.tol, **eval_solver_kw(model))
                 converged = (st.rel_residual < model.config.tol).cpu()
                 # the iteration each maze first reached tol (not the mark after it): iterations against size
                 met = prev + st.sample_steps.cpu().clamp(min=1)
@@ -95,7 +97,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
         if n_aa >= 2:
             # asymptotic alignment: solve maze a again, now starting from maze a+1's final state
             z_other = torch.roll(z[:n_aa], 1, dims=0)
-            z2, _ = solve_for_eval(model, x[:n_aa], max_iters, z0=z_other)
+            z2, _ = solve_for_eval(model, x[:n_aa], max_iters, z0=z_other, solver=solver)
             # in float64: over ~10^5-10^6 entries a float32 cosine is off by ~1e-5 even for identical states
             cos_all.append(F.cosine_similarity(z[:n_aa].flatten(1).double(), z2.flatten(1).double(), dim=1).cpu())
     n = len(layouts)
@@ -105,6 +107,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
     best = max(range(len(marks)), key=lambda j: curve[j])
     return {
         "size": size, "image_px": mazes.image_side(size), "n": n, "max_iters": max_iters,
+        "solver": "rollout" if is_dt else solver,
         "accuracy": curve[-1], "best_accuracy": curve[best], "best_iters": marks[best],
         "curve_iters": marks, "curve_accuracy": curve,
         "aa_score": torch.cat(cos_all).mean().item() if cos_all else None,     # float64
@@ -136,7 +139,8 @@ def parse_size_map(text: str | None, sizes, default: dict | None = None) -> dict
 
 def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=50, cache=None, log=print,
                          generators=(mazes.DEFAULT_GENERATOR,), compile: bool = False,
-                         readout_symmetry: str | None = None, curve: bool = True, first: int = 0) -> dict:
+                         readout_symmetry: str | None = None, curve: bool = True, first: int = 0,
+                         solver: str | None = None) -> dict:
     """Every checkpoint on every size of every maze distribution in `generators`; `max_iters` {size: cap or
     None}, None meaning the model's `default_max_iters`.
 
@@ -144,7 +148,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
     the first generator (the depth-first benchmark by default, as before there were others). `readout_symmetry`
     (geodesic models) overrides the checkpoint's read-out symmetrisation (None: keep it). `first` skips the first
     mazes of every set (mazes first .. first + limit − 1: an evaluation extended in parts); `failed` holds indices
-    in the whole set."""
+    in the whole set. `solver`: the test-time solver of the geodesic and trace models (`eval_solver`)."""
     from deqnca.viz.figures import line_plot
 
     generators = tuple(mazes.spec_identity(g)[0] for g in generators)
@@ -162,7 +166,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
             for s in sizes:
                 lay = mazes.load_set(s, first + limits[s], "test", cache=cache, log=log, generator=g)[first:]
                 r = evaluate_size(model, lay, max_iters.get(s) or default_max_iters(s, model), device, aa_count,
-                                  curve=curve)
+                                  curve=curve, solver=solver if model.config.model in EXACT else None)
                 r["compiled"] = compiled
                 r["readout_symmetry"] = model.config.readout_symmetry
                 r["first"], r["failed"] = first, [first + i for i in r["failed"]]

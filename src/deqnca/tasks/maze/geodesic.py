@@ -119,13 +119,16 @@ class GeodesicRule(nn.Module):
 
     def bind(self, u, conditioning=None):
         """z -> z' for input u. The input enters through the emitters, costs and open mask (the rule's own
-        injection, computed once per solve); `conditioning` is accepted for the rule protocol and unused."""
+        injection, computed once per solve); `conditioning` is accepted for the rule protocol and unused. The
+        bound step carries its fields (`step.fields`) for the structured solver (tasks/maze/wavefront.py)."""
         s, cost, open_ = self.fields(u)
         top = self.ceiling(u)
         apply = self._compiled or _step
 
         def step(y):
             return apply(y, s, cost, open_, top)
+        step.fields = (s, cost, open_, top)
+        step.structure = "geodesic"
         return step
 
     _compiled = None

@@ -12,7 +12,7 @@ from deqnca.core.solvers import residuals, rollout
 from deqnca.tasks import load
 from deqnca.tasks.maze import generate as mazes
 from deqnca.tasks.maze.evaluate import default_max_iters
-from deqnca.tasks.maze.model import predict, solve_for_eval
+from deqnca.tasks.maze.model import EXACT, predict, solve_for_eval
 
 START, GOAL = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)          # their colours in the image (generate.py)
 
@@ -81,9 +81,11 @@ def picture_name(path, form: str) -> str:
 @torch.no_grad()
 def show(path, size: int, out, index: int = 0, max_iters: int | None = None, frames: int = 60, device="cpu",
          cache=None, log=print, generator: str = mazes.DEFAULT_GENERATOR,
-         readout_symmetry: str | None = None) -> list[Path]:
+         readout_symmetry: str | None = None, solver: str | None = None) -> list[Path]:
     """A solved maze (input | prediction | target) and a GIF of the path emerging step by step;
-    `readout_symmetry` (geodesic models) overrides the checkpoint's (None: keep it)."""
+    `readout_symmetry` (geodesic models) overrides the checkpoint's (None: keep it). The geodesic and trace
+    models are first solved by `solver` (`eval_solver`), to show the steps their exact fixed point takes; the
+    pictures are always Picard's steps (the NCA view)."""
     import imageio.v3 as iio
 
     from deqnca.viz.figures import caption_frames, image_grid, step_caption
@@ -95,8 +97,9 @@ def show(path, size: int, out, index: int = 0, max_iters: int | None = None, fra
     x, y = mazes.to_images(torch.as_tensor(lay).to(device))
     f = model.step_map(x)
     z = model.inference_state(x)
-    if not max_iters and model.config.model == "geodesic":       # its exact fixed point: show the steps it takes
-        max_iters = max(1, int(solve_for_eval(model, x, default_max_iters(size, model))[1].sample_steps.max()))
+    if not max_iters and model.config.model in EXACT:       # its exact fixed point: show the steps it takes
+        steps = solve_for_eval(model, x, default_max_iters(size, model), solver=solver)[1].sample_steps
+        max_iters = max(1, int(steps.max()))
     max_iters = max_iters or default_max_iters(size)
     shots = sorted(set(round(max_iters ** (k / (frames - 1))) for k in range(frames)) | {0, max_iters})
     pictures, t = [], 0

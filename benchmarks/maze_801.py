@@ -1,0 +1,109 @@
+"""Large mazes solved exactly by the wavefront solver (tasks/maze/wavefront.py), one maze at a time, one thread.
+
+    PYTHONPATH=src python benchmarks/maze_801.py --mazes 2 --model trace-hand --json trace_hand_801.json
+    PYTHONPATH=src python benchmarks/maze_801.py --mazes 2 --model maze/geodesic --json geodesic_801.json
+    PYTHONPATH=src python benchmarks/maze_801.py --size 59 --mazes 2 --model trace-hand --picard
+
+Generates depth-first test mazes (`generate_set(size, mazes)`), solves each from the test-time state (zeros) to
+its fixed point and checks it independently: one dense step of the rule from the solution changes nothing
+(torch.equal). Prints per maze the seconds (wall, and CPU time of this process: what one core spent, the
+honest number on a shared machine), the Picard steps the solver replaced, and whether the model's answer is
+right; `--picard` also times `fixed_point` (check_every=8, as `maze eval` ran it) to the same state, bit for bit
+(hours at 801x801). `--model`: a maze checkpoint or shipped name (geodesic or trace), or "trace-hand", an
+untrained trace model with hand-set emitters (flood 0 at the start's colour, flood 1 at the goal's, equal
+costs), whose trace (0, 1) must mark exactly the BFS shortest path (checked: "trace_is_path"). The JSON goes to
+results/mazes/ (a bare file name) or to the path given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+
+def hand_set_trace_model():
+    """The trace model with flood 0 emitted at the start (green), flood 1 at the goal (red), equal costs."""
+    from deqnca.tasks.maze.config import PRESETS
+    from deqnca.tasks.maze.model import MazeSolverNet
+
+    model = MazeSolverNet(PRESETS.build("trace").model).eval()
+    with torch.no_grad():
+        w, b = model.rule.encode.weight, model.rule.encode.bias
+        w.zero_()
+        b.fill_(-1)
+        w[0, :, 0, 0] = torch.tensor([-2.0, 2.0, -2.0])
+        w[1, :, 0, 0] = torch.tensor([2.0, -2.0, -2.0])
+    return model
+
+
+def solve_one(model, layout, picard: bool) -> dict:
+    from deqnca.core.solvers import get_solver
+    from deqnca.tasks.maze import generate as mazes
+    from deqnca.tasks.maze.evaluate import default_max_iters
+    from deqnca.tasks.maze.model import eval_solver_kw, predict
+
+    x, y = mazes.to_images(layout[None])
+    size = layout.shape[-1] - 2
+    cap, tol = default_max_iters(size, model), model.config.tol
+    wall, cpu = time.perf_counter(), time.process_time()
+    f = model.step_map(x)
+    z, stats = get_solver("wavefront")(f, model.inference_state(x), cap, tol=tol)
+    row = {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+           "picard_steps": stats.nstep, "grid": list(z.shape[-2:]), "channels": z.shape[1]}
+    with torch.no_grad():
+        row["exact_fixed_point"] = torch.equal(f(z), z)            # one dense step changes nothing
+        row["solved"] = bool((predict(model.head(z), x) == y.bool()).all())
+    if model.config.model == "trace":
+        row["trace_is_path"] = torch.equal(z[0, 4] > 0, torch.as_tensor(layout & mazes.ON_PATH) > 0)
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # the process's, so far
+    if picard:
+        wall = time.perf_counter()
+        zp, sp = get_solver("fixed_point")(f, model.inference_state(x), cap, tol=tol, **eval_solver_kw(model))
+        row.update(picard_seconds=time.perf_counter() - wall, picard_same_state=torch.equal(zp, z),
+                   picard_nstep=sp.nstep)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=801)
+    ap.add_argument("--mazes", type=int, default=2)
+    ap.add_argument("--model", default="trace-hand", help="trace-hand, or a maze checkpoint / shipped name")
+    ap.add_argument("--picard", action="store_true", help="also time fixed_point (small sizes)")
+    ap.add_argument("--json", help="file name in results/mazes/, or a path")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from deqnca import load
+    from deqnca.engine.hardware import fix_mmap_threshold
+    from deqnca.tasks.maze import generate as mazes
+
+    fix_mmap_threshold()            # long Picard solves fragment the heap otherwise (docs/mazes.md)
+    model = hand_set_trace_model() if a.model == "trace-hand" else load(a.model, kind="maze")[0]
+    layouts = torch.as_tensor(mazes.generate_set(a.size, a.mazes))
+    rows = []
+    for i, layout in enumerate(layouts):
+        r = solve_one(model, layout, a.picard)
+        rows.append({"index": i, **r})
+        extra = "".join(f"  {k} {r[k]}" for k in ("trace_is_path", "picard_seconds", "picard_same_state") if k in r)
+        print(f"{a.size}x{a.size} maze {i}: {r['seconds']:.2f} s (cpu {r['cpu_seconds']:.2f} s), "
+              f"{r['picard_steps']} Picard steps replaced, exact fixed point {r['exact_fixed_point']}, "
+              f"solved {r['solved']}{extra}")
+    ok = all(r["exact_fixed_point"] and r.get("picard_same_state", True) for r in rows)
+    if a.json:
+        out = Path(a.json) if "/" in a.json else Path("results/mazes") / a.json
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record = {"model": a.model, "size": a.size, "mazes": a.mazes, "generator": "dfs", "threads": 1,
+                  "solver": "wavefront", "rows": rows, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                  "command": f"python benchmarks/maze_801.py --size {a.size} --mazes {a.mazes} --model {a.model}"
+                             + (" --picard" if a.picard else "")}
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
