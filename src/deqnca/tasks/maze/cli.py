@@ -2,6 +2,7 @@
 `deqnca.tasks.maze` (model, task, evaluate, pictures); docs/mazes.md has the method, commands and numbers."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path

@@ -393,8 +393,8 @@ def components(passage_h: np.ndarray, passage_v: np.ndarray) -> np.ndarray:
 def spec_statistics(spec, size: int, count: int = 300, split: str = "test", seed: int = 0) -> dict:
     """Means over mazes 0 .. count-1 of `spec` (drawn from `spec_rng`, so for a non-perfect spec the mazes of
     its set; a perfect spec's set has other streams, the same distribution): `rejected` (per maze, the draws
-    discarded and walls closed to reach a unique shortest path: `draw_accepted`), `path_cells`, `changed` (the fraction whose path is not the path of the tree before the
-    openings; NaN for percolation), `unreachable` (the fraction of cells the start cannot reach),
+    discarded and walls closed to reach a unique shortest path: `draw_accepted`), `path_cells`, `changed`
+    (the fraction whose path is not the path of the tree before the openings; NaN for percolation), `unreachable` (the fraction of cells the start cannot reach),
     `cycle_rank` (independent loops: passages - cells + components) and `ms` per maze."""
     spec, n = parse_spec(spec), (size + 1) // 2
     t, rows = time.perf_counter(), []
@@ -418,8 +418,8 @@ DEFAULT_SPECS = ("dfs", "dfs+anywhere", "dfs+loops=0.05", "dfs+loops=0.2", "dfs+
 
 def statistics_table(sizes=(9, 19, 59), count: int = 300, specs=None, split: str = "test", seed: int = 0) -> str:
     """Markdown table of `spec_statistics` for every spec and size; a spec that gives up at a size says so."""
-    rows = ["| spec | size | changes per maze (walls closed, draws discarded) | path (cells) | path changed by loops | unreachable cells | "
-            "cycle rank | ms per maze |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| spec | size | changes per maze (walls closed, draws discarded) | path (cells) | path changed by loops "
+            "| unreachable cells | cycle rank | ms per maze |", "|---|---|---|---|---|---|---|---|"]
     for spec in specs or DEFAULT_SPECS:
         for s in sizes:
             try:

@@ -17,7 +17,7 @@ from deqnca.engine import distributed
 from deqnca.engine.trainer import TASKS, Batch, Task, epoch_order
 from deqnca.tasks.maze import generate as mazes
 from deqnca.tasks.maze import loops
-from deqnca.tasks.maze.config import MIX, PRESETS, MazeConfig
+from deqnca.tasks.maze.config import PRESETS, MazeConfig
 from deqnca.tasks.maze.model import MazeSolverNet, deq_loss, dt_loss, quick_accuracy
 
 
