@@ -395,7 +395,8 @@ def spec_statistics(spec, size: int, count: int = 300, split: str = "test", seed
     its set; a perfect spec's set has other streams, the same distribution): `rejected` (per maze, the draws
     discarded and walls closed to reach a unique shortest path: `draw_accepted`), `path_cells`, `changed`
     (the fraction whose path is not the path of the tree before the openings; NaN for percolation),
-    `unreachable` (the fraction of cells the start cannot reach), `cycle_rank` (independent loops: passages - cells + components) and `ms` per maze."""
+    `unreachable` (the fraction of cells the start cannot reach), `cycle_rank` (independent loops: passages
+    - cells + components) and `ms` per maze."""
     spec, n = parse_spec(spec), (size + 1) // 2
     t, rows = time.perf_counter(), []
     for i in range(count):
