@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +38,22 @@ def _batch_for(size: int, device: str) -> int:
     return max(2, pixels // mazes.image_side(size) ** 2)
 
 
+def start_regions(layouts) -> torch.Tensor:
+    """(B, H, W) bool image masks of the open pixels the start reaches (percolation mazes have others), drawn
+    as `to_images` draws layouts: a path marked outside them is wrong whatever the target says."""
+    from deqnca.tasks.maze.loops import bfs_batch
+
+    lay = np.asarray(layouts)
+    b, side = lay.shape[0], lay.shape[1]
+    open_ = (lay & mazes.KIND_MASK) != mazes.WALL
+    base = np.arange(b) * side * side
+    start = np.argmax(((lay & mazes.KIND_MASK) == mazes.START).reshape(b, -1), axis=1)
+    # the target is a corner, a wall no BFS reaches: every grid runs until its region is exhausted
+    dist, _ = bfs_batch(open_.ravel(), base + start, base, side)
+    region = torch.as_tensor(dist.reshape(b, side, side) >= 0)
+    return F.pad(region.repeat_interleave(2, 1).repeat_interleave(2, 2), (1, 1, 1, 1))
+
+
 def _sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -56,7 +73,8 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
     batch = batch or _batch_for(size, device)
     solved_at = torch.zeros(len(marks), dtype=torch.long)
     cos_all, rel_all, steps_all = [], [], []
-    failed, failed_px = [], []                    # indices (in `layouts`) of mazes wrong at the last mark; wrong pixels
+    # indices (in `layouts`) of mazes wrong at the last mark; their wrong pixels; mazes marked where start cannot reach
+    failed, failed_px, outside = [], [], 0
     seconds = 0.0
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
@@ -79,7 +97,8 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
                 met = prev + st.sample_steps.cpu().clamp(min=1)
                 done_at = torch.where(converged & (done_at == max_iters), met, done_at)
             prev = m
-            right = (predict(model.head(z), x) == y.bool()).flatten(1)
+            pred = predict(model.head(z), x)
+            right = (pred == y.bool()).flatten(1)
             ok = right.all(1)
             solved_at[j] += int(ok.sum())
             if not is_dt and bool((done_at < max_iters).all()):
@@ -88,6 +107,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
         bad = torch.nonzero(~ok.cpu()).flatten().tolist()
         failed += [i + k for k in bad]
         failed_px += (~right[bad]).sum(1).tolist()
+        outside += int((pred & ~start_regions(layouts[i:i + batch]).to(pred.device)).flatten(1).any(1).sum())
         _sync(device)
         seconds += time.perf_counter() - t
         fz = f(z)
@@ -116,6 +136,7 @@ def evaluate_size(model, layouts, max_iters: int, device="cpu", aa_count: int = 
         "rel_residual_median": rel.median().item(), "converged_frac": (rel < model.config.tol).double().mean().item(),
         "ms_per_maze": 1000 * seconds / n, "batch": batch,
         "failed": failed[:MAX_FAILED], "failed_pixels": failed_px[:MAX_FAILED], "n_failed": len(failed),
+        "marked_outside": outside,
         "peak_mb_per_batch": peak, "peak_mb_per_maze": peak / batch if peak is not None else None,
     }
 
@@ -176,7 +197,7 @@ def evaluate_checkpoints(paths, sizes, limits, max_iters, device, out, aa_count=
                 log(f"{Path(path).name} [{model.config.model}] {s}x{s}{f' {g}' if named else ''}: solved "
                     f"{100 * r['accuracy']:.1f}% of {r['n']} (best {100 * r['best_accuracy']:.1f}% at "
                     f"{r['best_iters']} it), AA {aa}, {r['mean_iters']:.0f} it, {r['ms_per_maze']:.1f} ms/maze, "
-                    f"peak {mem}")
+                    f"peak {mem}, {r['marked_outside']} marked outside the start's region")
             by_generator[g] = rows
         results[str(path)] = {"model": model.config.model, "width": model.config.width,
                               "sizes": by_generator[generators[0]], "by_generator": by_generator}
