@@ -28,6 +28,20 @@ def hand_set(model, floods=((START,), (GOAL,))):
     return model.eval()
 
 
+def reading_the_trace(model):
+    """`hand_set`'s model with a read-out that marks where trace (0, 1) reached: path logit 2·[traced], no-path
+    logit [flood 0 reached] (the start's region); outside the region both are 0 and argmax says no path."""
+    conv1, conv2, conv3 = [m for m in model.head.layers.layers if isinstance(m, torch.nn.Conv2d)]
+    traced = model.rule.floods + pairs(model.rule.floods).index((0, 1))      # its reached bit's feature channel
+    with torch.no_grad():
+        for conv in (conv1, conv2, conv3):
+            conv.weight.zero_()
+        conv1.weight[0, traced, 1, 1] = conv1.weight[1, 0, 1, 1] = 1.0
+        conv2.weight[0, 0, 1, 1] = conv2.weight[1, 1, 1, 1] = 1.0
+        conv3.weight[1, 0, 1, 1], conv3.weight[0, 1, 1, 1] = 2.0, 1.0
+    return model
+
+
 def trace_model(**kw):
     return MazeSolverNet({**PRESETS.build("trace").model, **kw})
 
@@ -97,3 +111,15 @@ def test_a_tiny_training_on_5x5_mazes_with_loops_learns_the_trace(tmp_path):
                          log=lambda *a: None)
     last = summary["history"][-1]
     assert last["val_solved_5"] >= 0.4, last
+
+
+def test_eval_counts_marks_outside_the_start_region():
+    from deqnca.tasks.maze.evaluate import evaluate_size, start_regions
+
+    layouts = mazes.generate_set(13, 16, generator="percolation+p=0.4")
+    x, y = mazes.to_images(torch.as_tensor(layouts))
+    region = start_regions(layouts)
+    assert (region <= (x.amax(1) > 0)).all() and (y.bool() <= region).all()
+    assert ((x.amax(1) > 0) & ~region).flatten(1).any(1).float().mean() > 0.5   # most have regions cut off
+    row = evaluate_size(reading_the_trace(hand_set(trace_model())), layouts, max_iters=400, aa_count=4)
+    assert row["accuracy"] == 1.0 and row["marked_outside"] == 0 and row["aa_score"] == pytest.approx(1.0)
