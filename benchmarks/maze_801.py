@@ -4,15 +4,15 @@
     PYTHONPATH=src python benchmarks/maze_801.py --mazes 2 --model maze/geodesic --json geodesic_801.json
     PYTHONPATH=src python benchmarks/maze_801.py --size 59 --mazes 2 --model trace-hand --picard
 
-Generates depth-first test mazes (`generate_set(size, mazes)`), solves each from the test-time state (zeros) to
-its fixed point and checks it independently: one dense step of the rule from the solution changes nothing
-(torch.equal). Prints per maze the seconds (wall, and CPU time of this process: what one core spent, the
-honest number on a shared machine), the Picard steps the solver replaced, and whether the model's answer is
-right; `--picard` also times `fixed_point` (check_every=8, as `maze eval` ran it) to the same state, bit for bit
-(hours at 801x801). `--model`: a maze checkpoint or shipped name (geodesic or trace), or "trace-hand", an
-untrained trace model with hand-set emitters (flood 0 at the start's colour, flood 1 at the goal's, equal
-costs), whose trace (0, 1) must mark exactly the BFS shortest path (checked: "trace_is_path"). The JSON goes to
-results/mazes/ (a bare file name) or to the path given.
+Reads (or generates and caches) the first test mazes of each maze spec (`--generators`, default dfs), solves
+each from the test-time state (zeros) to its fixed point and checks it independently: one dense step of the rule
+from the solution changes nothing (torch.equal). Prints per maze the seconds (wall, and CPU time of this
+process: what one core spent, the honest number on a shared machine), the Picard steps the solver replaced, and
+whether the model's answer is right; `--picard` also times `fixed_point` (check_every=8, as `maze eval` ran it)
+to the same state, bit for bit (hours at 801x801). `--model`: a maze checkpoint or shipped name (geodesic or
+trace), or "trace-hand", an untrained trace model with hand-set emitters (flood 0 at the start's colour, flood 1
+at the goal's, equal costs), whose trace (0, 1) must mark exactly the BFS shortest path (checked:
+"trace_is_path"). The JSON goes to results/mazes/ (a bare file name) or to the path given.
 """
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def _machine() -> str:
+    import os
+    import platform
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.exists() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def hand_set_trace_model():
@@ -40,7 +49,7 @@ def hand_set_trace_model():
     return model
 
 
-def solve_one(model, layout, picard: bool) -> dict:
+def solve_one(model, layout, picard: bool, hand_set: bool = False) -> dict:
     from deqnca.core.solvers import get_solver
     from deqnca.tasks.maze import generate as mazes
     from deqnca.tasks.maze.evaluate import default_max_iters
@@ -55,9 +64,12 @@ def solve_one(model, layout, picard: bool) -> dict:
     row = {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
            "picard_steps": stats.nstep, "grid": list(z.shape[-2:]), "channels": z.shape[1]}
     with torch.no_grad():
+        pred = predict(model.head(z), x)
+        row["seconds_with_readout"] = time.perf_counter() - wall      # the whole answer: solve and read-out
+        row["cpu_seconds_with_readout"] = time.process_time() - cpu
         row["exact_fixed_point"] = torch.equal(f(z), z)            # one dense step changes nothing
-        row["solved"] = bool((predict(model.head(z), x) == y.bool()).all())
-    if model.config.model == "trace":
+        row["solved"] = bool((pred == y.bool()).all())
+    if hand_set:
         row["trace_is_path"] = torch.equal(z[0, 4] > 0, torch.as_tensor(layout & mazes.ON_PATH) > 0)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # the process's, so far
     if picard:
@@ -75,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="trace-hand", help="trace-hand, or a maze checkpoint / shipped name")
     ap.add_argument("--picard", action="store_true", help="also time fixed_point (small sizes)")
     ap.add_argument("--json", help="file name in results/mazes/, or a path")
+    ap.add_argument("--generators", nargs="+", default=["dfs"], help="maze specs (deqnca.tasks.maze.loops), "
+                    "--mazes test mazes of each")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from deqnca import load
@@ -83,23 +97,29 @@ def main(argv=None) -> int:
 
     fix_mmap_threshold()            # long Picard solves fragment the heap otherwise (docs/mazes.md)
     model = hand_set_trace_model() if a.model == "trace-hand" else load(a.model, kind="maze")[0]
-    layouts = torch.as_tensor(mazes.generate_set(a.size, a.mazes))
     rows = []
-    for i, layout in enumerate(layouts):
-        r = solve_one(model, layout, a.picard)
-        rows.append({"index": i, **r})
-        extra = "".join(f"  {k} {r[k]}" for k in ("trace_is_path", "picard_seconds", "picard_same_state") if k in r)
-        print(f"{a.size}x{a.size} maze {i}: {r['seconds']:.2f} s (cpu {r['cpu_seconds']:.2f} s), "
-              f"{r['picard_steps']} Picard steps replaced, exact fixed point {r['exact_fixed_point']}, "
-              f"solved {r['solved']}{extra}")
+    for spec in a.generators:
+        t = time.perf_counter()
+        layouts = torch.as_tensor(mazes.load_set(a.size, a.mazes, "test", generator=spec))
+        made = time.perf_counter() - t
+        for i, layout in enumerate(layouts):
+            r = solve_one(model, layout, a.picard, hand_set=a.model == "trace-hand")
+            rows.append({"generator": spec, "index": i, **r})
+            extra = "".join(f"  {k} {r[k]}" for k in ("trace_is_path", "picard_seconds", "picard_same_state")
+                            if k in r)
+            print(f"{a.size}x{a.size} {spec} maze {i}: {r['seconds']:.2f} s solve, {r['seconds_with_readout']:.2f} s "
+                  f"with the read-out (cpu {r['cpu_seconds_with_readout']:.2f} s), {r['picard_steps']} Picard steps "
+                  f"replaced, exact fixed point {r['exact_fixed_point']}, solved {r['solved']}{extra}", flush=True)
+        print(f"({spec}: {a.mazes} mazes generated or read from the cache in {made:.0f} s)", flush=True)
     ok = all(r["exact_fixed_point"] and r.get("picard_same_state", True) for r in rows)
     if a.json:
         out = Path(a.json) if "/" in a.json else Path("results/mazes") / a.json
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"model": a.model, "size": a.size, "mazes": a.mazes, "generator": "dfs", "threads": 1,
+        record = {"model": a.model, "size": a.size, "mazes": a.mazes, "generators": a.generators, "threads": 1,
                   "solver": "wavefront", "rows": rows, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                   "command": f"python benchmarks/maze_801.py --size {a.size} --mazes {a.mazes} --model {a.model}"
-                             + (" --picard" if a.picard else "")}
+                             + f" --generators {' '.join(a.generators)}" + (" --picard" if a.picard else ""),
+                  "machine": _machine()}
         out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {out}")
     return 0 if ok else 1

@@ -7,6 +7,7 @@ tables, the accuracy-against-iterations figure and the pictures of failures buil
     python scripts/maze_campaign.py run --name geo-mix --checkpoint maze/geodesic-mix --sizes 201 --limit 201=10 \\
         --aa-count 2
     python scripts/maze_campaign.py table                 # markdown for docs/mazes.md, from results/mazes/campaign
+    python scripts/maze_campaign.py loops trace dt-loops  # markdown: per maze spec (loops, percolation) and size
     python scripts/maze_campaign.py figures --out docs/figures/mazes   # accuracy vs iterations, failures
 
 Each part (one model, one generator, one size) is its own process and its own file: a part already on
@@ -258,13 +259,36 @@ def figures(a) -> int:
     return 0
 
 
+def loops_table(a) -> int:
+    """Per model and maze spec (every spec it was evaluated on, perfect ones included), the share solved at each
+    size, then the worst AA and the mazes marked outside the start's region over all its rows."""
+    data = load_all()
+    sizes = sorted({s for n in a.names for g in data.get(n, {}).values() for s in g})
+    print("| model | maze spec | " + " | ".join(f"{s}×{s}" for s in sizes) + " |")
+    print("|---|---|" + "---|" * len(sizes))
+    for n in a.names:
+        for g in sorted(data.get(n, {}), key=lambda g: (g.split("+")[0] == "percolation", "loops" in g, g)):
+            print(f"| {n} | {g} | " + " | ".join(_cell(data[n][g].get(s)) for s in sizes) + " |")
+    print()
+    for n in a.names:
+        rows = [rec["row"] for g in data.get(n, {}).values() for rec in g.values()]
+        aas = [r["aa_score"] for r in rows if r["aa_score"] is not None]
+        outside = sum(r.get("marked_outside", 0) for r in rows)
+        mazes = sum(r["n"] for r in rows)
+        print(f"- {n}: {mazes} mazes in {len(rows)} rows; lowest AA {min(aas):.6f} ({sum(r['aa_n'] for r in rows)} "
+              f"re-solves); mazes with a pixel marked outside the start's region: {outside}" if aas else
+              f"- {n}: {mazes} mazes; mazes marked outside the start's region: {outside}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--name", required=True, help="the model's name in the tables")
     r.add_argument("--checkpoint", required=True)
-    r.add_argument("--generators", nargs="+", default=["dfs"], choices=GENERATORS)
+    r.add_argument("--generators", nargs="+", default=["dfs"], help="maze specs (deqnca.tasks.maze.loops): dfs, "
+                   "prim+loops=0.05, percolation+p=0.3, ...")
     r.add_argument("--sizes", nargs="+", type=int, required=True)
     r.add_argument("--limit", default="", help="mazes per size, SIZE=N pairs (default 100)")
     r.add_argument("--max-iters", default="", help="test-time caps, SIZE=N pairs (default: the model's)")
@@ -276,6 +300,8 @@ def main(argv=None) -> int:
     r.add_argument("--first", type=int, default=0, help="`maze eval --first`: mazes N.. (a part extending another)")
     t = sub.add_parser("table")
     t.add_argument("names", nargs="*")
+    lt = sub.add_parser("loops", help="markdown: solved per maze spec and size, for mazes with loops")
+    lt.add_argument("names", nargs="+")
     f = sub.add_parser("figures")
     f.add_argument("names", nargs="*")
     f.add_argument("--out", default="docs/figures/mazes")
@@ -284,7 +310,7 @@ def main(argv=None) -> int:
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--curves-only", action="store_true", help="the accuracy figure, no failure pictures")
     a = p.parse_args(argv)
-    return {"run": run, "table": table, "figures": figures}[a.cmd](a)
+    return {"run": run, "table": table, "figures": figures, "loops": loops_table}[a.cmd](a)
 
 
 if __name__ == "__main__":
