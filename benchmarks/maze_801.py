@@ -49,7 +49,22 @@ def hand_set_trace_model():
     return model
 
 
-def solve_one(model, layout, picard: bool, hand_set: bool = False) -> dict:
+def picture(x, pred, target, path: Path, factor: int) -> None:
+    """The maze with the model's path in blue, pixels it marked wrongly in red and missed ones in magenta, start
+    green, goal red; shrunk `factor` times (each output pixel: the mean of a factor x factor block), as a PNG."""
+    from PIL import Image
+
+    img = x[0].permute(1, 2, 0).clone()
+    img[pred & target] = torch.tensor([0.15, 0.35, 0.95])
+    img[pred & ~target] = torch.tensor([0.95, 0.1, 0.1])
+    img[~pred & target] = torch.tensor([0.9, 0.0, 0.9])
+    ends = (x[0, 1] > 0.5) & (x[0, 0] < 0.5) | (x[0, 0] > 0.5) & (x[0, 1] < 0.5)      # start or goal colour
+    img[ends] = x[0].permute(1, 2, 0)[ends]
+    small = torch.nn.functional.avg_pool2d(img.permute(2, 0, 1)[None], factor)[0].permute(1, 2, 0)
+    Image.fromarray((small * 255).round().to(torch.uint8).numpy()).save(path)
+
+
+def solve_one(model, layout, picard: bool, hand_set: bool = False, picture_to: Path | None = None) -> dict:
     from deqnca.core.solvers import get_solver
     from deqnca.tasks.maze import generate as mazes
     from deqnca.tasks.maze.evaluate import default_max_iters
@@ -69,6 +84,8 @@ def solve_one(model, layout, picard: bool, hand_set: bool = False) -> dict:
         row["cpu_seconds_with_readout"] = time.process_time() - cpu
         row["exact_fixed_point"] = torch.equal(f(z), z)            # one dense step changes nothing
         row["solved"] = bool((pred == y.bool()).all())
+    if picture_to is not None:
+        picture(x, pred[0], y[0].bool(), picture_to, factor=2)
     if hand_set:
         row["trace_is_path"] = torch.equal(z[0, 4] > 0, torch.as_tensor(layout & mazes.ON_PATH) > 0)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # the process's, so far
@@ -87,6 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="trace-hand", help="trace-hand, or a maze checkpoint / shipped name")
     ap.add_argument("--picard", action="store_true", help="also time fixed_point (small sizes)")
     ap.add_argument("--json", help="file name in results/mazes/, or a path")
+    ap.add_argument("--pictures", help="folder for a PNG of each solved maze (shrunk 2x)")
     ap.add_argument("--generators", nargs="+", default=["dfs"], help="maze specs (deqnca.tasks.maze.loops), "
                     "--mazes test mazes of each")
     a = ap.parse_args(argv)
@@ -103,7 +121,11 @@ def main(argv=None) -> int:
         layouts = torch.as_tensor(mazes.load_set(a.size, a.mazes, "test", generator=spec))
         made = time.perf_counter() - t
         for i, layout in enumerate(layouts):
-            r = solve_one(model, layout, a.picard, hand_set=a.model == "trace-hand")
+            shot = None
+            if a.pictures:
+                Path(a.pictures).mkdir(parents=True, exist_ok=True)
+                shot = Path(a.pictures) / f"{Path(a.model).name}-{a.size}-{spec}-{i}.png"
+            r = solve_one(model, layout, a.picard, hand_set=a.model == "trace-hand", picture_to=shot)
             rows.append({"generator": spec, "index": i, **r})
             extra = "".join(f"  {k} {r[k]}" for k in ("trace_is_path", "picard_seconds", "picard_same_state")
                             if k in r)
