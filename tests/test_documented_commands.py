@@ -54,6 +54,9 @@ MNIST = "--train-subset 64 --test-subset 16 --epochs 1"
 CELLS = "--steps 2 --train-images 32 --eval-images 4"
 GROW = "--steps 1 --batch-size 5 --rollout-steps 8 8 --pool-size 16"
 MAZE = "--epochs 1 --train-count 16 --val-count 4 --batch-size 8"
+LOOP_SPECS = ("dfs,prim,kruskal,wilson,division,dfs+anywhere,dfs+loops=0.05+anywhere,prim+loops=0.1,"
+              "kruskal+loops=0.05+anywhere,wilson+loops=0.1,division+loops=0.05+anywhere,dfs+loops=0.1,"
+              "percolation+p=0.3,percolation+p=0.5,percolation+p=0.7")      # docs/mazes-loops.md's training mix
 
 
 # ---- the classes ------------------------------------------------------------------------------------------
@@ -231,6 +234,23 @@ COMMANDS = {
     "--readout-symmetry d4 --no-curve --generators dfs prim kruskal wilson division --sizes 9 19 33 59 "
     "--limit 9=1000,19=1000,33=500,59=300": Script(why="hours, and it writes results/mazes/campaign/"),
     "python scripts/maze_campaign.py table": Script(run=""),
+    # docs/mazes-loops.md
+    "deqnca maze generate --sizes 9 59 --count 100 --generator dfs+loops=0.05+anywhere": Budget("--count 3"),
+    "python -m deqnca.tasks.maze.loop_statistics --sizes 9 19 59 201 --count 100 --specs dfs dfs+loops=0.05+anywhere "
+    "percolation+p=0.3": Other("minutes; loop_statistics.statistics_table and spec_statistics run in "
+                               "tests/test_maze_loops.py"),
+    "deqnca maze train --model trace --train-size 13 --train-sizes [5,7,9,11] --train-count 10000 --batch-size 32 "
+    "--lr 5e-3 --epochs 25 --time-budget 3000 --device cpu --out runs/maze-trace --generator " + LOOP_SPECS:
+        Budget("--epochs 1 --train-count 8 --val-count 4 --batch-size 8"),
+    "deqnca maze train --model dt --width 32 --train-size 13 --train-sizes [5,7,9,11] --train-count 10000 "
+    "--batch-size 32 --lr 2e-3 --epochs 2 --time-budget 3000 --device cpu --out runs/maze-dt-loops --generator "
+    + LOOP_SPECS: Long("50 minutes", family="deqnca maze train --model dt --width 32"),
+    "deqnca export runs/maze-trace/last src/deqnca/_data/models/maze/trace --machine ... --command ...":
+        Run(says=("src/deqnca/_data/models/maze/trace",)),
+    "PYTHONPATH=src python benchmarks/maze_801.py --size 801 --mazes 3 --model maze/trace --generators dfs "
+    "dfs+loops=0.05+anywhere kruskal kruskal+loops=0.05 --json results/mazes/loops/trace_801.json --pictures "
+    "docs/figures/mazes/loops": Script(run="--size 9 --mazes 1 --generators dfs+loops=0.05 --json bench.json "
+                                           "--pictures pictures"),
     "python scripts/maze_campaign.py figures --out docs/figures/mazes/campaign":
         Script(run="--curves-only", why="47 pictures of failures take 2.5 min; " + NO_FIGURES_IN_THE_REPOSITORY),
     "deqnca maze train --model dt --width 32 --batch-size 128 --lr 2e-3 --time-budget 240 --device cuda "

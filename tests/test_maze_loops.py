@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deqnca.tasks.maze import generate as mazes
-from deqnca.tasks.maze import loops
+from deqnca.tasks.maze import loop_statistics, loops
 from deqnca.tasks.maze.loops import LOOPS_VERSION, MazeSpec, parse_mix, parse_spec
 
 # SHA-256 (`layouts_digest`) of generate_set(9, 20, "test", seed=0, generator=g), computed with the code
@@ -230,11 +230,12 @@ def test_mixed_specs_interleave_and_the_statistics_report_the_rejected_draws(cac
     assert len(mixed) == 7
     for i, layout in enumerate(mixed):
         assert np.array_equal(layout, mazes.load_set(5, 3, "test", cache=cache, generator=specs[i % 3])[i // 3])
-    st = loops.spec_statistics("percolation+p=0.5", 13, 30)
+    st = loop_statistics.spec_statistics("percolation+p=0.5", 13, 30)
     assert st["rejected"] > 0 and st["unreachable"] > 0 and st["path_cells"] >= 2
-    st = loops.spec_statistics("dfs+loops=0.2", 13, 30)
+    st = loop_statistics.spec_statistics("dfs+loops=0.2", 13, 30)
     # k openings, less the walls closed to make each shortest path unique
     assert st["cycle_rank"] == round(0.2 * 49) - st["rejected"] and 0 < st["changed"] <= 1 and st["unreachable"] == 0
-    assert loops.spec_statistics("dfs", 13, 10)["rejected"] == 0 == loops.spec_statistics("dfs", 13, 10)["changed"]
-    table = loops.statistics_table([9], 5, ["dfs+loops=0.05", "percolation+p=0.0001"])
+    plain = loop_statistics.spec_statistics("dfs", 13, 10)
+    assert plain["rejected"] == 0 == plain["changed"]
+    table = loop_statistics.statistics_table([9], 5, ["dfs+loops=0.05", "percolation+p=0.0001"])
     assert "| dfs+loops=0.05 | 9 |" in table and "gave up" in table

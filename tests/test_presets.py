@@ -63,7 +63,7 @@ def test_the_built_in_presets():
                              "essay-broyden"]
     assert GROW.names() == ["equilibrium", "window"]
     assert CELLS.names() == ["article", "consensus", "equilibrium"]
-    assert MAZE.names() == ["deq", "dt", "geodesic"]
+    assert MAZE.names() == ["deq", "dt", "geodesic", "trace"]
     assert all(CELLS.build(name).model == name for name in CELLS)             # `cells train --model NAME`
     assert all(MAZE.build(name).model["model"] == name for name in MAZE)      # `maze train --model NAME`
     assert deqnca.PRESETS is MNIST and deqnca.preset("essay") == MNIST.build("essay")
