@@ -235,6 +235,36 @@ COMMANDS = {
     "--limit 9=1000,19=1000,33=500,59=300": Script(why="hours, and it writes results/mazes/campaign/"),
     "python scripts/maze_campaign.py table": Script(run=""),
     # docs/mazes-loops.md
+    "python scripts/maze_campaign.py run --name trace --checkpoint maze/trace --sizes 9 19 59 --limit "
+    "9=200,19=200,59=100 --aa-count 10 --no-curve --generators dfs dfs+anywhere prim+anywhere "
+    "dfs+loops=0.01+anywhere dfs+loops=0.05+anywhere dfs+loops=0.1+anywhere prim+loops=0.01+anywhere "
+    "prim+loops=0.05+anywhere prim+loops=0.1+anywhere kruskal+loops=0.01 kruskal+loops=0.05 kruskal+loops=0.1 "
+    "wilson+loops=0.01 wilson+loops=0.05 wilson+loops=0.1 division+loops=0.01 division+loops=0.05 "
+    "division+loops=0.1 percolation+p=0.1 percolation+p=0.3 percolation+p=0.5":
+        Script(why="tens of minutes, and it writes results/mazes/campaign/; its parts are `deqnca maze eval` runs"),
+    "python scripts/maze_campaign.py run --name trace --checkpoint maze/trace --sizes 201 --limit 201=20 "
+    "--aa-count 0 --no-curve --generators dfs dfs+anywhere prim+anywhere dfs+loops=0.01+anywhere "
+    "dfs+loops=0.05+anywhere dfs+loops=0.1+anywhere prim+loops=0.01+anywhere prim+loops=0.05+anywhere "
+    "prim+loops=0.1+anywhere kruskal+loops=0.01 kruskal+loops=0.05 kruskal+loops=0.1 wilson+loops=0.01 "
+    "wilson+loops=0.05 wilson+loops=0.1 division+loops=0.01 division+loops=0.05 division+loops=0.1 "
+    "percolation+p=0.1 percolation+p=0.3 percolation+p=0.5":
+        Script(why="tens of minutes, and it writes results/mazes/campaign/; its parts are `deqnca maze eval` runs"),
+    "python scripts/maze_campaign.py run --name geodesic-mix-loops --checkpoint maze/geodesic-mix --sizes 9 19 59"
+    " --limit 9=200,19=200,59=50 --aa-count 0 --no-curve --generators dfs+anywhere prim+anywhere "
+    "dfs+loops=0.01+anywhere dfs+loops=0.05+anywhere dfs+loops=0.1+anywhere prim+loops=0.01+anywhere "
+    "prim+loops=0.05+anywhere prim+loops=0.1+anywhere kruskal+loops=0.01 kruskal+loops=0.05 kruskal+loops=0.1 "
+    "wilson+loops=0.01 wilson+loops=0.05 wilson+loops=0.1 division+loops=0.01 division+loops=0.05 "
+    "division+loops=0.1 percolation+p=0.1 percolation+p=0.3 percolation+p=0.5":
+        Script(why="tens of minutes, and it writes results/mazes/campaign/; its parts are `deqnca maze eval` runs"),
+    "python scripts/maze_campaign.py loops trace geodesic-mix-loops dt-loops":
+        Script(run=""),
+    "python scripts/maze_campaign.py run --name dt-loops --checkpoint maze/dt-loops --generators dfs+anywhere "
+    "dfs+loops=0.05+anywhere prim+loops=0.1+anywhere kruskal+loops=0.05 wilson+loops=0.1 division+loops=0.01 "
+    "percolation+p=0.3 percolation+p=0.5 --sizes 9 19 --limit 9=100,19=50 --aa-count 10 --no-curve":
+        Script(why="tens of minutes, and it writes results/mazes/campaign/; its parts are `deqnca maze eval` runs"),
+    "python scripts/maze_campaign.py run --name dt-loops --checkpoint maze/dt-loops --generators "
+    "dfs+loops=0.05+anywhere percolation+p=0.5 --sizes 59 --limit 59=5 --aa-count 2 --no-curve":
+        Script(why="tens of minutes, and it writes results/mazes/campaign/; its parts are `deqnca maze eval` runs"),
     "deqnca maze generate --sizes 9 59 --count 100 --generator dfs+loops=0.05+anywhere": Budget("--count 3"),
     "python -m deqnca.tasks.maze.loop_statistics --sizes 9 19 59 201 --count 100 --specs dfs dfs+loops=0.05+anywhere "
     "percolation+p=0.3": Other("minutes; loop_statistics.statistics_table and spec_statistics run in "
