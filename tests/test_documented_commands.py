@@ -235,6 +235,10 @@ COMMANDS = {
     "--limit 9=1000,19=1000,33=500,59=300": Script(why="hours, and it writes results/mazes/campaign/"),
     "python scripts/maze_campaign.py table": Script(run=""),
     # docs/mazes-loops.md
+    "deqnca maze show maze/geodesic-mix --size 19 --generator dfs+loops=0.05+anywhere --index 3 --out "
+    "docs/figures/mazes/loops": Budget("--out pictures --max-iters 4", why=NO_FIGURES_IN_THE_REPOSITORY),
+    "deqnca maze show maze/trace --size 19 --generator dfs+loops=0.05+anywhere --index 3 --out "
+    "docs/figures/mazes/loops": Budget("--out pictures --max-iters 4", why=NO_FIGURES_IN_THE_REPOSITORY),
     "python scripts/maze_campaign.py run --name trace --checkpoint maze/trace --sizes 9 19 59 --limit "
     "9=200,19=200,59=100 --aa-count 10 --no-curve --generators dfs dfs+anywhere prim+anywhere "
     "dfs+loops=0.01+anywhere dfs+loops=0.05+anywhere dfs+loops=0.1+anywhere prim+loops=0.01+anywhere "
