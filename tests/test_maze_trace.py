@@ -103,14 +103,15 @@ def test_a_tiny_training_on_5x5_mazes_with_loops_learns_the_trace(tmp_path):
     from deqnca.tasks.maze.config import MazeConfig
     from deqnca.tasks.maze.task import train_maze
 
-    # 300 steps; an untrained model solves none of these mazes (its emitters are random)
+    # 300 steps; untrained models solve none of these 200 mazes (5 seeds); a trained one ends at 0.3-0.7 (the
+    # straight-through emitters make the path depend on the float order, i.e. on the threads): a wide margin
     cfg = MazeConfig(train_size=5, train_count=4800, epochs=2, batch_size=32, lr=1e-2, val_count=200,
                      generator="dfs+loops=0.2+anywhere,percolation+p=0.6")
     torch.manual_seed(0)
     summary = train_maze(PRESETS.build("trace").model, cfg, tmp_path / "run", cache=tmp_path / "cache",
                          log=lambda *a: None)
     last = summary["history"][-1]
-    assert last["val_solved_5"] >= 0.4, last
+    assert last["val_solved_5"] >= 0.25, last
 
 
 def test_eval_counts_marks_outside_the_start_region():
