@@ -35,6 +35,7 @@ SLOW_TESTS = {
     "test_the_compiled_geodesic_step_reaches_the_same_fixed_point_bit_for_bit",
     "test_an_evaluation_extended_in_parts_is_the_whole_evaluation",
     "test_cli_eval_and_show_with_the_symmetrised_read_out",
+    "test_cells_eval_runs_the_attacks_and_the_mutation_of_different_labels",
     "test_a_compiled_rule_evaluates_like_the_eager_one",
     "test_a_few_training_steps_reduce_the_loss",
     "test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine",
