@@ -38,14 +38,10 @@ def hand_set_trace_model():
     """The trace model with flood 0 emitted at the start (green), flood 1 at the goal (red), equal costs."""
     from deqnca.tasks.maze.config import PRESETS
     from deqnca.tasks.maze.model import MazeSolverNet
+    from deqnca.tasks.maze.trace import emit_at_start_and_goal
 
     model = MazeSolverNet(PRESETS.build("trace").model).eval()
-    with torch.no_grad():
-        w, b = model.rule.encode.weight, model.rule.encode.bias
-        w.zero_()
-        b.fill_(-1)
-        w[0, :, 0, 0] = torch.tensor([-2.0, 2.0, -2.0])
-        w[1, :, 0, 0] = torch.tensor([2.0, -2.0, -2.0])
+    emit_at_start_and_goal(model.rule)
     return model
 
 

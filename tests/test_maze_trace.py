@@ -11,20 +11,12 @@ from deqnca.core.solvers import get_solver
 from deqnca.tasks.maze import generate as mazes
 from deqnca.tasks.maze.config import PRESETS
 from deqnca.tasks.maze.model import MazeSolverNet, predict, to_cells, to_pixels
-from deqnca.tasks.maze.trace import pairs
-
-START, GOAL = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)           # generate.PALETTE's colours
+from deqnca.tasks.maze.trace import emit_at_start_and_goal, pairs
 
 
-def hand_set(model, floods=((START,), (GOAL,))):
-    """A trace model whose flood k emits exactly at the colours floods[k] (the others nowhere)."""
-    with torch.no_grad():
-        w, b = model.rule.encode.weight, model.rule.encode.bias
-        w.zero_()
-        b.fill_(-1.0)
-        for k, colours in enumerate(floods):
-            (colour,) = colours
-            w[k, :, 0, 0] = torch.tensor(colour) * 4 - 2             # +2 on its colour's channels, -2 elsewhere
+def hand_set(model):
+    """A trace model whose flood 0 emits at the start, flood 1 at the goal (`emit_at_start_and_goal`)."""
+    emit_at_start_and_goal(model.rule)
     return model.eval()
 
 
@@ -103,8 +95,8 @@ def test_a_tiny_training_on_5x5_mazes_with_loops_learns_the_trace(tmp_path):
     from deqnca.tasks.maze.config import MazeConfig
     from deqnca.tasks.maze.task import train_maze
 
-    # 300 steps; untrained models solve none of these 200 mazes (5 seeds); a trained one ends at 0.3-0.7 (the
-    # straight-through emitters make the path depend on the float order, i.e. on the threads): a wide margin
+    # 300 steps; an untrained model solves none of these mazes (its emitters are random), and the straight-through
+    # emitters make a run depend on the float order (the threads): a wide margin
     cfg = MazeConfig(train_size=5, train_count=4800, epochs=2, batch_size=32, lr=1e-2, val_count=200,
                      generator="dfs+loops=0.2+anywhere,percolation+p=0.6")
     torch.manual_seed(0)

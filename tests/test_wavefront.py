@@ -9,7 +9,7 @@ from deqnca.tasks.maze import generate as mazes
 from deqnca.tasks.maze.config import PRESETS
 from deqnca.tasks.maze.geodesic import _step
 from deqnca.tasks.maze.model import MazeSolverNet, solve_for_eval, to_cells
-from deqnca.tasks.maze.trace import pairs, trace_step
+from deqnca.tasks.maze.trace import emit_at_start_and_goal, pairs, trace_step
 from deqnca.tasks.maze.wavefront import NEEDS_STRUCTURE, wavefront
 
 pytestmark = pytest.mark.usefixtures("one_thread")      # small tensors: far faster on a loaded 2-core machine
@@ -102,12 +102,7 @@ def _trace_model(hand_set=True, seed=0):
     torch.manual_seed(seed)
     m = MazeSolverNet(PRESETS.build("trace").model).eval()
     if hand_set:            # flood 0 emitted at the start (green), flood 1 at the goal (red), equal costs
-        with torch.no_grad():
-            w, b = m.rule.encode.weight, m.rule.encode.bias
-            w.zero_()
-            b.fill_(-1)
-            w[0, :, 0, 0] = torch.tensor([-2.0, 2.0, -2.0])
-            w[1, :, 0, 0] = torch.tensor([2.0, -2.0, -2.0])
+        emit_at_start_and_goal(m.rule)
     return m
 
 

@@ -66,12 +66,8 @@ def handset_trace_model():
     d = _deqnca()
     torch.manual_seed(0)
     model = d.maze_model.MazeSolverNet(d.maze_presets.build("trace").model)
-    with torch.no_grad():
-        w, b = model.rule.encode.weight, model.rule.encode.bias
-        w.zero_()
-        b.fill_(-1)
-        w[0, :, 0, 0] = torch.tensor([-2., 2., -2.])
-        w[1, :, 0, 0] = torch.tensor([2., -2., -2.])
+    from deqnca.tasks.maze.trace import emit_at_start_and_goal
+    emit_at_start_and_goal(model.rule)
     return model.eval()
 
 

@@ -66,6 +66,18 @@ def gated_neighbour_max(t, f, cost):
     return out
 
 
+@torch.no_grad()
+def emit_at_start_and_goal(rule) -> None:
+    """Set a `TraceRule`'s encoder by hand: flood 0 emits at the start's colour (0, 1, 0), flood 1 at the goal's
+    (1, 0, 0), the others nowhere, every cell costs the same; trace (0, 1) then marks the shortest start-to-goal
+    paths with no training (the reference model of the tests, the benchmarks and the live page's tests)."""
+    w, b = rule.encode.weight, rule.encode.bias
+    w.zero_()
+    b.fill_(-1.0)
+    w[0, :, 0, 0] = torch.tensor([-2.0, 2.0, -2.0])
+    w[1, :, 0, 0] = torch.tensor([2.0, -2.0, -2.0])
+
+
 def pairs(floods: int) -> list[tuple[int, int]]:
     """The ordered pairs (c, d) of distinct floods, in the order of the trace channels."""
     return [(c, d) for c in range(floods) for d in range(floods) if c != d]
