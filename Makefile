@@ -35,12 +35,17 @@ $(VENV)/.docs: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/deqnca demo --device cpu --out out/demo
 
+# two pytest-xdist workers (most tests use one core), then the tests that time themselves, alone
+TEST_WORKERS ?= 2
+
 test: setup-test $(VENV)/.docs lint browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing" --durations=15
+	$(PY) -m pytest -q -m timing --durations=5
 
 # the fast tier: everything but the tests marked slow (trainings, subprocess runs), under a minute
 test-fast: setup-test lint
-	$(PY) -m pytest -q -m "not slow" --durations=10
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not timing" --durations=10
+	$(PY) -m pytest -q -m "timing and not slow" --durations=5
 
 lint: setup-test
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,13 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `make test` runs the suite on two pytest-xdist workers: each worker, and every process it starts, gets one
+# thread, so that two workers do not oversubscribe two cores (OpenMP threads spin while they wait)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
@@ -82,10 +88,18 @@ SLOW_TESTS = {
 }
 
 
+# Tests that time themselves run alone, after the others (`make test`'s second pytest): another worker's load
+# would make them measure it.
+TIMING_TESTS = {"test_help_is_fast", "test_example_runs_quickly", "test_the_page_is_fast_enough",
+                "test_auto_choice_is_never_slower_than_float32_nchw_here"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if item.originalname in TIMING_TESTS:
+            item.add_marker(pytest.mark.timing)
 
 
 # ---- commands as real processes, without paying Python's and torch's start-up for each -------------------

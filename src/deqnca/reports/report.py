@@ -260,11 +260,11 @@ def main(args) -> int:
     t0 = time.time()
     models = shipped_models(getattr(args, "models_dir", None))
     path = build(models, out, device=_device(args.device), data_dir=args.data_dir,
-                 n_crops=50 if quick else 200, n_curve=50 if quick else 200, max_steps=32 if quick else 160,
+                 n_crops=24 if quick else 200, n_curve=24 if quick else 200, max_steps=32 if quick else 160,
                  fig_steps=16 if quick else 64, eval_rows=getattr(args, "eval_rows", None),
                  live_page=getattr(args, "live_page", None),
                  cells_models=shipped_cells_models(getattr(args, "models_dir", None)),
-                 cells_digits=16 if quick else 64, cells_steps=80 if quick else 200,
+                 cells_digits=8 if quick else 64, cells_steps=40 if quick else 200,
                  log=lambda s: print(s, flush=True))
     print(f"report: {path}  ({time.time() - t0:.0f} s)")
     return 0
