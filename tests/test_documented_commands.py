@@ -151,7 +151,7 @@ COMMANDS = {
         Budget("--images 2 --marks 20,80,200 --canvases 1", drop=("--compile",),
                why="10,000 steps take 30 s; compiling ~20 s (tests/test_cells.py compiles)"),
     **{f"deqnca cells eval cells/{m} --images 200 --marks 200 --mutation --attacks --device cpu":
-       Budget("--images 6 --attack-digits 6 --attack-horizon 3 --attack-cells 1",
+       Budget("--images 2 --attack-digits 2 --attack-horizon 3 --attack-cells 1",
               why="minutes each (400 steps of 200 digits, 150,000 digit-steps of attacks); "
                   "tests/test_cells_attacks.py checks the measurements on hand-made rules")
        for m in ("article", "consensus", "equilibrium")},

@@ -22,16 +22,16 @@ TINY = dict(rule="residual_tanh", rule_kw={"state_init_scale": 0.1}, solver="rol
 
 
 def test_tiny_training_learns_past_threshold(tmp_path):
-    # The equilibrium preset at a quarter of the width (4,458 parameters) on 4,800 training images
-    # downsampled to 14x14, 2 epochs: 65.0% then 71.7% on 1,000 test images (AMD EPYC, 2026-12-01).
+    # The equilibrium preset at a quarter of the width (4,458 parameters) on 3,200 training images
+    # downsampled to 14x14, 2 epochs: ~60% then ~69% on 500 test images (an untrained model: ~10%).
     # The batch-normalised read-out is what makes this possible in CI time (docs/mnist.md).
     from deqnca.data.idx import load_mnist
     from deqnca.tasks.mnist.config import preset
 
     x, y = load_mnist(split="train")
     xt, yt = load_mnist(split="test")
-    data = (F.avg_pool2d(x[:4800], 2), y[:4800], F.avg_pool2d(xt[:1000], 2), yt[:1000])
-    cfg = preset("equilibrium", {"state_channels": 16, "input_channels": 8}, lr=4e-3, epochs=2, eval_batch_size=500)
+    data = (F.avg_pool2d(x[:3200], 2), y[:3200], F.avg_pool2d(xt[:500], 2), yt[:500])
+    cfg = preset("equilibrium", {"state_channels": 16, "input_channels": 8}, lr=8e-3, epochs=2, eval_batch_size=500)
     result = train(cfg.model, cfg, tmp_path, data, log=lambda s: None)
     assert result["history"][-1]["test_acc"] >= 0.65, [h["test_acc"] for h in result["history"]]
     assert result["history"][-1]["test_frac_below_1e-3"] == 1.0        # and it is at equilibrium
