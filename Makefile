@@ -44,8 +44,7 @@ test: setup-test $(VENV)/.docs lint browser
 
 # the fast tier: everything but the tests marked slow (trainings, subprocess runs), under a minute
 test-fast: setup-test lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not timing" --durations=10
-	$(PY) -m pytest -q -m "timing and not slow" --durations=5
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=10
 
 lint: setup-test
 	$(VENV)/bin/ruff check .

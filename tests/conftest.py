@@ -100,6 +100,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         if item.originalname in TIMING_TESTS:
             item.add_marker(pytest.mark.timing)
+            item.add_marker(pytest.mark.slow)           # the fast tier runs on the two workers only
+    # The files with slow tests first, and those tests first in their file, so that the two workers do not end
+    # with one long training running alone; a file's tests stay together (its module fixtures are set up once).
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.path not in slow_files, item.get_closest_marker("slow") is None))
 
 
 # ---- commands as real processes, without paying Python's and torch's start-up for each -------------------
