@@ -11,16 +11,20 @@ TORCH ?= torch==2.13.0
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# the test tools (pytest, ruff, playwright) only where the tests run: the main job needs none of them
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test]"
-	touch $@
+# the test tools (pytest, ruff, playwright) only where the tests run: the main job needs none of them; the
+# documentation tools in the same install (`make test` builds the site), one resolution instead of three
+$(VENV)/.installed-test: $(VENV)/.torch pyproject.toml
+	$(PY) -m pip install -q -e ".[test,docs]"
+	touch $(VENV)/.installed $(VENV)/.docs $@
 
 # the live page's tests drive Debian's chromium (never a downloaded browser); they skip without it
 browser:
