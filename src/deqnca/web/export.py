@@ -79,6 +79,8 @@ def mnist_spec(model, source: str) -> dict:
         raise ValueError(f"{source}: rule {cfg.rule!r}; the page runs residual_tanh and contractive_tanh")
     if rule.K2.kernel_size != (3, 3) or model.K1.kernel_size != (3, 3):
         raise ValueError(f"{source}: the page runs 3x3 kernels only")
+    if model.K1.stride != (1, 1):
+        raise ValueError(f"{source}: input_stride {model.K1.stride[0]}; the page runs the state on the image's grid")
     cu = cfg.input_channels
     # the state half exactly as bind() uses it: the contractive rule rescales it by γ/max(σ, γ) (eval mode)
     w_z = rule.state_weight() if hasattr(rule, "state_weight") else rule.K2.weight[:, cu:]

@@ -38,6 +38,8 @@ class ModelConfig:
     rule_kw: dict = field(default_factory=dict)
     conditioning: str = "injection"
     in_channels: int = option(1, "channels of the input image", min=1, max=MAX_WIDTH, flag=False)
+    input_stride: int = option(1, "stride of K1: the state's grid is the image's, or every s-th pixel of it",
+                               min=1, max=4, flag=False)
     input_channels: int = option(16, "channels of u = ReLU(K1 * x)", min=1, max=MAX_WIDTH, flag=False)
     state_channels: int = option(32, "channels of the state z", min=1, max=MAX_WIDTH, flag=False)
     hidden: int = option(32, "hidden units of the read-out", min=1, max=MAX_WIDTH, flag=False)
@@ -53,6 +55,10 @@ class ModelConfig:
 
     def __post_init__(self):
         check_solver_kw(self.solver_kw)     # max_iter, tol, stop_mode in range; no nested values
+        if self.input_stride != 1 and self.readout == "cell":
+            from deqnca.core.configs import ConfigError
+
+            raise ConfigError("readout 'cell' reads the state on the image's own grid: it needs input_stride 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -96,7 +102,7 @@ class EquilibriumModel(CellularModel):
         if isinstance(config, dict):
             config = ModelConfig.from_dict(config)
         self.config = config
-        self.K1 = nn.Conv2d(config.in_channels, config.input_channels, 3, padding=1)
+        self.K1 = nn.Conv2d(config.in_channels, config.input_channels, 3, padding=1, stride=config.input_stride)
         if not callable(getattr(RULES.get(config.rule), "bind", None)):
             raise ValueError(f"rule {config.rule!r} does not fit EquilibriumModel (it has no bind(u, conditioning)); "
                              "use contractive_tanh, residual_tanh or a rule you registered with that method")

@@ -42,6 +42,28 @@ def check_same_images(data) -> None:
                          "has one image size; pass --data-dir to a folder whose four files belong together")
 
 
+def augment(x, shift: float, degrees: float, generator: torch.Generator):
+    """Images x (B, C, H, W) each moved by up to `shift` pixels and rotated by up to `degrees` about the centre
+    (bilinear, zeros outside), drawn from `generator`: the same generator state gives the same images.
+
+    Examples:
+        >>> x = torch.rand(2, 1, 28, 28)
+        >>> torch.allclose(augment(x, 0.0, 0.0, torch.Generator().manual_seed(0)), x, atol=1e-5)
+        True
+    """
+    import torch.nn.functional as F
+
+    B, _, H, W = x.shape
+    r = torch.rand(B, 3, generator=generator, device=generator.device).to(x.device) * 2 - 1
+    angle = r[:, 0] * math.radians(degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(B, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin * H / W, sin * W / H, cos
+    theta[:, 0, 2], theta[:, 1, 2] = r[:, 1] * shift * 2 / W, r[:, 2] * shift * 2 / H   # pixels -> [-1, 1] units
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False).to(x.dtype)
+
+
 @TASKS.register("mnist")
 class MnistTask(Task):
     """Classify MNIST digits with an `EquilibriumModel`; `data` = (x_train, y_train, x_test, y_test), `data_record`
@@ -81,8 +103,10 @@ class MnistTask(Task):
         self.gen.manual_seed(c.seed * 1_000_003 + epoch * 10_007 + index + 7_919 * self.rank)
         rows = self.perm[index * c.batch_size:(index + 1) * c.batch_size]
         idx = rows[self.rank::self.world].to(self.device)
-        xb = as_layout(self.x[idx], c.channels_last, self.device)
-        return Batch((xb, self.y[idx]), len(idx), len(rows), index)
+        xb = self.x[idx]
+        if c.augment_shift or c.augment_rotate:
+            xb = augment(xb, c.augment_shift, c.augment_rotate, self.gen)
+        return Batch((as_layout(xb, c.channels_last, self.device), self.y[idx]), len(idx), len(rows), index)
 
     def loss(self, batch):
         xb, yb = batch.data
