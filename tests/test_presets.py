@@ -59,8 +59,8 @@ def test_the_built_in_presets():
     from deqnca.tasks.maze.config import PRESETS as MAZE
     from deqnca.tasks.mnist.config import PRESETS as MNIST
 
-    assert MNIST.names() == ["equilibrium", "equilibrium-fast", "equilibrium-fixed", "equilibrium-v0", "essay",
-                             "essay-broyden"]
+    assert MNIST.names() == ["equilibrium", "equilibrium-fast", "equilibrium-fixed", "equilibrium-strided",
+                             "equilibrium-v0", "essay", "essay-broyden"]
     assert GROW.names() == ["equilibrium", "window"]
     assert CELLS.names() == ["article", "consensus", "equilibrium"]
     assert MAZE.names() == ["deq", "dt", "geodesic", "trace"]
