@@ -304,6 +304,11 @@ COMMANDS = {
     "deqnca train --preset essay --seed 0 --device cuda --out runs/essay-s0 --resume": Gpu(MNIST),
     "deqnca train --preset equilibrium --device cuda": Gpu(MNIST),
     "deqnca train --preset equilibrium --set rule_kw.gamma=0.95 --out runs/gamma-0.95": Budget(MNIST),
+    "deqnca train --preset equilibrium-strided --seed 0 --device cpu --out runs/strided-seed0": Budget(MNIST),
+    "python scripts/mnist_equilibrium_check.py runs/strided-seed0/last runs/strided-seed1/last "
+    "runs/strided-seed2/last --json results/mnist/strided_check.json":
+        Script(why="needs the three runs; the next command runs the same script"),
+    "python scripts/mnist_equilibrium_check.py mnist-equilibrium --limit 500": Script(run="--limit 20"),
     # ---- docs/web.md ---------------------------------------------------------------------------------------
     "deqnca web": Run(says=("out/web/index.html",)),
     "deqnca web --cell-model runs/cell/last": Run(says=("out/web/index.html",)),
