@@ -25,6 +25,15 @@ a global max-pool of learned local features, computed by a local rule, which is 
 needs; and the cells of one piece see nearly the same y, so they agree. A piece cut off from the rest
 of its digit (2.95% of the test digits have one) sees only its own evidence.
 
+**Confirmed evidence (`confirm=2`).** The max-plus flood lets one cell speak for its whole piece: set one
+cell's y to a wrong label's value and every cell within reach takes it, minus ε per step, until it drains
+(docs/cells.md measures this attack). With `confirm=2` a cell hears the *second* largest of its alive
+neighbours' y instead: one cell's value is never the second largest of any neighbourhood, so it reaches no
+one. The fixed point stays unique: where two fixed points differ most (gap g at p, from the neighbours),
+p's second-largest neighbour drops by exactly g, so one of p's two largest neighbours has gap g and a value
+larger by ε — the same endless chain. What it costs: along a stroke one cell wide (two alive neighbours) a
+cell hears only the smaller side.
+
 **Solved by blocks.** z does not read y, so `equilibrium` solves z alone (a few solver steps: the joint
 solve spent most of its ~90 on y draining by ε per step while s settled), computes s*, then floods once
 from y = −1, exactly, remembering for each cell and channel the cell its maximum came from. Then
@@ -43,27 +52,52 @@ from deqnca.tasks.cells.rule_equilibrium import ContractiveCellsRule, _apply, _a
 _DEAD = -10.0      # what a dead neighbour offers the flood: below any evidence (s ∈ (−1, 1))
 
 
-def _flood(y, s, alive, eps: float):
-    neighbours = F.max_pool2d(torch.where(alive, y, torch.full_like(y, _DEAD)), 3, 1, 1)
+# the 8 neighbours of a cell in F.unfold's 3×3 order, the cell itself (index 4) left out
+_NEIGHBOURS = [(k // 3 - 1, k % 3 - 1) for k in range(9) if k != 4]
+
+
+def second_largest_neighbour(v):
+    """(values, which): the second largest of each cell's 8 neighbours in v (B, E, H, W), and which neighbour
+    holds it (an index into `_NEIGHBOURS`); outside the grid counts as a dead cell."""
+    b, e, h, w = v.shape
+    patches = F.unfold(F.pad(v.reshape(b * e, 1, h, w), (1, 1, 1, 1), value=_DEAD), 3).view(b, e, 9, h, w)
+    top = torch.cat([patches[:, :, :4], patches[:, :, 5:]], 2).topk(2, dim=2)
+    return top.values[:, :, 1], top.indices[:, :, 1]
+
+
+def _neighbour_values(y, alive, confirm: int):
+    """What the flood offers each cell: the largest (confirm 1) or second largest (confirm 2) alive neighbour."""
+    masked = torch.where(alive, y, torch.full_like(y, _DEAD))
+    return F.max_pool2d(masked, 3, 1, 1) if confirm == 1 else second_largest_neighbour(masked)[0]
+
+
+def _flood(y, s, alive, eps: float, confirm: int = 1):
+    neighbours = _neighbour_values(y, alive, confirm)
     # clamped to [-1, 1], where y* lies (s does): the fixed point is unchanged and a state from anywhere
     # drains to it within 2/eps steps
     return torch.where(alive, torch.maximum(s, neighbours - eps).clamp(-1.0, 1.0), torch.zeros_like(y))
 
 
-def flood_with_sources(s, alive, eps: float, max_iter: int | None = None):
+def flood_with_sources(s, alive, eps: float, max_iter: int | None = None, confirm: int = 1):
     """The flood's exact fixed point for fixed evidence s, from y = −1 on alive cells (0 on dead ones).
 
     Returns (y*, src, steps): src[b, e, p] is the flat index of the alive cell whose evidence y*[b, e, p]
     is (y* = s*(src) − ε·distance), and steps the number of flood steps until y stopped changing. The
-    rise from −1 is monotone and ends, bit for bit, within one step per cell of the longest geodesic."""
+    rise from −1 is monotone (so is the map, for either `confirm`) and ends, bit for bit, within one step
+    per cell: every value is some s(q) − kε, reached along a chain of distinct cells."""
     b, e, h, w = s.shape
     alive = alive.expand_as(s)
     own = torch.arange(h * w, device=s.device).view(1, 1, h, w).expand(b, e, h, w)
+    offsets = torch.tensor([dy * w + dx for dy, dx in _NEIGHBOURS], device=s.device)
     y, src = torch.where(alive, torch.full_like(s, -1.0), torch.zeros_like(s)), own
     max_iter = max_iter or h * w + 1
     for k in range(max_iter):
-        neighbours, at = F.max_pool2d(torch.where(alive, y, torch.full_like(y, _DEAD)), 3, 1, 1,
-                                      return_indices=True)
+        masked = torch.where(alive, y, torch.full_like(y, _DEAD))
+        if confirm == 1:
+            neighbours, at = F.max_pool2d(masked, 3, 1, 1, return_indices=True)
+        else:   # where fewer than 2 neighbours are alive the value is _DEAD and the cell's own evidence wins
+            neighbours, which = second_largest_neighbour(masked)
+            at = (own + offsets[which]).clamp(0, h * w - 1)
         carried = torch.gather(src.flatten(2), 2, at.flatten(2)).view_as(src)
         own_wins = s >= neighbours - eps
         y_next = torch.where(alive, torch.where(own_wins, s, neighbours - eps), torch.zeros_like(s))
@@ -74,21 +108,24 @@ def flood_with_sources(s, alive, eps: float, max_iter: int | None = None):
     raise RuntimeError(f"the flood did not settle in {max_iter} steps (it takes at most one per cell)")
 
 
-def _apply_consensus(state, m, w, b, v, c, eps: float, channels: int, dilations):
+def _apply_consensus(state, m, w, b, v, c, eps: float, channels: int, dilations, confirm: int = 1):
     z, y = state[:, :channels], state[:, channels:]
     z_next = _apply_dilated(z, m, w, b, dilations) if len(dilations) > 1 else _apply(z, m, w, b)
     s = torch.tanh(F.conv2d(z, v, c))
-    return torch.cat([z_next, _flood(y, s, m > 0, eps)], dim=1)
+    return torch.cat([z_next, _flood(y, s, m > 0, eps, confirm)], dim=1)
 
 
 class ConsensusCellsRule(ContractiveCellsRule):
     """Local features by a contraction, evidence spread by a max-plus flood (module docstring)."""
 
-    def __init__(self, evidence: int = 32, eps: float = 0.02, head_hidden: int = 32, classes: int = 10, **kw):
+    def __init__(self, evidence: int = 32, eps: float = 0.02, head_hidden: int = 32, classes: int = 10,
+                 confirm: int = 1, **kw):
         if not eps > 0:
             raise ValueError(f"eps must be > 0 (the flood's fixed point is unique only then), got {eps}")
+        if confirm not in (1, 2):
+            raise ValueError(f"confirm {confirm!r}: 1 (the largest neighbour) or 2 (the second largest)")
         super().__init__(head_hidden=0, classes=classes, **kw)
-        self.evidence, self.eps = evidence, eps
+        self.evidence, self.eps, self.confirm = evidence, eps, confirm
         self.head = None
         self.to_evidence = nn.Conv2d(self.state_channels, evidence, 1)
         layers = [nn.Conv2d(evidence, head_hidden, 1), nn.ReLU(), nn.Conv2d(head_hidden, classes, 1)] \
@@ -109,7 +146,8 @@ class ConsensusCellsRule(ContractiveCellsRule):
         b, w = self.drive(x), self.state_weight()
         apply = self._compiled or _apply_consensus
         v, c, dil = self.to_evidence.weight, self.to_evidence.bias, self.dilations
-        joint = lambda state: apply(state, m, w, b, v, c, self.eps, self.state_channels, dil)  # noqa: E731
+        joint = lambda state: apply(state, m, w, b, v, c, self.eps, self.state_channels, dil,  # noqa: E731
+                                    self.confirm)
         z_map = (lambda z: _apply_dilated(z, m, w, b, dil)) if len(dil) > 1 else (lambda z: _apply(z, m, w, b))
         return joint, z_map
 
@@ -132,7 +170,7 @@ class ConsensusCellsRule(ContractiveCellsRule):
         s = torch.tanh(F.conv2d(z, self.to_evidence.weight, self.to_evidence.bias))
         alive = self.alive(x)
         with torch.no_grad():
-            y, src, steps = flood_with_sources(s.detach(), alive, self.eps)
+            y, src, steps = flood_with_sources(s.detach(), alive, self.eps, confirm=self.confirm)
         picked = torch.gather(s.flatten(2), 2, src.flatten(2)).view_as(s)
         y = torch.where(alive, y + (picked - picked.detach()), torch.zeros_like(y))   # value y*, gradient of s*(src)
         state = torch.cat([z, y], dim=1)

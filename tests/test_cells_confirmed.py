@@ -1,0 +1,91 @@
+"""The consensus rule's confirmed flood (`confirm=2`): a cell hears the second largest of its alive neighbours,
+so one cell's value reaches no one, and the fixed point is still unique, exact, and differentiable by blocks."""
+import pytest
+import torch
+
+from deqnca.tasks.cells.rule_consensus import _flood, flood_with_sources, second_largest_neighbour
+
+
+def _blob(h=12, w=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    alive = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    alive[0, 0, 2:10, 3:9] = True                      # a thick block ...
+    alive[0, 0, 5:7, 1:11] = True                      # ... a bar through it
+    alive &= torch.rand(1, 1, h, w, generator=g) > 0.1   # and holes
+    return alive
+
+
+def test_the_second_largest_neighbour_leaves_the_cell_and_the_outside_out():
+    v = torch.full((1, 1, 3, 3), -10.0)
+    v[0, 0, 1, 1] = 5.0                                  # the cell itself: never counted
+    v[0, 0, 0, 0], v[0, 0, 2, 2] = 0.7, 0.3
+    values, which = second_largest_neighbour(v)
+    assert values[0, 0, 1, 1] == pytest.approx(0.3) and which[0, 0, 1, 1] == 7      # (2, 2): the 8th neighbour
+    assert values[0, 0, 0, 0] == pytest.approx(-10.0)    # its neighbours: the cell (5.0) and dead ones
+
+
+def test_one_cell_carries_its_value_to_no_neighbour_under_confirm_2_and_to_all_under_the_max():
+    alive = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    alive[0, 0, 1:7, 1:7] = True
+    s = torch.full((1, 1, 8, 8), -0.5)
+    calm = torch.where(alive, s, torch.zeros_like(s))     # the fixed point: every cell its own evidence
+    assert torch.equal(_flood(calm, s, alive, 0.05, confirm=2), calm)
+    attacked = calm.clone()
+    attacked[0, 0, 3, 3] = 1.0                           # one cell says the wrong thing as loud as it can
+    confirmed = _flood(attacked, s, alive, 0.05, confirm=2)
+    assert torch.equal(confirmed, calm)                  # nobody heard it, and the cell itself is back
+    flooded = _flood(attacked, s, alive, 0.05, confirm=1)
+    assert (flooded[0, 0, 2:5, 2:5] > 0.9).sum() == 9    # the max-plus flood: the 3×3 around it took it
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_confirmed_flood_reaches_one_fixed_point_from_any_state(seed):
+    alive = _blob(seed=seed).expand(1, 3, 12, 12)
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(1, 3, 12, 12, generator=g) * 1.8 - 0.9
+    y_star, src, steps = flood_with_sources(s, alive, 0.05, confirm=2)
+    assert torch.equal(_flood(y_star, s, alive, 0.05, confirm=2), y_star)       # exactly a fixed point
+    picked = torch.gather(s.flatten(2), 2, src.flatten(2)).view_as(s)
+    hops = (picked - y_star)[alive] / 0.05                # y* = s(src) − ε·hops
+    assert torch.allclose(hops, hops.round(), atol=1e-3) and (hops.round() >= 0).all()
+    for start in range(3):
+        y = torch.rand(1, 3, 12, 12, generator=g) * 2 - 1
+        for _ in range(2 * int(2 / 0.05) + 144):          # drain (2/ε) and rise (one cell per step), with room
+            y = _flood(y, s, alive, 0.05, confirm=2)
+        assert torch.allclose(y, y_star, atol=1e-6), (start, (y - y_star).abs().max())
+
+
+def test_the_consensus_rule_with_confirm_2_solved_by_blocks_is_the_joint_fixed_point_and_its_gradient():
+    from deqnca.core.gradients import make_gradient
+    from deqnca.core.solvers import get_solver
+    from deqnca.tasks.cells.model import CellsModel
+
+    torch.manual_seed(0)
+    x = torch.zeros(2, 1, 14, 14)
+    x[:, :, 3:11, 4:9] = torch.rand(2, 1, 8, 5) * 0.8 + 0.2          # two blobs of ink
+    model = CellsModel({"rule": "selfclass_consensus", "rule_kw": {"confirm": 2, "state_channels": 8,
+                                                                   "evidence": 4, "head_hidden": 8}}).eval()
+    rule = model.rule
+    target = torch.randn(2, 10, 14, 14)
+
+    def loss_of(state):
+        return (rule.logits(state) * target).mean()
+
+    f, z = rule.step_map(x), rule.initial_state(x)
+    for _ in range(300):
+        z = f(z)
+    unrolled = torch.autograd.grad(loss_of(z), list(model.parameters()), allow_unused=True)
+    state, stats = rule.equilibrium(x, get_solver("fixed_point"), make_gradient("implicit", b_max_iter=200,
+                                    b_tol=1e-8), max_iter=200, tol=1e-7)
+    assert (state.detach() - z.detach()).abs().max() < 1e-4 and stats.rel_residual.max() < 1e-5
+    blocks = torch.autograd.grad(loss_of(state), list(model.parameters()), allow_unused=True)
+    g_u = torch.cat([g.flatten() for g in unrolled if g is not None])
+    g_b = torch.cat([g.flatten() for g in blocks if g is not None])
+    assert g_u.norm() > 0 and (g_b - g_u).norm() < 1e-3 * g_u.norm()
+
+
+def test_confirm_takes_1_or_2():
+    from deqnca.tasks.cells.model import CellsModel
+
+    with pytest.raises(ValueError, match="confirm 3"):
+        CellsModel({"rule": "selfclass_consensus", "rule_kw": {"confirm": 3}})
