@@ -1,5 +1,6 @@
 """The consensus rule's confirmed flood (`confirm=2`): a cell hears the second largest of its alive neighbours,
-so one cell's value reaches no one, and the fixed point is still unique, exact, and differentiable by blocks."""
+so one cell's value reaches no one, and the fixed point is still unique and exact (its blocked solve and gradient:
+tests/test_cells.py, parametrised by `confirm`)."""
 import pytest
 import torch
 
@@ -53,35 +54,6 @@ def test_the_confirmed_flood_reaches_one_fixed_point_from_any_state(seed):
         for _ in range(2 * int(2 / 0.05) + 144):          # drain (2/ε) and rise (one cell per step), with room
             y = _flood(y, s, alive, 0.05, confirm=2)
         assert torch.allclose(y, y_star, atol=1e-6), (start, (y - y_star).abs().max())
-
-
-def test_the_consensus_rule_with_confirm_2_solved_by_blocks_is_the_joint_fixed_point_and_its_gradient():
-    from deqnca.core.gradients import make_gradient
-    from deqnca.core.solvers import get_solver
-    from deqnca.tasks.cells.model import CellsModel
-
-    torch.manual_seed(0)
-    x = torch.zeros(2, 1, 14, 14)
-    x[:, :, 3:11, 4:9] = torch.rand(2, 1, 8, 5) * 0.8 + 0.2          # two blobs of ink
-    model = CellsModel({"rule": "selfclass_consensus", "rule_kw": {"confirm": 2, "state_channels": 8,
-                                                                   "evidence": 4, "head_hidden": 8}}).eval()
-    rule = model.rule
-    target = torch.randn(2, 10, 14, 14)
-
-    def loss_of(state):
-        return (rule.logits(state) * target).mean()
-
-    f, z = rule.step_map(x), rule.initial_state(x)
-    for _ in range(300):
-        z = f(z)
-    unrolled = torch.autograd.grad(loss_of(z), list(model.parameters()), allow_unused=True)
-    state, stats = rule.equilibrium(x, get_solver("fixed_point"), make_gradient("implicit", b_max_iter=200,
-                                    b_tol=1e-8), max_iter=200, tol=1e-7)
-    assert (state.detach() - z.detach()).abs().max() < 1e-4 and stats.rel_residual.max() < 1e-5
-    blocks = torch.autograd.grad(loss_of(state), list(model.parameters()), allow_unused=True)
-    g_u = torch.cat([g.flatten() for g in unrolled if g is not None])
-    g_b = torch.cat([g.flatten() for g in blocks if g is not None])
-    assert g_u.norm() > 0 and (g_b - g_u).norm() < 1e-3 * g_u.norm()
 
 
 def test_confirm_takes_1_or_2():
