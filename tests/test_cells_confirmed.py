@@ -61,3 +61,28 @@ def test_confirm_takes_1_or_2():
 
     with pytest.raises(ValueError, match="confirm 3"):
         CellsModel({"rule": "selfclass_consensus", "rule_kw": {"confirm": 3}})
+
+
+def test_a_run_starts_from_another_runs_weights_with_the_flood_confirmed(tmp_path, mnist_small):
+    """--init-from: the weights of a run with the plain flood seed a run with rule.confirm=2; another rule is
+    refused in one line."""
+    from deqnca import fit, load
+    from deqnca.tasks.cells.config import preset
+    from deqnca.tasks.cells.task import CellsTask
+
+    x, y, xt, yt = mnist_small
+    data = (x[:16], y[:16], xt[:4], yt[:4])
+    small = dict(size=14, steps=2, batch_size=4, train_images=16, eval_images=4, eval_every=0, eval_marks=[2])
+    fit(CellsTask(preset("consensus", **small), data), tmp_path / "plain", progress=False)
+    source, _ = load(tmp_path / "plain" / "last", kind="cells")
+    cfg = preset("consensus", **{**small, "steps": 1, "lr": 0.0}, rule={"confirm": 2},
+                 init_from=str(tmp_path / "plain" / "last"))
+    fit(CellsTask(cfg, data), tmp_path / "confirmed", progress=False)
+    model, meta = load(tmp_path / "confirmed" / "last", kind="cells")
+    assert model.rule.confirm == 2 and meta["train_config"]["init_from"].endswith("last")
+    ours = dict(model.rule.named_parameters())
+    for name, p in source.rule.named_parameters():          # lr 0: the copied weights, unchanged
+        assert torch.equal(p, ours[name]), name
+    with pytest.raises(ValueError, match="init-from .* same --model"):
+        fit(CellsTask(preset("equilibrium", **small, init_from=cfg.init_from), data), tmp_path / "other",
+            progress=False)

@@ -48,6 +48,8 @@ class CellsConfig(TrainConfig):
     eval_images: int = option(128, "held-out (test-set) digits per evaluation")
     eval_marks: list = option([20, 80, 200], "steps at which an evaluation records the metrics")
     rule: dict = option({}, "the rule's settings (keyword arguments of tasks/cells/rule_*.py)")
+    init_from: str = option("", "start from this cells checkpoint's weights (a path or a shipped name such as "
+                            "cells/consensus; same rule, its settings may differ; fresh optimizer)")
 
 
 PRESETS = Registry("cells preset", "a function of no arguments returning a CellsConfig")

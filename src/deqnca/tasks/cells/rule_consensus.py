@@ -65,10 +65,25 @@ def second_largest_neighbour(v):
     return top.values[:, :, 1], top.indices[:, :, 1]
 
 
+def second_largest_neighbour_value(v):
+    """The values of `second_largest_neighbour` alone, as a running top two over the 8 shifted grids: a few
+    elementwise maxima instead of a sort of every neighbourhood (the flood's inner loop)."""
+    h, w = v.shape[-2:]
+    padded = F.pad(v, (1, 1, 1, 1), value=_DEAD)
+    first, second = None, torch.full_like(v, _DEAD)
+    for dy, dx in _NEIGHBOURS:
+        u = padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        if first is None:
+            first = u
+        else:
+            second, first = torch.maximum(second, torch.minimum(first, u)), torch.maximum(first, u)
+    return second
+
+
 def _neighbour_values(y, alive, confirm: int):
     """What the flood offers each cell: the largest (confirm 1) or second largest (confirm 2) alive neighbour."""
     masked = torch.where(alive, y, torch.full_like(y, _DEAD))
-    return F.max_pool2d(masked, 3, 1, 1) if confirm == 1 else second_largest_neighbour(masked)[0]
+    return F.max_pool2d(masked, 3, 1, 1) if confirm == 1 else second_largest_neighbour_value(masked)
 
 
 def _flood(y, s, alive, eps: float, confirm: int = 1):
@@ -78,32 +93,42 @@ def _flood(y, s, alive, eps: float, confirm: int = 1):
     return torch.where(alive, torch.maximum(s, neighbours - eps).clamp(-1.0, 1.0), torch.zeros_like(y))
 
 
+def _sources(y, s, alive, eps: float, confirm: int):
+    """At the flood's fixed point y: for each cell, the alive cell whose evidence its value is. Each cell
+    points at itself (its own evidence wins) or at the neighbour it hears; values rise by ε along every
+    pointer, so the chains end, and pointer doubling follows them in log₂(length) gathers."""
+    b, e, h, w = s.shape
+    own = torch.arange(h * w, device=s.device).view(1, 1, h, w).expand(b, e, h, w)
+    masked = torch.where(alive, y, torch.full_like(y, _DEAD))
+    if confirm == 1:
+        neighbours, at = F.max_pool2d(masked, 3, 1, 1, return_indices=True)
+    else:   # where fewer than 2 neighbours are alive the value is _DEAD and the cell's own evidence wins
+        neighbours, which = second_largest_neighbour(masked)
+        offsets = torch.tensor([dy * w + dx for dy, dx in _NEIGHBOURS], device=s.device)
+        at = (own + offsets[which]).clamp(0, h * w - 1)
+    src = torch.where(alive & (s < neighbours - eps), at, own).flatten(2)
+    while True:
+        further = torch.gather(src, 2, src)
+        if torch.equal(further, src):
+            return src.view(b, e, h, w)
+        src = further
+
+
 def flood_with_sources(s, alive, eps: float, max_iter: int | None = None, confirm: int = 1):
     """The flood's exact fixed point for fixed evidence s, from y = −1 on alive cells (0 on dead ones).
 
     Returns (y*, src, steps): src[b, e, p] is the flat index of the alive cell whose evidence y*[b, e, p]
     is (y* = s*(src) − ε·distance), and steps the number of flood steps until y stopped changing. The
     rise from −1 is monotone (so is the map, for either `confirm`) and ends, bit for bit, within one step
-    per cell: every value is some s(q) − kε, reached along a chain of distinct cells."""
-    b, e, h, w = s.shape
+    per cell: every value is some s(q) − kε, reached along a chain of distinct cells; the sources are
+    found once, at the end (`_sources`)."""
     alive = alive.expand_as(s)
-    own = torch.arange(h * w, device=s.device).view(1, 1, h, w).expand(b, e, h, w)
-    offsets = torch.tensor([dy * w + dx for dy, dx in _NEIGHBOURS], device=s.device)
-    y, src = torch.where(alive, torch.full_like(s, -1.0), torch.zeros_like(s)), own
-    max_iter = max_iter or h * w + 1
+    y = torch.where(alive, torch.full_like(s, -1.0), torch.zeros_like(s))
+    max_iter = max_iter or s.shape[-2] * s.shape[-1] + 1
     for k in range(max_iter):
-        masked = torch.where(alive, y, torch.full_like(y, _DEAD))
-        if confirm == 1:
-            neighbours, at = F.max_pool2d(masked, 3, 1, 1, return_indices=True)
-        else:   # where fewer than 2 neighbours are alive the value is _DEAD and the cell's own evidence wins
-            neighbours, which = second_largest_neighbour(masked)
-            at = (own + offsets[which]).clamp(0, h * w - 1)
-        carried = torch.gather(src.flatten(2), 2, at.flatten(2)).view_as(src)
-        own_wins = s >= neighbours - eps
-        y_next = torch.where(alive, torch.where(own_wins, s, neighbours - eps), torch.zeros_like(s))
-        src = torch.where(own_wins, own, carried)
+        y_next = torch.where(alive, torch.maximum(s, _neighbour_values(y, alive, confirm) - eps), torch.zeros_like(s))
         if torch.equal(y_next, y):
-            return y, src, k + 1
+            return y, _sources(y, s, alive, eps, confirm), k + 1
         y = y_next
     raise RuntimeError(f"the flood did not settle in {max_iter} steps (it takes at most one per cell)")
 

@@ -75,6 +75,22 @@ def _eval_record(task) -> dict:
     return {**rec, **{f"eval_top_{k}_step": v["step"] for k, v in r["top"].items()}}
 
 
+def _init_from(model, source_path):
+    """Copy the weights of checkpoint `source_path` into `model`: the same rule, its settings (say, the flood's
+    `confirm`) free to differ, every parameter the same shape."""
+    from deqnca.tasks import load
+
+    source, _ = load(source_path, kind="cells")
+    if source.config.rule != model.config.rule:
+        raise ValueError(f"--init-from {source_path}: its rule is {source.config.rule!r}, this run's "
+                         f"{model.config.rule!r}; start from a checkpoint of the same --model")
+    theirs, ours = source.rule.state_dict(), model.rule.state_dict()
+    if {k: v.shape for k, v in theirs.items()} != {k: v.shape for k, v in ours.items()}:
+        raise ValueError(f"--init-from {source_path}: its parameters differ in shape from this run's "
+                         "(another rule width); start from a checkpoint with the same rule settings")
+    model.rule.load_state_dict(theirs)
+
+
 @TASKS.register("cells")
 class CellsTask(Task):
     """Train a self-classifying CA; `data` = (x, y, x_test, y_test) 28×28 digits (None: the vendored MNIST)."""
@@ -113,6 +129,8 @@ class CellsTask(Task):
             self.pool = {"z": model.rule.initial_state(self.x[:1]).expand(c.pool_size, -1, -1, -1).clone(),
                          "img": torch.randint(len(self.x), (c.pool_size,), generator=g).to(self.device)}
             self.state_tensors = {f"pool_{k}": v for k, v in self.pool.items()}
+        if c.init_from:
+            _init_from(model, c.init_from)
         return model
 
     def steps_per_epoch(self):
