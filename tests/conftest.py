@@ -10,6 +10,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 else:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+# a thread count set, as a user's OMP_NUM_THREADS is: trainings in tests take the fixed CPU path and do not
+# time themselves (engine/cpu_path.py; tests/test_cpu_path.py measures without it)
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture

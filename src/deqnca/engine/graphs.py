@@ -56,7 +56,7 @@ def step_unsupported_reason(model, cfg) -> str | None:
         return f"optimizer {cfg.optimizer!r} is not captured"
     if cfg.grad_clip:
         return "gradient clipping is not captured"
-    if getattr(cfg, "amp", "off") != "off":
+    if getattr(cfg, "amp", "off") == "bf16":       # "auto" is float32 on a GPU (trainer.resolve_amp)
         return "bfloat16 autocast is not captured (not yet measured on a GPU)"
     return None
 

@@ -72,8 +72,12 @@ class TrainConfig:
                        max=2**63 - 1)
     time_budget: float = option(0.0, "seconds of training before a clean stop; 0 = none", min=0)
     max_bad_steps: int = option(50, "consecutive non-finite steps before giving up", min=1)
-    amp: str = option("off", "bf16: forward pass under bfloat16 autocast (state and loss stay float32); auto: "
-                      "bf16 only where this CPU runs it faster (deqnca.engine.hardware)", choices=AMP_MODES)
+    amp: str = option("auto", "bf16: forward pass under bfloat16 autocast (state and loss stay float32); auto: "
+                      "bf16 only where this CPU has bfloat16 units and runs the run's step faster with it "
+                      "(deqnca.engine.cpu_path); float32 elsewhere", choices=AMP_MODES)
+    cpu_path: str = option("auto", "auto: a CPU run times its own step on 1 thread or all cores (and the layout, "
+                           "and bf16 under --amp auto) and takes the fastest (recorded; a resumed run keeps it); "
+                           "fixed: all cores (or OMP_NUM_THREADS), the task's layout", choices=("auto", "fixed"))
     checkpoint_every: int = option(0, "steps between mid-epoch checkpoints; 0 = end of epoch only", min=0)
     log_every: int = option(0, "steps between progress records in metrics.jsonl; 0 = per epoch only", min=0)
 

@@ -44,6 +44,7 @@ class Run:
     history: list = field(default_factory=list)       # the epochs' records
     counters: dict = field(default_factory=dict)      # skipped and restored steps, and the task's counts
     meter: Meter = field(default_factory=Meter)
+    cpu_path: dict = field(default_factory=dict)      # threads, layout and precision the run chose (cpu_path.py)
     # not checkpointed
     good_weights: dict | None = None      # the last weights known good: where a step that broke them goes back
     bad_steps: int = 0                    # consecutive skipped or undone steps
@@ -54,6 +55,7 @@ class Run:
     def record(self) -> dict:
         """The parts of a checkpoint's JSON record that hold the run's state."""
         return {"history": self.history, "counters": self.counters, "meter": self.meter.state(),
+                "cpu_path": self.cpu_path,
                 "task_state": {},     # kept for readers of the earlier layout (tasks' own state lived here)
                 "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                              "global_step": self.global_step, "elapsed_s": self.elapsed}}
@@ -219,13 +221,15 @@ class RunFolder:
         task.log(f"resuming {self.path} at epoch {run.epoch + 1}, step {run.step_in_epoch} "
                  f"({run.elapsed:.0f}s trained)")
 
-    def write_config(self, task, amp: str, amp_reason: str, world: int) -> None:
-        """config.json: the task, its model's and its training's options, the precision and the world size."""
+    def write_config(self, task, amp: str, amp_reason: str, world: int, cpu_path: dict | None = None) -> None:
+        """config.json: the task, its model's and its training's options, the precision, the CPU path and
+        the world size."""
         if not self.main:
             return
         model_config = getattr(getattr(task.model, "config", None), "to_dict", dict)()
         record = {"task": task.name, "model": model_config, "train": asdict(task.cfg), "amp_resolved": amp,
-                  "amp_reason": amp_reason, "world_size": world}
+                  "amp_reason": amp_reason, "world_size": world,
+                  **({"cpu_path": {k: v for k, v in cpu_path.items() if k != "seconds"}} if cpu_path else {})}
         if getattr(task, "data_record", None):
             record["data"] = task.data_record          # what the run trains on (deqnca.data.provenance)
         atomic_write(self.path / "config.json",

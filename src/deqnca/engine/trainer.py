@@ -18,6 +18,9 @@ its folder: checkpoints, records, resume), `engine.step` (one optimiser step wit
   so a second run into it is refused; a fresh run never overwrites a run folder (``overwrite=True``
   deletes the run's files, and only those); on resume, options that would change the run are refused,
   only `RESUMABLE` ones (how long to train) may change;
+- a CPU run measures its own step on the allowed paths (threads, layout, bfloat16 where the CPU has units
+  for it) and takes the fastest, never the slower side of the fixed all-cores float32 path
+  (`engine.cpu_path`); the choice is recorded and a resumed run keeps it;
 - progress bar with ETA, learning-rate schedules, time budgets, bfloat16 autocast, torchrun/DDP
   (`engine.distributed`) and a captured CUDA-graph step where the task offers one.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
 import threading
 import time
@@ -37,7 +41,7 @@ from tqdm import tqdm  # the text bar everywhere: tqdm.auto warns in a notebook 
 from deqnca.core.amp import amp_context
 from deqnca.core.configs import ConfigError
 from deqnca.core.fileio import fault_point
-from deqnca.engine import distributed
+from deqnca.engine import cpu_path, distributed
 from deqnca.engine.options import AMP_MODES, MAX_COUNT, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401  (re-exported)
 from deqnca.engine.run import Run, RunFolder, count_parameters
 from deqnca.engine.step import GuardedStep
@@ -166,7 +170,7 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
     with folder.owned():         # the folder's lock, from its checks to the run's end: one run per folder
         resumed = folder.open(task, resume, overwrite, changed, world, device)     # the checkpoint's record or None
         cfg = task.cfg
-        amp, amp_reason = _check_config(cfg, device, world, log)
+        _check_config(cfg, device, world)
         task.device, task.rank, task.world, task.log = device, rank, world, log
         task.setup()
 
@@ -178,7 +182,8 @@ def fit(task: Task, out, device: str = "cpu", resume: bool = False, overwrite: b
             folder.restore(task, optimizer, run)
         folder.claim(run if resumed else None)        # every check passed: the run's files are recorded
         task.counters, task.meter = run.counters, run.meter
-        folder.write_config(task, amp, amp_reason, world)
+        amp = _training_path(task, run, resumed, log)
+        folder.write_config(task, amp, run.cpu_path["reason"], world, run.cpu_path)
         step = GuardedStep(task, optimizer, run, amp, warnings.warn if rank == 0 else _silent, folder.path)
         steps, every = task.steps_per_epoch(), cfg.checkpoint_interval()
         # one clock under torchrun with a time budget: every process stops at the same step
@@ -215,15 +220,36 @@ def _silent(*args, **kwargs) -> None:
     """Warnings of processes other than the main one."""
 
 
-def _check_config(cfg: TrainConfig, device: str, world: int, log) -> tuple[str, str]:
-    """Refuse a config no run can use here; (the precision, why): `--amp auto` resolved for this machine."""
+def _check_config(cfg: TrainConfig, device: str, world: int) -> None:
+    """Refuse a config no run can use here."""
     cfg.validate()
     distributed.check_batch_split(cfg.batch_size, world)
-    amp, reason = resolve_amp(cfg.amp, device)
-    amp_context(amp, device)                  # refuses an unknown mode
-    if cfg.amp == "auto":
-        log(f"--amp auto: {'bf16 autocast' if amp == 'bf16' else 'float32'} ({reason})")
-    return amp, reason
+    if cfg.amp != "auto":
+        amp_context(cfg.amp, device)                  # refuses an unknown mode
+
+
+def _training_path(task: Task, run: Run, resumed: dict | None, log) -> str:
+    """Threads, layout and precision of the run (engine/cpu_path.py) put in force and kept on `run`; the
+    precision ("off" or "bf16"). A resumed run keeps its recorded path; a new CPU run measures its step."""
+    cfg, device = task.cfg, task.device
+    if resumed and resumed.get("cpu_path"):
+        path = {**resumed["cpu_path"], "reason": "kept from the run's start: " + resumed["cpu_path"]["reason"]}
+        if str(device) == "cpu":
+            cpu_path.apply(task, path)
+    elif (str(device) == "cpu" and task.world == 1 and cfg.cpu_path == "auto" and "OMP_NUM_THREADS" not in os.environ
+          and run.epoch < cfg.epochs):
+        def next_batch():
+            task.start_epoch(run.epoch)
+            return task.batch(run.epoch, run.step_in_epoch, run.global_step)
+        path = cpu_path.choose(task, cfg.amp, next_batch)
+        cpu_path.apply(task, path)
+        log(f"CPU path ({path['seconds']:.1f} s to choose): {path['reason']}")
+    else:
+        amp, why = resolve_amp(cfg.amp, device)
+        path = cpu_path.fixed_path(task, amp, "OMP_NUM_THREADS is set" if "OMP_NUM_THREADS" in os.environ and
+                                   str(device) == "cpu" else f"--cpu-path {cfg.cpu_path}, {device}, amp {why}")
+    run.cpu_path = path
+    return path["amp"]
 
 
 def _start_epoch(task: Task, run: Run, steps: int, progress: bool):

@@ -78,6 +78,7 @@ class MnistTask(Task):
         check_same_images(data)
         self.data, self.data_record = data, data_record
         self.counters = {"fallback": 0}
+        self.channels_last = cfg.channels_last      # "auto": the trainer's CPU path measures both (cpu_path.py)
 
     def setup(self):
         c, (x, y, xt, yt) = self.cfg, self.data
@@ -106,7 +107,7 @@ class MnistTask(Task):
         xb = self.x[idx]
         if c.augment_shift or c.augment_rotate:
             xb = augment(xb, c.augment_shift, c.augment_rotate, self.gen)
-        return Batch((as_layout(xb, c.channels_last, self.device), self.y[idx]), len(idx), len(rows), index)
+        return Batch((as_layout(xb, self.channels_last, self.device), self.y[idx]), len(idx), len(rows), index)
 
     def loss(self, batch):
         xb, yb = batch.data
@@ -149,9 +150,9 @@ class MnistTask(Task):
 
     def end_epoch(self, epoch, global_step, elapsed):
         c, m, model = self.cfg, self.meter, self.model
-        model.calibrate_readout_norm(as_layout(self.x[:2000], c.channels_last, self.device), c.eval_batch_size,
+        model.calibrate_readout_norm(as_layout(self.x[:2000], self.channels_last, self.device), c.eval_batch_size,
                                      seed=math.ceil(epoch) - 1)
-        ev = evaluate(model, *self.test, c.eval_batch_size, seed=12345, channels_last=c.channels_last)
+        ev = evaluate(model, *self.test, c.eval_batch_size, seed=12345, channels_last=self.channels_last)
         rec = {"epoch": epoch, "train_loss": m.mean("loss", 0.0), "train_acc": m.mean("acc", 0.0),
                "train_rel_mean": m.mean("rel", 0.0), "train_nstep": m.mean("nstep", 0.0),
                "test_acc": ev["accuracy"], "test_nstep": ev["nstep_mean"],

@@ -1,0 +1,134 @@
+"""Training's CPU path, chosen by measurement on the run's own training step.
+
+At the start of a CPU run (`--cpu-path auto`, the default) the step the run is about to take — its real
+batch, forward, loss and backward, no update — is timed on each allowed path, the paths interleaved so
+that a change of load hits all alike: 1 thread or all cores; for a task that runs either layout (its
+`channels_last` attribute "auto", as MNIST's option), NCHW or channels-last; and with `--amp auto`, float32 or bfloat16 autocast where the CPU has
+bfloat16 units (AMX-BF16 or AVX512-BF16). The fixed path — all cores (the trainer's default), float32,
+the task's layout — is always timed, and another path is taken only when it is clearly faster, so the
+choice is never slower than the fixed path by more than the measurement's noise. Weights, buffers and
+random state are restored after the timing: the run is the one it would have been on the chosen path.
+
+The choice is the run's: recorded in config.json and every checkpoint, and a resumed run keeps it (a
+thread count can change the last bits of a convolution's sums; a resumed run continues the same numbers).
+`OMP_NUM_THREADS` in the environment fixes the thread count, as does `--cpu-path fixed`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+from time import perf_counter
+
+import torch
+
+from deqnca.core.amp import amp_context
+
+CLEARLY_FASTER = 1.05     # another path than the fixed one: at least this much faster (the noise of a timing)
+BF16_FASTER = 1.10        # bf16 changes the numbers: only for a clear gain over the best float32 path
+
+
+def _label(path: tuple) -> str:
+    threads, layout, amp = path
+    layout = {"on": "channels-last", "off": "NCHW"}.get(layout, "the task's layout")
+    return f"{threads} thread{'s' if threads > 1 else ''}, {layout}, {'bf16' if amp == 'bf16' else 'float32'}"
+
+
+def fixed_path(task, amp: str, why: str) -> dict:
+    """The path without measurement: the current thread count, float32 (or the `amp` given), the task's layout."""
+    threads = torch.get_num_threads()
+    return {"threads": threads, "layout": None, "amp": amp, "measured": {},
+            "reason": f"fixed: {threads} thread{'s' if threads > 1 else ''}, "
+                      f"{'bf16 autocast' if amp == 'bf16' else 'float32'}, the task's layout ({why})"}
+
+
+def _candidates(task, amp_setting: str) -> list:
+    from deqnca.engine.hardware import cpu_info, has_bf16_units
+
+    info = cpu_info()
+    current = torch.get_num_threads()
+    threads = [current] + [t for t in sorted({1, info["usable_cores"]}) if t != current]
+    layouts = [None]
+    if getattr(task, "channels_last", None) == "auto":     # a task that runs either layout (MNIST's option)
+        layouts = ["on", "off"]          # the task's CPU default first
+    amps = {"auto": ["off", "bf16"] if has_bf16_units(info) else ["off"]}.get(amp_setting, [amp_setting])
+    return [(t, lay, a) for a in amps for t in threads for lay in layouts]
+
+
+def _timed_step(task, batch_at, path):
+    """A zero-argument callable: forward, loss and backward of the run's next batch on `path`."""
+    _, layout, amp = path
+    if layout is not None:
+        task.channels_last = layout
+    batch = batch_at()
+
+    def step():
+        with amp_context(amp, task.device):
+            loss, _ = task.loss(batch)
+        loss.backward()
+        for p in task.model.parameters():
+            p.grad = None
+    return step
+
+
+def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int = 3) -> dict:
+    """The fastest allowed path for `task`'s training step (module docstring). `batch_at()` returns the
+    batch the run takes next; `amp_setting` is --amp ("off", "bf16" or "auto").
+
+    Returns {"threads", "layout" ("on"/"off" for channels-last, None: the task's), "amp" ("off"/"bf16"),
+    "reason", "measured" (median seconds per path), "seconds" (what the choice cost)}."""
+    start = perf_counter()
+    paths = _candidates(task, amp_setting)
+    fixed = paths[0]
+    saved_state = copy.deepcopy(task.model.state_dict())
+    rng = torch.get_rng_state()
+    saved_layout = getattr(task, "channels_last", None)
+    previous_threads = torch.get_num_threads()
+    samples = {p: [] for p in paths}
+    try:
+        steps, first = {}, {}
+        for p in paths:                   # each path's first call: oneDNN builds its primitives (not kept)
+            torch.set_num_threads(p[0])
+            steps[p] = _timed_step(task, batch_at, p)
+            t = perf_counter()
+            steps[p]()
+            first[p] = perf_counter() - t
+        # a path over twice the fastest first call is out (its first call is its time); the fixed one stays
+        timed = [p for p in paths if p == fixed or first[p] <= 2 * min(first.values())]
+        samples.update({p: [first[p]] for p in paths if p not in timed})
+        for r in range(rounds):
+            for p in timed:
+                torch.set_num_threads(p[0])
+                t = perf_counter()
+                steps[p]()
+                samples[p].append(perf_counter() - t)
+            if r >= 1 and perf_counter() - start > budget_s:
+                break
+    finally:
+        torch.set_num_threads(previous_threads)
+        task.model.load_state_dict(saved_state)
+        torch.set_rng_state(rng)
+        if saved_layout is not None:
+            task.channels_last = saved_layout
+    times = {p: statistics.median(v) for p, v in samples.items()}
+    best = min((p for p in paths if p[2] != "bf16"), key=times.get)
+    if times[best] * CLEARLY_FASTER > times[fixed]:
+        best = fixed
+    fastest16 = min((p for p in paths if p[2] == "bf16"), key=times.get, default=None)
+    if fastest16 is not None and times[fastest16] * BF16_FASTER <= times[best]:
+        best = fastest16
+    parts = [f"{_label(best)}" + ("" if best == fixed else
+                                  f", {times[fixed] / times[best]:.2f}× as fast as the fixed path ({_label(fixed)})")]
+    parts += [f"{_label(p)}: {times[p] / times[best]:.2f}× its time" for p in paths if p not in (best, fixed)]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"threads": best[0], "layout": best[1], "amp": best[2],
+            "reason": f"measured on this run's step: {'; '.join(parts)}; load {load:.1f}",
+            "measured": {_label(p): times[p] for p in paths}, "seconds": perf_counter() - start}
+
+
+def apply(task, path: dict) -> None:
+    """Put `path` in force for the run: its thread count and, for a task that runs either layout (a
+    `channels_last` attribute, "auto" until chosen), its layout."""
+    torch.set_num_threads(path["threads"])
+    if path.get("layout") is not None and hasattr(task, "channels_last"):
+        task.channels_last = path["layout"]
