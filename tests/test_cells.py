@@ -164,15 +164,16 @@ def test_the_flood_remembers_where_each_maximum_came_from():
     assert y[0, 0, 5, 5] == pytest.approx(0.5 - 0.02 * 7)
 
 
-@pytest.mark.parametrize("confirm", [1, 2])       # the max-plus flood, and the confirmed one (test_cells_confirmed.py)
-def test_the_consensus_rule_solved_by_blocks_is_the_joint_fixed_point_and_its_gradient(confirm):
+# the max-plus flood, and the confirmed one over the 3×3 and the 5×5 (test_cells_confirmed.py)
+@pytest.mark.parametrize("confirm,reach", [(1, 1), (2, 1), (2, 2)])
+def test_the_consensus_rule_solved_by_blocks_is_the_joint_fixed_point_and_its_gradient(confirm, reach):
     from deqnca.core.gradients import make_gradient
     from deqnca.core.solvers import get_solver
 
     torch.manual_seed(0)
     x, labels = _digits(2)
     truth = truth_map(x, labels)
-    model = CellsModel({"rule": "selfclass_consensus", "rule_kw": {"confirm": confirm}}).eval()
+    model = CellsModel({"rule": "selfclass_consensus", "rule_kw": {"confirm": confirm, "reach": reach}}).eval()
     rule = model.rule
 
     def loss_of(state):

@@ -4,7 +4,13 @@ tests/test_cells.py, parametrised by `confirm`)."""
 import pytest
 import torch
 
-from deqnca.tasks.cells.rule_consensus import _flood, flood_with_sources, second_largest_neighbour
+from deqnca.tasks.cells.rule_consensus import (
+    _flood,
+    flood_with_sources,
+    neighbours,
+    second_largest_neighbour,
+    second_largest_neighbour_value,
+)
 
 
 def _blob(h=12, w=12, seed=0):
@@ -23,36 +29,46 @@ def test_the_second_largest_neighbour_leaves_the_cell_and_the_outside_out():
     values, which = second_largest_neighbour(v)
     assert values[0, 0, 1, 1] == pytest.approx(0.3) and which[0, 0, 1, 1] == 7      # (2, 2): the 8th neighbour
     assert values[0, 0, 0, 0] == pytest.approx(-10.0)    # its neighbours: the cell (5.0) and dead ones
+    wide, which = second_largest_neighbour(v, reach=2)   # 24 neighbours: the 0.7 and the 0.3 again at the centre
+    assert wide[0, 0, 1, 1] == pytest.approx(0.3) and neighbours(2)[which[0, 0, 1, 1]] == (1, 1)
 
 
-def test_one_cell_carries_its_value_to_no_neighbour_under_confirm_2_and_to_all_under_the_max():
+@pytest.mark.parametrize("reach", [1, 2])
+def test_the_running_top_two_is_the_sorted_second_largest(reach):
+    v = torch.randn(2, 3, 9, 11, generator=torch.Generator().manual_seed(reach))
+    assert torch.equal(second_largest_neighbour_value(v, reach), second_largest_neighbour(v, reach)[0])
+
+
+@pytest.mark.parametrize("reach", [1, 2])
+def test_one_cell_carries_its_value_to_no_neighbour_under_confirm_2_and_to_all_under_the_max(reach):
     alive = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     alive[0, 0, 1:7, 1:7] = True
     s = torch.full((1, 1, 8, 8), -0.5)
     calm = torch.where(alive, s, torch.zeros_like(s))     # the fixed point: every cell its own evidence
-    assert torch.equal(_flood(calm, s, alive, 0.05, confirm=2), calm)
+    assert torch.equal(_flood(calm, s, alive, 0.05, confirm=2, reach=reach), calm)
     attacked = calm.clone()
     attacked[0, 0, 3, 3] = 1.0                           # one cell says the wrong thing as loud as it can
-    confirmed = _flood(attacked, s, alive, 0.05, confirm=2)
+    confirmed = _flood(attacked, s, alive, 0.05, confirm=2, reach=reach)
     assert torch.equal(confirmed, calm)                  # nobody heard it, and the cell itself is back
-    flooded = _flood(attacked, s, alive, 0.05, confirm=1)
-    assert (flooded[0, 0, 2:5, 2:5] > 0.9).sum() == 9    # the max-plus flood: the 3×3 around it took it
+    flooded = _flood(attacked, s, alive, 0.05, confirm=1, reach=reach)
+    k = 2 * reach + 1                                    # the max-plus flood: the k×k around it took it
+    assert (flooded[0, 0, 3 - reach:4 + reach, 3 - reach:4 + reach] > 0.9).sum() == k * k
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_confirmed_flood_reaches_one_fixed_point_from_any_state(seed):
+@pytest.mark.parametrize("seed,reach", [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2)])
+def test_the_confirmed_flood_reaches_one_fixed_point_from_any_state(seed, reach):
     alive = _blob(seed=seed).expand(1, 3, 12, 12)
     g = torch.Generator().manual_seed(seed)
     s = torch.rand(1, 3, 12, 12, generator=g) * 1.8 - 0.9
-    y_star, src, steps = flood_with_sources(s, alive, 0.05, confirm=2)
-    assert torch.equal(_flood(y_star, s, alive, 0.05, confirm=2), y_star)       # exactly a fixed point
+    y_star, src, steps = flood_with_sources(s, alive, 0.05, confirm=2, reach=reach)
+    assert torch.equal(_flood(y_star, s, alive, 0.05, confirm=2, reach=reach), y_star)       # exactly a fixed point
     picked = torch.gather(s.flatten(2), 2, src.flatten(2)).view_as(s)
     hops = (picked - y_star)[alive] / 0.05                # y* = s(src) − ε·hops
     assert torch.allclose(hops, hops.round(), atol=1e-3) and (hops.round() >= 0).all()
     for start in range(3):
         y = torch.rand(1, 3, 12, 12, generator=g) * 2 - 1
         for _ in range(2 * int(2 / 0.05) + 144):          # drain (2/ε) and rise (one cell per step), with room
-            y = _flood(y, s, alive, 0.05, confirm=2)
+            y = _flood(y, s, alive, 0.05, confirm=2, reach=reach)
         assert torch.allclose(y, y_star, atol=1e-6), (start, (y - y_star).abs().max())
 
 

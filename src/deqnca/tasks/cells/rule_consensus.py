@@ -32,7 +32,11 @@ neighbours' y instead: one cell's value is never the second largest of any neigh
 one. The fixed point stays unique: where two fixed points differ most (gap g at p, from the neighbours),
 p's second-largest neighbour drops by exactly g, so one of p's two largest neighbours has gap g and a value
 larger by ε — the same endless chain. What it costs: along a stroke one cell wide (two alive neighbours) a
-cell hears only the smaller side.
+cell hears only the smaller side. **`reach=2`** widens the flood's neighbourhood to the 5×5 around a cell (24
+neighbours; the contraction still reads 3×3): along a thin stroke the two cells behind a cell on one side
+confirm each other's evidence, and cells up to two apart (across a one-cell gap) exchange it. One cell's
+value is still never the second largest of a neighbourhood, and the argument above holds with d counted in
+5×5 hops.
 
 **Solved by blocks.** z does not read y, so `equilibrium` solves z alone (a few solver steps: the joint
 solve spent most of its ~90 on y draining by ε per step while s settled), computes s*, then floods once
@@ -52,27 +56,34 @@ from deqnca.tasks.cells.rule_equilibrium import ContractiveCellsRule, _apply, _a
 _DEAD = -10.0      # what a dead neighbour offers the flood: below any evidence (s ∈ (−1, 1))
 
 
-# the 8 neighbours of a cell in F.unfold's 3×3 order, the cell itself (index 4) left out
-_NEIGHBOURS = [(k // 3 - 1, k % 3 - 1) for k in range(9) if k != 4]
+def neighbours(reach: int = 1) -> list:
+    """The offsets (dy, dx) of a cell's neighbours within Chebyshev distance `reach`, in F.unfold's row-major
+    order, the cell itself left out (8 for reach 1, 24 for reach 2)."""
+    return [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1) if (dy, dx) != (0, 0)]
 
 
-def second_largest_neighbour(v):
-    """(values, which): the second largest of each cell's 8 neighbours in v (B, E, H, W), and which neighbour
-    holds it (an index into `_NEIGHBOURS`); outside the grid counts as a dead cell."""
+_NEIGHBOURS = neighbours(1)
+
+
+def second_largest_neighbour(v, reach: int = 1):
+    """(values, which): the second largest of each cell's neighbours within `reach` in v (B, E, H, W), and
+    which neighbour holds it (an index into `neighbours(reach)`); outside the grid counts as a dead cell."""
     b, e, h, w = v.shape
-    patches = F.unfold(F.pad(v.reshape(b * e, 1, h, w), (1, 1, 1, 1), value=_DEAD), 3).view(b, e, 9, h, w)
-    top = torch.cat([patches[:, :, :4], patches[:, :, 5:]], 2).topk(2, dim=2)
+    k = 2 * reach + 1
+    patches = F.unfold(F.pad(v.reshape(b * e, 1, h, w), (reach,) * 4, value=_DEAD), k).view(b, e, k * k, h, w)
+    centre = k * k // 2
+    top = torch.cat([patches[:, :, :centre], patches[:, :, centre + 1:]], 2).topk(2, dim=2)
     return top.values[:, :, 1], top.indices[:, :, 1]
 
 
-def second_largest_neighbour_value(v):
-    """The values of `second_largest_neighbour` alone, as a running top two over the 8 shifted grids: a few
+def second_largest_neighbour_value(v, reach: int = 1):
+    """The values of `second_largest_neighbour` alone, as a running top two over the shifted grids: a few
     elementwise maxima instead of a sort of every neighbourhood (the flood's inner loop)."""
     h, w = v.shape[-2:]
-    padded = F.pad(v, (1, 1, 1, 1), value=_DEAD)
+    padded = F.pad(v, (reach,) * 4, value=_DEAD)
     first, second = None, torch.full_like(v, _DEAD)
-    for dy, dx in _NEIGHBOURS:
-        u = padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    for dy, dx in neighbours(reach):
+        u = padded[..., reach + dy:reach + dy + h, reach + dx:reach + dx + w]
         if first is None:
             first = u
         else:
@@ -80,20 +91,22 @@ def second_largest_neighbour_value(v):
     return second
 
 
-def _neighbour_values(y, alive, confirm: int):
-    """What the flood offers each cell: the largest (confirm 1) or second largest (confirm 2) alive neighbour."""
+def _neighbour_values(y, alive, confirm: int, reach: int = 1):
+    """What the flood offers each cell: the largest (confirm 1) or second largest (confirm 2) alive neighbour
+    within `reach` (the largest's window holds the cell too: its own value, less ε, never wins)."""
     masked = torch.where(alive, y, torch.full_like(y, _DEAD))
-    return F.max_pool2d(masked, 3, 1, 1) if confirm == 1 else second_largest_neighbour_value(masked)
+    return F.max_pool2d(masked, 2 * reach + 1, 1, reach) if confirm == 1 \
+        else second_largest_neighbour_value(masked, reach)
 
 
-def _flood(y, s, alive, eps: float, confirm: int = 1):
-    neighbours = _neighbour_values(y, alive, confirm)
+def _flood(y, s, alive, eps: float, confirm: int = 1, reach: int = 1):
+    offered = _neighbour_values(y, alive, confirm, reach)
     # clamped to [-1, 1], where y* lies (s does): the fixed point is unchanged and a state from anywhere
     # drains to it within 2/eps steps
-    return torch.where(alive, torch.maximum(s, neighbours - eps).clamp(-1.0, 1.0), torch.zeros_like(y))
+    return torch.where(alive, torch.maximum(s, offered - eps).clamp(-1.0, 1.0), torch.zeros_like(y))
 
 
-def _sources(y, s, alive, eps: float, confirm: int):
+def _sources(y, s, alive, eps: float, confirm: int, reach: int = 1):
     """At the flood's fixed point y: for each cell, the alive cell whose evidence its value is. Each cell
     points at itself (its own evidence wins) or at the neighbour it hears; values rise by ε along every
     pointer, so the chains end, and pointer doubling follows them in log₂(length) gathers."""
@@ -101,12 +114,12 @@ def _sources(y, s, alive, eps: float, confirm: int):
     own = torch.arange(h * w, device=s.device).view(1, 1, h, w).expand(b, e, h, w)
     masked = torch.where(alive, y, torch.full_like(y, _DEAD))
     if confirm == 1:
-        neighbours, at = F.max_pool2d(masked, 3, 1, 1, return_indices=True)
+        offered, at = F.max_pool2d(masked, 2 * reach + 1, 1, reach, return_indices=True)
     else:   # where fewer than 2 neighbours are alive the value is _DEAD and the cell's own evidence wins
-        neighbours, which = second_largest_neighbour(masked)
-        offsets = torch.tensor([dy * w + dx for dy, dx in _NEIGHBOURS], device=s.device)
+        offered, which = second_largest_neighbour(masked, reach)
+        offsets = torch.tensor([dy * w + dx for dy, dx in neighbours(reach)], device=s.device)
         at = (own + offsets[which]).clamp(0, h * w - 1)
-    src = torch.where(alive & (s < neighbours - eps), at, own).flatten(2)
+    src = torch.where(alive & (s < offered - eps), at, own).flatten(2)
     while True:
         further = torch.gather(src, 2, src)
         if torch.equal(further, src):
@@ -114,7 +127,7 @@ def _sources(y, s, alive, eps: float, confirm: int):
         src = further
 
 
-def flood_with_sources(s, alive, eps: float, max_iter: int | None = None, confirm: int = 1):
+def flood_with_sources(s, alive, eps: float, max_iter: int | None = None, confirm: int = 1, reach: int = 1):
     """The flood's exact fixed point for fixed evidence s, from y = −1 on alive cells (0 on dead ones).
 
     Returns (y*, src, steps): src[b, e, p] is the flat index of the alive cell whose evidence y*[b, e, p]
@@ -126,31 +139,35 @@ def flood_with_sources(s, alive, eps: float, max_iter: int | None = None, confir
     y = torch.where(alive, torch.full_like(s, -1.0), torch.zeros_like(s))
     max_iter = max_iter or s.shape[-2] * s.shape[-1] + 1
     for k in range(max_iter):
-        y_next = torch.where(alive, torch.maximum(s, _neighbour_values(y, alive, confirm) - eps), torch.zeros_like(s))
+        offered = _neighbour_values(y, alive, confirm, reach)
+        y_next = torch.where(alive, torch.maximum(s, offered - eps), torch.zeros_like(s))
         if torch.equal(y_next, y):
-            return y, _sources(y, s, alive, eps, confirm), k + 1
+            return y, _sources(y, s, alive, eps, confirm, reach), k + 1
         y = y_next
     raise RuntimeError(f"the flood did not settle in {max_iter} steps (it takes at most one per cell)")
 
 
-def _apply_consensus(state, m, w, b, v, c, eps: float, channels: int, dilations, confirm: int = 1):
+def _apply_consensus(state, m, w, b, v, c, eps: float, channels: int, dilations, confirm: int = 1,
+                     reach: int = 1):
     z, y = state[:, :channels], state[:, channels:]
     z_next = _apply_dilated(z, m, w, b, dilations) if len(dilations) > 1 else _apply(z, m, w, b)
     s = torch.tanh(F.conv2d(z, v, c))
-    return torch.cat([z_next, _flood(y, s, m > 0, eps, confirm)], dim=1)
+    return torch.cat([z_next, _flood(y, s, m > 0, eps, confirm, reach)], dim=1)
 
 
 class ConsensusCellsRule(ContractiveCellsRule):
     """Local features by a contraction, evidence spread by a max-plus flood (module docstring)."""
 
     def __init__(self, evidence: int = 32, eps: float = 0.02, head_hidden: int = 32, classes: int = 10,
-                 confirm: int = 1, **kw):
+                 confirm: int = 1, reach: int = 1, **kw):
         if not eps > 0:
             raise ValueError(f"eps must be > 0 (the flood's fixed point is unique only then), got {eps}")
         if confirm not in (1, 2):
             raise ValueError(f"confirm {confirm!r}: 1 (the largest neighbour) or 2 (the second largest)")
+        if reach not in (1, 2, 3):
+            raise ValueError(f"reach {reach!r}: the flood's neighbourhood, 1 (3×3), 2 (5×5) or 3 (7×7)")
         super().__init__(head_hidden=0, classes=classes, **kw)
-        self.evidence, self.eps, self.confirm = evidence, eps, confirm
+        self.evidence, self.eps, self.confirm, self.reach = evidence, eps, confirm, reach
         self.head = None
         self.to_evidence = nn.Conv2d(self.state_channels, evidence, 1)
         layers = [nn.Conv2d(evidence, head_hidden, 1), nn.ReLU(), nn.Conv2d(head_hidden, classes, 1)] \
@@ -172,7 +189,7 @@ class ConsensusCellsRule(ContractiveCellsRule):
         apply = self._compiled or _apply_consensus
         v, c, dil = self.to_evidence.weight, self.to_evidence.bias, self.dilations
         joint = lambda state: apply(state, m, w, b, v, c, self.eps, self.state_channels, dil,  # noqa: E731
-                                    self.confirm)
+                                    self.confirm, self.reach)
         z_map = (lambda z: _apply_dilated(z, m, w, b, dil)) if len(dil) > 1 else (lambda z: _apply(z, m, w, b))
         return joint, z_map
 
@@ -195,7 +212,7 @@ class ConsensusCellsRule(ContractiveCellsRule):
         s = torch.tanh(F.conv2d(z, self.to_evidence.weight, self.to_evidence.bias))
         alive = self.alive(x)
         with torch.no_grad():
-            y, src, steps = flood_with_sources(s.detach(), alive, self.eps, confirm=self.confirm)
+            y, src, steps = flood_with_sources(s.detach(), alive, self.eps, confirm=self.confirm, reach=self.reach)
         picked = torch.gather(s.flatten(2), 2, src.flatten(2)).view_as(s)
         y = torch.where(alive, y + (picked - picked.detach()), torch.zeros_like(y))   # value y*, gradient of s*(src)
         state = torch.cat([z, y], dim=1)

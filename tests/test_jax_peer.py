@@ -1,0 +1,126 @@
+"""benchmarks/cells_jax_peer.py's JAX step does deqnca's work: for the same weights, pool, digits, residual noise and
+fire masks, its batch, loss, gradients (before normalisation) and update (normalisation + Adam) are deqnca's
+engine step's (CellsTask.batch / loss / prepare_gradients, torch.optim.Adam) to float32 rounding.
+
+Skipped where JAX or optax is not installed (deqnca does not need them)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+B, T = 4, 6          # batch (1 fresh, 1 mutated, 2 from the pool) and CA steps: small, the same code paths
+STEP = 3             # the engine's step whose random draws are replayed
+REL = 1e-4           # float32 tolerance: relative to the largest magnitude of each compared array
+
+
+def _close(ours, theirs, what):
+    ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    assert ours.shape == theirs.shape, what
+    scale = max(np.abs(theirs).max(), 1e-30)
+    err = np.abs(ours - theirs).max() / scale
+    assert err <= REL, f"{what}: max |JAX − deqnca| / max |deqnca| = {err:.2e} > {REL:.0e}"
+    assert np.linalg.norm(ours - theirs) <= REL * np.linalg.norm(theirs), what
+
+
+def _nhwc(t):
+    return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def deqnca_step():
+    """deqnca's task at a step with non-zero weights and pooled states, its batch, the replayed random draws, the
+    loss and raw gradients, then the normalised-gradient Adam step (weights before and after)."""
+    from cells_vs_cax import _task
+
+    torch.set_num_threads(1)
+    task, opt = _task("article", B, T, 64)
+    rule = task.model.rule
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():            # w2 starts at zero (only w2 would get gradients); random pooled states
+        rule.w2.weight.copy_(0.05 * torch.randn(rule.w2.weight.shape, generator=g))
+        rule.w2.bias.copy_(0.01 * torch.randn(rule.w2.bias.shape, generator=g))
+        task.pool["z"].copy_(0.3 * torch.randn(task.pool["z"].shape, generator=g))
+    before = {n: p.detach().clone() for n, p in rule.named_parameters()}
+    pool = {k: v.clone() for k, v in task.pool.items()}
+    batch = task.batch(0, STEP, STEP)
+    # the draws deqnca's batch and rollout make, replayed from the generators' seeds (task.py, rule_article.py)
+    host = torch.Generator().manual_seed(task.cfg.seed * 1_000_003 + STEP)
+    idx = torch.randperm(task.cfg.pool_size, generator=host)[:B]
+    new = torch.randint(len(task.x), (task.cfg.fresh + task.cfg.mutate,), generator=host)
+    gen = torch.Generator().manual_seed(task.cfg.seed * 1_000_003 + STEP)
+    noise, fire = [], []
+    for _ in range(T):               # each step draws its noise (randn, as Δ) and then its fire mask (rand)
+        noise.append(torch.randn(B, rule.state_channels, 28, 28, generator=gen))
+        fire.append(torch.rand(B, 1, 28, 28, generator=gen) <= rule.fire_rate)
+    loss, _ = task.loss(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in rule.named_parameters()}
+    task.prepare_gradients()
+    opt.step()
+    after = {n: p.detach().clone() for n, p in rule.named_parameters()}
+    return {"task": task, "batch": batch, "pool": pool, "idx": idx, "new": new,
+            "noise": np.stack([_nhwc(n) for n in noise]), "fire": np.stack([_nhwc(f) for f in fire]),
+            "loss": float(loss.detach()), "grads": grads, "before": before, "after": after}
+
+
+def test_the_pool_batch_is_deqncas(deqnca_step):
+    import jax.numpy as jnp
+
+    from cells_jax_peer import pool_batch
+
+    d = deqnca_step
+    z0, img, idx = d["batch"].data
+    assert torch.equal(d["idx"], idx)                 # the replayed draw is the one the engine made
+    x_all = jnp.asarray(_nhwc(d["task"].x))
+    ours_z, ours_img = pool_batch(jnp.asarray(_nhwc(d["pool"]["z"])), jnp.asarray(d["pool"]["img"].numpy()), x_all,
+                                  jnp.asarray(d["idx"].numpy()), jnp.asarray(d["new"].numpy()),
+                                  d["task"].cfg.fresh, d["task"].cfg.mutate)
+    assert np.array_equal(np.asarray(ours_img), img.numpy())
+    assert np.array_equal(np.asarray(ours_z), _nhwc(z0))
+    assert (z0[0] == 0).all() and (z0[-1] != 0).any()     # a restarted and a mutated state are in the batch
+
+
+@pytest.mark.parametrize("variant", ["jax-scan-unrolled", "jax-scan-rolled", "jax-im2col"])
+def test_the_jax_loss_and_gradients_are_deqncas(deqnca_step, variant):
+    import jax.numpy as jnp
+
+    from cells_jax_peer import JAX_VARIANTS, loss_fn, make_rollout, params_from_torch, to_torch_layout
+
+    d = deqnca_step
+    task = d["task"]
+    z0, img, _ = d["batch"].data
+    params = params_from_torch(d["before"])                 # the weights the step started from
+    rollout = make_rollout(*JAX_VARIANTS[variant])
+    args = (jnp.asarray(_nhwc(task.x[img])), jnp.asarray(_nhwc(z0)), jnp.asarray(task.y[img].numpy().astype(np.int32)),
+            jnp.asarray(d["noise"]), jnp.asarray(d["fire"]))
+    (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=6)(params, *args, rollout)
+    assert abs(float(loss) - d["loss"]) <= REL * abs(d["loss"]), (float(loss), d["loss"])
+    ours = to_torch_layout(grads)
+    for n, g in d["grads"].items():
+        assert np.abs(g.numpy()).max() > 0, n           # every parameter takes part
+        _close(ours[n], g.numpy(), f"{variant}: gradient of {n}")
+
+
+def test_the_jax_update_is_deqncas(deqnca_step):
+    """From deqnca's raw gradients: normalisation and optax's Adam give torch's Adam step's weights."""
+    from cells_jax_peer import LR, NAMES, normalise, params_from_torch, to_torch_layout
+
+    d = deqnca_step
+    params, grads = params_from_torch(d["before"]), params_from_torch(d["grads"])
+    opt = optax.adam(LR)
+    updates, _ = opt.update(normalise(grads), opt.init(params), params)
+    ours = to_torch_layout(optax.apply_updates(params, updates))
+    assert set(ours) == set(NAMES)
+    for n in NAMES:
+        step = d["after"][n].numpy() - d["before"][n].numpy()
+        assert np.abs(step).max() == pytest.approx(LR, rel=1e-3)      # Adam's first step: ±lr where g ≠ 0
+        np.testing.assert_allclose(ours[n] - d["before"][n].numpy(), step, rtol=0, atol=1e-3 * LR,
+                                   err_msg=f"the update of {n}")
