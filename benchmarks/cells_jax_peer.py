@@ -170,6 +170,16 @@ def pool_batch(pool_z, pool_img, x_all, idx, new, fresh: int, mutate: int):
     return z0, img
 
 
+def draw(k_noise, k_fire, steps: int, z0):
+    """The rollout's random numbers, all `steps` at once: N(0, 1) residual noise (scaled by 0.02 in the step)
+    of the state's shape and a Bernoulli(0.5) fire mask per cell."""
+    import jax
+
+    shape = (steps, *z0.shape[:3])
+    return (jax.random.normal(k_noise, (*shape, z0.shape[3]), z0.dtype),
+            jax.random.uniform(k_fire, (*shape, 1)) <= FIRE_RATE)
+
+
 def make_train_step(rollout, optimizer, batch: int = BATCH, steps: int = ROLLOUT, fresh: int = BATCH // 4,
                     mutate: int = BATCH // 4):
     """The whole training step (pool in, pool out) as one function for jax.jit."""
@@ -178,15 +188,13 @@ def make_train_step(rollout, optimizer, batch: int = BATCH, steps: int = ROLLOUT
     import optax
 
     def train_step(params, opt_state, pool_z, pool_img, key, x_all, y_all):
-        key, k_idx, k_new, k_noise, k_fire = jax.random.split(key, 5)
+        key, k_idx, k_new, k_noise, k_fire = jax.random.split(key, 5)    # the next key is returned
         idx = jax.random.permutation(k_idx, pool_z.shape[0])[:batch]
         new = jax.random.randint(k_new, (fresh + mutate,), 0, x_all.shape[0])
         z0, img = pool_batch(pool_z, pool_img, x_all, idx, new, fresh, mutate)
-        x, shape = x_all[img], (steps, *z0.shape[:3])
-        noise = jax.random.normal(k_noise, (*shape, z0.shape[3]), z0.dtype)
-        fire = jax.random.uniform(k_fire, (*shape, 1)) <= FIRE_RATE
+        noise, fire = draw(k_noise, k_fire, steps, z0)
         (loss, (z, right, cells)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, x, z0, y_all[img], noise, fire, rollout)
+            params, x_all[img], z0, y_all[img], noise, fire, rollout)
         updates, opt_state = optimizer.update(normalise(grads), opt_state, params)
         params = optax.apply_updates(params, updates)
         good = jnp.all(jnp.isfinite(z), axis=(1, 2, 3), keepdims=True)

@@ -116,11 +116,42 @@ def test_the_jax_update_is_deqncas(deqnca_step):
     d = deqnca_step
     params, grads = params_from_torch(d["before"]), params_from_torch(d["grads"])
     opt = optax.adam(LR)
-    updates, _ = opt.update(normalise(grads), opt.init(params), params)
-    ours = to_torch_layout(optax.apply_updates(params, updates))
+
+    @jax.jit
+    def update(params, grads):
+        return optax.apply_updates(params, opt.update(normalise(grads), opt.init(params), params)[0])
+
+    ours = to_torch_layout(update(params, grads))
     assert set(ours) == set(NAMES)
     for n in NAMES:
         step = d["after"][n].numpy() - d["before"][n].numpy()
         assert np.abs(step).max() == pytest.approx(LR, rel=1e-3)      # Adam's first step: ±lr where g ≠ 0
         np.testing.assert_allclose(ours[n] - d["before"][n].numpy(), step, rtol=0, atol=1e-3 * LR,
                                    err_msg=f"the update of {n}")
+
+
+def test_the_jitted_train_step_draws_steps_and_writes_the_pool_back(deqnca_step):
+    """The timed JAX step end to end (its own random draws): the article's fire rate and noise, B pool states
+    replaced by finite rollouts, the other pool states untouched, an Adam first step of ±lr."""
+    import jax.numpy as jnp
+
+    from cells_jax_peer import LR, draw, make_rollout, make_train_step, params_from_torch
+
+    d = deqnca_step
+    task = d["task"]
+    noise, fire = draw(jax.random.key(1), jax.random.key(2), 8, jnp.zeros((4, 28, 28, 19)))
+    assert abs(float(fire.mean()) - 0.5) < 0.01 and abs(float(noise.std()) - 1) < 0.01
+    opt = optax.adam(LR)
+    params = params_from_torch(d["before"])
+    pool_z, pool_img = jnp.asarray(_nhwc(d["pool"]["z"])), jnp.asarray(d["pool"]["img"].numpy().astype(np.int32))
+    step = jax.jit(make_train_step(make_rollout("conv", 1), opt, batch=B, steps=2, fresh=1, mutate=1))
+    out = step(params, opt.init(params), pool_z, pool_img, jax.random.key(0), jnp.asarray(_nhwc(task.x)),
+               jnp.asarray(task.y.numpy().astype(np.int32)))
+    new_params, _, new_z, new_img, _, loss, right, cells = out
+    assert np.isfinite(float(loss)) and 0 <= int(right) <= int(cells) > 0
+    changed = np.flatnonzero(np.any(np.asarray(new_z) != np.asarray(pool_z), axis=(1, 2, 3)))
+    assert len(changed) == B and np.isfinite(np.asarray(new_z)).all()
+    moved = np.flatnonzero(np.asarray(new_img) != np.asarray(pool_img))
+    assert set(moved) <= set(changed) and len(moved) >= 1           # the fresh and the mutated states' new digits
+    for n, p in new_params.items():
+        assert float(jnp.abs(p - params[n]).max()) == pytest.approx(LR, rel=1e-3), n
