@@ -2,11 +2,15 @@
 
     PYTHONPATH=src python benchmarks/cells_jax_peer.py                                  # all variants, 1 thread
     PYTHONPATH=src python benchmarks/cells_jax_peer.py --steps 3 --warmup 1 --skip-cax  # short
-    PYTHONPATH=src python benchmarks/cells_jax_peer.py --variants deqnca jax-scan-unrolled jax-im2col \\
-        --steps 10 --warmup 2 --json-out out/cells_jax_peer.json
+    PYTHONPATH=src python benchmarks/cells_jax_peer.py --variants deqnca jax-im2col --json-out out/jax_peer.json
 
-JAX, optax (and for the `cax` variant cax 0.3.3 with flax) must be installed beside deqnca's requirements.
-tests/test_jax_peer.py checks that the JAX step computes deqnca's loss and gradients.
+JAX and optax (and, for the `cax` variant, cax 0.3.3 with flax) are not deqnca's requirements (where they are
+missing, the variants that need them are reported skipped): install them in an environment of their own, e.g.
+
+    python3.11 -m venv /tmp/jaxenv && /tmp/jaxenv/bin/pip install torch numpy safetensors tqdm filelock pytest \
+        jax==0.10.2 optax cax==0.3.3
+    PYTHONPATH=src /tmp/jaxenv/bin/python benchmarks/cells_jax_peer.py --steps 3 --warmup 1
+    PYTHONPATH=src /tmp/jaxenv/bin/python -m pytest -q tests/test_jax_peer.py   # the JAX step does deqnca's work
 
 What is timed: one training step of the article's model (rule_article.py) with deqnca's recipe (task.py),
 batch 16 of 28×28 digits (the first 1,024 MNIST training images), as `deqnca cells train --model article`
@@ -171,8 +175,7 @@ def pool_batch(pool_z, pool_img, x_all, idx, new, fresh: int, mutate: int):
 
 
 def draw(k_noise, k_fire, steps: int, z0):
-    """The rollout's random numbers, all `steps` at once: N(0, 1) residual noise (scaled by 0.02 in the step)
-    of the state's shape and a Bernoulli(0.5) fire mask per cell."""
+    """The rollout's random numbers for all `steps`: N(0, 1) noise of the state's shape, a Bernoulli(0.5) fire mask."""
     import jax
 
     shape = (steps, *z0.shape[:3])
@@ -256,15 +259,9 @@ class JaxSide:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
 def race(names, steps: int, warmup: int) -> dict:
@@ -315,8 +312,24 @@ def _versions() -> dict:
     return out
 
 
+def _missing(*modules) -> str | None:
+    from importlib.util import find_spec
+
+    return next((m for m in modules if find_spec(m) is None), None)
+
+
 def _load(avg) -> str:
     return " / ".join(f"{v:.2f}" for v in avg) + " (1 / 5 / 15 min)"
+
+
+def _agreement(rows: dict) -> str | None:
+    """The JAX variants share keys and weights: their losses step by step differ by float rounding only."""
+    losses = [r["losses"] for n, r in rows.items() if n in JAX_VARIANTS]
+    if len(losses) < 2:
+        return None
+    worst = max(abs(a - b) / max(abs(b), 1e-30) for other in losses[1:] for a, b in zip(other, losses[0]))
+    return (f"the JAX variants' losses over their {len(losses[0])} steps (same keys): largest relative difference "
+            f"{worst:.1e}")
 
 
 def _table(result: dict) -> str:
@@ -359,30 +372,22 @@ def main(argv=None) -> int:
     print(f"threads: torch.set_num_threads({args.threads}) -> {m['torch_threads']}; "
           f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}; XLA_FLAGS={xla_flags!r}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v))
-    if len(names) > 1 or want_cax:
-        try:
-            import jax  # noqa: F401
-            import optax  # noqa: F401
-        except ImportError as e:
-            result["skipped"]["jax"] = f"{e.name} not installed"
-            print(f"JAX variants skipped: {e.name} is not installed (pip install jax optax)", file=sys.stderr)
-            names, want_cax = ["deqnca"], False
+    if (len(names) > 1 or want_cax) and (gone := _missing("jax", "optax")):
+        result["skipped"].update({n: f"{gone} not installed" for n in names[1:] + ["cax"] * want_cax})
+        names, want_cax = ["deqnca"], False
     result["variants"] = race(names, args.steps, args.warmup)
-    if want_cax:
-        try:
-            import cax  # noqa: F401
-            import flax  # noqa: F401
-        except ImportError as e:
-            result["skipped"]["cax"] = f"{e.name} not installed"
-            print(f"cax skipped: {e.name} is not installed (pip install cax==0.3.3)", file=sys.stderr)
-        else:
-            result["variants"]["cax"] = run_cax(args.steps, args.warmup)
+    if want_cax and (gone := _missing("cax", "flax")):
+        result["skipped"]["cax"] = f"{gone} not installed (pip install cax==0.3.3)"
+    elif want_cax:
+        result["variants"]["cax"] = run_cax(args.steps, args.warmup)
     elif "cax" in args.variants:
         result["skipped"].setdefault("cax", "--skip-cax")
     m["loadavg_end"] = os.getloadavg()
     print(f"\n{_table(result)}\n")
     print(f"load average at end {_load(m['loadavg_end'])}; {args.steps} timed step(s) after "
           f"{args.warmup} warm-up step(s) per variant")
+    if agreement := _agreement(result["variants"]):
+        print(agreement)
     for n, why in result["skipped"].items():
         print(f"{n}: skipped ({why})")
     if args.json_out:
