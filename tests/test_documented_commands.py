@@ -144,6 +144,9 @@ COMMANDS = {
     "--out runs/cells-consensus-seed0": Budget(CELLS),
     "deqnca cells train --model consensus --device cpu --time-budget 8000 --eval-every 250 "
     "--out runs/cells-consensus-seed0 --resume": Budget(CELLS, why=RESUME),
+    "deqnca cells train --model consensus --init-from cells/consensus --set rule.confirm=2 --set rule.reach=2 "
+    "--lr 3e-3 --steps 5000 --time-budget 2700 --eval-every 300 --eval-images 64 --device cpu "
+    "--out runs/cells-consensus-confirmed": Budget(CELLS),
     "deqnca cells eval cells/consensus --images 1000 --marks 20,80,200,1000 --mutation --solve --compile":
         Budget("--images 2", drop=("--compile",),
                why="compiling costs ~20 s: tests/test_cells.py::test_a_compiled_rule_evaluates_like_the_eager_one"),
@@ -154,10 +157,17 @@ COMMANDS = {
        Budget("--images 2 --attack-digits 2 --attack-horizon 3 --attack-cells 1",
               why="minutes each (400 steps of 200 digits, 150,000 digit-steps of attacks); "
                   "tests/test_cells_attacks.py checks the measurements on hand-made rules")
-       for m in ("article", "consensus", "equilibrium")},
+       for m in ("article", "consensus", "equilibrium", "consensus-confirmed")},
     "python scripts/cells_campaign.py run --model consensus --checkpoint cells/consensus --parts all --shards 2":
         Script(why="hours, and it writes results/cells/; its parts are `deqnca cells eval` (run above)"),
     "python scripts/cells_campaign.py table --models article consensus": Script(run=""),
+    "python scripts/cells_campaign.py run --model consensus-confirmed --checkpoint cells/consensus-confirmed "
+    "--parts solved long --long-images 50":
+        Script(why="an hour on one thread, and it writes results/cells/; its parts are `deqnca cells eval`"),
+    "deqnca cells eval cells/consensus-confirmed --images 2000 --marks 20,80,200 --compile --batch-size 250 "
+    "--device cpu --out results/cells/consensus-confirmed-step200-2000.json":
+        Budget("--images 2 --out out/confirmed-step200.json", drop=("--compile",),
+               why="2,000 digits to 200 steps take ~15 minutes; compiling ~20 s (tests/test_cells.py compiles)"),
     "deqnca cells figures cells/article cells/consensus --out out/cells": Budget("--digits 4 --steps 20 --canvases 1"),
     "deqnca cells figures cells/article cells/consensus --out docs/figures/cells --steps 1000 "
     "--eval-json results/cells/article-long.json results/cells/consensus-long.json":
