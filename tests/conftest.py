@@ -94,7 +94,8 @@ SLOW_TESTS = {
 # Tests that time themselves run alone, after the others (`make test`'s second pytest): another worker's load
 # would make them measure it.
 TIMING_TESTS = {"test_help_is_fast", "test_example_runs_quickly", "test_the_page_is_fast_enough",
-                "test_auto_choice_is_never_slower_than_float32_nchw_here"}
+                "test_auto_choice_is_never_slower_than_float32_nchw_here",
+                "test_training_on_the_measured_path_is_never_slower_than_the_fixed_one"}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,13 +1,14 @@
 """Training's CPU path, chosen by measurement on the run's own training step.
 
-At the start of a CPU run (`--cpu-path auto`, the default) the step the run is about to take — its real
-batch, forward, loss and backward, no update — is timed on each allowed path, the paths interleaved so
-that a change of load hits all alike: 1 thread or all cores; for a task that runs either layout (its
-`channels_last` attribute "auto", as MNIST's option), NCHW or channels-last; and with `--amp auto`, float32 or bfloat16 autocast where the CPU has
-bfloat16 units (AMX-BF16 or AVX512-BF16). The fixed path — all cores (the trainer's default), float32,
-the task's layout — is always timed, and another path is taken only when it is clearly faster, so the
-choice is never slower than the fixed path by more than the measurement's noise. Weights, buffers and
-random state are restored after the timing: the run is the one it would have been on the chosen path.
+At the start of a CPU run (`--cpu-path auto`, the default) the step the run is about to take — its real batch,
+forward, loss and backward, no update — is timed on each allowed path, the paths interleaved so that a change
+of load hits all alike: 1 thread or all cores; for a task that runs either layout (its `channels_last`
+attribute "auto", as MNIST's option), NCHW or channels-last; and with `--amp auto`, float32 or bfloat16
+autocast where the CPU has bfloat16 units (AMX-BF16 or AVX512-BF16). The fixed path — all cores (the trainer's
+default), float32, the task's layout — is always timed, and another path is taken only when it is clearly
+faster, so the choice is never slower than the fixed path by more than the measurement's noise. Weights,
+buffers and random state are restored after the timing: the run is the one it would have been on the chosen
+path.
 
 The choice is the run's: recorded in config.json and every checkpoint, and a resumed run keeps it (a
 thread count can change the last bits of a convolution's sums; a resumed run continues the same numbers).
