@@ -22,8 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     a = ap.parse_args(argv)
     from deqnca import load
-    from deqnca.core.solvers import get_solver
-    from deqnca.tasks.cells.model import CellsModel, count, solve_equilibrium, summarise, truth_map
+    from deqnca.tasks.cells.model import CellsModel, evaluate_solved, truth_map
     from deqnca.tasks.cells.task import load_digits
 
     torch.set_num_threads(1)
@@ -38,17 +37,10 @@ def main(argv=None) -> int:
                             "rule_kw": {**source.config.rule_kw, "confirm": confirm, "reach": reach}})
         model.rule.load_state_dict(source.rule.state_dict())
         model.eval()
-        totals, steps, t = {}, [], time.time()
-        with torch.no_grad():
-            for i in range(0, len(x), a.batch_size):
-                z, stats = solve_equilibrium(model.rule, x[i:i + a.batch_size], get_solver("fixed_point"),
-                                             max_iter=120, tol=1e-4)
-                c = count(model.rule.logits(z), truth[i:i + a.batch_size])
-                totals = {k: totals.get(k, 0) + v for k, v in c.items()}
-                steps.append(stats.nstep)
-        r = summarise(totals)
+        t = time.time()
+        r = evaluate_solved(model, x, truth, solver="fixed_point", max_iter=120, tol=1e-4, batch_size=a.batch_size)
         print(f"  confirm {confirm}, reach {reach}: cell accuracy {r['accuracy']:.2%}, agreement {r['agreement']:.2%}, "
-              f"{sum(steps) / len(steps):.0f} solver + flood steps, {time.time() - t:.0f} s")
+              f"{r['nstep']:.0f} solver + flood steps, {time.time() - t:.0f} s")
     return 0
 
 

@@ -56,12 +56,8 @@ def _candidates(task, amp_setting: str) -> list:
     return [(t, lay, a) for a in amps for t in threads for lay in layouts]
 
 
-def _timed_step(task, batch_at, path):
-    """A zero-argument callable: forward, loss and backward of the run's next batch on `path`."""
-    _, layout, amp = path
-    if layout is not None:
-        task.channels_last = layout
-    batch = batch_at()
+def _timed_step(task, batch, amp):
+    """A zero-argument callable: forward, loss and backward of `batch` under `amp`."""
 
     def step():
         with amp_context(amp, task.device):
@@ -87,10 +83,14 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
     previous_threads = torch.get_num_threads()
     samples = {p: [] for p in paths}
     try:
-        steps, first = {}, {}
+        steps, first, batches = {}, {}, {}
         for p in paths:                   # each path's first call: oneDNN builds its primitives (not kept)
             torch.set_num_threads(p[0])
-            steps[p] = _timed_step(task, batch_at, p)
+            if p[1] not in batches:       # the run's next batch, once per layout
+                if p[1] is not None:
+                    task.channels_last = p[1]
+                batches[p[1]] = batch_at()
+            steps[p] = _timed_step(task, batches[p[1]], p[2])
             t = perf_counter()
             steps[p]()
             first[p] = perf_counter() - t
