@@ -81,6 +81,28 @@ def test_bf16_is_a_candidate_only_with_bfloat16_units(two_cores, monkeypatch):
     assert {p[2] for p in cpu_path._candidates(task, "bf16")} == {"bf16"}     # set explicitly: kept
 
 
+class _ChunkedSleeper(_Sleeper):
+    """A task whose rollout can run in chunks (`chunk_candidates`), faster by the test's clock."""
+
+    chunk_candidates = (16,)
+    rows_per_chunk = None
+
+    def loss(self, batch):
+        self.clock["now"] += 0.01 if self.rows_per_chunk == 16 else 0.02
+        return self.model(batch.data).square().mean(), None
+
+
+def test_a_faster_rollout_in_chunks_is_chosen_applied_and_undone_after_the_timing(two_cores):
+    task = _ChunkedSleeper({}, two_cores)
+    path = cpu_path.choose(task, "off", lambda: task.batch(0, 0, 0))
+    assert path["rows_per_chunk"] == 16 and "rollout in chunks of 16" in path["reason"], path
+    assert task.rows_per_chunk is None                  # chosen, not yet applied
+    cpu_path.apply(task, path)
+    assert task.rows_per_chunk == 16
+    cpu_path.apply(task, cpu_path.fixed_path(task, "off", "test"))     # a path without the key: left alone
+    assert task.rows_per_chunk == 16
+
+
 def _mnist(out, data, resume=False, **kw):
     from deqnca.tasks.mnist.task import MnistConfig, train
 
@@ -105,6 +127,7 @@ def test_a_cpu_run_records_its_measured_path_and_a_resumed_run_keeps_it(tmp_path
     assert kept["cpu_path"]["reason"].startswith("kept from the run's start: measured"), kept["cpu_path"]
     assert kept["cpu_path"]["threads"] == first["threads"] == torch.get_num_threads()
     assert kept["cpu_path"]["layout"] == first["layout"]
+    assert kept["cpu_path"]["rows_per_chunk"] == first["rows_per_chunk"] in (None, 16)   # a rollout: measured
 
 
 def test_a_fixed_thread_count_is_respected_and_said(tmp_path, mnist_small):

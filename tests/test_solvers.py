@@ -124,3 +124,97 @@ def test_torchdeq_masking_fix_keeps_broydens_best_iterate_finite(monkeypatch):
         unpatched, _, _ = broyden_solver(f, z0, max_iter=40, tol=1e-3, stop_mode="abs")
     assert finite(unpatched) < 8          # the library bug is real on this input
     assert finite(patched) == 8
+
+
+def _freezing_picard(f, z0, max_iter, tol, check_every=1):
+    """The per-sample Picard iteration as it reads: converged samples frozen inside the batch by a select over
+    the whole state every step (what `fixed_point` did before it kept converged rows instead)."""
+    z, fz, steps, done = z0, f(z0), 1, None
+    met = torch.full((z0.shape[0],), -1)
+    trace = []
+    for _ in range(max_iter - 1):
+        if steps % check_every == 0:
+            a, r = residuals(fz, z)
+            trace.append(r.mean())
+            done = r < tol
+            met = torch.where(done & (met < 0), steps, met)
+            if bool(done.all()):
+                break
+        z = fz if done is None else torch.where(done.view(-1, 1, 1, 1), z, fz)
+        fz, steps = f(z), steps + 1
+    a, r = residuals(fz, z)
+    return z, a, r, torch.where((r < tol) & (met < 0), steps, met), steps, torch.stack(trace).tolist()
+
+
+@pytest.mark.parametrize("max_iter,check_every", [(200, 1), (200, 3), (12, 1)])
+def test_fixed_point_keeps_each_samples_state_as_freezing_it_would(max_iter, check_every):
+    """Keeping each converged sample's rows (and letting the batch step on) returns bit for bit the states,
+    residuals, step counts and trace of freezing converged samples in the batch; also when max_iter cuts the
+    slow samples off, and with sparse checks."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 6, 3, 3, generator=g) * 0.08
+    rate = torch.tensor([0.2, 0.5, 0.7, 0.9]).view(4, 1, 1, 1)        # samples converge at different steps
+    c = torch.randn(4, 6, 7, 7, generator=g)
+    f = lambda z: rate * torch.tanh(torch.nn.functional.conv2d(z, w, padding=1) + c)
+    z0 = torch.randn(4, 6, 7, 7, generator=g)
+    z, stats = get_solver("fixed_point")(f, z0, max_iter=max_iter, tol=1e-6, check_every=check_every)
+    ref_z, ref_a, ref_r, ref_met, ref_steps, ref_trace = _freezing_picard(f, z0, max_iter, 1e-6, check_every)
+    assert len(set(ref_met.tolist())) >= 3, ref_met          # the samples did stop at different steps
+    assert torch.equal(z, ref_z) and torch.equal(stats.abs_residual, ref_a) and torch.equal(stats.rel_residual, ref_r)
+    assert stats.sample_steps.tolist() == ref_met.tolist() and stats.nstep == ref_steps
+    assert stats.trace == ref_trace
+
+
+def test_a_rollout_in_chunks_gives_the_whole_batchs_states_and_gradients():
+    """`rows_per_chunk`: the essay's rollout (a `RowMap`, restricted to each chunk's rows) reaches the same
+    states and weight gradients as the whole batch at once; only the convolutions' summation order differs."""
+    from deqnca.tasks.mnist.config import preset
+    from deqnca.tasks.mnist.model import EquilibriumModel
+
+    torch.manual_seed(0)
+    model = EquilibriumModel(preset("essay").model)
+    x = torch.rand(20, 1, 12, 12).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(20) % 10
+    out = {}
+    for chunk in (None, 8):
+        z, stats = model.solve(x, generator=torch.Generator().manual_seed(1), rows_per_chunk=chunk)
+        model.readout.loss(z, x, y)[0].backward()
+        out[chunk] = (z.detach(), stats.rel_residual, model.rule.K2.weight.grad.clone(), model.K1.weight.grad.clone())
+        model.zero_grad(set_to_none=True)
+    assert out[8][0].stride() == out[None][0].stride()              # the batch's memory layout
+    for whole, chunked in zip(out[None], out[8]):
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    f = model.step_map(x)
+    assert torch.equal(f.rows(slice(8, 16))(x.new_zeros(8, 32, 12, 12)), f(x.new_zeros(20, 32, 12, 12))[8:16])
+
+
+@pytest.mark.parametrize("rule", ["residual_tanh", "contractive_tanh"])
+def test_the_injected_rule_step_in_place_is_the_rule_as_written(rule):
+    """The injection's step works in place on the convolution's output: the same states and gradients, bit
+    for bit, as the rule written out of place, σ(W_z * z + (W_u * u + b)) (+ z for the residual rule)."""
+    import torch.nn.functional as F
+
+    from deqnca.core.conditioning import make_conditioning
+    from deqnca.core.rules import make_rule
+
+    torch.manual_seed(0)
+    module = make_rule(rule, input_channels=3, state_channels=5).eval()   # eval: no power-iteration update
+    u = torch.rand(2, 3, 6, 6)
+    z0 = torch.randn(2, 5, 6, 6)
+    grads = []
+    for written_out in (False, True):
+        f = module.bind(u, make_conditioning("injection"))
+        if written_out:
+            w = module.state_weight() if rule == "contractive_tanh" else module.K2.weight[:, 3:]
+            injected = F.conv2d(u, module.K2.weight[:, :3], module.K2.bias, padding=1)
+            def step(z, w=w, injected=injected):
+                return torch.tanh(F.conv2d(z, w, padding=1) + injected)
+            f = (lambda z, step=step: z + step(z)) if rule == "residual_tanh" else step
+        z = z0
+        for _ in range(4):
+            z = f(z)
+        z.square().sum().backward()
+        grads.append((z.detach(), module.K2.weight.grad.clone(), module.K2.bias.grad.clone()))
+        module.zero_grad(set_to_none=True)
+    for in_place, written in zip(*grads):
+        assert torch.equal(in_place, written)

@@ -140,6 +140,29 @@ def test_bf16_amp_runs_the_convolutions_in_bfloat16_and_keeps_the_state_float32(
     assert 1e-5 < rel < 3e-2, rel        # bfloat16 rounding (8-bit mantissa), and nothing worse
 
 
+@pytest.mark.parametrize("name", ["essay", "equilibrium"])
+def test_bf16_amp_trains_every_mnist_rule_with_a_float32_state(mnist_small, name):
+    """The contractive rule's map is tanh(...) alone: under autocast it must still hand the solver a float32
+    state, or the implicit gradient's backward pass (outside autocast) meets a bfloat16 state."""
+    from deqnca.tasks.mnist.config import preset
+    from deqnca.tasks.mnist.model import EquilibriumModel
+
+    torch.manual_seed(0)
+    model = EquilibriumModel(preset(name).model).train()
+    x, y = mnist_small[0][:4], mnist_small[1][:4]
+    grads = {}
+    for amp in ("off", "bf16"):
+        with amp_context(amp, "cpu"):
+            z, _ = model.solve(x, generator=torch.Generator().manual_seed(0))
+            loss, _ = model.readout.loss(z, x, y)
+        assert z.dtype == torch.float32
+        loss.backward()
+        grads[amp] = model.rule.K2.weight.grad.clone()
+        model.zero_grad(set_to_none=True)
+    rel = float((grads["bf16"] - grads["off"]).norm() / grads["off"].norm())
+    assert 0 < rel < 0.1, rel            # bfloat16 rounding in the gradient, nothing worse
+
+
 def test_bf16_amp_training_learns_like_float32(mnist_small, tmp_path):
     # 3,000 images at 14x14, 4 epochs: 80.4% in float32 and 79.2% under bf16 (CPU, 2026-12-01)
     x, y, xt, yt = mnist_small

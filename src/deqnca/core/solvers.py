@@ -61,8 +61,20 @@ def _converged(abs_r: Tensor, rel_r: Tensor, tol: float, stop_mode: str) -> Tens
 
 
 def rollout(f: StateMap, z0: Tensor, max_iter: int, tol: float = 0.0, stop_mode: str = "rel",
-            measure: bool = True, **_) -> tuple[Tensor, SolveStats]:
-    """The NCA view: exactly `max_iter` steps, no early stop. Differentiable (BPTT) if grad is on."""
+            measure: bool = True, rows_per_chunk: int | None = None, **_) -> tuple[Tensor, SolveStats]:
+    """The NCA view: exactly `max_iter` steps, no early stop. Differentiable (BPTT) if grad is on.
+
+    `rows_per_chunk`: roll the batch out that many samples at a time, where `f` can be restricted to part of
+    its batch (`f.rows`, a `RowMap`). The same states up to the convolution's summation order; each chunk's
+    state then stays in the CPU's cache between the convolution and the elementwise work after it, and
+    autograd takes the backward pass chunk by chunk too (docs/speed.md measures it; training's CPU path
+    chooses it by timing, `deqnca.engine.cpu_path`)."""
+    if rows_per_chunk and z0.shape[0] > rows_per_chunk and hasattr(f, "rows"):
+        parts = [rollout(f.rows(slice(i, i + rows_per_chunk)), z0[i:i + rows_per_chunk], max_iter, measure=measure)
+                 for i in range(0, z0.shape[0], rows_per_chunk)]
+        z = torch.cat([p[0] for p in parts])
+        return z, SolveStats(max_iter, torch.cat([p[1].abs_residual for p in parts]),
+                             torch.cat([p[1].rel_residual for p in parts]))
     z = z0
     for _ in range(max_iter):
         z = f(z)
@@ -76,17 +88,22 @@ def rollout(f: StateMap, z0: Tensor, max_iter: int, tol: float = 0.0, stop_mode:
 @torch.no_grad()
 def fixed_point(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-4, stop_mode: str = "rel",
                 sync_every: int | None = None, check_every: int = 1, **_) -> tuple[Tensor, SolveStats]:
-    """Picard iteration with per-sample stopping: a converged sample stops moving.
+    """Picard iteration with per-sample stopping: a converged sample's state is the one it met tol at.
+
+    Each sample's state (and its residuals) is kept, by its rows alone, at the step it meets tol; the batch
+    keeps stepping as a whole until every sample has, and the kept rows are returned. (Freezing converged
+    samples inside the batch instead costs a select over the whole state every step, ~8% of an
+    equilibrium training step on a CPU, docs/speed.md; the returned states are the same.)
 
     Stopping the whole batch needs a device-to-host read; on a GPU that read stalls the launch
     queue, so it happens every `sync_every` iterations (default 8 on CUDA, 1 on CPU where it is
-    free). Samples still freeze the iteration they converge, so the returned states are the same;
-    at most sync_every − 1 extra evaluations are spent once all have converged.
+    free). The kept states are the same either way; at most sync_every − 1 extra evaluations are
+    spent once all have converged.
 
-    `check_every` > 1 measures residuals only every that many steps, and samples keep stepping in
-    between: for a map with a cheap step whose fixed point is reached exactly (the geodesic maze rule,
-    where the residual costs twice the step) the states are the same and the bookkeeping is paid
-    1/check_every as often; `sample_steps` is then rounded up to a check."""
+    `check_every` > 1 measures residuals only every that many steps: for a map with a cheap step whose
+    fixed point is reached exactly (the geodesic maze rule, where the residual costs twice the step) the
+    states are the same and the bookkeeping is paid 1/check_every as often; `sample_steps` is then
+    rounded up to a check."""
     if sync_every is None:
         sync_every = 8 if z0.is_cuda else 1
     if check_every < 1:
@@ -96,25 +113,49 @@ def fixed_point(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-4, stop_
     trace = []
     steps = 1
     met_at = torch.full((z.shape[0],), -1, dtype=torch.long, device=z.device)
-    done = None
+    kept = None                         # (z, abs, rel) of the samples that have met tol, at that step
     for i in range(max_iter - 1):
         if check_every == 1 or steps % check_every == 0:
             a, r = residuals(fz, z)
-            trace.append(r.mean())
-            done = _converged(a, r, tol, stop_mode)
-            met_at = torch.where(done & (met_at < 0), steps, met_at)
+            new = _converged(a, r, tol, stop_mode) & (met_at < 0)
+            kept = _keep(kept, new, z, a, r, by_rows=sync_every == 1)
+            met_at = torch.where(new, steps, met_at)
+            trace.append(torch.where(met_at >= 0, kept[2], r).mean() if kept is not None else r.mean())
             if check_every > 1 or (i + 1) % sync_every == 0 or sync_every == 1:
-                if bool(done.all()):
+                if bool((met_at >= 0).all()):
                     break
-        if check_every > 1 and (done is None or not bool(done.any())):
-            z = fz                              # nothing frozen yet: skip the select
-        else:
-            z = torch.where(done.view(-1, *[1] * (z.dim() - 1)), z, fz)
+        z = fz
         fz = f(z)
         steps += 1
-    a, r = residuals(fz, z)
-    met_at = torch.where(_converged(a, r, tol, stop_mode) & (met_at < 0), steps, met_at)
+    if kept is not None and bool((met_at >= 0).all()):
+        z, a, r = kept                   # every sample met tol: the states it met it at
+    else:
+        a, r = residuals(fz, z)
+        if kept is not None:
+            done = met_at >= 0
+            z = torch.where(done.view(-1, *[1] * (z.dim() - 1)), kept[0], z)
+            a, r = torch.where(done, kept[1], a), torch.where(done, kept[2], r)
+        met_at = torch.where(_converged(a, r, tol, stop_mode) & (met_at < 0), steps, met_at)
     return z, SolveStats(steps, a, r, torch.stack(trace).tolist() if trace else [], sample_steps=met_at)
+
+
+def _keep(kept, new: Tensor, z: Tensor, a: Tensor, r: Tensor, by_rows: bool):
+    """`kept` with the rows of the `new` samples replaced by their current state and residuals. `by_rows`
+    (where reading the device is free, a CPU): copy those rows alone, the buffers allocated at the first
+    sample that converges; otherwise a select over the whole state, which needs no read."""
+    if not by_rows:
+        if kept is None:
+            return z.clone(), a.clone(), r.clone()
+        view = new.view(-1, *[1] * (z.dim() - 1))
+        return torch.where(view, z, kept[0]), torch.where(new, a, kept[1]), torch.where(new, r, kept[2])
+    if not bool(new.any()):
+        return kept
+    if kept is None:
+        kept = (torch.empty_like(z), torch.empty_like(a), torch.empty_like(r))
+    rows = new.nonzero().squeeze(1)
+    for buf, src in zip(kept, (z, a, r)):
+        buf.index_copy_(0, rows, src.index_select(0, rows))
+    return kept
 
 
 def _flat(z: Tensor) -> Tensor:

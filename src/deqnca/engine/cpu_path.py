@@ -3,8 +3,10 @@
 At the start of a CPU run (`--cpu-path auto`, the default) the step the run is about to take — its real batch,
 forward, loss and backward, no update — is timed on each allowed path, the paths interleaved so that a change
 of load hits all alike: 1 thread or all cores; for a task that runs either layout (its `channels_last`
-attribute "auto", as MNIST's option), NCHW or channels-last; and with `--amp auto`, float32 or bfloat16
-autocast where the CPU has bfloat16 units (AMX-BF16 or AVX512-BF16). The fixed path — all cores (the trainer's
+attribute "auto", as MNIST's option), NCHW or channels-last; for a task whose rollout can run part of a batch at
+a time (its `chunk_candidates`), the whole batch or chunks of it (each chunk's state stays in cache between
+the convolution and the elementwise work); and with `--amp auto`, float32 or bfloat16 autocast where the CPU
+has bfloat16 units (AMX-BF16 or AVX512-BF16). The fixed path — all cores (the trainer's
 default), float32, the task's layout — is always timed, and another path is taken only when it is clearly
 faster, so the choice is never slower than the fixed path by more than the measurement's noise. Weights,
 buffers and random state are restored after the timing: the run is the one it would have been on the chosen
@@ -30,9 +32,10 @@ BF16_FASTER = 1.10        # bf16 changes the numbers: only for a clear gain over
 
 
 def _label(path: tuple) -> str:
-    threads, layout, amp = path
+    threads, layout, amp, chunk = path
     layout = {"on": "channels-last", "off": "NCHW"}.get(layout, "the task's layout")
-    return f"{threads} thread{'s' if threads > 1 else ''}, {layout}, {'bf16' if amp == 'bf16' else 'float32'}"
+    chunk = f", rollout in chunks of {chunk}" if chunk else ""
+    return f"{threads} thread{'s' if threads > 1 else ''}, {layout}, {'bf16' if amp == 'bf16' else 'float32'}{chunk}"
 
 
 def fixed_path(task, amp: str, why: str) -> dict:
@@ -53,7 +56,10 @@ def _candidates(task, amp_setting: str) -> list:
     if getattr(task, "channels_last", None) == "auto":     # a task that runs either layout (MNIST's option)
         layouts = ["on", "off"]          # the task's CPU default first
     amps = {"auto": ["off", "bf16"] if has_bf16_units(info) else ["off"]}.get(amp_setting, [amp_setting])
-    return [(t, lay, a) for a in amps for t in threads for lay in layouts]
+    current = getattr(task, "rows_per_chunk", None)       # the run's own setting is the fixed path's
+    chunks = [current] + [c for c in (None, *getattr(task, "chunk_candidates", ())) if c != current]
+    chunks = chunks if len(chunks) > 1 and getattr(task, "chunk_candidates", ()) else [current]
+    return [(t, lay, a, c) for a in amps for t in threads for lay in layouts for c in chunks]
 
 
 def _timed_step(task, batch, amp):
@@ -73,6 +79,7 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
     batch the run takes next; `amp_setting` is --amp ("off", "bf16" or "auto").
 
     Returns {"threads", "layout" ("on"/"off" for channels-last, None: the task's), "amp" ("off"/"bf16"),
+    "rows_per_chunk" (None: the whole batch at once),
     "reason", "measured" (median seconds per path), "seconds" (what the choice cost)}."""
     start = perf_counter()
     paths = _candidates(task, amp_setting)
@@ -80,6 +87,7 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
     saved_state = copy.deepcopy(task.model.state_dict())
     rng = torch.get_rng_state()
     saved_layout = getattr(task, "channels_last", None)
+    saved_chunk = getattr(task, "rows_per_chunk", None)
     previous_threads = torch.get_num_threads()
     samples = {p: [] for p in paths}
     try:
@@ -91,6 +99,7 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
                     task.channels_last = p[1]
                 batches[p[1]] = batch_at()
             steps[p] = _timed_step(task, batches[p[1]], p[2])
+            _set_chunk(task, p[3])
             t = perf_counter()
             steps[p]()
             first[p] = perf_counter() - t
@@ -100,6 +109,7 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
         for r in range(rounds):
             for p in timed:
                 torch.set_num_threads(p[0])
+                _set_chunk(task, p[3])
                 t = perf_counter()
                 steps[p]()
                 samples[p].append(perf_counter() - t)
@@ -111,6 +121,7 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
         torch.set_rng_state(rng)
         if saved_layout is not None:
             task.channels_last = saved_layout
+        _set_chunk(task, saved_chunk)
     times = {p: statistics.median(v) for p, v in samples.items()}
     best = min((p for p in paths if p[2] != "bf16"), key=times.get)
     if times[best] * CLEARLY_FASTER > times[fixed]:
@@ -122,7 +133,7 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
                                   f", {times[fixed] / times[best]:.2f}× as fast as the fixed path ({_label(fixed)})")]
     parts += [f"{_label(p)}: {times[p] / times[best]:.2f}× its time" for p in paths if p not in (best, fixed)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {"threads": best[0], "layout": best[1], "amp": best[2],
+    return {"threads": best[0], "layout": best[1], "amp": best[2], "rows_per_chunk": best[3],
             "reason": f"measured on this run's step: {'; '.join(parts)}; load {load:.1f}",
             "measured": {_label(p): times[p] for p in paths}, "seconds": perf_counter() - start}
 
@@ -133,3 +144,10 @@ def apply(task, path: dict) -> None:
     torch.set_num_threads(path["threads"])
     if path.get("layout") is not None and hasattr(task, "channels_last"):
         task.channels_last = path["layout"]
+    if "rows_per_chunk" in path:
+        _set_chunk(task, path["rows_per_chunk"])
+
+
+def _set_chunk(task, rows):
+    if hasattr(task, "rows_per_chunk"):
+        task.rows_per_chunk = rows

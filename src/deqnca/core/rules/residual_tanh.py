@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deqnca.core.conditioning import RowMap
+
 
 class ResidualTanhRule(nn.Module):
     """Eq. (2). Its fixed point is degenerate: at z* the tanh term is zero, so z* solves the *linear*
@@ -26,4 +28,4 @@ class ResidualTanhRule(nn.Module):
     def bind(self, u, conditioning):
         update = conditioning.bind(self.K2.weight, self.K2.bias, u, padding=self.K2.padding[0],
                                    activation=torch.tanh)
-        return lambda z: z + update(z)
+        return RowMap(lambda z, update: z + update(z), update)

@@ -11,7 +11,14 @@ def as_layout(x, channels_last: str, device):
     """`x` in channels-last memory when `channels_last` is "on", or "auto" on a CPU, where it is faster
     for these convolutions (docs/speed.md)."""
     use_cl = channels_last == "on" or (channels_last == "auto" and torch.device(device).type == "cpu")
-    return x.contiguous(memory_format=torch.channels_last) if use_cl else x
+    if not use_cl:
+        return x
+    if x.dim() == 4 and x.shape[1] == 1:
+        # one channel is both layouts at once, and convolutions read that as NCHW: give it the channel
+        # stride of channels-last (1), so that the encoding, and the state after it, come out channels-last
+        h, w = x.shape[2:]
+        return x.contiguous().as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()

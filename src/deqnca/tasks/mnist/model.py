@@ -179,7 +179,7 @@ class EquilibriumModel(CellularModel):
         kw = {**self.solver_kw, **solver_kw}
         z, stats = self.gradient(f, get_solver(solver or self.solver_name), z0, **kw)
         self.last_stats = stats
-        return z, stats
+        return _GradientInLayout.apply(z) if z.requires_grad else z, stats
 
     def forward(self, x, generator=None, per_cell: bool = False, **solve_kw):
         """(B, classes) logits; with per_cell=True (read-out "cell" only) the (B, classes, H, W) cell logits.
@@ -253,6 +253,21 @@ class EquilibriumModel(CellularModel):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._norm_stale = False          # loaded statistics belong to the loaded weights
+
+
+class _GradientInLayout(torch.autograd.Function):
+    """Identity whose backward pass returns the gradient in the state's memory layout. The read-out's pooling
+    hands back an NCHW gradient; on a channels-last state every elementwise op and convolution of the backward
+    pass would then mix layouts (measured: tanh's backward 2x slower, reorder copies; docs/speed.md)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.layout = _memory_format(z)
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.layout)
 
 
 def _memory_format(t):

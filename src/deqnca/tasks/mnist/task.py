@@ -80,6 +80,25 @@ class MnistTask(Task):
         self.counters = {"fallback": 0}
         self.channels_last = cfg.channels_last      # "auto": the trainer's CPU path measures both (cpu_path.py)
 
+    @property
+    def chunk_candidates(self) -> tuple:
+        """Rows per rollout chunk the CPU path times beside the whole batch (engine/cpu_path.py): a rollout
+        solver only, whose map can be restricted to part of its batch."""
+        model = getattr(self, "model", None)
+        return (16,) if model is not None and model.solver_name == "rollout" and self.cfg.batch_size > 16 else ()
+
+    @property
+    def rows_per_chunk(self):
+        """The rollout's chunk (`solver_kw.rows_per_chunk`; None: the whole batch at once)."""
+        return self.model.solver_kw.get("rows_per_chunk")
+
+    @rows_per_chunk.setter
+    def rows_per_chunk(self, rows):
+        if rows:
+            self.model.solver_kw["rows_per_chunk"] = rows
+        else:
+            self.model.solver_kw.pop("rows_per_chunk", None)
+
     def setup(self):
         c, (x, y, xt, yt) = self.cfg, self.data
         if self.data_record is None:

@@ -1,0 +1,171 @@
+"""How close a training step comes to this CPU's floor: the rule's convolution alone, forward and backward.
+
+The floor is the best measured throughput of the rule's 32→32 3×3 convolution, forward and backward (input and
+weight gradients), at the training batch (64 × 28×28), float32, on `--threads` threads, in the faster of the
+two layouts. Each preset's training step — the real batch, forward, loss and backward (the 15k-parameter
+update, microseconds, left out so that every timed step sees the same weights and takes the same solver
+steps) — is timed in the same rounds, the conv and the steps interleaved so that a change of load hits all
+alike. A step's FLOPs are counted by torch's FlopCounterMode on the same step (convolutions and matrix
+products, forward and backward); its fraction of the floor is (FLOPs / its time) / the floor's GFLOP/s.
+
+Where the CPU has bfloat16 units (AMX-BF16 or AVX512-BF16) each step is also timed under bf16 autocast and
+its gain printed; elsewhere the bf16 step is timed all the same and marked as emulated.
+
+    python benchmarks/training_floor.py --json-out docs/results/training_floor.json
+    python benchmarks/training_floor.py --quick          # one round, smaller, < 30 s
+    python benchmarks/training_floor.py --profile essay  # where one step's time goes (torch.profiler)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from deqnca.core.amp import amp_context
+from deqnca.engine import hardware
+from deqnca.tasks.mnist.config import preset
+from deqnca.tasks.mnist.evaluate import as_layout
+from deqnca.tasks.mnist.model import EquilibriumModel
+
+PRESETS = ("essay", "equilibrium")
+
+
+def conv_floor_step(batch: int, channels: int, size: int, channels_last: bool):
+    """(callable, FLOPs): the rule's convolution forward and backward (input and weight gradients)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=g).contiguous(memory_format=fmt).requires_grad_()
+    w = (torch.randn(channels, channels, 3, 3, generator=g) * 0.05).contiguous(memory_format=fmt).requires_grad_()
+    grad = torch.randn(batch, channels, size, size, generator=g).contiguous(memory_format=fmt)
+
+    def step():
+        y = F.conv2d(x, w, padding=1)
+        y.backward(grad)
+        x.grad = w.grad = None
+    return step, 3 * 2 * channels * channels * 9 * size * size * batch
+
+
+def training_step(name: str, batch: int, amp: str, seed: int = 0, channels_last: bool = True):
+    """(callable, model): `name`'s training step on `batch` real-shaped images, channels-last, the same
+    initial noise every call (the same solver steps), gradients dropped after the backward pass."""
+    from deqnca.data.idx import load_mnist
+
+    torch.manual_seed(seed)
+    model = EquilibriumModel(preset(name).model).train()
+    x, y = load_mnist(split="train")
+    x = as_layout(x[:batch].float(), "on" if channels_last else "off", "cpu")
+    y = y[:batch]
+
+    def step():
+        gen = torch.Generator().manual_seed(seed)
+        with amp_context(amp, "cpu"):
+            loss, _ = model.loss(x, y, generator=gen)
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
+    return step, model
+
+
+def count_flops(step) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def profile(name: str, batch: int, rows: int = 18) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step, _ = training_step(name, batch, "off")
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def measure(a) -> dict:
+    info = hardware.cpu_info()
+    bf16_units = hardware.has_bf16_units(info)
+    paths = {}
+    for cl in (True, False):
+        fn, flops = conv_floor_step(a.batch, 32, 28, cl)
+        paths[f"conv {'channels-last' if cl else 'NCHW'}"] = (fn, flops)
+    for name in a.presets:
+        for amp in ("off", "bf16"):
+            fn, _ = training_step(name, a.batch, amp)
+            fn()                                  # oneDNN builds its primitives on the first call
+            paths[f"{name} {'bf16' if amp == 'bf16' else 'float32'}"] = (fn, count_flops(fn))
+    for fn, _ in paths.values():
+        fn()
+    times = {k: [] for k in paths}
+    loads = []
+    for _ in range(a.rounds):
+        for k, (fn, _) in paths.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+        loads.append(os.getloadavg()[0])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    gflops = {k: paths[k][1] / med[k] / 1e9 for k in paths}
+    floor_key = max((k for k in paths if k.startswith("conv")), key=gflops.get)
+    floor = gflops[floor_key]
+    rows = {}
+    for k in paths:
+        rows[k] = {"seconds": med[k], "gflop": paths[k][1] / 1e9, "gflops": gflops[k],
+                   "fraction_of_floor": gflops[k] / floor, "spread": [min(times[k]), max(times[k])]}
+    for name in a.presets:
+        rows[f"{name} bf16"]["gain_over_float32"] = med[f"{name} float32"] / med[f"{name} bf16"]
+    return {"benchmark": "training_floor", "date": date.today().isoformat(), "torch": torch.__version__,
+            "cpu": info["model"], "bf16_units": bf16_units,
+            "threads": torch.get_num_threads(), "batch": a.batch, "rounds": a.rounds,
+            "load": {"min": min(loads), "max": max(loads)}, "floor": {"path": floor_key, "gflops": floor},
+            "rows": rows}
+
+
+def report(r: dict) -> str:
+    units = "bf16 units" if r["bf16_units"] else "no bf16 units: bf16 is emulated here"
+    lines = [f"{r['cpu']} ({units}); torch {r['torch']}; {r['threads']} thread(s); batch {r['batch']}; "
+             f"{r['rounds']} interleaved rounds; load {r['load']['min']:.1f}–{r['load']['max']:.1f}; {r['date']}",
+             f"floor: {r['floor']['path']}, forward + backward, {r['floor']['gflops']:.1f} GFLOP/s", "",
+             "| path | ms | GFLOP | GFLOP/s | fraction of the floor | bf16 gain |", "|---|---|---|---|---|---|"]
+    for k, row in r["rows"].items():
+        gain = f"{row['gain_over_float32']:.2f}×" if "gain_over_float32" in row else ""
+        lines.append(f"| {k} | {1e3 * row['seconds']:.1f} | {row['gflop']:.2f} | {row['gflops']:.1f} | "
+                     f"{100 * row['fraction_of_floor']:.0f}% | {gain} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    p.add_argument("--quick", action="store_true", help="batch 16, 2 rounds")
+    p.add_argument("--profile", choices=PRESETS, help="print where one step of this preset spends its time")
+    p.add_argument("--json-out", type=Path)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.quick:
+        a.batch, a.rounds = 16, 2
+    if a.profile:
+        profile(a.profile, a.batch)
+        return 0
+    r = measure(a)
+    print(report(r))
+    if a.json_out:
+        a.json_out.parent.mkdir(parents=True, exist_ok=True)
+        a.json_out.write_text(json.dumps(r, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
