@@ -9,7 +9,13 @@ alike. A step's FLOPs are counted by torch's FlopCounterMode on the same step (c
 products, forward and backward); its fraction of the floor is (FLOPs / its time) / the floor's GFLOP/s.
 
 Where the CPU has bfloat16 units (AMX-BF16 or AVX512-BF16) each step is also timed under bf16 autocast and
-its gain printed; elsewhere the bf16 step is timed all the same and marked as emulated.
+its gain printed; elsewhere the bf16 step is timed all the same and marked as emulated. Each preset's fair peer
+is timed in the same rounds — the same model written as its community writes it: the essay's eq. (2) in plain
+PyTorch (a convolution of the concatenation [u, z], NCHW), the equilibrium model through TorchDeq's `get_deq`
+(its Picard solver, implicit differentiation) — and deqnca's speed-up over it is printed (its time over the
+faster of deqnca's float32 rows). The essay step is also timed with its rollout in chunks of 16, which
+training's CPU path may choose. Freed memory is kept for reuse as training keeps it
+(`deqnca.engine.hardware.retain_freed_memory`).
 
     python benchmarks/training_floor.py --json-out docs/results/training_floor.json
     python benchmarks/training_floor.py --quick          # one round, smaller, < 30 s
@@ -74,6 +80,66 @@ def training_step(name: str, batch: int, amp: str, seed: int = 0, channels_last:
     return step, model
 
 
+def plain_pytorch_essay_step(batch: int, seed: int = 0):
+    """The fair peer of the `essay` step: eqs. (1)-(2) as a PyTorch user writes them — nn.Conv2d on the
+    concatenation [u, z] (eq. 2 literally), NCHW, 16 steps unrolled, autograd through them; the same
+    shapes, initialisation scale and read-out (pool, 32 hidden units, 10 classes)."""
+    from torch import nn
+
+    from deqnca.data.idx import load_mnist
+
+    torch.manual_seed(seed)
+    K1, K2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(48, 32, 3, padding=1)
+    head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():
+        K2.weight[:, 16:] *= 0.1
+    x, y = load_mnist(split="train")
+    x, y = x[:batch].float(), y[:batch]
+    params = [*K1.parameters(), *K2.parameters(), *head.parameters()]
+
+    def step():
+        u = torch.relu(K1(x))
+        z = torch.randn(batch, 32, 28, 28, generator=torch.Generator().manual_seed(seed))
+        for _ in range(16):
+            z = z + torch.tanh(K2(torch.cat([u, z], 1)))
+        F.cross_entropy(head(z.mean((2, 3))), y).backward()
+        for p in params:
+            p.grad = None
+    return step
+
+
+def torchdeq_equilibrium_step(batch: int, seed: int = 0):
+    """The fair peer of the `equilibrium` step: the same model (deqnca's weights, its γ-normalised W_z, its
+    read-out) solved the way a TorchDeq user writes it — `get_deq(ift=True)` with TorchDeq's own Picard
+    solver forward and backward at the preset's tolerance and caps, the map a plain closure, NCHW."""
+    from torchdeq import get_deq
+
+    from deqnca.data.idx import load_mnist
+
+    torch.manual_seed(seed)
+    model = EquilibriumModel(preset("equilibrium").model).train()
+    deq = get_deq(ift=True, f_solver="fixed_point_iter", f_max_iter=100, f_tol=1e-4, f_stop_mode="rel",
+                  b_solver="fixed_point_iter", b_max_iter=100, b_tol=1e-4, b_stop_mode="rel")
+    x, y = load_mnist(split="train")
+    x, y = x[:batch].float(), y[:batch]
+    rule = model.rule
+
+    def step():
+        u = torch.relu(model.K1(x))
+        w = rule.state_weight()
+        injected = F.conv2d(u, rule.K2.weight[:, :rule.input_channels], rule.K2.bias, padding=1)
+        z0 = torch.randn(batch, 32, 28, 28, generator=torch.Generator().manual_seed(seed))
+        zs, _ = deq(lambda z: torch.tanh(F.conv2d(z, w, padding=1) + injected), z0)
+        model.readout.loss(zs[-1], x, y)[0].backward()
+        for p in model.parameters():
+            p.grad = None
+    return step
+
+
+PEERS = {"essay": ("plain PyTorch, eq. (2) as written", plain_pytorch_essay_step),
+         "equilibrium": ("TorchDeq get_deq(ift=True), Picard", torchdeq_equilibrium_step)}
+
+
 def count_flops(step) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
@@ -103,6 +169,15 @@ def measure(a) -> dict:
             fn, _ = training_step(name, a.batch, amp)
             fn()                                  # oneDNN builds its primitives on the first call
             paths[f"{name} {'bf16' if amp == 'bf16' else 'float32'}"] = (fn, count_flops(fn))
+        if name == "essay":                       # the rollout in chunks, the training CPU path's other choice
+            fn, model = training_step(name, a.batch, "off")
+            model.solver_kw["rows_per_chunk"] = 16
+            fn()
+            paths["essay float32, chunks of 16"] = (fn, count_flops(fn))
+        label, build = PEERS[name]
+        fn = build(a.batch)
+        fn()
+        paths[f"{name} peer: {label}"] = (fn, count_flops(fn))
     for fn, _ in paths.values():
         fn()
     times = {k: [] for k in paths}
@@ -123,6 +198,8 @@ def measure(a) -> dict:
                    "fraction_of_floor": gflops[k] / floor, "spread": [min(times[k]), max(times[k])]}
     for name in a.presets:
         rows[f"{name} bf16"]["gain_over_float32"] = med[f"{name} float32"] / med[f"{name} bf16"]
+        peer = f"{name} peer: {PEERS[name][0]}"
+        rows[peer]["peer_over_deqnca"] = med[peer] / min(med[k] for k in rows if k.startswith(f"{name} float32"))
     return {"benchmark": "training_floor", "date": date.today().isoformat(), "torch": torch.__version__,
             "cpu": info["model"], "bf16_units": bf16_units,
             "threads": torch.get_num_threads(), "batch": a.batch, "rounds": a.rounds,
@@ -135,11 +212,13 @@ def report(r: dict) -> str:
     lines = [f"{r['cpu']} ({units}); torch {r['torch']}; {r['threads']} thread(s); batch {r['batch']}; "
              f"{r['rounds']} interleaved rounds; load {r['load']['min']:.1f}–{r['load']['max']:.1f}; {r['date']}",
              f"floor: {r['floor']['path']}, forward + backward, {r['floor']['gflops']:.1f} GFLOP/s", "",
-             "| path | ms | GFLOP | GFLOP/s | fraction of the floor | bf16 gain |", "|---|---|---|---|---|---|"]
+             "| path | ms | GFLOP | GFLOP/s | fraction of the floor | bf16 gain | deqnca's speed-up over the peer |",
+             "|---|---|---|---|---|---|---|"]
     for k, row in r["rows"].items():
         gain = f"{row['gain_over_float32']:.2f}×" if "gain_over_float32" in row else ""
+        peer = f"{row['peer_over_deqnca']:.2f}×" if "peer_over_deqnca" in row else ""
         lines.append(f"| {k} | {1e3 * row['seconds']:.1f} | {row['gflop']:.2f} | {row['gflops']:.1f} | "
-                     f"{100 * row['fraction_of_floor']:.0f}% | {gain} |")
+                     f"{100 * row['fraction_of_floor']:.0f}% | {gain} | {peer} |")
     return "\n".join(lines)
 
 
@@ -154,6 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--json-out", type=Path)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    hardware.retain_freed_memory()                # as `deqnca train` does on a CPU
     if a.quick:
         a.batch, a.rounds = 16, 2
     if a.profile:

@@ -173,3 +173,28 @@ def test_training_on_the_measured_path_is_never_slower_than_the_fixed_one(tmp_pa
     for load in ("quiet", "loaded"):
         fixed, auto = min(seconds[(load, "fixed")]), min(seconds[(load, "auto")])
         assert auto <= 1.2 * fixed, (load, seconds)
+
+
+_FAULTS = """
+import resource, sys, torch
+from deqnca.engine.hardware import retain_freed_memory
+if sys.argv[1] == "retain":
+    assert retain_freed_memory()
+def step():                       # a BPTT step's shape: many state-sized tensors kept, then all freed
+    kept = [torch.ones(64, 32, 28, 28) for _ in range(24)]
+    del kept
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_training_keeps_freed_memory_and_the_next_step_takes_no_page_faults_for_it():
+    """Without it, every step faults in again many of the 38k pages of the states the last one freed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    faults = {mode: float(subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, env=env,
+                                         check=True).stdout) for mode in ("default", "retain")}
+    assert faults["default"] > 5_000 and faults["retain"] < faults["default"] / 3, faults

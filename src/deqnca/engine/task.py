@@ -41,7 +41,8 @@ class Task:
     values, read the means in the records; checkpointed, cleared at each epoch's start); `counters`, the
     run's counts (a task adds its own by setting them in ``__init__``; checkpointed). What a task gives the
     engine besides its hooks: `state_tensors`, tensors that are part of the run (a sample pool), saved with
-    each checkpoint and restored in place on resume; `find_unused_parameters`, for DDP; `presets`, a
+    each checkpoint and restored in place on resume; `find_unused_parameters`, for DDP; `retain_freed_memory`
+    (default True: on a CPU, freed memory is kept for the next step, `hardware.retain_freed_memory`); `presets`, a
     `Registry` of functions returning a `Config` (``deqnca train --task NAME --preset P``; None: the
     Config's defaults); `data_record`, the identity of the data it trains on (a JSON-ready dict: ``name``,
     ``source``, ``sha256`` of the contents, counts, sample ``shape``, ``labels``; `deqnca.data.provenance`),
@@ -53,6 +54,7 @@ class Task:
     Config = TrainConfig
     presets: Registry | None = None
     find_unused_parameters = False
+    retain_freed_memory = True
     data_record: dict | None = None
 
     def __init__(self, cfg):

@@ -82,6 +82,7 @@ class MazeTask(Task):
 
     name = "maze"
     Config = MazeConfig
+    retain_freed_memory = False     # its solves of varying size would fragment a heap that keeps them (hardware.py)
     presets = PRESETS
 
     def __init__(self, cfg: MazeConfig):
