@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from deqnca.core.resources import models_dir
 from deqnca.engine import hardware
+from deqnca.tasks.mnist.evaluate import as_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("mnist-essay", "mnist-equilibrium")
@@ -232,7 +233,7 @@ def model_rows(paths, rounds, batch, models):
         model.eval()
         cells, stats = {}, {}
         for cl, t, amp, backend in paths:
-            xb = x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()
+            xb = as_layout(x.contiguous(), "on" if cl else "off", "cpu")   # one channel: the channels-last strides
 
             def run(xb=xb, amp=amp, backend=backend, key=(cl, t, amp, backend), model=model, stats=stats):
                 gen = torch.Generator().manual_seed(0)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deqnca.data.idx import load_mnist  # noqa: E402
 from deqnca.tasks.mnist.config import preset  # noqa: E402
+from deqnca.tasks.mnist.evaluate import as_layout  # noqa: E402
 from deqnca.tasks.mnist.model import EquilibriumModel  # noqa: E402
 from mnist_speed import PlainTorchDEQ, baseline_solvers, preset_variant, timed_step  # noqa: E402
 
@@ -46,7 +47,7 @@ def accuracy(model, x, y, device, channels_last, batch_size=500) -> float:
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device)
         if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = as_layout(xb, "on", "cpu")   # one-channel images: the channels-last strides
         correct += int((model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum())
     model.train()
     return correct / len(x)
@@ -109,7 +110,7 @@ def main(argv=None):
             for key, r in runs.items():          # the same batch for every model, one step each in turn
                 xb, yb = x[idx].to(args.device), y[idx].to(args.device)
                 if r["channels_last"]:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
+                    xb = as_layout(xb, "on", "cpu")   # one-channel images: the channels-last strides
                 seconds, finite = timed_step(r["model"], r["opt"], xb, yb, args.device, amp=r["amp"])
                 spent[key] += seconds
                 r["skipped"] += not finite

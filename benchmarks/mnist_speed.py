@@ -36,6 +36,7 @@ from torch import nn
 from deqnca.core.amp import amp_context
 from deqnca.data.idx import load_mnist
 from deqnca.tasks.mnist.config import preset
+from deqnca.tasks.mnist.evaluate import as_layout
 from deqnca.tasks.mnist.model import EquilibriumModel
 
 
@@ -143,7 +144,7 @@ def time_training(model, x, y, device, batches, batch_size=64, channels_last=Fal
         idx = perm[(b % n_total) * batch_size:((b % n_total) + 1) * batch_size]
         xb, yb = x[idx].to(device), y[idx].to(device)
         if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = as_layout(xb, "on", "cpu")   # one-channel images: the channels-last strides
         seconds, _ = timed_step(model, opt, xb, yb, device, update=update, amp=amp)
         if b >= warm:
             times.append(seconds)
@@ -215,7 +216,7 @@ def time_inference(model, x, device, batch_size=500, channels_last=False, limit=
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device)
         if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = as_layout(xb, "on", "cpu")   # one-channel images: the channels-last strides
         model(xb)
     _sync(device)
     model.train()
