@@ -6,7 +6,9 @@ two layouts. Each preset's training step — the real batch, forward, loss and b
 update, microseconds, left out so that every timed step sees the same weights and takes the same solver
 steps) — is timed in the same rounds, the conv and the steps interleaved so that a change of load hits all
 alike. A step's FLOPs are counted by torch's FlopCounterMode on the same step (convolutions and matrix
-products, forward and backward); its fraction of the floor is (FLOPs / its time) / the floor's GFLOP/s.
+products, forward and backward); its fraction of the floor is (FLOPs / its time) / the floor's GFLOP/s. The
+self-classifying digits' and the growing NCA's training steps (`--tasks`) are timed in the same rounds, as
+their JAX peer benchmarks time them, against the same floor: this machine's best 3×3 convolution.
 
 Where the CPU has bfloat16 units (AMX-BF16 or AVX512-BF16) each step is also timed under bf16 autocast and
 its gain printed; elsewhere the bf16 step is timed all the same and marked as emulated. Each preset's fair peer
@@ -18,7 +20,7 @@ training's CPU path may choose. Freed memory is kept for reuse as training keeps
 (`deqnca.engine.hardware.retain_freed_memory`).
 
     python benchmarks/training_floor.py --json-out docs/results/training_floor.json
-    python benchmarks/training_floor.py --quick          # one round, smaller, < 30 s
+    python benchmarks/training_floor.py --quick --tasks  # MNIST only, batch 16, two rounds
     python benchmarks/training_floor.py --profile essay  # where one step's time goes (torch.profiler)
 """
 from __future__ import annotations
@@ -42,6 +44,22 @@ from deqnca.tasks.mnist.evaluate import as_layout
 from deqnca.tasks.mnist.model import EquilibriumModel
 
 PRESETS = ("essay", "equilibrium")
+OTHER_TASKS = ("cells", "grow")       # their engine steps as their JAX peer benchmarks time them
+
+
+def other_task_step(name: str):
+    """The self-classifying article step (benchmarks/cells_jax_peer.py) or the growing NCA's step with 80 CA
+    steps every time (benchmarks/grow_jax_peer.py; it draws 64-96 otherwise, and a step's FLOPs would vary)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if name == "cells":
+        from cells_jax_peer import DeqncaSide
+        side = DeqncaSide()
+    else:
+        from grow_jax_peer import DeqncaSide
+        side = DeqncaSide(min_steps=80, max_steps=80)
+    return side.step
 
 
 def conv_floor_step(batch: int, channels: int, size: int, channels_last: bool):
@@ -178,6 +196,10 @@ def measure(a) -> dict:
         fn = build(a.batch)
         fn()
         paths[f"{name} peer: {label}"] = (fn, count_flops(fn))
+    for name in a.tasks:
+        fn = other_task_step(name)
+        fn()
+        paths[f"{name} float32"] = (fn, count_flops(fn))
     for fn, _ in paths.values():
         fn()
     times = {k: [] for k in paths}
@@ -228,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    p.add_argument("--tasks", nargs="*", default=list(OTHER_TASKS), choices=OTHER_TASKS,
+                   help="other tasks' training steps, at their own batch (default: both)")
     p.add_argument("--quick", action="store_true", help="batch 16, 2 rounds")
     p.add_argument("--profile", choices=PRESETS, help="print where one step of this preset spends its time")
     p.add_argument("--json-out", type=Path)

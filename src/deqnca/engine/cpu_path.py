@@ -56,10 +56,8 @@ def _candidates(task, amp_setting: str) -> list:
     if getattr(task, "channels_last", None) == "auto":     # a task that runs either layout (MNIST's option)
         layouts = ["on", "off"]          # the task's CPU default first
     amps = {"auto": ["off", "bf16"] if has_bf16_units(info) else ["off"]}.get(amp_setting, [amp_setting])
-    current = getattr(task, "rows_per_chunk", None)       # the run's own setting is the fixed path's
-    chunks = [current] + [c for c in (None, *getattr(task, "chunk_candidates", ())) if c != current]
-    chunks = chunks if len(chunks) > 1 and getattr(task, "chunk_candidates", ()) else [current]
-    return [(t, lay, a, c) for a in amps for t in threads for lay in layouts for c in chunks]
+    chunk = getattr(task, "rows_per_chunk", None)          # the run's own setting, for every path
+    return [(t, lay, a, chunk) for a in amps for t in threads for lay in layouts]
 
 
 def _timed_step(task, batch, amp):
@@ -74,13 +72,44 @@ def _timed_step(task, batch, amp):
     return step
 
 
+def _time_paths(task, paths, keep, batch_at, batches: dict, budget_s: float, rounds: int) -> dict:
+    """Median seconds of each path's step, the paths interleaved; `keep` is always timed in full, a path whose
+    first call took over twice the fastest's keeps that call as its time."""
+    start = perf_counter()
+    steps, first = {}, {}
+    for p in paths:                       # each path's first call: oneDNN builds its primitives (not kept)
+        torch.set_num_threads(p[0])
+        if p[1] not in batches:           # the run's next batch, once per layout
+            if p[1] is not None:
+                task.channels_last = p[1]
+            batches[p[1]] = batch_at()
+        steps[p] = _timed_step(task, batches[p[1]], p[2])
+        _set_chunk(task, p[3])
+        t = perf_counter()
+        steps[p]()
+        first[p] = perf_counter() - t
+    timed = [p for p in paths if p == keep or first[p] <= 2 * min(first.values())]
+    samples = {p: [first[p]] if p not in timed else [] for p in paths}
+    for r in range(rounds):
+        for p in timed:
+            torch.set_num_threads(p[0])
+            _set_chunk(task, p[3])
+            t = perf_counter()
+            steps[p]()
+            samples[p].append(perf_counter() - t)
+        if r >= 1 and perf_counter() - start > budget_s:
+            break
+    return {p: statistics.median(v) for p, v in samples.items()}
+
+
 def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int = 3) -> dict:
     """The fastest allowed path for `task`'s training step (module docstring). `batch_at()` returns the
-    batch the run takes next; `amp_setting` is --amp ("off", "bf16" or "auto").
+    batch the run takes next; `amp_setting` is --amp ("off", "bf16" or "auto"). Threads, layout and precision
+    are timed together; then, for a task with `chunk_candidates`, the chosen path in chunks against itself.
 
     Returns {"threads", "layout" ("on"/"off" for channels-last, None: the task's), "amp" ("off"/"bf16"),
-    "rows_per_chunk" (None: the whole batch at once),
-    "reason", "measured" (median seconds per path), "seconds" (what the choice cost)}."""
+    "rows_per_chunk" (None: the whole batch at once), "reason", "measured" (median seconds per path),
+    "seconds" (what the choice cost)}."""
     start = perf_counter()
     paths = _candidates(task, amp_setting)
     fixed = paths[0]
@@ -89,32 +118,23 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
     saved_layout = getattr(task, "channels_last", None)
     saved_chunk = getattr(task, "rows_per_chunk", None)
     previous_threads = torch.get_num_threads()
-    samples = {p: [] for p in paths}
     try:
-        steps, first, batches = {}, {}, {}
-        for p in paths:                   # each path's first call: oneDNN builds its primitives (not kept)
-            torch.set_num_threads(p[0])
-            if p[1] not in batches:       # the run's next batch, once per layout
-                if p[1] is not None:
-                    task.channels_last = p[1]
-                batches[p[1]] = batch_at()
-            steps[p] = _timed_step(task, batches[p[1]], p[2])
-            _set_chunk(task, p[3])
-            t = perf_counter()
-            steps[p]()
-            first[p] = perf_counter() - t
-        # a path over twice the fastest first call is out (its first call is its time); the fixed one stays
-        timed = [p for p in paths if p == fixed or first[p] <= 2 * min(first.values())]
-        samples.update({p: [first[p]] for p in paths if p not in timed})
-        for r in range(rounds):
-            for p in timed:
-                torch.set_num_threads(p[0])
-                _set_chunk(task, p[3])
-                t = perf_counter()
-                steps[p]()
-                samples[p].append(perf_counter() - t)
-            if r >= 1 and perf_counter() - start > budget_s:
-                break
+        batches = {}
+        times = _time_paths(task, paths, fixed, batch_at, batches, budget_s, rounds)
+        best = min((p for p in paths if p[2] != "bf16"), key=times.get)
+        if times[best] * CLEARLY_FASTER > times[fixed]:
+            best = fixed
+        fastest16 = min((p for p in paths if p[2] == "bf16"), key=times.get, default=None)
+        if fastest16 is not None and times[fastest16] * BF16_FASTER <= times[best]:
+            best = fastest16
+        chunked = [(*best[:3], c) for c in (None, *getattr(task, "chunk_candidates", ())) if c != best[3]]
+        if chunked:
+            both = _time_paths(task, [best, *chunked], best, batch_at, batches, budget_s, rounds)
+            scale = times[best] / both[best]        # in the first timing's terms, by the same-round ratio
+            times.update({p: both[p] * scale for p in chunked})
+            fastest = min(chunked, key=times.get)
+            if times[fastest] * CLEARLY_FASTER <= times[best]:
+                best = fastest
     finally:
         torch.set_num_threads(previous_threads)
         task.model.load_state_dict(saved_state)
@@ -122,20 +142,13 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
         if saved_layout is not None:
             task.channels_last = saved_layout
         _set_chunk(task, saved_chunk)
-    times = {p: statistics.median(v) for p, v in samples.items()}
-    best = min((p for p in paths if p[2] != "bf16"), key=times.get)
-    if times[best] * CLEARLY_FASTER > times[fixed]:
-        best = fixed
-    fastest16 = min((p for p in paths if p[2] == "bf16"), key=times.get, default=None)
-    if fastest16 is not None and times[fastest16] * BF16_FASTER <= times[best]:
-        best = fastest16
     parts = [f"{_label(best)}" + ("" if best == fixed else
                                   f", {times[fixed] / times[best]:.2f}× as fast as the fixed path ({_label(fixed)})")]
-    parts += [f"{_label(p)}: {times[p] / times[best]:.2f}× its time" for p in paths if p not in (best, fixed)]
+    parts += [f"{_label(p)}: {times[p] / times[best]:.2f}× its time" for p in times if p not in (best, fixed)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {"threads": best[0], "layout": best[1], "amp": best[2], "rows_per_chunk": best[3],
             "reason": f"measured on this run's step: {'; '.join(parts)}; load {load:.1f}",
-            "measured": {_label(p): times[p] for p in paths}, "seconds": perf_counter() - start}
+            "measured": {_label(p): times[p] for p in times}, "seconds": perf_counter() - start}
 
 
 def apply(task, path: dict) -> None:
