@@ -160,7 +160,10 @@ COMMANDS = {
        for m in ("article", "consensus", "equilibrium", "consensus-confirmed")},
     "python scripts/cells_campaign.py run --model consensus --checkpoint cells/consensus --parts all --shards 2":
         Script(why="hours, and it writes results/cells/; its parts are `deqnca cells eval` (run above)"),
-    "python scripts/cells_campaign.py table --models article consensus": Script(run=""),
+    "python scripts/cells_campaign.py table --models article consensus consensus-confirmed": Script(run=""),
+    "python scripts/cells_campaign.py run --model consensus-confirmed --checkpoint cells/consensus-confirmed "
+    "--parts full --shards 2":
+        Script(why="50 minutes on two cores, and it writes results/cells/; its parts are `deqnca cells eval`"),
     "python scripts/cells_campaign.py run --model consensus-confirmed --checkpoint cells/consensus-confirmed "
     "--parts solved long --long-images 50":
         Script(why="an hour on one thread, and it writes results/cells/; its parts are `deqnca cells eval`"),
