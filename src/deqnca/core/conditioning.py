@@ -81,7 +81,7 @@ class Injection:
 
         def conditioned(z, injected):
             # in place on the convolution's output, which its backward pass does not keep: two fewer passes
-            # over a fresh state-sized tensor per step (~1.15x an essay training step on a CPU, docs/speed.md)
+            # over a fresh state-sized tensor per step (docs/speed.md, "What changed")
             return in_place(F.conv2d(z, w_state, padding=padding).add_(injected)).to(z.dtype)
         return RowMap(conditioned, injected)
 

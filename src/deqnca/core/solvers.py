@@ -92,8 +92,8 @@ def fixed_point(f: StateMap, z0: Tensor, max_iter: int, tol: float = 1e-4, stop_
 
     Each sample's state (and its residuals) is kept, by its rows alone, at the step it meets tol; the batch
     keeps stepping as a whole until every sample has, and the kept rows are returned. (Freezing converged
-    samples inside the batch instead costs a select over the whole state every step, ~8% of an
-    equilibrium training step on a CPU, docs/speed.md; the returned states are the same.)
+    samples inside the batch instead costs a select over the whole state every step (docs/speed.md);
+    the returned states are the same.)
 
     Stopping the whole batch needs a device-to-host read; on a GPU that read stalls the launch
     queue, so it happens every `sync_every` iterations (default 8 on CUDA, 1 on CPU where it is

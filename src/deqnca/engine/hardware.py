@@ -328,7 +328,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters 
 def retain_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel. A BPTT training
     step frees its saved states (hundreds of MB) at every backward pass; by default glibc returns much of them,
-    and the next step takes a page fault per 4 kB page again (~10,000 per essay step; docs/speed.md). Blocks up
+    and the next step takes a page fault per 4 kB page again (docs/speed.md counts them). Blocks up
     to 32 MB (the most glibc allows) then come from the heap, whose freed top is kept up to 1 GB. True where set;
     False off glibc, or where MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set (the user's choice wins).
     Process-wide: training calls it for tasks whose `retain_freed_memory` is True (not the maze task, whose long

@@ -258,7 +258,7 @@ class EquilibriumModel(CellularModel):
 class _GradientInLayout(torch.autograd.Function):
     """Identity whose backward pass returns the gradient in the state's memory layout. The read-out's pooling
     hands back an NCHW gradient; on a channels-last state every elementwise op and convolution of the backward
-    pass would then mix layouts (measured: tanh's backward 2x slower, reorder copies; docs/speed.md)."""
+    pass would then mix layouts (slower kernels and reorder copies; docs/speed.md)."""
 
     @staticmethod
     def forward(ctx, z):
