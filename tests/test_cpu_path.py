@@ -143,14 +143,15 @@ _BUSY = "import time\nend = time.time() + 600\nwhile time.time() < end:\n    pas
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: there is no thread count to choose")
 def test_training_on_the_measured_path_is_never_slower_than_the_fixed_one(tmp_path, mnist_small, monkeypatch):
-    """The essay preset, 12 steps of 64 on the measured path and on the fixed one (all cores, float32),
-    interleaved, quiet and with a busy process on one core; training time only (the choice is not timed).
+    """The essay preset, 8 steps of 64 on the measured path and on the fixed one (all cores, float32),
+    interleaved, quiet (twice each: there the two paths are close) and with a busy process on one core (once
+    each: there the measured path is the clearly faster one); training time only (the choice is not timed).
     The margin, 20%, is above the spread of such repeats on a shared 2-core machine."""
     from deqnca.tasks.mnist.config import preset
     from deqnca.tasks.mnist.task import train
 
     x, y, xt, yt = mnist_small
-    data = (x[:768], y[:768], xt[:64], yt[:64])
+    data = (x[:512], y[:512], xt[:64], yt[:64])
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count())
@@ -159,7 +160,7 @@ def test_training_on_the_measured_path_is_never_slower_than_the_fixed_one(tmp_pa
         for load in ("quiet", "loaded"):
             busy = subprocess.Popen([sys.executable, "-c", _BUSY]) if load == "loaded" else None
             try:
-                for k, path in enumerate(("fixed", "auto", "fixed", "auto")):
+                for k, path in enumerate(("fixed", "auto") * (2 if load == "quiet" else 1)):
                     torch.set_num_threads(os.cpu_count())
                     cfg = preset("essay", epochs=1, cpu_path=path, amp="off", eval_batch_size=64)
                     r = train(cfg.model, cfg, tmp_path / f"{load}-{path}-{k}", data, log=lambda s: None)
