@@ -270,7 +270,14 @@ def race(names, steps: int, warmup: int) -> dict:
     for n in names:
         if n in JAX_VARIANTS:
             sides[n] = JaxSide(n, sides["deqnca"])
-    order = [n for n in names if n in sides]
+    return interleave({n: sides[n] for n in names if n in sides}, steps, warmup)
+
+
+def interleave(sides: dict, steps: int, warmup: int) -> dict:
+    """`warmup` + `steps` rounds of one `step()` of each side (each has `step` and `compile_s`), the first side
+    rotated each round; per side the median wall time of the timed steps, their spread, CPU over wall time and
+    every step's loss."""
+    order = list(sides)
     times = {n: [] for n in order}
     cpu = {n: 0.0 for n in order}
     losses = {n: [] for n in order}

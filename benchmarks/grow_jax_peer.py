@@ -53,13 +53,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cells_jax_peer import _agreement, _cpu_model, _load, _missing, _versions, normalise, set_threads
+from cells_jax_peer import _agreement, _cpu_model, _load, _missing, _versions, interleave, normalise, set_threads
 
 FIRE_RATE, ALIVE = 0.5, 0.1          # GrowingConfig's defaults (JaxSide checks them against the task's rule)
 JAX_VARIANTS = {"jax-scan-unrolled": True, "jax-scan-rolled": 1}
@@ -300,29 +299,16 @@ class JaxSide:
 
 
 def race(names, steps: int, warmup: int) -> dict:
-    """Build every side, then `warmup` + `steps` rounds, one step of each side per round, rotated."""
+    """Build every side, then `warmup` + `steps` rounds, one step of each side per round, rotated
+    (cells_jax_peer.interleave); each row also gets deqnca's median over its own."""
     sides = {"deqnca": DeqncaSide()}
     for n in names:
         if n in JAX_VARIANTS:
             sides[n] = JaxSide(n, sides["deqnca"])
-    order = [n for n in names if n in sides]
-    times = {n: [] for n in order}
-    cpu = {n: 0.0 for n in order}
-    losses = {n: [] for n in order}
-    for r in range(warmup + steps):
-        for n in order[r % len(order):] + order[:r % len(order)]:
-            w, c = time.perf_counter(), time.process_time()
-            loss = sides[n].step()
-            w, c = time.perf_counter() - w, time.process_time() - c
-            losses[n].append(loss)
-            if r >= warmup:
-                times[n].append(w)
-                cpu[n] += c
-    base = statistics.median(times["deqnca"])
-    return {n: {"s_per_step": statistics.median(times[n]), "min_s": min(times[n]), "max_s": max(times[n]),
-                "steps_s": times[n], "deqnca_over_this": base / statistics.median(times[n]),
-                "cpu_over_wall": cpu[n] / sum(times[n]), "compile_s": sides[n].compile_s, "losses": losses[n],
-                "timing": "median, interleaved"} for n in order}
+    rows = interleave({n: sides[n] for n in names if n in sides}, steps, warmup)
+    for row in rows.values():
+        row["deqnca_over_this"] = rows["deqnca"]["s_per_step"] / row["s_per_step"]
+    return rows
 
 
 def _table(rows: dict) -> str:

@@ -1,7 +1,8 @@
 """One process's MNIST training-step times for the deqnca source on PYTHONPATH — `essay` and `equilibrium`,
-batch 64 of real training images, one thread, float32, the layout training gives (`as_layout(..., "on")`),
-forward, loss and backward (no update: every timed step sees the same weights and noise). Run it alternately
-for two checkouts (before and after a change), so that both see the same machine and load:
+batch 64 of real training images, one thread, float32, channels-last as training gives it — the step of
+benchmarks/training_floor.py (`training_step`): forward, loss and backward, no update, so that every timed step
+sees the same weights and noise. Run it alternately for two checkouts (before and after a change), so that
+both see the same machine and load:
 
     git worktree add /tmp/before <commit>
     for i in 1 2 3; do
@@ -19,34 +20,23 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from deqnca.data.idx import load_mnist
 from deqnca.engine import hardware
-from deqnca.tasks.mnist.config import preset
-from deqnca.tasks.mnist.evaluate import as_layout
-from deqnca.tasks.mnist.model import EquilibriumModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training_floor import training_step  # noqa: E402  (the step as training_floor.py times it)
 
 
 def main(label: str, rounds: int) -> dict:
     torch.set_num_threads(1)
     retained = getattr(hardware, "retain_freed_memory", lambda: False)()
-    x, y = load_mnist(split="train")
-    x, y = as_layout(x[:64], "on", "cpu"), y[:64]
-    steps = {}
-    for name in ("essay", "equilibrium"):
-        torch.manual_seed(0)
-        model = EquilibriumModel(preset(name).model).train()
-
-        def step(model=model):
-            loss, _ = model.loss(x, y, generator=torch.Generator().manual_seed(0))
-            loss.backward()
-            for p in model.parameters():
-                p.grad = None
+    steps = {name: training_step(name, 64, "off")[0] for name in ("essay", "equilibrium")}
+    for step in steps.values():
         step()
         step()
-        steps[name] = step
     times, faults = {k: [] for k in steps}, {k: [] for k in steps}
     for _ in range(rounds):
         for k, fn in steps.items():

@@ -31,6 +31,7 @@ import os
 import statistics
 import time
 from datetime import date
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -77,16 +78,22 @@ def conv_floor_step(batch: int, channels: int, size: int, channels_last: bool):
     return step, 3 * 2 * channels * channels * 9 * size * size * batch
 
 
+@cache
+def first_images(batch: int):
+    """(x, y): the first `batch` MNIST training images and labels, read once for every step built here."""
+    from deqnca.data.idx import load_mnist
+
+    x, y = load_mnist(split="train")
+    return x[:batch].float(), y[:batch]
+
+
 def training_step(name: str, batch: int, amp: str, seed: int = 0, channels_last: bool = True):
     """(callable, model): `name`'s training step on `batch` real-shaped images, channels-last, the same
     initial noise every call (the same solver steps), gradients dropped after the backward pass."""
-    from deqnca.data.idx import load_mnist
-
     torch.manual_seed(seed)
     model = EquilibriumModel(preset(name).model).train()
-    x, y = load_mnist(split="train")
-    x = as_layout(x[:batch].float(), "on" if channels_last else "off", "cpu")
-    y = y[:batch]
+    x, y = first_images(batch)
+    x = as_layout(x, "on" if channels_last else "off", "cpu")
 
     def step():
         gen = torch.Generator().manual_seed(seed)
@@ -104,15 +111,12 @@ def plain_pytorch_essay_step(batch: int, seed: int = 0):
     shapes, initialisation scale and read-out (pool, 32 hidden units, 10 classes)."""
     from torch import nn
 
-    from deqnca.data.idx import load_mnist
-
     torch.manual_seed(seed)
     K1, K2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(48, 32, 3, padding=1)
     head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
     with torch.no_grad():
         K2.weight[:, 16:] *= 0.1
-    x, y = load_mnist(split="train")
-    x, y = x[:batch].float(), y[:batch]
+    x, y = first_images(batch)
     params = [*K1.parameters(), *K2.parameters(), *head.parameters()]
 
     def step():
@@ -132,14 +136,11 @@ def torchdeq_equilibrium_step(batch: int, seed: int = 0):
     solver forward and backward at the preset's tolerance and caps, the map a plain closure, NCHW."""
     from torchdeq import get_deq
 
-    from deqnca.data.idx import load_mnist
-
     torch.manual_seed(seed)
     model = EquilibriumModel(preset("equilibrium").model).train()
     deq = get_deq(ift=True, f_solver="fixed_point_iter", f_max_iter=100, f_tol=1e-4, f_stop_mode="rel",
                   b_solver="fixed_point_iter", b_max_iter=100, b_tol=1e-4, b_stop_mode="rel")
-    x, y = load_mnist(split="train")
-    x, y = x[:batch].float(), y[:batch]
+    x, y = first_images(batch)
     rule = model.rule
 
     def step():

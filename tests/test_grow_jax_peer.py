@@ -20,20 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 SMALL = {"target": "small", "batch_size": 4, "pool_size": 12, "min_steps": 4, "max_steps": 7}
 STEP = 3             # the engine's step whose random draws are replayed
 SCAN = 10            # the JAX scan's length: longer than any number of CA steps, the rest must be skipped
-REL = 1e-4           # float32 tolerance: relative to the largest magnitude of each compared array
 
-
-def _close(ours, theirs, what):
-    ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
-    assert ours.shape == theirs.shape, what
-    scale = max(np.abs(theirs).max(), 1e-30)
-    err = np.abs(ours - theirs).max() / scale
-    assert err <= REL, f"{what}: max |JAX − deqnca| / max |deqnca| = {err:.2e} > {REL:.0e}"
-    assert np.linalg.norm(ours - theirs) <= REL * np.linalg.norm(theirs), what
-
-
-def _nhwc(t):
-    return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
+from test_jax_peer import REL, _close, _nhwc  # noqa: E402  (the same float32 comparison as the cells peer's)
 
 
 @pytest.fixture(scope="module")

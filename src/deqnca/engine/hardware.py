@@ -305,6 +305,23 @@ def _loadavg() -> tuple:
 
 
 MMAP_THRESHOLD = 4 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters (malloc.h)
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """Set glibc malloc parameters ((parameter, value) pairs, in order); True where every one was set, False off
+    glibc or where the user set one of them in the environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_:
+    the user's choice wins)."""
+    names = {_M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_", _M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_"}
+    if any(names[param] in os.environ for param, _ in settings):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+        return all(bool(mallopt(param, int(value))) for param, value in settings)
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
@@ -312,17 +329,7 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
     the large per-step buffers of a long solve (a 201×201 geodesic maze) come from the heap and fragment it until
     the process is killed (docs/mazes.md, "Evaluation"). True where it was set; False off glibc, or where
     MALLOC_MMAP_THRESHOLD_ is set (the user's choice wins)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL(None).mallopt(-3, int(nbytes)))      # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError, TypeError):
-        return False
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters (malloc.h)
+    return _mallopt((_M_MMAP_THRESHOLD, nbytes))
 
 
 def retain_freed_memory() -> bool:
@@ -333,13 +340,5 @@ def retain_freed_memory() -> bool:
     False off glibc, or where MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set (the user's choice wins).
     Process-wide: training calls it for tasks whose `retain_freed_memory` is True (not the maze task, whose long
     solves of varying size fragment the heap; `fix_mmap_threshold`)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-        # both: setting one turns glibc's dynamic thresholds off
-        return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError, TypeError):
-        return False
+    # both: setting one turns glibc's dynamic thresholds off
+    return _mallopt((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30))

@@ -232,7 +232,7 @@ def _training_path(task: Task, run: Run, resumed: dict | None, log) -> str:
     """Threads, layout and precision of the run (engine/cpu_path.py) put in force and kept on `run`; the
     precision ("off" or "bf16"). A resumed run keeps its recorded path; a new CPU run measures its step."""
     cfg, device = task.cfg, task.device
-    if str(device) == "cpu" and getattr(task, "retain_freed_memory", True):
+    if str(device) == "cpu" and task.retain_freed_memory:
         from deqnca.engine.hardware import retain_freed_memory
 
         retain_freed_memory()
