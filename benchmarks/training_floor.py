@@ -15,8 +15,9 @@ its gain printed; elsewhere the bf16 step is timed all the same and marked as em
 is timed in the same rounds — the same model written as its community writes it: the essay's eq. (2) in plain
 PyTorch (a convolution of the concatenation [u, z], NCHW), the equilibrium model through TorchDeq's `get_deq`
 (its Picard solver, implicit differentiation) — and deqnca's speed-up over it is printed (its time over the
-faster of deqnca's float32 rows). The essay step is also timed with its rollout in chunks of 16, which
-training's CPU path may choose. Freed memory is kept for reuse as training keeps it
+faster of deqnca's float32 rows). The essay step is also timed with its rollout in chunks of 16, the
+equilibrium step with its solves' stopping test compiled (`deqnca.core.solvers.compile_residuals`): choices
+training's CPU path may make. Freed memory is kept for reuse as training keeps it
 (`deqnca.engine.hardware.retain_freed_memory`).
 
     python benchmarks/training_floor.py --json-out docs/results/training_floor.json
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from deqnca.core import solvers
 from deqnca.core.amp import amp_context
 from deqnca.engine import hardware
 from deqnca.tasks.mnist.config import preset
@@ -87,9 +89,11 @@ def first_images(batch: int):
     return x[:batch].float(), y[:batch]
 
 
-def training_step(name: str, batch: int, amp: str, seed: int = 0, channels_last: bool = True):
+def training_step(name: str, batch: int, amp: str, seed: int = 0, channels_last: bool = True,
+                  compiled_residuals: bool = False):
     """(callable, model): `name`'s training step on `batch` real-shaped images, channels-last, the same
-    initial noise every call (the same solver steps), gradients dropped after the backward pass."""
+    initial noise every call (the same solver steps), gradients dropped after the backward pass;
+    `compiled_residuals`: with the solvers' stopping test compiled (on during this step only)."""
     torch.manual_seed(seed)
     model = EquilibriumModel(preset(name).model).train()
     x, y = first_images(batch)
@@ -97,9 +101,13 @@ def training_step(name: str, batch: int, amp: str, seed: int = 0, channels_last:
 
     def step():
         gen = torch.Generator().manual_seed(seed)
-        with amp_context(amp, "cpu"):
-            loss, _ = model.loss(x, y, generator=gen)
-        loss.backward()
+        solvers.compile_residuals(compiled_residuals)
+        try:
+            with amp_context(amp, "cpu"):
+                loss, _ = model.loss(x, y, generator=gen)
+            loss.backward()
+        finally:
+            solvers.compile_residuals(False)
         for p in model.parameters():
             p.grad = None
     return step, model
@@ -193,6 +201,10 @@ def measure(a) -> dict:
             model.solver_kw["rows_per_chunk"] = 16
             fn()
             paths["essay float32, chunks of 16"] = (fn, count_flops(fn))
+        if name == "equilibrium":                 # its solves' stopping test compiled, the CPU path's other choice
+            fn, _ = training_step(name, a.batch, "off", compiled_residuals=True)
+            fn()                                  # compiles (seconds)
+            paths["equilibrium float32, compiled stopping test"] = (fn, count_flops(fn))
         label, build = PEERS[name]
         fn = build(a.batch)
         fn()

@@ -46,6 +46,7 @@ SLOW_TESTS = {
     "test_cli_eval_and_show_with_the_symmetrised_read_out",
     "test_cells_eval_runs_the_attacks_and_the_mutation_of_different_labels",
     "test_a_compiled_rule_evaluates_like_the_eager_one",
+    "test_compiled_residuals_equal_eager_ones_and_a_solve_keeps_its_states",
     "test_a_few_training_steps_reduce_the_loss",
     "test_a_model_trained_in_a_plain_loop_evaluates_like_the_engine",
     "test_a_registered_user_rule_trains_through_the_api_and_the_cli",

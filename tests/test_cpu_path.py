@@ -103,6 +103,39 @@ def test_a_faster_rollout_in_chunks_is_chosen_applied_and_undone_after_the_timin
     assert task.rows_per_chunk == 16
 
 
+class _SolvingSleeper(_Sleeper):
+    """A step that measures residuals at every iteration of its solve (5 per step), faster by the test's clock
+    with them compiled; `residuals_per_step` 1: a step (a rollout) that measures them once."""
+
+    def __init__(self, seconds_at, clock, residuals_per_step=5):
+        super().__init__(seconds_at, clock)
+        self.residuals_per_step = residuals_per_step
+
+    def loss(self, batch):
+        from deqnca.core import solvers
+
+        for _ in range(self.residuals_per_step):
+            solvers.residuals(batch.data, batch.data)     # grad on: eager, only counted
+        self.clock["now"] += 0.01 if solvers._COMPILED.enabled else 0.02
+        return self.model(batch.data).square().mean(), None
+
+
+def test_a_faster_compiled_stopping_test_is_chosen_applied_and_undone_after_the_timing(two_cores):
+    from deqnca.core import solvers
+
+    path = cpu_path.choose(_SolvingSleeper({}, two_cores), "off", lambda: _Sleeper({}, two_cores).batch(0, 0, 0))
+    assert path["compiled_residuals"] and "compiled stopping test" in path["reason"], path
+    assert not solvers._COMPILED.enabled                # chosen, not yet applied
+    try:
+        cpu_path.apply(_Sleeper({}, two_cores), path)
+        assert solvers._COMPILED.enabled
+    finally:
+        solvers.compile_residuals(False)
+    once = cpu_path.choose(_SolvingSleeper({}, two_cores, residuals_per_step=1), "off",
+                           lambda: _Sleeper({}, two_cores).batch(0, 0, 0))
+    assert not once["compiled_residuals"] and not any("compiled" in k for k in once["measured"]), once
+
+
 def _mnist(out, data, resume=False, **kw):
     from deqnca.tasks.mnist.task import MnistConfig, train
 

@@ -218,3 +218,64 @@ def test_the_injected_rule_step_in_place_is_the_rule_as_written(rule):
         module.zero_grad(set_to_none=True)
     for in_place, written in zip(*grads):
         assert torch.equal(in_place, written)
+
+
+@pytest.fixture
+def compiled_residuals():
+    """The solvers' residuals compiled (process-wide), and eager again after the test."""
+    from deqnca.core import solvers
+
+    yield solvers.compile_residuals(True)
+    solvers.compile_residuals(False)
+
+
+def test_compiled_residuals_equal_eager_ones_and_a_solve_keeps_its_states(compiled_residuals):
+    """One fused kernel for ‖f(z) − z‖ and ‖f(z)‖: the eager values up to float32 summation order (1e-6
+    relative), in either memory layout and at any batch size; a Picard solve takes the same steps to the same
+    states, bit for bit (its states do not depend on the residuals, only its stops do)."""
+    from deqnca.core import solvers
+
+    if not compiled_residuals:
+        pytest.skip(f"torch.compile unavailable here: {solvers.compiled_failed()}")
+    g = torch.Generator().manual_seed(0)
+    for batch, layout in ((5, torch.contiguous_format), (64, torch.channels_last), (3, torch.channels_last)):
+        z = torch.randn(batch, 32, 14, 14, generator=g).contiguous(memory_format=layout)
+        fz = (z + 1e-3 * torch.randn(z.shape, generator=g)).contiguous(memory_format=layout)
+        with torch.no_grad():
+            fused = residuals(fz, z)
+            solvers.compile_residuals(False)
+            eager = residuals(fz, z)
+            solvers.compile_residuals(True)
+        for a, b in zip(fused, eager):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    assert solvers.compiled_failed() is None
+    w = torch.randn(6, 6, 3, 3, generator=g) * 0.08
+    rate = torch.tensor([0.2, 0.5, 0.7, 0.9]).view(4, 1, 1, 1)
+    c = torch.randn(4, 6, 7, 7, generator=g)
+    f = lambda z: rate * torch.tanh(torch.nn.functional.conv2d(z, w, padding=1) + c)
+    z0 = torch.randn(4, 6, 7, 7, generator=g)
+    z, stats = get_solver("fixed_point")(f, z0, max_iter=200, tol=1e-6)
+    solvers.compile_residuals(False)
+    ref_z, ref_stats = get_solver("fixed_point")(f, z0, max_iter=200, tol=1e-6)
+    assert stats.sample_steps.tolist() == ref_stats.sample_steps.tolist() and torch.equal(z, ref_z)
+    torch.testing.assert_close(stats.rel_residual, ref_stats.rel_residual, rtol=1e-5, atol=0)
+
+
+def test_a_failed_compile_falls_back_to_eager_residuals_and_says_why(monkeypatch):
+    """No C++ compiler (or an old torch): the first compiled call fails, the same numbers come from the eager
+    residuals, a warning says why, and compiling stays off for the process."""
+    from deqnca.core import solvers
+
+    def broken(fn, **kw):
+        def call(*a):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(solvers, "_COMPILED", solvers._CompiledResiduals())
+    assert solvers.compile_residuals(True)
+    z, fz = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
+    with torch.no_grad(), pytest.warns(UserWarning, match="compiled residuals unavailable.*C\\+\\+ compiler"):
+        a, r = residuals(fz, z)
+    assert a.tolist() == pytest.approx([48 ** 0.5] * 2) and "InvalidCxxCompiler" in solvers.compiled_failed()
+    assert not solvers.compile_residuals(True)
+

@@ -5,7 +5,9 @@ forward, loss and backward, no update — is timed on each allowed path, the pat
 of load hits all alike: 1 thread or all cores; for a task that runs either layout (its `channels_last`
 attribute "auto", as MNIST's option), NCHW or channels-last; for a task whose rollout can run part of a batch at
 a time (its `chunk_candidates`), the whole batch or chunks of it (each chunk's state stays in cache between
-the convolution and the elementwise work); and with `--amp auto`, float32 or bfloat16 autocast where the CPU
+the convolution and the elementwise work); for a step whose solves measure residuals at every iteration (a
+solve to a tolerance, forward or adjoint), the solvers' stopping test eager or compiled into one fused kernel
+(`deqnca.core.solvers.compile_residuals`); and with `--amp auto`, float32 or bfloat16 autocast where the CPU
 has bfloat16 units (AMX-BF16 or AVX512-BF16). The fixed path — all cores (the trainer's
 default), float32, the task's layout — is always timed, and another path is taken only when it is clearly
 faster, so the choice is never slower than the fixed path by more than the measurement's noise. Weights,
@@ -25,17 +27,21 @@ from time import perf_counter
 
 import torch
 
+from deqnca.core import solvers
 from deqnca.core.amp import amp_context
 
 CLEARLY_FASTER = 1.05     # another path than the fixed one: at least this much faster (the noise of a timing)
 BF16_FASTER = 1.10        # bf16 changes the numbers: only for a clear gain over the best float32 path
+RESIDUALS_PER_STEP = 4    # a step measuring fewer residuals than this cannot gain from compiling them
 
 
 def _label(path: tuple) -> str:
-    threads, layout, amp, chunk = path
+    threads, layout, amp, chunk, compiled = path
     layout = {"on": "channels-last", "off": "NCHW"}.get(layout, "the task's layout")
     chunk = f", rollout in chunks of {chunk}" if chunk else ""
-    return f"{threads} thread{'s' if threads > 1 else ''}, {layout}, {'bf16' if amp == 'bf16' else 'float32'}{chunk}"
+    compiled = ", compiled stopping test" if compiled else ""
+    return (f"{threads} thread{'s' if threads > 1 else ''}, {layout}, {'bf16' if amp == 'bf16' else 'float32'}"
+            f"{chunk}{compiled}")
 
 
 def fixed_path(task, amp: str, why: str) -> dict:
@@ -57,7 +63,7 @@ def _candidates(task, amp_setting: str) -> list:
         layouts = ["on", "off"]          # the task's CPU default first
     amps = {"auto": ["off", "bf16"] if has_bf16_units(info) else ["off"]}.get(amp_setting, [amp_setting])
     chunk = getattr(task, "rows_per_chunk", None)          # the run's own setting, for every path
-    return [(t, lay, a, chunk) for a in amps for t in threads for lay in layouts]
+    return [(t, lay, a, chunk, False) for a in amps for t in threads for lay in layouts]
 
 
 def _timed_step(task, batch, amp):
@@ -72,11 +78,12 @@ def _timed_step(task, batch, amp):
     return step
 
 
-def _time_paths(task, paths, keep, batch_at, batches: dict, budget_s: float, rounds: int) -> dict:
-    """Median seconds of each path's step, the paths interleaved; `keep` is always timed in full, a path whose
-    first call took over twice the fastest's keeps that call as its time."""
+def _time_paths(task, paths, keep, batch_at, batches: dict, budget_s: float, rounds: int) -> tuple[dict, float]:
+    """(median seconds of each path's step, the paths interleaved; residuals measured per step). `keep` is
+    always timed in full, a path whose first call took over twice the fastest's keeps that call as its time."""
     start = perf_counter()
     steps, first = {}, {}
+    counted = solvers.residual_count()
     for p in paths:                       # each path's first call: oneDNN builds its primitives (not kept)
         torch.set_num_threads(p[0])
         if p[1] not in batches:           # the run's next batch, once per layout
@@ -84,32 +91,36 @@ def _time_paths(task, paths, keep, batch_at, batches: dict, budget_s: float, rou
                 task.channels_last = p[1]
             batches[p[1]] = batch_at()
         steps[p] = _timed_step(task, batches[p[1]], p[2])
-        _set_chunk(task, p[3])
+        _set_variant(task, p)
+        if p[4]:                          # compiles the stopping test first (seconds, once a process)
+            steps[p]()
         t = perf_counter()
         steps[p]()
         first[p] = perf_counter() - t
+    per_step = (solvers.residual_count() - counted) / len(paths)
     timed = [p for p in paths if p == keep or first[p] <= 2 * min(first.values())]
     samples = {p: [first[p]] if p not in timed else [] for p in paths}
     for r in range(rounds):
         for p in timed:
             torch.set_num_threads(p[0])
-            _set_chunk(task, p[3])
+            _set_variant(task, p)
             t = perf_counter()
             steps[p]()
             samples[p].append(perf_counter() - t)
         if r >= 1 and perf_counter() - start > budget_s:
             break
-    return {p: statistics.median(v) for p, v in samples.items()}
+    return {p: statistics.median(v) for p, v in samples.items()}, per_step
 
 
 def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int = 3) -> dict:
     """The fastest allowed path for `task`'s training step (module docstring). `batch_at()` returns the
     batch the run takes next; `amp_setting` is --amp ("off", "bf16" or "auto"). Threads, layout and precision
-    are timed together; then, for a task with `chunk_candidates`, the chosen path in chunks against itself.
+    are timed together; then the chosen path against its variants: in chunks, for a task with `chunk_candidates`;
+    with a compiled stopping test, for a step measuring residuals at every solver iteration.
 
     Returns {"threads", "layout" ("on"/"off" for channels-last, None: the task's), "amp" ("off"/"bf16"),
-    "rows_per_chunk" (None: the whole batch at once), "reason", "measured" (median seconds per path),
-    "seconds" (what the choice cost)}."""
+    "rows_per_chunk" (None: the whole batch at once), "compiled_residuals", "reason", "measured" (median seconds
+    per path), "seconds" (what the choice cost)}."""
     start = perf_counter()
     paths = _candidates(task, amp_setting)
     fixed = paths[0]
@@ -117,23 +128,26 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
     rng = torch.get_rng_state()
     saved_layout = getattr(task, "channels_last", None)
     saved_chunk = getattr(task, "rows_per_chunk", None)
+    saved_compiled = solvers.compile_residuals(False)
     previous_threads = torch.get_num_threads()
     try:
         batches = {}
-        times = _time_paths(task, paths, fixed, batch_at, batches, budget_s, rounds)
+        times, residuals_per_step = _time_paths(task, paths, fixed, batch_at, batches, budget_s, rounds)
         best = min((p for p in paths if p[2] != "bf16"), key=times.get)
         if times[best] * CLEARLY_FASTER > times[fixed]:
             best = fixed
         fastest16 = min((p for p in paths if p[2] == "bf16"), key=times.get, default=None)
         if fastest16 is not None and times[fastest16] * BF16_FASTER <= times[best]:
             best = fastest16
-        chunked = [(*best[:3], c) for c in (None, *getattr(task, "chunk_candidates", ())) if c != best[3]]
-        if chunked:
-            both = _time_paths(task, [best, *chunked], best, batch_at, batches, budget_s, rounds)
+        variants = [(*best[:3], c, False) for c in (None, *getattr(task, "chunk_candidates", ())) if c != best[3]]
+        if residuals_per_step >= RESIDUALS_PER_STEP and solvers.compile_residuals(True):
+            variants.append((*best[:4], True))
+        if variants:
+            both, _ = _time_paths(task, [best, *variants], best, batch_at, batches, budget_s, rounds)
             scale = times[best] / both[best]        # in the first timing's terms, by the same-round ratio
-            times.update({p: both[p] * scale for p in chunked})
-            fastest = min(chunked, key=times.get)
-            if times[fastest] * CLEARLY_FASTER <= times[best]:
+            times.update({p: both[p] * scale for p in variants})
+            fastest = min(variants, key=times.get)
+            if times[fastest] * CLEARLY_FASTER <= times[best] and not (fastest[4] and solvers.compiled_failed()):
                 best = fastest
     finally:
         torch.set_num_threads(previous_threads)
@@ -142,11 +156,13 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
         if saved_layout is not None:
             task.channels_last = saved_layout
         _set_chunk(task, saved_chunk)
+        solvers.compile_residuals(saved_compiled)
     parts = [f"{_label(best)}" + ("" if best == fixed else
                                   f", {times[fixed] / times[best]:.2f}× as fast as the fixed path ({_label(fixed)})")]
     parts += [f"{_label(p)}: {times[p] / times[best]:.2f}× its time" for p in times if p not in (best, fixed)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {"threads": best[0], "layout": best[1], "amp": best[2], "rows_per_chunk": best[3],
+            "compiled_residuals": best[4],
             "reason": f"measured on this run's step: {'; '.join(parts)}; load {load:.1f}",
             "measured": {_label(p): times[p] for p in times}, "seconds": perf_counter() - start}
 
@@ -159,6 +175,13 @@ def apply(task, path: dict) -> None:
         task.channels_last = path["layout"]
     if "rows_per_chunk" in path:
         _set_chunk(task, path["rows_per_chunk"])
+    if "compiled_residuals" in path:
+        solvers.compile_residuals(path["compiled_residuals"])
+
+
+def _set_variant(task, path: tuple) -> None:
+    _set_chunk(task, path[3])
+    solvers.compile_residuals(path[4])
 
 
 def _set_chunk(task, rows):
