@@ -11,7 +11,8 @@ self-classifying digits' and the growing NCA's training steps (`--tasks`) are ti
 their JAX peer benchmarks time them, against the same floor: this machine's best 3×3 convolution.
 
 Where the CPU has bfloat16 units (AMX-BF16 or AVX512-BF16) each step is also timed under bf16 autocast and
-its gain printed; elsewhere the bf16 step is timed all the same and marked as emulated. Each preset's fair peer
+its gain printed; elsewhere only with `--bf16 on`, marked as emulated (its seconds-long steps, interleaved
+with the others, would also slow the rows after them). Each preset's fair peer
 is timed in the same rounds — the same model written as its community writes it: the essay's eq. (2) in plain
 PyTorch (a convolution of the concatenation [u, z], NCHW), the equilibrium model through TorchDeq's `get_deq`
 (its Picard solver, implicit differentiation) — and deqnca's speed-up over it is printed (its time over the
@@ -20,7 +21,8 @@ equilibrium step with its solves' stopping test compiled (`deqnca.core.solvers.c
 training's CPU path may make. Freed memory is kept for reuse as training keeps it
 (`deqnca.engine.hardware.retain_freed_memory`).
 
-    python benchmarks/training_floor.py --json-out docs/results/training_floor.json
+    python benchmarks/training_floor.py --tasks --json-out results/speed/training_floor.json  # MNIST
+    python benchmarks/training_floor.py --presets --tasks cells grow --json-out results/speed/training_floor_tasks.json
     python benchmarks/training_floor.py --quick --tasks  # MNIST only, batch 16, two rounds
     python benchmarks/training_floor.py --profile essay  # where one step's time goes (torch.profiler)
 """
@@ -191,11 +193,11 @@ def measure(a) -> dict:
     for cl in (True, False):
         fn, flops = conv_floor_step(a.batch, 32, 28, cl)
         paths[f"conv {'channels-last' if cl else 'NCHW'}"] = (fn, flops)
+    with_bf16 = a.bf16 == "on" or (a.bf16 == "auto" and bf16_units)
     for name in a.presets:
-        for amp in ("off", "bf16"):
-            fn, _ = training_step(name, a.batch, amp)
-            fn()                                  # oneDNN builds its primitives on the first call
-            paths[f"{name} {'bf16' if amp == 'bf16' else 'float32'}"] = (fn, count_flops(fn))
+        fn, _ = training_step(name, a.batch, "off")
+        fn()                                      # oneDNN builds its primitives on the first call
+        paths[f"{name} float32"] = (fn, count_flops(fn))
         if name == "essay":                       # the rollout in chunks, the training CPU path's other choice
             fn, model = training_step(name, a.batch, "off")
             model.solver_kw["rows_per_chunk"] = 16
@@ -205,6 +207,10 @@ def measure(a) -> dict:
             fn, _ = training_step(name, a.batch, "off", compiled_residuals=True)
             fn()                                  # compiles (seconds)
             paths["equilibrium float32, compiled stopping test"] = (fn, count_flops(fn))
+        if with_bf16:
+            fn, _ = training_step(name, a.batch, "bf16")
+            fn()
+            paths[f"{name} bf16"] = (fn, count_flops(fn))
         label, build = PEERS[name]
         fn = build(a.batch)
         fn()
@@ -232,7 +238,8 @@ def measure(a) -> dict:
         rows[k] = {"seconds": med[k], "gflop": paths[k][1] / 1e9, "gflops": gflops[k],
                    "fraction_of_floor": gflops[k] / floor, "spread": [min(times[k]), max(times[k])]}
     for name in a.presets:
-        rows[f"{name} bf16"]["gain_over_float32"] = med[f"{name} float32"] / med[f"{name} bf16"]
+        if f"{name} bf16" in rows:
+            rows[f"{name} bf16"]["gain_over_float32"] = med[f"{name} float32"] / med[f"{name} bf16"]
         peer = f"{name} peer: {PEERS[name][0]}"
         rows[peer]["peer_over_deqnca"] = med[peer] / min(med[k] for k in rows if k.startswith(f"{name} float32"))
     return {"benchmark": "training_floor", "date": date.today().isoformat(), "torch": torch.__version__,
@@ -262,9 +269,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    p.add_argument("--presets", nargs="*", default=list(PRESETS), choices=PRESETS)
     p.add_argument("--tasks", nargs="*", default=list(OTHER_TASKS), choices=OTHER_TASKS,
                    help="other tasks' training steps, at their own batch (default: both)")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="time the bf16 autocast steps: auto where the CPU has bfloat16 units (default), on: always")
     p.add_argument("--quick", action="store_true", help="batch 16, 2 rounds")
     p.add_argument("--profile", choices=PRESETS, help="print where one step of this preset spends its time")
     p.add_argument("--json-out", type=Path)

@@ -264,6 +264,7 @@ def test_compiled_residuals_equal_eager_ones_and_a_solve_keeps_its_states(compil
 def test_a_failed_compile_falls_back_to_eager_residuals_and_says_why(monkeypatch):
     """No C++ compiler (or an old torch): the first compiled call fails, the same numbers come from the eager
     residuals, a warning says why, and compiling stays off for the process."""
+    from deqnca.core import residuals as residuals_module
     from deqnca.core import solvers
 
     def broken(fn, **kw):
@@ -271,7 +272,7 @@ def test_a_failed_compile_falls_back_to_eager_residuals_and_says_why(monkeypatch
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
         return call
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(solvers, "_COMPILED", solvers._CompiledResiduals())
+    monkeypatch.setattr(residuals_module, "_COMPILED", residuals_module._CompiledResiduals())
     assert solvers.compile_residuals(True)
     z, fz = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
     with torch.no_grad(), pytest.warns(UserWarning, match="compiled residuals unavailable.*C\\+\\+ compiler"):
@@ -279,3 +280,24 @@ def test_a_failed_compile_falls_back_to_eager_residuals_and_says_why(monkeypatch
     assert a.tolist() == pytest.approx([48 ** 0.5] * 2) and "InvalidCxxCompiler" in solvers.compiled_failed()
     assert not solvers.compile_residuals(True)
 
+
+
+def test_compiled_residuals_stay_eager_under_a_dispatch_mode(monkeypatch):
+    """Under a tensor-dispatch mode (FlopCounterMode, a profiler's) the compiled kernel is not called: compiling
+    it there would leave it eager for the rest of the process."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deqnca.core import residuals as residuals_module
+
+    calls = []
+    compiled = residuals_module._CompiledResiduals()
+    compiled._fn = lambda fz, z: calls.append(1) or residuals_module._eager_residuals(fz, z)
+    monkeypatch.setattr(residuals_module, "_COMPILED", compiled)
+    assert residuals_module.compile_residuals(True)
+    z, fz = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
+    with torch.no_grad():
+        with FlopCounterMode(display=False):
+            residuals(fz, z)
+        assert calls == []
+        residuals(fz, z)
+    assert calls == [1]
