@@ -122,6 +122,7 @@ class _SolvingSleeper(_Sleeper):
 
 
 def test_a_faster_compiled_stopping_test_is_chosen_applied_and_undone_after_the_timing(two_cores):
+    """Offered for a step with several stopping tests in a run long enough to repay the compile."""
     from deqnca.core import residuals as residuals_module
     from deqnca.core import solvers
 
@@ -136,6 +137,10 @@ def test_a_faster_compiled_stopping_test_is_chosen_applied_and_undone_after_the_
     once = cpu_path.choose(_SolvingSleeper({}, two_cores, residuals_per_step=1), "off",
                            lambda: _Sleeper({}, two_cores).batch(0, 0, 0))
     assert not once["compiled_residuals"] and not any("compiled" in k for k in once["measured"]), once
+    for short in ({"steps_left": 1000}, {"time_budget": 60.0}):      # 20 s or 60 s of training: no compile repaid
+        path = cpu_path.choose(_SolvingSleeper({}, two_cores), "off", lambda: _Sleeper({}, two_cores).batch(0, 0, 0),
+                               **short)
+        assert not any("compiled" in k for k in path["measured"]), (short, path)
 
 
 def _mnist(out, data, resume=False, **kw):

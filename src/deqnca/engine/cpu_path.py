@@ -33,6 +33,7 @@ from deqnca.core.amp import amp_context
 CLEARLY_FASTER = 1.05     # another path than the fixed one: at least this much faster (the noise of a timing)
 BF16_FASTER = 1.10        # bf16 changes the numbers: only for a clear gain over the best float32 path
 RESIDUALS_PER_STEP = 4    # a step measuring fewer residuals than this cannot gain from compiling them
+COMPILE_REPAID_S = 200    # compiling takes seconds once a process: tried only for a run at least this long
 
 
 def _label(path: tuple) -> str:
@@ -112,11 +113,14 @@ def _time_paths(task, paths, keep, batch_at, batches: dict, budget_s: float, rou
     return {p: statistics.median(v) for p, v in samples.items()}, per_step
 
 
-def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int = 3) -> dict:
+def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int = 3, steps_left: int | None = None,
+           time_budget: float | None = None) -> dict:
     """The fastest allowed path for `task`'s training step (module docstring). `batch_at()` returns the
     batch the run takes next; `amp_setting` is --amp ("off", "bf16" or "auto"). Threads, layout and precision
     are timed together; then the chosen path against its variants: in chunks, for a task with `chunk_candidates`;
-    with a compiled stopping test, for a step measuring residuals at every solver iteration.
+    with a compiled stopping test, for a step measuring residuals at every solver iteration in a run long enough
+    to repay the compile (`steps_left` steps at the chosen path's time, at most `time_budget` seconds: at least
+    COMPILE_REPAID_S).
 
     Returns {"threads", "layout" ("on"/"off" for channels-last, None: the task's), "amp" ("off"/"bf16"),
     "rows_per_chunk" (None: the whole batch at once), "compiled_residuals", "reason", "measured" (median seconds
@@ -140,7 +144,8 @@ def choose(task, amp_setting: str, batch_at, budget_s: float = 3.0, rounds: int 
         if fastest16 is not None and times[fastest16] * BF16_FASTER <= times[best]:
             best = fastest16
         variants = [(*best[:3], c, False) for c in (None, *getattr(task, "chunk_candidates", ())) if c != best[3]]
-        if residuals_per_step >= RESIDUALS_PER_STEP and solvers.compile_residuals(True):
+        run_s = min(times[best] * steps_left if steps_left is not None else float("inf"), time_budget or float("inf"))
+        if residuals_per_step >= RESIDUALS_PER_STEP and run_s >= COMPILE_REPAID_S and solvers.compile_residuals(True):
             variants.append((*best[:4], True))
         if variants:
             both, _ = _time_paths(task, [best, *variants], best, batch_at, batches, budget_s, rounds)

@@ -245,7 +245,8 @@ def _training_path(task: Task, run: Run, resumed: dict | None, log) -> str:
         def next_batch():
             task.start_epoch(run.epoch)
             return task.batch(run.epoch, run.step_in_epoch, run.global_step)
-        path = cpu_path.choose(task, cfg.amp, next_batch)
+        steps_left = (cfg.epochs - run.epoch) * task.steps_per_epoch() - run.step_in_epoch
+        path = cpu_path.choose(task, cfg.amp, next_batch, steps_left=steps_left, time_budget=cfg.time_budget)
         cpu_path.apply(task, path)
         log(f"CPU path ({path['seconds']:.1f} s to choose): {path['reason']}")
     else:
