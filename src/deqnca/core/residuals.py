@@ -2,6 +2,8 @@
 compiled into one fused CPU kernel (`compile_residuals`)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 Tensor = torch.Tensor
@@ -29,8 +31,6 @@ class _CompiledResiduals:
         try:
             return self._fn(fz, z)
         except Exception as e:            # torch.compile raises many kinds; any of them means eager
-            import warnings
-
             self.enabled, self.failed = False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             warnings.warn(f"compiled residuals unavailable, eager from now on ({self.failed})", stacklevel=3)
             return _eager_residuals(fz, z)
@@ -51,7 +51,7 @@ def compile_residuals(enabled: bool = True) -> bool:
 
 def _dispatch_mode() -> bool:
     """A tensor-dispatch mode is on (FlopCounterMode, say): compiling under it would leave the kernel eager."""
-    return torch._C._len_torch_dispatch_stack() > 0
+    return getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)() > 0
 
 
 def compiled_failed() -> str | None:
@@ -65,7 +65,8 @@ def residual_count() -> int:
 
 
 def residuals(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-    """(‖f(z) − z‖, ‖f(z) − z‖ / ‖f(z)‖) per sample."""
+    """(‖f(z) − z‖, ‖f(z) − z‖ / ‖f(z)‖) per sample: one compiled pass on the CPU without autograd where
+    `compile_residuals` is on, eager ops otherwise."""
     _COMPILED.calls += 1
     if _COMPILED.enabled and fz.device.type == "cpu" and not torch.is_grad_enabled() and not _dispatch_mode():
         return _COMPILED(fz, z)

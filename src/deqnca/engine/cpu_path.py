@@ -7,7 +7,7 @@ attribute "auto", as MNIST's option), NCHW or channels-last; for a task whose ro
 a time (its `chunk_candidates`), the whole batch or chunks of it (each chunk's state stays in cache between
 the convolution and the elementwise work); for a step whose solves measure residuals at every iteration (a
 solve to a tolerance, forward or adjoint), the solvers' stopping test eager or compiled into one fused kernel
-(`deqnca.core.solvers.compile_residuals`); and with `--amp auto`, float32 or bfloat16 autocast where the CPU
+(`deqnca.core.residuals.compile_residuals`); and with `--amp auto`, float32 or bfloat16 autocast where the CPU
 has bfloat16 units (AMX-BF16 or AVX512-BF16). The fixed path — all cores (the trainer's
 default), float32, the task's layout — is always timed, and another path is taken only when it is clearly
 faster, so the choice is never slower than the fixed path by more than the measurement's noise. Weights,
