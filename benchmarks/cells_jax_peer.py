@@ -339,6 +339,18 @@ def _agreement(rows: dict) -> str | None:
             f"{worst:.1e}")
 
 
+def _finish(result: dict, json_out) -> int:
+    """The end of a peer benchmark's run: the JAX variants' agreement, what was skipped, the JSON written."""
+    if agreement := _agreement(result["variants"]):
+        print(agreement)
+    for n, why in result["skipped"].items():
+        print(f"{n}: skipped ({why})")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def _table(result: dict) -> str:
     rows = result["variants"]
     base = rows["deqnca"]["s_per_step"]
@@ -393,14 +405,7 @@ def main(argv=None) -> int:
     print(f"\n{_table(result)}\n")
     print(f"load average at end {_load(m['loadavg_end'])}; {args.steps} timed step(s) after "
           f"{args.warmup} warm-up step(s) per variant")
-    if agreement := _agreement(result["variants"]):
-        print(agreement)
-    for n, why in result["skipped"].items():
-        print(f"{n}: skipped ({why})")
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return _finish(result, args.json_out)
 
 
 if __name__ == "__main__":

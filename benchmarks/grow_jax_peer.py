@@ -51,14 +51,12 @@ as benchmarks/cells_jax_peer.py sets them (`set_threads`, before either library 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-from cells_jax_peer import _agreement, _cpu_model, _load, _missing, _versions, interleave, normalise, set_threads
+from cells_jax_peer import _cpu_model, _finish, _load, _missing, _versions, interleave, normalise, set_threads
 
 FIRE_RATE, ALIVE = 0.5, 0.1          # GrowingConfig's defaults (JaxSide checks them against the task's rule)
 JAX_VARIANTS = {"jax-scan-unrolled": True, "jax-scan-rolled": 1}
@@ -357,14 +355,7 @@ def main(argv=None) -> int:
     print(f"\n{_table(result['variants'])}\n")
     print(f"load average at end {_load(m['loadavg_end'])}; {args.steps} timed step(s) after {args.warmup} "
           f"warm-up step(s) per variant; CA steps per round (every variant alike): {result['ca_steps']}")
-    if agreement := _agreement(result["variants"]):
-        print(agreement)
-    for n, why in result["skipped"].items():
-        print(f"{n}: skipped ({why})")
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return _finish(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ SMALL = {"target": "small", "batch_size": 4, "pool_size": 12, "min_steps": 4, "m
 STEP = 3             # the engine's step whose random draws are replayed
 SCAN = 10            # the JAX scan's length: longer than any number of CA steps, the rest must be skipped
 
-from test_jax_peer import REL, _close, _nhwc  # noqa: E402  (the same float32 comparison as the cells peer's)
+from test_jax_peer import REL, _check_adam_update, _close, _nhwc  # noqa: E402  (the cells peer's checks)
 
 
 @pytest.fixture(scope="module")
@@ -115,24 +115,10 @@ def test_the_jax_loss_and_gradients_are_deqncas(deqnca_step, variant):
 
 def test_the_jax_update_is_deqncas(deqnca_step):
     """From deqnca's raw gradients: normalisation and optax's Adam on the schedule give torch's Adam step's weights."""
-    from grow_jax_peer import NAMES, learning_rate, normalise, params_from_torch, to_torch_layout
+    import grow_jax_peer
 
-    d = deqnca_step
-    lr = d["task"].cfg.lr
-    params, grads = params_from_torch(d["before"]), params_from_torch(d["grads"])
-    opt = optax.adam(learning_rate(d["task"].cfg))
-
-    @jax.jit
-    def update(params, grads):
-        return optax.apply_updates(params, opt.update(normalise(grads), opt.init(params), params)[0])
-
-    ours = to_torch_layout(update(params, grads))
-    assert set(ours) == set(NAMES)
-    for n in NAMES:
-        step = d["after"][n].numpy() - d["before"][n].numpy()
-        assert np.abs(step).max() == pytest.approx(lr, rel=1e-3)      # Adam's first step: ±lr where g ≠ 0
-        np.testing.assert_allclose(ours[n] - d["before"][n].numpy(), step, rtol=0, atol=1e-3 * lr,
-                                   err_msg=f"the update of {n}")
+    cfg = deqnca_step["task"].cfg
+    _check_adam_update(deqnca_step, grow_jax_peer, optax.adam(grow_jax_peer.learning_rate(cfg)), cfg.lr)
 
 
 def test_the_jax_schedule_is_the_engines():

@@ -113,22 +113,26 @@ def test_the_jax_loss_and_gradients_are_deqncas(deqnca_step, variant):
 
 def test_the_jax_update_is_deqncas(deqnca_step):
     """From deqnca's raw gradients: normalisation and optax's Adam give torch's Adam step's weights."""
-    from cells_jax_peer import LR, NAMES, normalise, params_from_torch, to_torch_layout
+    import cells_jax_peer
 
-    d = deqnca_step
-    params, grads = params_from_torch(d["before"]), params_from_torch(d["grads"])
-    opt = optax.adam(LR)
+    _check_adam_update(deqnca_step, cells_jax_peer, optax.adam(cells_jax_peer.LR), cells_jax_peer.LR)
+
+
+def _check_adam_update(d, peer, opt, lr):
+    """`peer`'s normalisation and `opt` (optax's Adam), jitted, from deqnca's raw gradients `d["grads"]` at
+    `d["before"]`: the same step as torch's Adam took to `d["after"]` (a first step: ±lr where g ≠ 0)."""
+    params, grads = peer.params_from_torch(d["before"]), peer.params_from_torch(d["grads"])
 
     @jax.jit
     def update(params, grads):
-        return optax.apply_updates(params, opt.update(normalise(grads), opt.init(params), params)[0])
+        return optax.apply_updates(params, opt.update(peer.normalise(grads), opt.init(params), params)[0])
 
-    ours = to_torch_layout(update(params, grads))
-    assert set(ours) == set(NAMES)
-    for n in NAMES:
+    ours = peer.to_torch_layout(update(params, grads))
+    assert set(ours) == set(peer.NAMES)
+    for n in peer.NAMES:
         step = d["after"][n].numpy() - d["before"][n].numpy()
-        assert np.abs(step).max() == pytest.approx(LR, rel=1e-3)      # Adam's first step: ±lr where g ≠ 0
-        np.testing.assert_allclose(ours[n] - d["before"][n].numpy(), step, rtol=0, atol=1e-3 * LR,
+        assert np.abs(step).max() == pytest.approx(lr, rel=1e-3)      # Adam's first step: ±lr where g ≠ 0
+        np.testing.assert_allclose(ours[n] - d["before"][n].numpy(), step, rtol=0, atol=1e-3 * lr,
                                    err_msg=f"the update of {n}")
 
 
